@@ -1,0 +1,299 @@
+"""The `cattery` command: argument parsing and thin calls into the core packages.
+
+Nothing heavy is imported at module level, so `cattery --help` answers at once
+and never loads llama.cpp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app import __version__
+from app.errors import CatteryError
+
+# -- shared option groups ----------------------------------------------------------
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and loading")
+    g.add_argument("-m", "--model", metavar="M", help="a .gguf path or a library name (default: last used, else the bundled model)")
+    g.add_argument("--ctx", type=int, metavar="N", help="context size in tokens (rounded up to a multiple of 256)")
+    g.add_argument("--gpu-layers", metavar="auto|all|N", help="layers to offload to the GPU (default auto)")
+    g.add_argument("--threads", type=int, metavar="N", help="generation threads (default: physical cores)")
+    g.add_argument("--threads-batch", type=int, metavar="N", help="prompt threads (default: logical cores)")
+    g.add_argument("--batch", type=int, metavar="N", help="prompt batch size (default 512)")
+    g.add_argument("--flash-attn", choices=["auto", "on", "off"], help="flash attention (default auto)")
+    g.add_argument("--cache-type-k", metavar="TYPE", help="K cache type: f16, q8_0, q4_0, … (default f16)")
+    g.add_argument("--cache-type-v", metavar="TYPE", help="V cache type (quantized types need flash attention)")
+    g.add_argument("--no-mmap", action="store_true", help="read the model into memory instead of mapping it")
+    g.add_argument("--mlock", action="store_true", help="lock the model in RAM")
+    g.add_argument("--rope-freq-base", type=float, metavar="F", help="override the RoPE base frequency (NTK scaling)")
+    g.add_argument("--rope-scale", type=float, metavar="F", help="linear RoPE scale factor, e.g. 2 to run a 4k model at 8k")
+    g.add_argument("--no-memory-check", action="store_true", help="load even if the model looks too big for RAM")
+
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--preset", metavar="NAME", help="sampler preset from assets/samplers (default: settings, else 'default')")
+    g.add_argument("--temp", "--temperature", dest="temperature", type=float, metavar="T", help="0 = greedy")
+    g.add_argument("--top-k", type=int, metavar="K")
+    g.add_argument("--top-p", type=float, metavar="P")
+    g.add_argument("--min-p", type=float, metavar="P")
+    g.add_argument("--typical-p", type=float, metavar="P")
+    g.add_argument("--repeat-penalty", type=float, metavar="F")
+    g.add_argument("--repeat-last-n", type=int, metavar="N", help="tokens the penalties look back over (-1 = whole context)")
+    g.add_argument("--presence-penalty", type=float, metavar="F")
+    g.add_argument("--frequency-penalty", type=float, metavar="F")
+    g.add_argument("--mirostat", type=int, choices=[0, 1, 2])
+    g.add_argument("--mirostat-tau", type=float, metavar="F")
+    g.add_argument("--mirostat-eta", type=float, metavar="F")
+    g.add_argument("--seed", type=int, metavar="N", help="fixed seed for reproducible replies (default random)")
+    g.add_argument("-n", "--max-tokens", type=int, metavar="N", help="longest reply in tokens")
+    g.add_argument("--ban-eos", action="store_true", help="never end a reply on the end-of-text token")
+
+
+_SAMPLER_KEYS = (
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
+    "presence_penalty", "frequency_penalty", "mirostat", "mirostat_tau", "mirostat_eta", "seed",
+    "max_tokens",
+)
+
+
+# -- building blocks from arguments and settings -------------------------------------
+
+def _settings() -> Any:
+    from app.paths import get_paths
+    from app.settings import Settings
+
+    paths = get_paths()
+    return paths, Settings.load(paths.settings_file)
+
+
+def _model_dirs(paths: Any, settings: Any) -> list[Path]:
+    return [paths.models_dir, *(Path(d).expanduser() for d in settings.get("model", "dirs", []))]
+
+
+def _load_options(args: argparse.Namespace, settings: Any) -> Any:
+    from app.engine.options import LoadOptions, parse_gpu_layers
+
+    opts = LoadOptions.from_settings(settings.section("model"))
+    opts.ctx = args.ctx if args.ctx is not None else None  # settings ctx is the default, not a request
+    if args.gpu_layers is not None:
+        opts.gpu_layers = parse_gpu_layers(args.gpu_layers)
+    for name in ("threads", "threads_batch", "batch", "flash_attn", "cache_type_k", "cache_type_v",
+                 "rope_freq_base", "rope_scale"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(opts, name, value)
+    if args.no_mmap:
+        opts.mmap = False
+    if args.mlock:
+        opts.mlock = True
+    if args.no_memory_check:
+        opts.check_memory = False
+    return opts
+
+
+def _sampler(args: argparse.Namespace, settings: Any) -> Any:
+    from app.engine.options import SamplerSettings, load_preset
+
+    preset = args.preset or settings.get("chat", "preset", "default")
+    sampler = load_preset(preset)
+    sampler = SamplerSettings.from_mapping(dict(settings.section("sampler")), sampler)
+    sampler.max_tokens = int(settings.get("chat", "max_tokens", sampler.max_tokens))
+    changes = {k: getattr(args, k) for k in _SAMPLER_KEYS if getattr(args, k, None) is not None}
+    sampler = sampler.updated(**changes)
+    if args.ban_eos:
+        sampler.ban_eos = True
+    sampler.validate()
+    return sampler
+
+
+def _pick_model(args: argparse.Namespace, paths: Any, settings: Any) -> Path:
+    from app.hub.library import resolve_model
+
+    dirs = _model_dirs(paths, settings)
+    if args.model:
+        return resolve_model(args.model, dirs)
+    for key in ("default", "last_used"):
+        ref = settings.get("model", key, "")
+        if ref:
+            try:
+                return resolve_model(ref, dirs)
+            except CatteryError:
+                if key == "default":
+                    raise
+    return resolve_model(None, dirs)
+
+
+def _load_engine(args: argparse.Namespace, paths: Any, settings: Any) -> Any:
+    from app.engine.engine import Engine
+
+    path = _pick_model(args, paths, settings)
+    engine = Engine(log_file=paths.llama_log)
+    default_ctx = int(settings.get("model", "ctx", 4096) or 4096)
+    report = engine.load(path, _load_options(args, settings), default_ctx=default_ctx)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if settings.get("model", "last_used", "") != str(path):
+        settings.set("model", "last_used", str(path))
+        try:
+            settings.save()
+        except OSError as exc:
+            print(f"warning: cannot save {settings.path}: {exc.strerror}", file=sys.stderr)
+    return engine
+
+
+# -- commands ------------------------------------------------------------------------
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from app.plain_chat import PlainChat
+    from app.prompt.conversation import Conversation
+
+    paths, settings = _settings()
+    sampler = _sampler(args, settings)
+    engine = _load_engine(args, paths, settings)
+    try:
+        report = engine.report
+        assert report is not None and engine.info is not None
+        system = args.system if args.system is not None else settings.get("chat", "system", "")
+        conversation = Conversation(engine.info, system or None)
+        interactive = sys.stdin.isatty()
+        print(
+            f"{report.path.name} · {report.placement} · ctx {report.n_ctx} · "
+            f"{conversation.template_source}. /help for commands"
+            + (", Ctrl-D to leave." if interactive else "."),
+            file=sys.stderr,
+            flush=True,
+        )
+        chat = PlainChat(engine, conversation, sampler, interactive=interactive)
+        return chat.run()
+    finally:
+        engine.close()
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    from app.paths import get_paths
+
+    items = {k: str(v) for k, v in get_paths().as_dict().items()}
+    if args.json:
+        print(json.dumps(items, indent=2))
+    else:
+        width = max(len(k) for k in items)
+        for key, value in items.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from app.hub.library import library_entries
+
+    paths, settings = _settings()
+    entries = library_entries(_model_dirs(paths, settings))
+    if args.json:
+        print(json.dumps([{"name": e.name, "path": str(e.path), "source": e.source} for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no models yet: the bundled model is not installed and no .gguf files were found", file=sys.stderr)
+        return 0
+    for e in entries:
+        print(f"{e.name}  {_fmt_size(e.path.stat().st_size)}  {e.source}  {e.path}")
+    return 0
+
+
+def cmd_models_info(args: argparse.Namespace) -> int:
+    from app.engine.metadata import read_model_info
+    from app.hub.library import resolve_model
+
+    paths, settings = _settings()
+    info = read_model_info(resolve_model(args.model_ref, _model_dirs(paths, settings)))
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2, default=str))
+        return 0
+    rows = [
+        ("file", str(info.path)),
+        ("size", _fmt_size(info.file_size)),
+        ("name", info.name or "-"),
+        ("architecture", info.architecture),
+        ("parameters", f"{info.parameter_count / 1e6:.1f} M" if info.parameter_count < 1e9 else f"{info.parameter_count / 1e9:.2f} B"),
+        ("quantization", info.file_type or "-"),
+        ("trained context", str(info.context_length or "-")),
+        ("layers", str(info.block_count or "-")),
+        ("heads / kv heads", f"{info.head_count} / {info.head_count_kv}"),
+        ("rope", f"base {info.rope_freq_base}" + (f", {info.rope_scaling_type} ×{info.rope_scaling_factor}" if info.rope_scaling_type and info.rope_scaling_type != "none" else "")),
+        ("vocabulary", str(info.vocab_size or "-")),
+        ("bos / eos", f"{info.bos_token!r} / {info.eos_token!r}"),
+        ("chat template", "yes" if info.chat_template else "none (ChatML is used)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cattery",
+        description="Chat with quantized LLMs on your own machine, through llama.cpp.",
+    )
+    parser.add_argument("--version", action="version", version=f"cattery {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="chat with a model (the default command)",
+                          description="Chat with a model. Without a terminal (or with --plain) the chat is line based.")
+    _add_model_options(chat)
+    _add_sampler_options(chat)
+    chat.add_argument("--system", metavar="TEXT", help="the system prompt (default: from settings)")
+    chat.add_argument("--plain", action="store_true", help="line-based chat on stdin/stdout")
+    chat.set_defaults(func=cmd_chat)
+
+    paths = sub.add_parser("paths", help="where Cattery keeps settings, models, chats and logs")
+    paths.add_argument("--json", action="store_true")
+    paths.set_defaults(func=cmd_paths)
+
+    models = sub.add_parser("models", help="the model library")
+    msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    mlist = msub.add_parser("list", help="models Cattery knows by name")
+    mlist.add_argument("--json", action="store_true")
+    mlist.set_defaults(func=cmd_models_list)
+    minfo = msub.add_parser("info", help="what a GGUF file says about its model")
+    minfo.add_argument("model_ref", metavar="M", help="a .gguf path or a library name")
+    minfo.add_argument("--json", action="store_true")
+    minfo.set_defaults(func=cmd_models_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["chat", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CatteryError as exc:
+        print(f"cattery: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

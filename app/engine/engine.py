@@ -1,0 +1,373 @@
+"""The engine: one model, one dedicated thread, streaming generations.
+
+A llama context is not thread-safe, so every llama.cpp call runs on the engine's
+single worker thread; callers get results through futures and a queue. The engine
+keeps track of which tokens are in the KV cache and evaluates only what changed
+after the longest common prefix, which is what makes the next chat turn fast.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.engine.metadata import ModelInfo, read_model_info
+from app.engine.options import LoadOptions, SamplerSettings
+from app.engine.preflight import DEFAULT_CTX, check_memory, choose_ctx, context_warnings
+from app.engine.stats import GenerationStats, LoadReport
+from app.engine.textstream import TextStream
+from app.errors import CatteryError, ContextOverflowError
+
+if TYPE_CHECKING:
+    from app.engine.native import NativeModel
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except Exception:  # psutil cannot count on some containers
+        return os.cpu_count() or 1
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class _End:
+    def __init__(self, stats: GenerationStats) -> None:
+        self.stats = stats
+
+
+class Generation:
+    """A reply being generated: iterate it for text pieces; `stats` is set when it ends.
+
+    Breaking out of the iteration cancels the generation. `cancel()` may be called
+    from any thread (a UI, a signal handler) and takes effect within one token.
+    """
+
+    def __init__(self, engine: Engine, prompt: str | Sequence[int], sampler: SamplerSettings,
+                 stop: Sequence[str]) -> None:
+        self._engine = engine
+        self.prompt = prompt
+        self.sampler = sampler
+        self.stop = list(stop)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._finished = False
+        self.text = ""
+        self.stats: GenerationStats | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._engine._abort_if_current(self)
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            while not self._finished:
+                item = self._queue.get()
+                if isinstance(item, str):
+                    self.text += item
+                    yield item
+                elif isinstance(item, _End):
+                    self.stats = item.stats
+                    self._finished = True
+                else:
+                    self._finished = True
+                    raise item
+        finally:
+            if not self._finished:
+                self.cancel()
+                for _ in self:
+                    pass
+
+    def result(self) -> str:
+        """Wait for the end and return the whole reply."""
+        for _ in self:
+            pass
+        return self.text
+
+
+class Engine:
+    """Owns at most one loaded model. Thread-safe: any thread may call any method."""
+
+    def __init__(self, log_file: Path | None = None) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cattery-engine")
+        self._model: NativeModel | None = None
+        self._current: Generation | None = None
+        self._lock = threading.Lock()
+        self._log_file = log_file
+        self.info: ModelInfo | None = None
+        self.report: LoadReport | None = None
+
+    # -- loading -----------------------------------------------------------------
+
+    def load(self, path: Path, options: LoadOptions | None = None, *,
+             default_ctx: int = DEFAULT_CTX,
+             progress: Callable[[float], bool] | None = None) -> LoadReport:
+        """Check, then load `path` (replacing any model loaded before). Blocks until loaded.
+
+        Raises `CatteryError` with one line for anything the user can fix.
+        """
+        options = options or LoadOptions()
+        options.validate()
+        info = read_model_info(Path(path))
+        from app.engine import native
+
+        native.LOG.install(self._log_file)
+        warnings: list[str] = []
+        n_ctx = choose_ctx(info, options, default_ctx)
+        warnings += context_warnings(info, n_ctx, options)
+        offload = native.offload_supported()
+        n_layers = info.block_count or 0
+        if options.gpu_layers is None:
+            gpu_layers = -1 if offload else 0
+        else:
+            gpu_layers = min(options.gpu_layers, n_layers + 1) if n_layers else options.gpu_layers
+            if gpu_layers > 0 and not offload:
+                warnings.append(
+                    "this llama.cpp build has no GPU offload; running on the CPU "
+                    "(see the README to build llama-cpp-python with CUDA or Metal)"
+                )
+                gpu_layers = 0
+        if options.cache_type_v not in ("f16", "f32", "bf16") and options.flash_attn == "off":
+            raise CatteryError(
+                f"a {options.cache_type_v} V cache needs flash attention: use --flash-attn auto or on"
+            )
+        check_memory(info, n_ctx, options, n_layers + 1 if gpu_layers < 0 else gpu_layers)
+        threads = options.threads or _physical_cores()
+        threads_batch = options.threads_batch or os.cpu_count() or threads
+
+        def job() -> tuple[NativeModel, float]:
+            self._close_model()
+            start = time.perf_counter()
+            model = native.NativeModel(
+                info.path, options, n_ctx=n_ctx, gpu_layers=gpu_layers, threads=threads,
+                threads_batch=threads_batch, progress=progress,
+            )
+            self._model = model
+            return model, time.perf_counter() - start
+
+        model, seconds = self._pool.submit(job).result()
+        self.info = info
+        self.report = LoadReport(
+            path=info.path, n_ctx=model.n_ctx, n_ctx_train=model.n_ctx_train, n_layers=model.n_layer,
+            gpu_layers=model.gpu_layers_offloaded, offload_supported=offload, threads=threads,
+            threads_batch=threads_batch, batch=options.batch, flash_attn=options.flash_attn,
+            cache_type_k=options.cache_type_k, cache_type_v=options.cache_type_v,
+            rope_freq_base=options.rope_freq_base, rope_scale=options.rope_scale,
+            load_seconds=seconds, warnings=warnings,
+        )
+        if options.warmup:
+            self._pool.submit(self._warmup, model)
+        return self.report
+
+    @staticmethod
+    def _warmup(model: NativeModel) -> None:
+        try:
+            model.warmup()
+        except Exception:  # a failed warm-up only costs speed on the first token
+            model.clear_kv()
+
+    def _close_model(self) -> None:
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def n_ctx(self) -> int:
+        return self._require().n_ctx
+
+    def _require(self) -> NativeModel:
+        if self._model is None:
+            raise CatteryError("no model is loaded")
+        return self._model
+
+    def _run(self, fn: Callable[[NativeModel], Any]) -> Any:
+        return self._pool.submit(lambda: fn(self._require())).result()
+
+    def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        return self._run(lambda m: self._prompt_tokens(m, text, add_bos))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._run(lambda m: m.detokenize(tokens))
+
+    def cached_tokens(self) -> list[int]:
+        return self._run(lambda m: list(m.kv_tokens))
+
+    def reset(self) -> None:
+        """Forget the KV cache, so the next prompt is evaluated from scratch."""
+        self._run(lambda m: m.clear_kv())
+
+    def close(self) -> None:
+        current = self._current
+        if current is not None:
+            current.cancel()
+        self._pool.submit(self._close_model).result()
+        self._pool.shutdown(wait=True)
+
+    # -- generation ----------------------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[int], sampler: SamplerSettings | None = None,
+                 stop: Sequence[str] = ()) -> Generation:
+        """Start a reply; generations run one after another in the order asked for."""
+        sampler = sampler or SamplerSettings()
+        sampler.validate()
+        self._require()
+        gen = Generation(self, prompt, sampler, stop)
+        self._pool.submit(self._generate, gen)
+        return gen
+
+    def cancel(self) -> None:
+        current = self._current
+        if current is not None:
+            current.cancel()
+
+    def _abort_if_current(self, gen: Generation) -> None:
+        with self._lock:
+            if self._current is gen and self._model is not None:
+                self._model.abort.set()
+
+    @staticmethod
+    def _prompt_tokens(m: NativeModel, prompt: str | Sequence[int], add_bos: bool | None) -> list[int]:
+        if not isinstance(prompt, str):
+            return list(prompt)
+        tokens = m.tokenize(prompt, add_special=False, parse_special=True)
+        want_bos = m.add_bos if add_bos is None else add_bos
+        if want_bos and m.bos_token >= 0 and (not tokens or tokens[0] != m.bos_token):
+            tokens.insert(0, m.bos_token)
+        return tokens
+
+    def _generate(self, gen: Generation) -> None:
+        m = self._model
+        if m is None:
+            gen._queue.put(CatteryError("no model is loaded"))
+            return
+        with self._lock:
+            self._current = gen
+            m.abort.clear()
+        try:
+            stats = self._generate_on(m, gen)
+        except BaseException as exc:  # the consumer re-raises it on its own thread
+            gen._queue.put(exc)
+        else:
+            gen._queue.put(_End(stats))
+        finally:
+            with self._lock:
+                self._current = None
+                m.abort.clear()
+
+    def _generate_on(self, m: NativeModel, gen: Generation) -> GenerationStats:
+        from app.engine.native import L
+
+        s = gen.sampler
+        seed = s.seed if s.seed is not None else secrets.randbelow(0xFFFFFFFF)
+        tokens = self._prompt_tokens(m, gen.prompt, None)
+        stats = GenerationStats(prompt_tokens=len(tokens), seed=seed)
+        if gen.cancelled:
+            stats.finish_reason = "cancelled"
+            return stats
+        if not tokens:
+            raise CatteryError("the prompt is empty")
+        if len(tokens) >= m.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but the context holds {m.n_ctx}; "
+                "shorten it or load the model with a larger --ctx"
+            )
+        start = time.perf_counter()
+        n_keep = common_prefix(m.kv_tokens, tokens)
+        if n_keep == len(tokens):
+            n_keep -= 1  # the last prompt token must be evaluated again to get its logits
+        m.truncate_kv(n_keep)
+        stats.prompt_reused = n_keep
+        stats.prompt_evaluated = len(tokens) - n_keep
+        status = m.decode(tokens[n_keep:])
+        stats.prompt_seconds = time.perf_counter() - start
+        if status == 2 or gen.cancelled:
+            stats.finish_reason = "cancelled"
+            return stats
+        if status != 0:
+            raise CatteryError(f"llama.cpp could not evaluate the prompt (status {status})")
+
+        chain = m.make_sampler(s, seed, tokens)
+        try:
+            return self._token_loop(m, gen, chain, stats, start, L)
+        finally:
+            m.free_sampler(chain)
+
+    @staticmethod
+    def _token_loop(m: NativeModel, gen: Generation, chain: Any, stats: GenerationStats,
+                    start: float, L: Any) -> GenerationStats:
+        # Locals for the hot path: one token costs a decode, a sample and little else.
+        sample, ctx, piece, decode_one = L.llama_sampler_sample, m.ctx, m.piece, m.decode_one
+        is_eog, vocab = L.llama_vocab_is_eog, m.vocab
+        clock, put, cancel = time.perf_counter, gen._queue.put, gen._cancel
+        stream = TextStream(gen.stop)
+        ban_eos, max_tokens, n_ctx, kv = gen.sampler.ban_eos, gen.sampler.max_tokens, m.n_ctx, m.kv_tokens
+        n = samples = 0
+        t_first = t_last = 0.0
+        finish = ""
+        while True:
+            token = sample(chain, ctx, -1)
+            t_last = clock()
+            samples += 1
+            if samples == 1:
+                t_first = t_last
+            if not ban_eos and is_eog(vocab, token):
+                finish = "stop"
+                break
+            n += 1
+            text = stream.feed(piece(token))
+            if text:
+                put(text)
+            if stream.stopped_by is not None:
+                finish = "stop_string"
+                break
+            if n >= max_tokens:
+                finish = "length"
+                break
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            if len(kv) >= n_ctx:
+                finish = "context_full"
+                break
+            status = decode_one(token)
+            if status != 0:
+                if status == 2 or cancel.is_set():
+                    finish = "cancelled"
+                elif status == 1:
+                    finish = "context_full"
+                else:
+                    raise CatteryError(f"llama.cpp decode failed (status {status})")
+                break
+        tail = stream.finish()
+        if tail:
+            put(tail)
+        stats.generated_tokens = n
+        stats.finish_reason = finish
+        stats.stop_string = stream.stopped_by
+        stats.time_to_first_token = t_first - start
+        stats.decode_seconds = t_last - t_first
+        stats.decode_steps = samples - 1
+        return stats

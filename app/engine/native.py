@@ -1,0 +1,354 @@
+"""The thin layer over llama-cpp-python's low-level API that the engine drives.
+
+Cattery does not use `llama_cpp.Llama`: its `eval` copies the full logits row into
+numpy on every token and its sampler is rebuilt per call, which costs decode speed
+and hides the KV cache Cattery wants to manage itself. Everything here uses the
+structs and functions of the installed `llama_cpp` module (never copies of them),
+and a struct field that the installed version lacks is an error, not a silent no-op.
+
+Every method must run on the engine's own thread: a llama context is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as L
+
+from app.engine.llama_log import LOG
+from app.engine.options import LoadOptions, SamplerSettings
+from app.errors import CatteryError, ModelFileError
+
+_backend_ready = False
+
+
+def set_fields(struct: Any, **values: Any) -> None:
+    names = {f[0] for f in type(struct)._fields_}
+    for key, value in values.items():
+        if key not in names:
+            raise RuntimeError(
+                f"llama-cpp-python {L.__version__}: {type(struct).__name__} has no field {key!r}; "
+                "install the version range pinned in pyproject.toml"
+            )
+        setattr(struct, key, value)
+
+
+def ensure_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        LOG.install()
+        L.llama_backend_init()
+        _backend_ready = True
+
+
+def offload_supported() -> bool:
+    ensure_backend()
+    return bool(L.llama_supports_gpu_offload())
+
+
+def _ggml_type(name: str) -> int:
+    return int(getattr(L, f"GGML_TYPE_{name.upper()}"))
+
+
+def _libc_strlen_address() -> int:
+    libc = ctypes.cdll.msvcrt if sys.platform == "win32" else ctypes.CDLL(ctypes.util.find_library("c"))
+    return ctypes.cast(libc.strlen, ctypes.c_void_p).value or 0
+
+
+class AbortFlag:
+    """A cancel switch llama.cpp polls during `llama_decode` without touching Python.
+
+    The CPU backend calls the abort callback once per graph node, hundreds of times
+    per token. A Python callback would take the GIL each time and slow decoding; so
+    the callback is libc's `strlen` on a two-byte buffer: "" (length 0, false) runs
+    on, "x" (length 1, true) aborts. Setting the flag is a one-byte write.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = ctypes.create_string_buffer(2)
+        self.callback = L.ggml_abort_callback(_libc_strlen_address())
+        self.data = ctypes.cast(self._buffer, ctypes.c_void_p)
+
+    def set(self) -> None:
+        self._buffer[0] = b"x"
+
+    def clear(self) -> None:
+        self._buffer[0] = b"\0"
+
+
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+class NativeModel:
+    """One loaded model with its context, KV cache bookkeeping and token helpers."""
+
+    def __init__(
+        self,
+        path: Path,
+        options: LoadOptions,
+        *,
+        n_ctx: int,
+        gpu_layers: int,
+        threads: int,
+        threads_batch: int,
+        progress: Callable[[float], bool] | None = None,
+    ) -> None:
+        ensure_backend()
+        self.path = path
+        mark = LOG.mark()
+
+        mp = L.llama_model_default_params()
+        if options.mmap and options.mlock:
+            mode = L.LLAMA_LOAD_MODE_MMAP_MLOCK
+        elif options.mmap:
+            mode = L.LLAMA_LOAD_MODE_MMAP
+        elif options.mlock:
+            mode = L.LLAMA_LOAD_MODE_MLOCK
+        else:
+            mode = L.LLAMA_LOAD_MODE_NONE
+        self._progress_cb = None
+        fields: dict[str, Any] = {"n_gpu_layers": gpu_layers, "load_mode": mode}
+        if progress is not None:
+            self._progress_cb = L.llama_progress_callback(lambda value, _data: bool(progress(value)))
+            fields["progress_callback"] = self._progress_cb
+        set_fields(mp, **fields)
+        model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+        if not model:
+            raise ModelFileError(f"{path}: llama.cpp cannot load it: {self._reason(mark)}")
+        self.model = model
+        self.vocab = L.llama_model_get_vocab(model)
+        self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
+        self.n_layer = int(L.llama_model_n_layer(model))
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(model))
+
+        cp = L.llama_context_default_params()
+        flash = {
+            "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[options.flash_attn]
+        self.abort = AbortFlag()
+        ctx_fields: dict[str, Any] = {
+            "n_ctx": n_ctx,
+            "n_batch": options.batch,
+            "n_ubatch": options.batch,
+            "n_seq_max": 1,
+            "n_threads": threads,
+            "n_threads_batch": threads_batch,
+            "flash_attn_type": flash,
+            "type_k": _ggml_type(options.cache_type_k),
+            "type_v": _ggml_type(options.cache_type_v),
+            "abort_callback": self.abort.callback,
+            "abort_callback_data": self.abort.data,
+            "no_perf": True,
+        }
+        if options.rope_freq_base:
+            ctx_fields["rope_freq_base"] = float(options.rope_freq_base)
+        if options.rope_scale:
+            ctx_fields["rope_scaling_type"] = L.LLAMA_ROPE_SCALING_TYPE_LINEAR
+            ctx_fields["rope_freq_scale"] = 1.0 / float(options.rope_scale)
+        set_fields(cp, **ctx_fields)
+        ctx = L.llama_init_from_model(model, cp)
+        if not ctx:
+            L.llama_model_free(model)
+            self.model = None
+            raise ModelFileError(f"{path}: llama.cpp cannot create the context: {self._reason(mark)}")
+        self.ctx = ctx
+        self.memory = L.llama_get_memory(ctx)
+        self.n_ctx = int(L.llama_n_ctx(ctx))
+        self.n_batch = options.batch
+        self.kv_tokens: list[int] = []
+        self.load_log = LOG.lines_since(mark)
+        self.gpu_layers_offloaded = self._offloaded_layers(gpu_layers)
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._one = (L.llama_token * 1)()
+        self._one_batch = L.llama_batch_get_one(self._one, 1)
+        self._eog: list[int] | None = None
+
+    @staticmethod
+    def _reason(mark: int) -> str:
+        errors = LOG.errors_since(mark)
+        useful = [e for e in errors if "failed to load model" not in e] or errors
+        return useful[0] if useful else "see the llama.cpp log"
+
+    def _offloaded_layers(self, requested: int) -> int:
+        for line in self.load_log:
+            m = _OFFLOADED.search(line)
+            if m:
+                return int(m.group(1))
+        if not L.llama_supports_gpu_offload():
+            return 0
+        return self.n_layer + 1 if requested < 0 else min(requested, self.n_layer + 1)
+
+    # -- tokens -----------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 16
+        buf = (L.llama_token * size)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, size, add_special, parse_special)
+        if n < 0:
+            size = -n
+            buf = (L.llama_token * size)()
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, size, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = self._piece_buf
+        n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        data = buf.raw[:n]
+        self._pieces[token] = data
+        return data
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def eog_tokens(self) -> list[int]:
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog
+
+    @property
+    def bos_token(self) -> int:
+        return int(L.llama_vocab_bos(self.vocab))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(L.llama_vocab_get_add_bos(self.vocab))
+
+    # -- KV cache -----------------------------------------------------------------
+
+    def truncate_kv(self, n_keep: int) -> None:
+        """Drop every cached position from `n_keep` on."""
+        if n_keep < len(self.kv_tokens):
+            L.llama_memory_seq_rm(self.memory, 0, n_keep, -1)
+            del self.kv_tokens[n_keep:]
+
+    def clear_kv(self) -> None:
+        L.llama_memory_clear(self.memory, True)
+        self.kv_tokens.clear()
+
+    def decode(self, tokens: Sequence[int]) -> int:
+        """Evaluate tokens after those in the cache, in batches. Returns llama_decode's status.
+
+        On failure or abort the partly written batch is removed, so `kv_tokens`
+        always matches the cache.
+        """
+        step = self.n_batch
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start : start + step]
+            arr = (L.llama_token * len(chunk))(*chunk)
+            status = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
+            if status != 0:
+                L.llama_memory_seq_rm(self.memory, 0, len(self.kv_tokens), -1)
+                return int(status)
+            self.kv_tokens.extend(chunk)
+        return 0
+
+    def decode_one(self, token: int) -> int:
+        """The hot path of generation: one token through a batch made once."""
+        self._one[0] = token
+        status = L.llama_decode(self.ctx, self._one_batch)
+        if status != 0:
+            L.llama_memory_seq_rm(self.memory, 0, len(self.kv_tokens), -1)
+            return int(status)
+        self.kv_tokens.append(token)
+        return 0
+
+    def warmup(self) -> None:
+        """Touch every weight once so the first real token is not slowed by mmap paging."""
+        L.llama_set_warmup(self.ctx, True)
+        token = self.bos_token if self.bos_token >= 0 else 0
+        self.decode([token])
+        L.llama_set_warmup(self.ctx, False)
+        self.clear_kv()
+
+    # -- sampling -----------------------------------------------------------------
+
+    def make_sampler(self, s: SamplerSettings, seed: int, history: Sequence[int]) -> Any:
+        """A native sampler chain in llama.cpp's usual order; the penalties see the prompt too.
+
+        Tokens are only ever accepted that the chain itself sampled, so a grammar
+        never sees a token it forbids.
+        """
+        params = L.llama_sampler_chain_default_params()
+        set_fields(params, no_perf=True)
+        chain = L.llama_sampler_chain_init(params)
+
+        def add(sampler: Any) -> None:
+            L.llama_sampler_chain_add(chain, sampler)
+
+        if s.grammar:
+            grammar = L.llama_sampler_init_grammar(self.vocab, s.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                L.llama_sampler_free(chain)
+                raise CatteryError("the grammar does not parse (GBNF with a `root` rule expected)")
+            add(grammar)
+        if s.ban_eos and not s.grammar:  # a finished grammar allows only end-of-text
+            eog = self.eog_tokens()
+            biases = (L.llama_logit_bias * len(eog))()
+            for i, token in enumerate(eog):
+                biases[i].token = token
+                biases[i].bias = float("-inf")
+            add(L.llama_sampler_init_logit_bias(self.n_vocab, len(eog), biases))
+        last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+        penalised = last_n > 0 and (
+            s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
+        )
+        if penalised:
+            penalties = L.llama_sampler_init_penalties(
+                self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+            )
+            # Only the penalties see the prompt: a grammar sampler fed tokens it does
+            # not allow throws a C++ exception, which aborts the process.
+            for token in history[-last_n:]:
+                L.llama_sampler_accept(penalties, token)
+            add(penalties)
+        if s.temperature <= 0:
+            add(L.llama_sampler_init_greedy())
+        elif s.mirostat == 1:
+            add(L.llama_sampler_init_temp(s.temperature))
+            add(L.llama_sampler_init_mirostat(self.n_vocab, seed, s.mirostat_tau, s.mirostat_eta, 100))
+        elif s.mirostat == 2:
+            add(L.llama_sampler_init_temp(s.temperature))
+            add(L.llama_sampler_init_mirostat_v2(seed, s.mirostat_tau, s.mirostat_eta))
+        else:
+            if s.top_k > 0:
+                add(L.llama_sampler_init_top_k(s.top_k))
+            if s.typical_p < 1.0:
+                add(L.llama_sampler_init_typical(s.typical_p, 1))
+            if s.top_p < 1.0:
+                add(L.llama_sampler_init_top_p(s.top_p, 1))
+            if s.min_p > 0.0:
+                add(L.llama_sampler_init_min_p(s.min_p, 1))
+            add(L.llama_sampler_init_temp(s.temperature))
+            add(L.llama_sampler_init_dist(seed))
+        return chain
+
+    @staticmethod
+    def free_sampler(chain: Any) -> None:
+        L.llama_sampler_free(chain)
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            L.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            L.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,165 @@
+"""`cattery chat --plain`: a line-based chat on stdin/stdout, for scripts and plain terminals.
+
+stdout carries only the model's replies (and what a slash command was asked to
+print), so a script can pipe lines in and read replies out; the banner, warnings
+and notices go to stderr. Ctrl-C stops a reply and keeps the chat going.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from app.engine.engine import Engine, Generation
+from app.engine.options import SamplerSettings
+from app.engine.stats import GenerationStats
+from app.errors import CatteryError
+from app.prompt.conversation import Conversation
+
+HELP = """\
+/help          this list
+/system TEXT   set the system prompt (without TEXT: show it)
+/reset         forget the conversation (the system prompt stays)
+/stats         model, placement and the last reply's speed
+/quit          leave (Ctrl-D does too)
+Ctrl-C stops a reply. A line ending in \\ continues on the next line."""
+
+
+@dataclass
+class PlainChat:
+    engine: Engine
+    conversation: Conversation
+    sampler: SamplerSettings
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    interactive: bool = False
+    last_stats: GenerationStats | None = None
+    _current: Generation | None = None
+
+    def note(self, text: str) -> None:
+        print(text, file=self.stderr, flush=True)
+
+    def out(self, text: str) -> None:
+        print(text, file=self.stdout, flush=True)
+
+    # -- input ---------------------------------------------------------------------
+
+    def _read_line(self) -> str | None:
+        if self.interactive and self.stdin is sys.stdin:
+            try:
+                return input("> ")
+            except EOFError:
+                return None
+        line = self.stdin.readline()
+        return line.rstrip("\r\n") if line else None
+
+    def messages(self) -> Iterator[str]:
+        """User inputs; a trailing backslash joins the next line."""
+        while True:
+            try:
+                line = self._read_line()
+            except KeyboardInterrupt:
+                if not self.interactive:
+                    raise
+                self.note("\n(/quit or Ctrl-D to leave)")
+                continue
+            if line is None:
+                return
+            parts = []
+            while line is not None and line.endswith("\\"):
+                parts.append(line[:-1])
+                line = self._read_line()
+            parts.append(line or "")
+            yield "\n".join(parts)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        for text in self.messages():
+            if text.startswith("/"):
+                if self.command(text) == "quit":
+                    break
+                continue
+            if not text.strip():
+                continue
+            self.reply(text)
+        return 0
+
+    def command(self, text: str) -> str | None:
+        name, _, arg = text.partition(" ")
+        name = name.lower()
+        if name in ("/quit", "/exit", "/q"):
+            return "quit"
+        if name == "/help":
+            self.out(HELP)
+        elif name == "/system":
+            if arg.strip():
+                self.conversation.system = arg.strip()
+                self.note("(system prompt set)")
+            else:
+                self.out(self.conversation.system or "(no system prompt)")
+        elif name == "/reset":
+            self.conversation.reset()
+            self.note("(conversation cleared)")
+        elif name == "/stats":
+            self.out(self.stats_text())
+        else:
+            self.note(f"unknown command {name}; /help lists them")
+        return None
+
+    def stats_text(self) -> str:
+        report = self.engine.report
+        lines = []
+        if report is not None:
+            lines.append(
+                f"model {report.path.name}: {report.placement}, ctx {report.n_ctx} "
+                f"(trained {report.n_ctx_train}), {report.threads} threads, "
+                f"format: {self.conversation.template_source}"
+            )
+        in_window = len(self.conversation.messages) - self.conversation.window_start
+        lines.append(f"messages: {len(self.conversation.messages)} ({in_window} in the window)")
+        lines.append(f"last reply: {self.last_stats.summary()}" if self.last_stats else "last reply: none yet")
+        return "\n".join(lines)
+
+    def reply(self, text: str) -> None:
+        conv = self.conversation
+        conv.add("user", text)
+        reserve = min(self.sampler.max_tokens, self.engine.n_ctx // 2)
+        try:
+            prompt = conv.fit(lambda t: len(self.engine.tokenize(t)), self.engine.n_ctx, reserve)
+        except CatteryError as exc:
+            conv.messages.pop()
+            self.note(f"error: {exc}")
+            return
+        gen = self.engine.generate(prompt, self.sampler)
+        previous = signal.getsignal(signal.SIGINT)
+        in_main = _in_main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, lambda *_: gen.cancel())
+        try:
+            for piece in gen:
+                self.stdout.write(piece)
+                self.stdout.flush()
+        except CatteryError as exc:
+            conv.messages.pop()
+            self.note(f"\nerror: {exc}")
+            return
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+        self.stdout.write("\n")
+        self.stdout.flush()
+        self.last_stats = gen.stats
+        conv.add("assistant", gen.text.strip())
+        if gen.stats and gen.stats.finish_reason == "cancelled":
+            self.note("(stopped)")
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,1 @@
+"""Turning a conversation into the exact text a model was trained on."""

@@ -1,0 +1,1 @@
+"""Merging, HF → GGUF conversion and quantization (see DESIGN.md)."""

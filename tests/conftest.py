@@ -1,0 +1,58 @@
+"""Shared fixtures: the real bundled model, one real engine per test session, a private CATTERY_HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.engine.engine import Engine
+from app.engine.options import LoadOptions, SamplerSettings
+from app.hub.bundled import find_bundled_model, missing_model_message
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    path = find_bundled_model()
+    if path is None:
+        pytest.fail(missing_model_message())
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine(model_path: Path) -> Iterator[Engine]:
+    eng = Engine()
+    eng.load(model_path, LoadOptions(ctx=2048, threads=2, batch=256))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def greedy() -> SamplerSettings:
+    return SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=48)
+
+
+@pytest.fixture
+def cattery_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("CATTERY_HOME", str(home))
+    return home
+
+
+def run_cattery(*args: str, input: str | None = None, home: Path | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real `cattery` entry point in a child process, as a user's shell would."""
+    env = dict(os.environ)
+    if home is not None:
+        env["CATTERY_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], input=input, capture_output=True, text=True,
+        timeout=timeout, env=env, cwd=ROOT,
+    )
