@@ -13,7 +13,9 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
-_LEVELS = {0: "none", 1: "info", 2: "warn", 3: "error", 4: "debug", 5: "cont"}
+# enum ggml_log_level as the ggml.h shipped with the pinned llama-cpp-python has it
+# (llama_cpp/_logger.py still carries an older numbering).
+_LEVELS = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "cont"}
 
 
 class LlamaLog:

@@ -176,7 +176,11 @@ class NativeModel:
     def _reason(mark: int) -> str:
         errors = LOG.errors_since(mark)
         useful = [e for e in errors if "failed to load model" not in e] or errors
-        return useful[0] if useful else "see the llama.cpp log"
+        if not useful:
+            return "see the llama.cpp log (`cattery paths` shows where)"
+        # "llama_model_load: error loading model: unknown model architecture: 'x'" → the reason alone
+        reason = re.sub(r"^\w+: ", "", useful[0])
+        return reason.removeprefix("error loading model: ")
 
     def _offloaded_layers(self, requested: int) -> int:
         for line in self.load_log:

@@ -1,0 +1,57 @@
+"""Small GGUF files made in the test run with gguf-py's writer, for the error paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_gguf(path: Path, arch: str = "llama", *, tensors: dict[str, np.ndarray] | None = None,
+               extra: dict[str, object] | None = None) -> Path:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("test model")
+    w.add_context_length(2048)
+    w.add_block_count(2)
+    w.add_embedding_length(64)
+    w.add_head_count(4)
+    for key, value in (extra or {}).items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        elif isinstance(value, list):
+            w.add_array(key, value)
+    for name, array in (tensors or {"token_embd.weight": np.ones((16, 64), dtype=np.float32)}).items():
+        w.add_tensor(name, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_huge_sparse_gguf(path: Path, n_bytes: int) -> Path:
+    """A GGUF whose header describes `n_bytes` of weights; the file is sparse, so it costs no disk."""
+    import gguf
+
+    rows = n_bytes // (4096 * 2)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(4096)
+    w.add_block_count(1)
+    w.add_embedding_length(4096)
+    w.add_head_count(32)
+    w.add_tensor_info("token_embd.weight", (rows, 4096), np.dtype(np.float16), rows * 4096 * 2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with path.open("r+b") as f:
+        f.truncate(f.seek(0, 2) + rows * 4096 * 2 + 64)
+    return path

@@ -1,0 +1,49 @@
+"""Settings: defaults from assets, the user's overrides, atomic saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.engine.options import LoadOptions, load_preset, preset_names
+from app.errors import SettingsError
+from app.settings import Settings
+
+
+def test_defaults_and_user_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('[model]\nctx = 8192\n[chat]\nsystem = "Meow."\n[custom]\nkeep = 1\n')
+    s = Settings.load(path)
+    assert s.get("model", "ctx") == 8192
+    assert s.get("model", "gpu_layers") == "auto"  # from the defaults
+    assert s.get("chat", "system") == "Meow."
+    opts = LoadOptions.from_settings(s.section("model"))
+    assert opts.gpu_layers is None and opts.batch == 512 and opts.mmap
+
+
+def test_save_writes_only_the_users_keys_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "config" / "settings.toml"
+    s = Settings.load(path)
+    s.set("model", "last_used", "/models/cat.gguf")
+    s.save()
+    text = path.read_text()
+    assert 'last_used = "/models/cat.gguf"' in text
+    assert "gpu_layers" not in text
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert Settings.load(path).get("model", "last_used") == "/models/cat.gguf"
+
+
+def test_bad_toml_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text("model = [\n")
+    with pytest.raises(SettingsError, match="settings.toml: not valid TOML"):
+        Settings.load(path)
+
+
+def test_presets_are_data_files() -> None:
+    assert {"default", "simple-1", "min-p", "mirostat", "deterministic"} <= set(preset_names())
+    assert load_preset("mirostat").mirostat == 2
+    assert load_preset("deterministic").temperature == 0.0
+    simple = load_preset("simple-1")
+    assert (simple.temperature, simple.top_k, simple.top_p, simple.repeat_penalty) == (0.7, 20, 0.9, 1.15)
