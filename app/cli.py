@@ -18,9 +18,12 @@ from app.errors import CatteryError
 
 # -- shared option groups ----------------------------------------------------------
 
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and loading")
-    g.add_argument("-m", "--model", metavar="M", help="a .gguf path or a library name (default: last used, else the bundled model)")
+    g.add_argument(
+        "-m", "--model", metavar="M", help="a .gguf path or a library name (default: last used, else the bundled model)"
+    )
     g.add_argument("--ctx", type=int, metavar="N", help="context size in tokens (rounded up to a multiple of 256)")
     g.add_argument("--gpu-layers", metavar="auto|all|N", help="layers to offload to the GPU (default auto)")
     g.add_argument("--threads", type=int, metavar="N", help="generation threads (default: physical cores)")
@@ -32,20 +35,26 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-mmap", action="store_true", help="read the model into memory instead of mapping it")
     g.add_argument("--mlock", action="store_true", help="lock the model in RAM")
     g.add_argument("--rope-freq-base", type=float, metavar="F", help="override the RoPE base frequency (NTK scaling)")
-    g.add_argument("--rope-scale", type=float, metavar="F", help="linear RoPE scale factor, e.g. 2 to run a 4k model at 8k")
+    g.add_argument(
+        "--rope-scale", type=float, metavar="F", help="linear RoPE scale factor, e.g. 2 to run a 4k model at 8k"
+    )
     g.add_argument("--no-memory-check", action="store_true", help="load even if the model looks too big for RAM")
 
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--preset", metavar="NAME", help="sampler preset from assets/samplers (default: settings, else 'default')")
+    g.add_argument(
+        "--preset", metavar="NAME", help="sampler preset from assets/samplers (default: settings, else 'default')"
+    )
     g.add_argument("--temp", "--temperature", dest="temperature", type=float, metavar="T", help="0 = greedy")
     g.add_argument("--top-k", type=int, metavar="K")
     g.add_argument("--top-p", type=float, metavar="P")
     g.add_argument("--min-p", type=float, metavar="P")
     g.add_argument("--typical-p", type=float, metavar="P")
     g.add_argument("--repeat-penalty", type=float, metavar="F")
-    g.add_argument("--repeat-last-n", type=int, metavar="N", help="tokens the penalties look back over (-1 = whole context)")
+    g.add_argument(
+        "--repeat-last-n", type=int, metavar="N", help="tokens the penalties look back over (-1 = whole context)"
+    )
     g.add_argument("--presence-penalty", type=float, metavar="F")
     g.add_argument("--frequency-penalty", type=float, metavar="F")
     g.add_argument("--mirostat", type=int, choices=[0, 1, 2])
@@ -57,13 +66,25 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
 
 
 _SAMPLER_KEYS = (
-    "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
-    "presence_penalty", "frequency_penalty", "mirostat", "mirostat_tau", "mirostat_eta", "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "seed",
     "max_tokens",
 )
 
 
 # -- building blocks from arguments and settings -------------------------------------
+
 
 def _settings() -> Any:
     from app.paths import get_paths
@@ -84,8 +105,16 @@ def _load_options(args: argparse.Namespace, settings: Any) -> Any:
     opts.ctx = args.ctx if args.ctx is not None else None  # settings ctx is the default, not a request
     if args.gpu_layers is not None:
         opts.gpu_layers = parse_gpu_layers(args.gpu_layers)
-    for name in ("threads", "threads_batch", "batch", "flash_attn", "cache_type_k", "cache_type_v",
-                 "rope_freq_base", "rope_scale"):
+    for name in (
+        "threads",
+        "threads_batch",
+        "batch",
+        "flash_attn",
+        "cache_type_k",
+        "cache_type_v",
+        "rope_freq_base",
+        "rope_scale",
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(opts, name, value)
@@ -150,6 +179,7 @@ def _load_engine(args: argparse.Namespace, paths: Any, settings: Any) -> Any:
 
 # -- commands ------------------------------------------------------------------------
 
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from app.plain_chat import PlainChat
     from app.prompt.conversation import Conversation
@@ -165,8 +195,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         interactive = sys.stdin.isatty()
         print(
             f"{report.path.name} · {report.placement} · ctx {report.n_ctx} · "
-            f"{conversation.template_source}. /help for commands"
-            + (", Ctrl-D to leave." if interactive else "."),
+            f"{conversation.template_source}. /help for commands" + (", Ctrl-D to leave." if interactive else "."),
             file=sys.stderr,
             flush=True,
         )
@@ -213,6 +242,17 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt_count(n: int) -> str:
+    return f"{n / 1e6:.1f} M" if n < 1e9 else f"{n / 1e9:.2f} B"
+
+
+def _fmt_rope(info: Any) -> str:
+    text = f"base {info.rope_freq_base}"
+    if info.rope_scaling_type and info.rope_scaling_type != "none":
+        text += f", {info.rope_scaling_type} ×{info.rope_scaling_factor}"
+    return text
+
+
 def cmd_models_info(args: argparse.Namespace) -> int:
     from app.engine.metadata import read_model_info
     from app.hub.library import resolve_model
@@ -227,12 +267,12 @@ def cmd_models_info(args: argparse.Namespace) -> int:
         ("size", _fmt_size(info.file_size)),
         ("name", info.name or "-"),
         ("architecture", info.architecture),
-        ("parameters", f"{info.parameter_count / 1e6:.1f} M" if info.parameter_count < 1e9 else f"{info.parameter_count / 1e9:.2f} B"),
+        ("parameters", _fmt_count(info.parameter_count)),
         ("quantization", info.file_type or "-"),
         ("trained context", str(info.context_length or "-")),
         ("layers", str(info.block_count or "-")),
         ("heads / kv heads", f"{info.head_count} / {info.head_count_kv}"),
-        ("rope", f"base {info.rope_freq_base}" + (f", {info.rope_scaling_type} ×{info.rope_scaling_factor}" if info.rope_scaling_type and info.rope_scaling_type != "none" else "")),
+        ("rope", _fmt_rope(info)),
         ("vocabulary", str(info.vocab_size or "-")),
         ("bos / eos", f"{info.bos_token!r} / {info.eos_token!r}"),
         ("chat template", "yes" if info.chat_template else "none (ChatML is used)"),
@@ -245,6 +285,7 @@ def cmd_models_info(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cattery",
@@ -253,8 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cattery {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    chat = sub.add_parser("chat", help="chat with a model (the default command)",
-                          description="Chat with a model. Without a terminal (or with --plain) the chat is line based.")
+    chat = sub.add_parser(
+        "chat",
+        help="chat with a model (the default command)",
+        description="Chat with a model. Without a terminal (or with --plain) the chat is line based.",
+    )
     _add_model_options(chat)
     _add_sampler_options(chat)
     chat.add_argument("--system", metavar="TEXT", help="the system prompt (default: from settings)")

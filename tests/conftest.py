@@ -46,13 +46,19 @@ def cattery_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def run_cattery(*args: str, input: str | None = None, home: Path | None = None,
-                timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cattery(
+    *args: str, input: str | None = None, home: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real `cattery` entry point in a child process, as a user's shell would."""
     env = dict(os.environ)
     if home is not None:
         env["CATTERY_HOME"] = str(home)
     return subprocess.run(
-        [sys.executable, "-m", "app", *args], input=input, capture_output=True, text=True,
-        timeout=timeout, env=env, cwd=ROOT,
+        [sys.executable, "-m", "app", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )

@@ -7,8 +7,13 @@ from pathlib import Path
 import numpy as np
 
 
-def write_gguf(path: Path, arch: str = "llama", *, tensors: dict[str, np.ndarray] | None = None,
-               extra: dict[str, object] | None = None) -> Path:
+def write_gguf(
+    path: Path,
+    arch: str = "llama",
+    *,
+    tensors: dict[str, np.ndarray] | None = None,
+    extra: dict[str, object] | None = None,
+) -> Path:
     import gguf
 
     w = gguf.GGUFWriter(str(path), arch)

@@ -11,7 +11,8 @@ from app.prompt.conversation import Conversation
 MISTRAL_LIKE = (
     "{{ bos_token }}{% for m in messages %}"
     "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-    "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}"
     "{% endfor %}"
 )
 
@@ -65,8 +66,9 @@ def test_helpers_real_templates_use() -> None:
         "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %}"
         "{% if add_generation_prompt %}<go>{% endif %}"
     )
-    out = render_chat_template(template, [{"role": "user", "content": "<猫>"}, {"role": "user", "content": "z"}],
-                               bos_token="<s>")
+    out = render_chat_template(
+        template, [{"role": "user", "content": "<猫>"}, {"role": "user", "content": "z"}], bos_token="<s>"
+    )
     assert out == '<s>4|[{"role": "user", "content": "<猫>"}, {"role": "user", "content": "z"}]<猫><go>'
 
 

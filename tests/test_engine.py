@@ -38,7 +38,7 @@ def test_streams_pieces_and_reports_stats(engine: Engine, greedy: SamplerSetting
 
 
 def test_end_of_turn_token_ends_the_reply(engine: Engine, greedy: SamplerSettings) -> None:
-    pieces, gen = collect(engine, CHATML.format("Say hello."), greedy.updated(max_tokens=200))
+    _, gen = collect(engine, CHATML.format("Say hello."), greedy.updated(max_tokens=200))
     assert gen.stats.finish_reason == "stop"
     assert "<|im_end|>" not in gen.text and "<|im_start|>" not in gen.text
 
@@ -87,8 +87,9 @@ def test_top_k_one_and_min_p_one_are_greedy(engine: Engine, greedy: SamplerSetti
     expected = engine.generate(prompt, greedy).result()
     for seed in (1, 2):
         engine.reset()
-        hot = SamplerSettings(temperature=1.5, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                              max_tokens=greedy.max_tokens, seed=seed)
+        hot = SamplerSettings(
+            temperature=1.5, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, max_tokens=greedy.max_tokens, seed=seed
+        )
         assert engine.generate(prompt, hot).result() == expected
         engine.reset()
         minp = hot.updated(top_k=0, min_p=1.0)
@@ -104,9 +105,20 @@ def test_every_preset_builds_a_working_sampler(engine: Engine, name: str) -> Non
 
 
 def test_every_sampler_knob_reaches_llama_cpp(engine: Engine) -> None:
-    knobs = SamplerSettings(temperature=0.9, top_k=30, top_p=0.9, min_p=0.02, typical_p=0.8,
-                            repeat_penalty=1.3, repeat_last_n=-1, presence_penalty=0.5,
-                            frequency_penalty=0.5, max_tokens=12, seed=5, ban_eos=True)
+    knobs = SamplerSettings(
+        temperature=0.9,
+        top_k=30,
+        top_p=0.9,
+        min_p=0.02,
+        typical_p=0.8,
+        repeat_penalty=1.3,
+        repeat_last_n=-1,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        max_tokens=12,
+        seed=5,
+        ban_eos=True,
+    )
     for mirostat in (0, 1, 2):
         gen = engine.generate(CHATML.format("Hi!"), knobs.updated(mirostat=mirostat))
         gen.result()
@@ -163,9 +175,7 @@ def test_cancel_from_another_thread_takes_effect_within_one_token(engine: Engine
         seen["kv_at_cancel"] = len(model.kv_tokens)
         gen.cancel()
 
-    received = 0
-    for _ in gen:
-        received += 1
+    for received, _ in enumerate(gen, start=1):
         if received == 10:
             t = threading.Thread(target=cancel)
             t.start()

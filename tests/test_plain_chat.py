@@ -15,19 +15,24 @@ GREEDY = ["--temp", "0", "--repeat-penalty", "1.0"]
 
 
 def test_scripted_chat_with_slash_commands(cattery_home: Path) -> None:
-    script = "\n".join([
-        "What is the capital of France?",
-        "/stats",
-        "/system You are a pirate. Answer like a pirate.",
-        "/system",
-        "Who are you?",
-        "/bogus",
-        "/reset",
-        "/stats",
-        "/help",
-        "/quit",
-        "This line comes after /quit and must be ignored.",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "What is the capital of France?",
+                "/stats",
+                "/system You are a pirate. Answer like a pirate.",
+                "/system",
+                "Who are you?",
+                "/bogus",
+                "/reset",
+                "/stats",
+                "/help",
+                "/quit",
+                "This line comes after /quit and must be ignored.",
+            ]
+        )
+        + "\n"
+    )
     r = run_cattery("chat", "--plain", "-n", "40", *GREEDY, input=script, home=cattery_home)
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -48,31 +53,44 @@ def test_reply_is_exactly_what_the_engine_streams(cattery_home: Path, engine) ->
     from app.engine.options import SamplerSettings
     from app.prompt.conversation import Conversation
 
-    r = run_cattery("chat", "--plain", "-n", "30", "--system", "Be brief.", *GREEDY,
-                    input="Name a fruit.\n", home=cattery_home)
+    r = run_cattery(
+        "chat", "--plain", "-n", "30", "--system", "Be brief.", *GREEDY, input="Name a fruit.\n", home=cattery_home
+    )
     assert r.returncode == 0, r.stderr
     conv = Conversation(engine.info, "Be brief.")
     conv.add("user", "Name a fruit.")
     engine.reset()
-    expected = engine.generate(conv.render(), SamplerSettings(temperature=0, repeat_penalty=1.0,
-                                                              max_tokens=30)).result()
+    expected = engine.generate(
+        conv.render(), SamplerSettings(temperature=0, repeat_penalty=1.0, max_tokens=30)
+    ).result()
     assert r.stdout == expected + "\n"
 
 
 def test_multiline_message_with_backslash(cattery_home: Path) -> None:
-    r = run_cattery("chat", "--plain", "-n", "5", *GREEDY, input="First line\\\nsecond line\n/stats\n",
-                    home=cattery_home)
+    r = run_cattery(
+        "chat", "--plain", "-n", "5", *GREEDY, input="First line\\\nsecond line\n/stats\n", home=cattery_home
+    )
     assert r.returncode == 0
     assert "messages: 2" in r.stdout
 
 
 def test_long_chat_slides_the_window(cattery_home: Path) -> None:
     lines = [f"Message number {i}: " + "tell me about cats and their habits. " * 6 for i in range(8)]
-    r = run_cattery("chat", "--plain", "--ctx", "512", "-n", "60", "--ban-eos", *GREEDY,
-                    input="\n".join([*lines, "/stats"]) + "\n", home=cattery_home)
+    r = run_cattery(
+        "chat",
+        "--plain",
+        "--ctx",
+        "512",
+        "-n",
+        "60",
+        "--ban-eos",
+        *GREEDY,
+        input="\n".join([*lines, "/stats"]) + "\n",
+        home=cattery_home,
+    )
     assert r.returncode == 0, r.stderr
     stats = [line for line in r.stdout.splitlines() if line.startswith("messages:")][-1]
-    total, in_window = stats.removeprefix("messages: ").rstrip(" in the window)").split(" (")
+    total, in_window = stats.removeprefix("messages: ").removesuffix(" in the window)").split(" (")
     assert int(total) == 16
     assert int(in_window) < 16
 
@@ -81,8 +99,13 @@ def test_ctrl_c_stops_a_reply_but_not_the_chat(cattery_home: Path) -> None:
     env = dict(os.environ, CATTERY_HOME=str(cattery_home))
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "chat", "--plain", "--ban-eos", "-n", "4000"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        cwd=ROOT, bufsize=1,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        bufsize=1,
     )
     try:
         proc.stdin.write("Tell me a very long story about a cat.\n")

@@ -37,7 +37,7 @@ def test_save_writes_only_the_users_keys_atomically(tmp_path: Path) -> None:
 def test_bad_toml_is_one_clear_line(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
     path.write_text("model = [\n")
-    with pytest.raises(SettingsError, match="settings.toml: not valid TOML"):
+    with pytest.raises(SettingsError, match=r"settings\.toml: not valid TOML"):
         Settings.load(path)
 
 

@@ -73,8 +73,9 @@ def test_context_beyond_training_warns_with_the_fix(cattery_home: Path) -> None:
     warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1
     assert "trained for (8192)" in warning[0] and "--rope-scale 2" in warning[0]
-    ok = run_cattery("chat", "--plain", "--ctx", "16384", "--rope-scale", "2", "-n", "4", input="/quit\n",
-                     home=cattery_home)
+    ok = run_cattery(
+        "chat", "--plain", "--ctx", "16384", "--rope-scale", "2", "-n", "4", input="/quit\n", home=cattery_home
+    )
     assert ok.returncode == 0 and "warning" not in ok.stderr
 
 

@@ -58,8 +58,9 @@ class Generation:
     from any thread (a UI, a signal handler) and takes effect within one token.
     """
 
-    def __init__(self, engine: Engine, prompt: str | Sequence[int], sampler: SamplerSettings,
-                 stop: Sequence[str]) -> None:
+    def __init__(
+        self, engine: Engine, prompt: str | Sequence[int], sampler: SamplerSettings, stop: Sequence[str]
+    ) -> None:
         self._engine = engine
         self.prompt = prompt
         self.sampler = sampler
@@ -118,9 +119,14 @@ class Engine:
 
     # -- loading -----------------------------------------------------------------
 
-    def load(self, path: Path, options: LoadOptions | None = None, *,
-             default_ctx: int = DEFAULT_CTX,
-             progress: Callable[[float], bool] | None = None) -> LoadReport:
+    def load(
+        self,
+        path: Path,
+        options: LoadOptions | None = None,
+        *,
+        default_ctx: int = DEFAULT_CTX,
+        progress: Callable[[float], bool] | None = None,
+    ) -> LoadReport:
         """Check, then load `path` (replacing any model loaded before). Blocks until loaded.
 
         Raises `CatteryError` with one line for anything the user can fix.
@@ -147,9 +153,7 @@ class Engine:
                 )
                 gpu_layers = 0
         if options.cache_type_v not in ("f16", "f32", "bf16") and options.flash_attn == "off":
-            raise CatteryError(
-                f"a {options.cache_type_v} V cache needs flash attention: use --flash-attn auto or on"
-            )
+            raise CatteryError(f"a {options.cache_type_v} V cache needs flash attention: use --flash-attn auto or on")
         check_memory(info, n_ctx, options, n_layers + 1 if gpu_layers < 0 else gpu_layers)
         threads = options.threads or _physical_cores()
         threads_batch = options.threads_batch or os.cpu_count() or threads
@@ -158,8 +162,13 @@ class Engine:
             self._close_model()
             start = time.perf_counter()
             model = native.NativeModel(
-                info.path, options, n_ctx=n_ctx, gpu_layers=gpu_layers, threads=threads,
-                threads_batch=threads_batch, progress=progress,
+                info.path,
+                options,
+                n_ctx=n_ctx,
+                gpu_layers=gpu_layers,
+                threads=threads,
+                threads_batch=threads_batch,
+                progress=progress,
             )
             self._model = model
             return model, time.perf_counter() - start
@@ -167,12 +176,22 @@ class Engine:
         model, seconds = self._pool.submit(job).result()
         self.info = info
         self.report = LoadReport(
-            path=info.path, n_ctx=model.n_ctx, n_ctx_train=model.n_ctx_train, n_layers=model.n_layer,
-            gpu_layers=model.gpu_layers_offloaded, offload_supported=offload, threads=threads,
-            threads_batch=threads_batch, batch=options.batch, flash_attn=options.flash_attn,
-            cache_type_k=options.cache_type_k, cache_type_v=options.cache_type_v,
-            rope_freq_base=options.rope_freq_base, rope_scale=options.rope_scale,
-            load_seconds=seconds, warnings=warnings,
+            path=info.path,
+            n_ctx=model.n_ctx,
+            n_ctx_train=model.n_ctx_train,
+            n_layers=model.n_layer,
+            gpu_layers=model.gpu_layers_offloaded,
+            offload_supported=offload,
+            threads=threads,
+            threads_batch=threads_batch,
+            batch=options.batch,
+            flash_attn=options.flash_attn,
+            cache_type_k=options.cache_type_k,
+            cache_type_v=options.cache_type_v,
+            rope_freq_base=options.rope_freq_base,
+            rope_scale=options.rope_scale,
+            load_seconds=seconds,
+            warnings=warnings,
         )
         if options.warmup:
             self._pool.submit(self._warmup, model)
@@ -228,8 +247,9 @@ class Engine:
 
     # -- generation ----------------------------------------------------------------
 
-    def generate(self, prompt: str | Sequence[int], sampler: SamplerSettings | None = None,
-                 stop: Sequence[str] = ()) -> Generation:
+    def generate(
+        self, prompt: str | Sequence[int], sampler: SamplerSettings | None = None, stop: Sequence[str] = ()
+    ) -> Generation:
         """Start a reply; generations run one after another in the order asked for."""
         sampler = sampler or SamplerSettings()
         sampler.validate()
@@ -316,8 +336,9 @@ class Engine:
             m.free_sampler(chain)
 
     @staticmethod
-    def _token_loop(m: NativeModel, gen: Generation, chain: Any, stats: GenerationStats,
-                    start: float, L: Any) -> GenerationStats:
+    def _token_loop(
+        m: NativeModel, gen: Generation, chain: Any, stats: GenerationStats, start: float, L: Any
+    ) -> GenerationStats:
         # Locals for the hot path: one token costs a decode, a sample and little else.
         sample, ctx, piece, decode_one = L.llama_sampler_sample, m.ctx, m.piece, m.decode_one
         is_eog, vocab = L.llama_vocab_is_eog, m.vocab

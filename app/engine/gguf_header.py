@@ -20,8 +20,7 @@ DEFAULT_ALIGNMENT = 32
 SHORT_ARRAY = 64  # arrays up to this many items are read whole
 
 # GGUF value type codes (gguf.GGUFValueType) → struct format of one item.
-_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                   10: "<Q", 11: "<q", 12: "<d"}
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 
 

@@ -312,9 +312,7 @@ class NativeModel:
                 biases[i].bias = float("-inf")
             add(L.llama_sampler_init_logit_bias(self.n_vocab, len(eog), biases))
         last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-        penalised = last_n > 0 and (
-            s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
-        )
+        penalised = last_n > 0 and (s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0)
         if penalised:
             penalties = L.llama_sampler_init_penalties(
                 self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty

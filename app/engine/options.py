@@ -80,8 +80,7 @@ class LoadOptions:
             value = getattr(self, name).lower()
             if value not in KV_CACHE_TYPES:
                 raise CatteryError(
-                    f"--{name.replace('_', '-')}: unknown type {value!r} "
-                    f"(one of {', '.join(KV_CACHE_TYPES)})"
+                    f"--{name.replace('_', '-')}: unknown type {value!r} (one of {', '.join(KV_CACHE_TYPES)})"
                 )
             setattr(self, name, value)
         if self.flash_attn not in ("auto", "on", "off"):
@@ -190,7 +189,5 @@ def load_preset(name: str) -> SamplerSettings:
     with path.open("rb") as f:
         values = tomllib.load(f)
     values.pop("description", None)
-    neutral = SamplerSettings(
-        top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, repeat_last_n=64
-    )
+    neutral = SamplerSettings(top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, repeat_last_n=64)
     return SamplerSettings.from_mapping(values, neutral)

@@ -57,8 +57,7 @@ def resolve_model(ref: str | None, model_dirs: Iterable[Path]) -> Path:
         return path
     if path.is_dir():
         raise ModelFileError(
-            f"{ref}: is a folder, not a GGUF file "
-            "(a Hugging Face checkpoint? convert it with `cattery convert`)"
+            f"{ref}: is a folder, not a GGUF file (a Hugging Face checkpoint? convert it with `cattery convert`)"
         )
     wanted = ref.lower()
     matches = [e for e in library_entries(model_dirs) if e.name.lower() == wanted]
@@ -69,6 +68,4 @@ def resolve_model(ref: str | None, model_dirs: Iterable[Path]) -> Path:
         raise ModelFileError(f"{ref}: several models have this name ({where}); pass a path")
     if looks_like_path(ref):
         raise ModelFileError(f"{ref}: model file not found")
-    raise ModelFileError(
-        f"{ref}: no such file and no model of that name in the library (`cattery models list`)"
-    )
+    raise ModelFileError(f"{ref}: no such file and no model of that name in the library (`cattery models list`)")

@@ -1,0 +1,188 @@
+"""Decode speed: Cattery's engine against a bare llama-cpp-python loop, same model and settings.
+
+Both sides load the same GGUF with the same context, batch and threads, evaluate the
+same prompt, and generate the same number of tokens greedily with end-of-text
+banned (so every run decodes exactly --tokens tokens). Runs alternate in one process
+so that the machine's state affects both alike; the first round of each is a
+warm-up and is not counted. Decode speed is tokens after the first, divided by the
+time from the first token sampled to the last.
+
+    python bench/decode.py [--model M] [--tokens 256] [--rounds 7] [--threads N]
+
+Writes bench/out/decode.json and a row in bench/RESULTS.md (target: ratio >= 0.97).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import append_result_row, machine, median, now, write_json
+
+PROMPT = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\nTell me a long story about a cat who learns to sail.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+class BareLoop:
+    """The reference: llama-cpp-python's low-level API and nothing else."""
+
+    def __init__(self, path: Path, n_ctx: int, n_batch: int, threads: int) -> None:
+        import llama_cpp as L
+
+        self.L = L
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
+        cp.n_threads = cp.n_threads_batch = threads
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.mem = L.llama_get_memory(self.ctx)
+        n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        eog = [t for t in range(n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        biases = (L.llama_logit_bias * len(eog))()
+        for i, t in enumerate(eog):
+            biases[i].token, biases[i].bias = t, float("-inf")
+        self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_logit_bias(n_vocab, len(eog), biases))
+        L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_greedy())
+        data = PROMPT.encode()
+        buf = (L.llama_token * (len(data) + 8))()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        self.prompt = list(buf[:n])
+
+    def run(self, n_tokens: int) -> tuple[float, str]:
+        L = self.L
+        L.llama_memory_clear(self.mem, True)
+        arr = (L.llama_token * len(self.prompt))(*self.prompt)
+        L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(self.prompt)))
+        one = (L.llama_token * 1)()
+        piece = ctypes.create_string_buffer(256)
+        out = []
+        token = L.llama_sampler_sample(self.chain, self.ctx, -1)
+        t_first = time.perf_counter()
+        for _ in range(n_tokens - 1):
+            n = L.llama_token_to_piece(self.vocab, token, piece, 256, 0, False)
+            out.append(piece.raw[:n])
+            one[0] = token
+            L.llama_decode(self.ctx, L.llama_batch_get_one(one, 1))
+            token = L.llama_sampler_sample(self.chain, self.ctx, -1)
+        t_last = time.perf_counter()
+        n = L.llama_token_to_piece(self.vocab, token, piece, 256, 0, False)
+        out.append(piece.raw[:n])
+        return (n_tokens - 1) / (t_last - t_first), b"".join(out).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.L.llama_sampler_free(self.chain)
+        self.L.llama_free(self.ctx)
+        self.L.llama_model_free(self.model)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a .gguf path (default: the bundled model)")
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-record", action="store_true", help="do not add a row to bench/RESULTS.md")
+    args = parser.parse_args()
+
+    from app.engine.engine import Engine, _physical_cores
+    from app.engine.options import LoadOptions, SamplerSettings
+    from app.hub.library import resolve_model
+
+    path = resolve_model(args.model, [])
+    threads = args.threads or _physical_cores()
+    engine = Engine()
+    engine.load(path, LoadOptions(ctx=args.ctx, batch=args.batch, threads=threads, threads_batch=threads))
+    bare = BareLoop(path, args.ctx, args.batch, threads)
+    sampler = SamplerSettings(temperature=0.0, repeat_penalty=1.0, ban_eos=True, max_tokens=args.tokens)
+
+    cattery, reference = [], []
+    texts = {}
+    for round_no in range(args.rounds + 1):
+        engine.reset()
+        gen = engine.generate(PROMPT, sampler)
+        texts["cattery"] = gen.result()
+        tps_c = gen.stats.decode_tokens_per_second
+        tps_b, texts["bare"] = bare.run(args.tokens)
+        if round_no == 0:
+            continue  # warm-up
+        cattery.append(tps_c)
+        reference.append(tps_b)
+        print(f"round {round_no}: cattery {tps_c:.2f} tok/s, bare loop {tps_b:.2f} tok/s", flush=True)
+    engine.close()
+    bare.close()
+
+    ratio = median(cattery) / median(reference)
+    result = {
+        "benchmark": "decode",
+        "when": now(),
+        "machine": machine(),
+        "model": path.name,
+        "settings": {
+            "tokens": args.tokens,
+            "rounds": args.rounds,
+            "ctx": args.ctx,
+            "batch": args.batch,
+            "threads": threads,
+            "sampler": "greedy, EOS banned",
+            "gpu_layers": 0,
+        },
+        "cattery_tokens_per_second": cattery,
+        "bare_tokens_per_second": reference,
+        "cattery_median": median(cattery),
+        "bare_median": median(reference),
+        "ratio": ratio,
+        "target_ratio": 0.97,
+        "same_text": texts["cattery"] == texts["bare"],
+    }
+    out = write_json("decode", result)
+    print(
+        f"median: cattery {median(cattery):.2f} tok/s, bare loop {median(reference):.2f} tok/s, "
+        f"ratio {ratio:.3f} (target >= 0.97); same text: {result['same_text']}; wrote {out}"
+    )
+    if not args.no_record:
+        m = result["machine"]
+        append_result_row(
+            "Decode speed: Cattery engine vs bare llama-cpp-python loop (`python bench/decode.py`)",
+            [
+                "date",
+                "machine",
+                "llama-cpp-python",
+                "model",
+                "tokens × rounds",
+                "threads",
+                "Cattery tok/s",
+                "bare tok/s",
+                "ratio",
+            ],
+            [
+                result["when"],
+                f"{m['cpu']}, {m['logical_cores']} cores, {m['ram_gib']} GiB",
+                m["llama_cpp_python"],
+                path.name,
+                f"{args.tokens} × {args.rounds}",
+                str(threads),
+                f"{median(cattery):.2f}",
+                f"{median(reference):.2f}",
+                f"{ratio:.3f}",
+            ],
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
