@@ -20,7 +20,8 @@ CHATML = (
 
 
 def collect(engine: Engine, prompt, sampler: SamplerSettings, stop=()) -> tuple[list[str], object]:
-    gen = engine.generate(prompt, sampler, stop)
+    """One piece per token (no coalescing), so tests can see token boundaries."""
+    gen = engine.generate(prompt, sampler, stop, stream_interval=0)
     pieces = list(gen)
     return pieces, gen
 
@@ -167,7 +168,7 @@ def test_bad_grammar_is_a_clear_error(engine: Engine) -> None:
 
 def test_cancel_from_another_thread_takes_effect_within_one_token(engine: Engine) -> None:
     sampler = SamplerSettings(temperature=0.8, max_tokens=2000, ban_eos=True, seed=3)
-    gen = engine.generate(CHATML.format("Tell me a very long story."), sampler)
+    gen = engine.generate(CHATML.format("Tell me a very long story."), sampler, stream_interval=0)
     model = engine._model
     seen: dict[str, int] = {}
 
@@ -284,3 +285,14 @@ def test_metadata_matches_what_llama_cpp_reads(engine: Engine) -> None:
     assert info.architecture == "llama"
     assert info.file_type == "Q4_1"
     assert "<|im_start|>" in info.chat_template
+
+
+def test_fast_tokens_are_coalesced_into_fewer_pieces(engine: Engine) -> None:
+    sampler = SamplerSettings(temperature=0.0, max_tokens=60, ban_eos=True)
+    prompt = CHATML.format("Count from one to fifty.")
+    per_token, _ = collect(engine, prompt, sampler)
+    gen = engine.generate(prompt, sampler, stream_interval=10.0)  # longer than the whole reply
+    coalesced = list(gen)
+    assert "".join(coalesced) == "".join(per_token)
+    assert len(per_token) == 60
+    assert len(coalesced) == 2  # the first token at once, the rest at the end

@@ -46,6 +46,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+STREAM_INTERVAL = 1 / 60  # a screen's refresh: no one sees text arrive faster
+
+
 class _End:
     def __init__(self, stats: GenerationStats) -> None:
         self.stats = stats
@@ -59,9 +62,15 @@ class Generation:
     """
 
     def __init__(
-        self, engine: Engine, prompt: str | Sequence[int], sampler: SamplerSettings, stop: Sequence[str]
+        self,
+        engine: Engine,
+        prompt: str | Sequence[int],
+        sampler: SamplerSettings,
+        stop: Sequence[str],
+        stream_interval: float,
     ) -> None:
         self._engine = engine
+        self.stream_interval = stream_interval
         self.prompt = prompt
         self.sampler = sampler
         self.stop = list(stop)
@@ -248,13 +257,25 @@ class Engine:
     # -- generation ----------------------------------------------------------------
 
     def generate(
-        self, prompt: str | Sequence[int], sampler: SamplerSettings | None = None, stop: Sequence[str] = ()
+        self,
+        prompt: str | Sequence[int],
+        sampler: SamplerSettings | None = None,
+        stop: Sequence[str] = (),
+        *,
+        stream_interval: float = STREAM_INTERVAL,
     ) -> Generation:
-        """Start a reply; generations run one after another in the order asked for."""
+        """Start a reply; generations run one after another in the order asked for.
+
+        Text is handed to the consumer at most every `stream_interval` seconds, the
+        tokens in between joined into one piece: waking the consumer thread for
+        every token steals CPU from llama.cpp's threads when they use every core.
+        A model slower than the interval still streams token by token; 0 means
+        one piece per token.
+        """
         sampler = sampler or SamplerSettings()
         sampler.validate()
         self._require()
-        gen = Generation(self, prompt, sampler, stop)
+        gen = Generation(self, prompt, sampler, stop, stream_interval)
         self._pool.submit(self._generate, gen)
         return gen
 
@@ -346,7 +367,8 @@ class Engine:
         stream = TextStream(gen.stop)
         ban_eos, max_tokens, n_ctx, kv = gen.sampler.ban_eos, gen.sampler.max_tokens, m.n_ctx, m.kv_tokens
         n = samples = 0
-        t_first = t_last = 0.0
+        t_first = t_last = last_put = 0.0
+        interval, pending = gen.stream_interval, ""
         finish = ""
         while True:
             token = sample(chain, ctx, -1)
@@ -360,7 +382,10 @@ class Engine:
             n += 1
             text = stream.feed(piece(token))
             if text:
-                put(text)
+                pending += text
+                if t_last - last_put >= interval:
+                    put(pending)
+                    pending, last_put = "", t_last
             if stream.stopped_by is not None:
                 finish = "stop_string"
                 break
@@ -382,9 +407,9 @@ class Engine:
                 else:
                     raise CatteryError(f"llama.cpp decode failed (status {status})")
                 break
-        tail = stream.finish()
-        if tail:
-            put(tail)
+        pending += stream.finish()
+        if pending:
+            put(pending)
         stats.generated_tokens = n
         stats.finish_reason = finish
         stats.stop_string = stream.stopped_by
