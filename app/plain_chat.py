@@ -53,6 +53,7 @@ class PlainChat:
             try:
                 return input("> ")
             except EOFError:
+                print(file=self.stdout)  # leave the shell's prompt on a line of its own
                 return None
         line = self.stdin.readline()
         return line.rstrip("\r\n") if line else None

@@ -296,3 +296,51 @@ def test_fast_tokens_are_coalesced_into_fewer_pieces(engine: Engine) -> None:
     assert "".join(coalesced) == "".join(per_token)
     assert len(per_token) == 60
     assert len(coalesced) == 2  # the first token at once, the rest at the end
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        LoadOptions(ctx=512, cache_type_k="q8_0", cache_type_v="q8_0", flash_attn="auto"),
+        LoadOptions(ctx=512, cache_type_k="q4_0", flash_attn="off"),
+        LoadOptions(ctx=512, flash_attn="on", batch=64),
+        LoadOptions(ctx=512, mmap=False),
+        LoadOptions(ctx=512, threads=1, threads_batch=2),
+    ],
+    ids=["q8_0-cache", "q4_0-k-no-flash", "flash-on-small-batch", "no-mmap", "threads"],
+)
+def test_load_options_reach_llama_cpp(model_path, options: LoadOptions) -> None:
+    eng = Engine()
+    try:
+        mark = LOG.mark()
+        options.warmup = False
+        report = eng.load(model_path, options)
+        log = "\n".join(LOG.lines_since(mark))
+        assert report.cache_type_k == options.cache_type_k
+        if options.cache_type_k != "f16":
+            assert f"K ({options.cache_type_k})" in log
+        if not options.mmap:
+            assert "load_mode = none" in log
+        if options.flash_attn != "auto":
+            assert f"flash_attn            = {'enabled' if options.flash_attn == 'on' else 'disabled'}" in log
+        gen = eng.generate(CHATML.format("Hi"), SamplerSettings(temperature=0.0, max_tokens=8))
+        gen.result()
+        assert gen.stats.generated_tokens >= 1
+    finally:
+        eng.close()
+
+
+def test_gpu_layers_on_a_cpu_build_says_so(model_path) -> None:
+    from app.engine.native import offload_supported
+
+    eng = Engine()
+    try:
+        report = eng.load(model_path, LoadOptions(ctx=512, gpu_layers=10, warmup=False))
+        if offload_supported():  # only on a GPU build
+            assert report.gpu_layers == 10 and report.placement == "GPU 10/31 layers"
+        else:
+            assert report.gpu_layers == 0
+            assert any("no GPU offload" in w for w in report.warnings)
+            assert report.placement.startswith("CPU")
+    finally:
+        eng.close()
