@@ -34,6 +34,18 @@ def engine(model_path: Path) -> Iterator[Engine]:
     eng.close()
 
 
+@pytest.fixture(scope="session")
+def f32_engine(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The bundled model dequantized to F32 (made once per run), for exactness tests."""
+    from tests.gguf_files import dequantized_copy
+
+    path = dequantized_copy(model_path, tmp_path_factory.mktemp("f32") / "smollm2-f32.gguf")
+    eng = Engine()
+    eng.load(path, LoadOptions(ctx=1024, threads=2, batch=256))
+    yield eng
+    eng.close()
+
+
 @pytest.fixture
 def greedy() -> SamplerSettings:
     return SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=48)

@@ -60,3 +60,35 @@ def write_huge_sparse_gguf(path: Path, n_bytes: int) -> Path:
     with path.open("r+b") as f:
         f.truncate(f.seek(0, 2) + rows * 4096 * 2 + 64)
     return path
+
+
+def dequantized_copy(src: Path, dst: Path) -> Path:
+    """An F32 copy of a GGUF model: same metadata and tokenizer, weights dequantized by gguf-py.
+
+    A Q4 model's forward pass quantizes activations to 8 bits, so a change in the last
+    bit anywhere (a different batch split, a position offset) can flip a rounding and
+    move logits by a whole unit; in F32 such changes stay at float precision. Tests
+    that compare two ways of computing the same thing use this copy.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment"):
+            continue
+        value = field.contents()
+        if key == "general.file_type":
+            value = int(gguf.LlamaFileType.ALL_F32)
+        main = field.types[0]
+        sub = field.types[-1] if main == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, main, sub_type=sub)
+    for tensor in reader.tensors:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        writer.add_tensor(tensor.name, data.reshape(tuple(reversed([int(d) for d in tensor.shape]))))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst

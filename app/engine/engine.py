@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from app.engine.metadata import ModelInfo, read_model_info
 from app.engine.options import LoadOptions, SamplerSettings
 from app.engine.preflight import DEFAULT_CTX, check_memory, choose_ctx, context_warnings
+from app.engine.reuse import ReusePlan, plan_reuse
 from app.engine.stats import GenerationStats, LoadReport
 from app.engine.textstream import TextStream
 from app.errors import CatteryError, ContextOverflowError
@@ -36,14 +37,6 @@ def _physical_cores() -> int:
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except Exception:  # psutil cannot count on some containers
         return os.cpu_count() or 1
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 STREAM_INTERVAL = 1 / 60  # a screen's refresh: no one sees text arrive faster
@@ -68,9 +61,11 @@ class Generation:
         sampler: SamplerSettings,
         stop: Sequence[str],
         stream_interval: float,
+        allow_shift: bool = True,
     ) -> None:
         self._engine = engine
         self.stream_interval = stream_interval
+        self.allow_shift = allow_shift
         self.prompt = prompt
         self.sampler = sampler
         self.stop = list(stop)
@@ -243,6 +238,10 @@ class Engine:
     def cached_tokens(self) -> list[int]:
         return self._run(lambda m: list(m.kv_tokens))
 
+    def plan(self, prompt: str | Sequence[int]) -> ReusePlan:
+        """What the next generation of `prompt` would reuse and evaluate, without running it."""
+        return self._run(lambda m: plan_reuse(m.kv_tokens, self._prompt_tokens(m, prompt, None), m.can_shift))
+
     def reset(self) -> None:
         """Forget the KV cache, so the next prompt is evaluated from scratch."""
         self._run(lambda m: m.clear_kv())
@@ -263,6 +262,7 @@ class Engine:
         stop: Sequence[str] = (),
         *,
         stream_interval: float = STREAM_INTERVAL,
+        allow_shift: bool = True,
     ) -> Generation:
         """Start a reply; generations run one after another in the order asked for.
 
@@ -270,12 +270,13 @@ class Engine:
         tokens in between joined into one piece: waking the consumer thread for
         every token steals CPU from llama.cpp's threads when they use every core.
         A model slower than the interval still streams token by token; 0 means
-        one piece per token.
+        one piece per token. `allow_shift=False` re-evaluates everything after the
+        common prefix, as llama-cpp-python does (for comparisons).
         """
         sampler = sampler or SamplerSettings()
         sampler.validate()
         self._require()
-        gen = Generation(self, prompt, sampler, stop, stream_interval)
+        gen = Generation(self, prompt, sampler, stop, stream_interval, allow_shift)
         self._pool.submit(self._generate, gen)
         return gen
 
@@ -336,13 +337,15 @@ class Engine:
                 "shorten it or load the model with a larger --ctx"
             )
         start = time.perf_counter()
-        n_keep = common_prefix(m.kv_tokens, tokens)
-        if n_keep == len(tokens):
-            n_keep -= 1  # the last prompt token must be evaluated again to get its logits
-        m.truncate_kv(n_keep)
-        stats.prompt_reused = n_keep
-        stats.prompt_evaluated = len(tokens) - n_keep
-        status = m.decode(tokens[n_keep:])
+        plan = plan_reuse(m.kv_tokens, tokens, m.can_shift and gen.allow_shift)
+        if plan.shifted:
+            m.shift_kv(plan.keep, plan.shift_from)
+        m.truncate_kv(plan.reused)
+        stats.prompt_reused = plan.reused
+        stats.prompt_shifted = plan.shifted
+        stats.shift_removed = plan.removed
+        stats.prompt_evaluated = plan.to_evaluate
+        status = m.decode(tokens[plan.reused :])
         stats.prompt_seconds = time.perf_counter() - start
         if status == 2 or gen.cancelled:
             stats.finish_reason = "cancelled"

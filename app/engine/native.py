@@ -244,6 +244,20 @@ class NativeModel:
             L.llama_memory_seq_rm(self.memory, 0, n_keep, -1)
             del self.kv_tokens[n_keep:]
 
+    @property
+    def can_shift(self) -> bool:
+        return bool(L.llama_memory_can_shift(self.memory))
+
+    def shift_kv(self, keep: int, start: int) -> None:
+        """Remove cache positions [keep, start) and move everything after them left.
+
+        Only call where `can_shift` is true: llama.cpp aborts the process otherwise.
+        """
+        delta = start - keep
+        L.llama_memory_seq_rm(self.memory, 0, keep, start)
+        L.llama_memory_seq_add(self.memory, 0, start, -1, -delta)
+        del self.kv_tokens[keep:start]
+
     def clear_kv(self) -> None:
         L.llama_memory_clear(self.memory, True)
         self.kv_tokens.clear()

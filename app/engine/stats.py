@@ -12,6 +12,8 @@ class GenerationStats:
     prompt_tokens: int = 0  # tokens in the prompt
     prompt_evaluated: int = 0  # of those, evaluated now
     prompt_reused: int = 0  # of those, taken from the KV cache
+    prompt_shifted: int = 0  # of the reused, moved left in the cache past evicted turns
+    shift_removed: int = 0  # cache tokens of evicted turns dropped by that shift
     generated_tokens: int = 0
     time_to_first_token: float = 0.0  # seconds from the start of the job to the first token
     prompt_seconds: float = 0.0
@@ -36,7 +38,9 @@ class GenerationStats:
     def summary(self) -> str:
         return (
             f"prompt {self.prompt_tokens} tok ({self.prompt_evaluated} evaluated, "
-            f"{self.prompt_reused} reused), first token {self.time_to_first_token * 1000:.0f} ms, "
+            f"{self.prompt_reused} reused"
+            + (f", {self.prompt_shifted} shifted" if self.prompt_shifted else "")
+            + f"), first token {self.time_to_first_token * 1000:.0f} ms, "
             f"{self.generated_tokens} tok at {self.decode_tokens_per_second:.1f} tok/s, "
             f"{self.finish_reason}" + (f", seed {self.seed}" if self.seed is not None else "")
         )
