@@ -15,7 +15,7 @@ def seg(engine: Engine, role: str, text: str) -> list[int]:
 
 def test_plan_prefers_prefix_then_finds_the_shifted_run() -> None:
     cached = [1, 2, 3] + [10] * 5 + list(range(100, 140))
-    prompt = [1, 2, 3] + list(range(100, 140)) + [7, 8]
+    prompt = [1, 2, 3, *range(100, 140), 7, 8]
     plan = plan_reuse(cached, prompt, can_shift=True)
     assert (plan.keep, plan.shift_from, plan.shifted, plan.removed) == (3, 8, 40, 5)
     assert plan.to_evaluate == 2
