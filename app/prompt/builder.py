@@ -1,0 +1,220 @@
+"""Building the exact prompt for a turn: format → segments → tokens → window.
+
+The result says everything a user may want to check: the text and tokens sent, the
+size of the pinned block, the budget, and which messages were kept or dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.engine.metadata import ModelInfo
+from app.errors import CatteryError
+from app.prompt.formats import FALLBACK, GGUF, PromptFormat, get_format, guess_format
+from app.prompt.segments import Message, Rendered, Speakers, render_format, render_template
+from app.prompt.tokens import SegmentTokenizer
+from app.prompt.window import WindowState, fit_window
+
+
+@dataclass
+class FormatChoice:
+    name: str
+    why: str  # "chosen", "GGUF chat template", "guessed from the name", "fallback"
+    warning: str | None = None
+
+
+def choose_format(explicit: str | None, info: ModelInfo | None) -> FormatChoice:
+    """An explicit choice wins; then the GGUF template; then a guess from the name; then ChatML."""
+    if explicit:
+        if explicit == GGUF:
+            if info is None or not info.chat_template:
+                raise CatteryError("--format gguf needs a model whose GGUF file carries a chat template")
+        else:
+            get_format(explicit)
+        return FormatChoice(explicit, "chosen")
+    if info is None:
+        return FormatChoice(FALLBACK, "fallback", "no model and no --format: using chatml")
+    if info.chat_template:
+        return FormatChoice(GGUF, "GGUF chat template")
+    guessed = guess_format([info.name or "", info.path.stem])
+    if guessed:
+        return FormatChoice(guessed, "guessed from the name")
+    return FormatChoice(
+        FALLBACK, "fallback",
+        f"{info.path.name} has no chat template and its name suggests no format; using chatml "
+        "(choose one with --format; `cattery formats` lists them)",
+    )
+
+
+@dataclass
+class Segment:
+    kind: str  # bos, pinned, example, turn, generation
+    text: str
+    index: int | None = None
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BuiltPrompt:
+    format: str
+    text: str
+    stop: list[str]
+    segments: list[Segment]
+    kept: list[int]
+    dropped: list[int]
+    examples_kept: bool
+    tokens: list[int] | None = None
+    pinned_tokens: int | None = None
+    budget: int | None = None
+    n_ctx: int | None = None
+    reserve: int | None = None
+    evicted_now: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "text": self.text,
+            "tokens": len(self.tokens) if self.tokens is not None else None,
+            "token_ids": self.tokens,
+            "pinned_tokens": self.pinned_tokens,
+            "budget": self.budget,
+            "n_ctx": self.n_ctx,
+            "reserve": self.reserve,
+            "kept": self.kept,
+            "dropped": self.dropped,
+            "examples_kept": self.examples_kept,
+            "stop": self.stop,
+            "segments": [
+                {"kind": s.kind, "index": s.index, "text": s.text,
+                 "tokens": len(s.tokens) if self.tokens is not None else None}
+                for s in self.segments
+            ],
+            "notes": self.notes,
+        }
+
+
+class PromptBuilder:
+    def __init__(self, format_name: str, *, info: ModelInfo | None = None,
+                 tokenizer: SegmentTokenizer | None = None, system: str | None = None,
+                 speakers: Speakers | None = None, examples: Sequence[Sequence[Message]] = (),
+                 pin_examples: bool = False) -> None:
+        self.format_name = format_name
+        self.fmt: PromptFormat | None = None if format_name == GGUF else get_format(format_name)
+        if self.fmt is None and (info is None or not info.chat_template):
+            raise CatteryError("the gguf format needs a model with a chat template")
+        self.info = info
+        self.tokenizer = tokenizer
+        self.system = system
+        self.speakers = speakers or Speakers()
+        self.examples = [list(b) for b in examples]
+        self.pin_examples = pin_examples
+
+    @property
+    def stop(self) -> list[str]:
+        return self.fmt.stop_strings(self.speakers.user, self.speakers.char) if self.fmt else []
+
+    def render(self, history: Sequence[Message]) -> Rendered:
+        if self.fmt is not None:
+            return render_format(self.fmt, self.system, history, self.speakers, self.examples)
+        assert self.info is not None and self.info.chat_template
+        return render_template(self.info.chat_template, self.system, history,
+                               bos_token=self.info.bos_token or "", eos_token=self.info.eos_token or "",
+                               examples=self.examples)
+
+    def _wants_bos(self, first_text: str) -> bool:
+        tok = self.tokenizer
+        if tok is None or not tok.add_bos or tok.bos_token < 0:
+            return False
+        if self.fmt is not None and self.fmt.bos == "never":
+            return False
+        bos_text = self.info.bos_token if self.info else None
+        return not (bos_text and first_text.startswith(bos_text))  # the text carries it already
+
+    def build(self, history: Sequence[Message], *, n_ctx: int | None = None, reserve: int = 0,
+              state: WindowState | None = None) -> BuiltPrompt:
+        state = state if state is not None else WindowState()
+        history = list(history)
+        if self.tokenizer is None or n_ctx is None:
+            return self._assemble(self.render(history), history, 0, True, None, n_ctx, reserve, [])
+        budget = n_ctx - reserve
+        roles = [m.role for m in history]
+        first_start = min(state.start, len(history))
+        for _ in range(len(history) + 1):
+            start = min(state.start, len(history))
+            rendered = self.render(history[start:])
+            if not rendered.segmentable:
+                # Whole renderings only: slide one message at a time until it fits.
+                n = self.tokenizer.count(rendered.turns[0] + rendered.generation) + 1
+                if n <= budget or start >= len(history) - 1:
+                    if n > budget:
+                        fit_window(n, 0, [], 0, budget, WindowState(), [])  # raises with the numbers
+                    evicted = list(range(first_start, start))
+                    return self._assemble(rendered, history, start, False, budget, n_ctx, reserve, evicted)
+                state.start = start + 1
+                continue
+            first_text = rendered.pinned or (rendered.examples[0] if rendered.examples else "") or (
+                rendered.turns[0] if rendered.turns else "")
+            bos = 1 if self._wants_bos(first_text) else 0
+            count = self.tokenizer.count
+            fit = fit_window(
+                pinned=bos + count(rendered.pinned),
+                examples=sum(count(e) for e in rendered.examples),
+                turns=[count(t) for t in rendered.turns],
+                generation=count(rendered.generation),
+                budget=budget,
+                state=WindowState(0, state.examples_dropped),
+                roles=roles[start:],
+                pin_examples=self.pin_examples,
+            )
+            state.examples_dropped = state.examples_dropped or (bool(rendered.examples) and not fit.examples_kept)
+            if fit.start == 0:
+                evicted = list(range(first_start, start))
+                return self._assemble(rendered, history, start, fit.examples_kept, budget, n_ctx, reserve, evicted)
+            # The window moved: render again from the new start (a template may render
+            # its first message differently) and check once more.
+            state.start = start + fit.start
+        raise CatteryError("the conversation cannot be fitted into the context")  # pragma: no cover
+
+    def _assemble(self, r: Rendered, history: list[Message], start: int, examples_kept: bool,
+                  budget: int | None, n_ctx: int | None, reserve: int, evicted: list[int]) -> BuiltPrompt:
+        segments: list[Segment] = []
+        if r.pinned:
+            segments.append(Segment("pinned", r.pinned))
+        if examples_kept:
+            segments += [Segment("example", text, i) for i, text in enumerate(r.examples) if text]
+        if r.segmentable:
+            segments += [Segment("turn", text, start + i) for i, text in enumerate(r.turns)]
+        else:
+            segments.append(Segment("turn", r.turns[0], None))
+        segments.append(Segment("generation", r.generation))
+        text = "".join(s.text for s in segments)
+        built = BuiltPrompt(
+            format=self.format_name, text=text, stop=self.stop, segments=segments,
+            kept=list(range(start, len(history))), dropped=list(range(start)),
+            examples_kept=examples_kept and bool(r.examples), budget=budget, n_ctx=n_ctx, reserve=reserve,
+            evicted_now=evicted, notes=list(r.notes),
+        )
+        tok = self.tokenizer
+        if tok is None:
+            return built
+        tokens: list[int] = []
+        first = next((s.text for s in segments if s.text), "")
+        if self._wants_bos(first):
+            tokens.append(tok.bos_token)
+            segments.insert(0, Segment("bos", "", None, [tok.bos_token]))
+        pinned_n = len(tokens)
+        seen_text = False
+        for s in segments:
+            if s.kind == "bos":
+                continue
+            s.tokens = tok.segment(s.text, first=not seen_text)
+            seen_text = seen_text or bool(s.text)
+            tokens += s.tokens
+            if s.kind == "pinned" or (s.kind == "example" and self.pin_examples):
+                pinned_n += len(s.tokens)
+        built.tokens = tokens
+        built.pinned_tokens = pinned_n
+        return built

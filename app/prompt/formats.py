@@ -1,0 +1,122 @@
+"""Prompt formats as data: one TOML file per format in `assets/formats/`.
+
+A format says how each kind of message is wrapped. Every message renders the same
+wherever it sits in the conversation (openers that a format puts at the start of a
+turn belong to the end of the previous message, as in `llama2`), so a message's
+tokens never change when the window slides: that is what lets the engine shift
+whole messages in the KV cache.
+
+Placeholders `{user}` and `{char}` in any prefix, suffix or stop string are the
+speakers' names.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from app.errors import CatteryError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+GGUF = "gguf"  # the model's own chat template: not a file, rendered by Jinja
+FALLBACK = "chatml"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    name: str
+    description: str = ""
+    match: tuple[str, ...] = ()  # substrings of a model's name that suggest this format
+    bos: str = "model"  # "model": the model's BOS when its tokenizer adds one; "never"
+    system_prefix: str = ""
+    system_suffix: str = ""
+    system_default: str = ""  # used when no system prompt is given
+    system_empty: str = ""  # what the pinned block is when there is no system text at all
+    user_prefix: str = ""
+    user_suffix: str = ""
+    assistant_prefix: str = ""
+    assistant_suffix: str = ""
+    generation_prefix: str | None = None  # what the prompt ends with; default: assistant_prefix
+    stop: tuple[str, ...] = ()
+    names: bool = False  # write "Name: " before each message's text
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def generation(self) -> str:
+        return self.assistant_prefix if self.generation_prefix is None else self.generation_prefix
+
+    def fill(self, text: str, user: str, char: str) -> str:
+        return text.replace("{user}", user).replace("{char}", char)
+
+    def stop_strings(self, user: str, char: str) -> list[str]:
+        return [self.fill(s, user, char) for s in self.stop]
+
+
+_FIELDS = {f.name for f in fields(PromptFormat)} - {"name", "source"}
+
+
+def format_dir() -> Path:
+    from app.assets import asset_path
+
+    return asset_path("formats")
+
+
+def load_format_file(path: Path) -> PromptFormat:
+    try:
+        with path.open("rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatteryError(f"{path}: cannot read the format: {exc}") from None
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise CatteryError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
+    for key in ("match", "stop"):
+        if key in data:
+            data[key] = tuple(data[key])
+    if data.get("bos", "model") not in ("model", "never"):
+        raise CatteryError(f"{path}: bos must be \"model\" or \"never\"")
+    return PromptFormat(name=path.stem, source=path, **data)
+
+
+def user_format_dirs() -> list[Path]:
+    from app.paths import get_paths
+
+    return [get_paths().config_dir / "formats"]
+
+
+def available_formats() -> dict[str, PromptFormat]:
+    """Shipped formats, then the user's own (`formats/` in the config dir), which win on a name clash."""
+    found: dict[str, PromptFormat] = {}
+    for folder in [format_dir(), *user_format_dirs()]:
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.toml")):
+                found[path.stem] = load_format_file(path)
+    return found
+
+
+def format_names() -> list[str]:
+    return [*sorted(available_formats()), GGUF]
+
+
+def get_format(name: str) -> PromptFormat:
+    formats = available_formats()
+    if name not in formats:
+        raise CatteryError(f"unknown prompt format {name!r} (one of {', '.join(format_names())})")
+    return formats[name]
+
+
+def guess_format(names: list[str]) -> str | None:
+    """The format whose longest `match` pattern occurs in the model's names, if any."""
+    haystack = " ".join(n.lower() for n in names if n)
+    best: tuple[int, str] | None = None
+    for fmt in available_formats().values():
+        for pattern in fmt.match:
+            if pattern.lower() in haystack and (best is None or len(pattern) > best[0]):
+                best = (len(pattern), fmt.name)
+    return best[1] if best else None
