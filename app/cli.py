@@ -65,6 +65,14 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ban-eos", action="store_true", help="never end a reply on the end-of-text token")
 
 
+def _add_prompt_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompt")
+    g.add_argument("--format", metavar="F", help="prompt format (`cattery formats`); default: the model's own template")
+    g.add_argument("--system", metavar="TEXT", help="the system prompt (default: from settings)")
+    g.add_argument("--user", metavar="NAME", help="your name in the chat (default User)")
+    g.add_argument("--char", metavar="NAME", help="the model's name in the chat (default Assistant)")
+
+
 _SAMPLER_KEYS = (
     "temperature",
     "top_k",
@@ -180,9 +188,19 @@ def _load_engine(args: argparse.Namespace, paths: Any, settings: Any) -> Any:
 # -- commands ------------------------------------------------------------------------
 
 
+def _speakers(args: argparse.Namespace, settings: Any) -> Any:
+    from app.prompt.segments import Speakers
+
+    return Speakers(
+        user=args.user or settings.get("chat", "user_name", "User"),
+        char=args.char or settings.get("chat", "char_name", "Assistant"),
+    )
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from app.plain_chat import PlainChat
-    from app.prompt.conversation import Conversation
+    from app.prompt.builder import PromptBuilder, choose_format
+    from app.prompt.tokens import tokenizer_from
 
     paths, settings = _settings()
     sampler = _sampler(args, settings)
@@ -190,19 +208,119 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         report = engine.report
         assert report is not None and engine.info is not None
+        choice = choose_format(args.format, engine.info)
+        if choice.warning:
+            print(f"warning: {choice.warning}", file=sys.stderr)
         system = args.system if args.system is not None else settings.get("chat", "system", "")
-        conversation = Conversation(engine.info, system or None)
+        builder = PromptBuilder(
+            choice.name,
+            info=engine.info,
+            tokenizer=tokenizer_from(engine),
+            system=system or None,
+            speakers=_speakers(args, settings),
+        )
         interactive = sys.stdin.isatty()
+        format_note = f"{choice.name} ({choice.why})"
         print(
-            f"{report.path.name} · {report.placement} · ctx {report.n_ctx} · "
-            f"{conversation.template_source}. /help for commands" + (", Ctrl-D to leave." if interactive else "."),
+            f"{report.path.name} · {report.placement} · ctx {report.n_ctx} · format {format_note}. "
+            "/help for commands" + (", Ctrl-D to leave." if interactive else "."),
             file=sys.stderr,
             flush=True,
         )
-        chat = PlainChat(engine, conversation, sampler, interactive=interactive)
+        chat = PlainChat(engine, builder, sampler, interactive=interactive, format_note=format_note)
         return chat.run()
     finally:
         engine.close()
+
+
+def cmd_formats(args: argparse.Namespace) -> int:
+    from app.prompt.formats import GGUF, available_formats
+
+    formats = available_formats()
+    if args.json:
+        out = {name: {"description": f.description, "file": str(f.source)} for name, f in formats.items()}
+        out[GGUF] = {"description": "the model's own chat template from its GGUF file", "file": None}
+        print(json.dumps(out, indent=2))
+        return 0
+    width = max(len(n) for n in [*formats, GGUF])
+    for name, fmt in sorted(formats.items()):
+        print(f"{name:<{width}}  {fmt.description}")
+    print(f"{GGUF:<{width}}  the model's own chat template from its GGUF file (sandboxed Jinja)")
+    return 0
+
+
+def _read_history(path: str) -> list[Any]:
+    from app.prompt.segments import Message
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatteryError(f"{path}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CatteryError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(data, list):
+        raise CatteryError(f"{path}: expected a JSON list of messages")
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise CatteryError(f"{path}: message {i} is not an object")
+        try:
+            out.append(Message.from_dict(item))
+        except ValueError as exc:
+            raise CatteryError(f"{path}: message {i}: {exc}") from None
+    return out
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    from app.engine.metadata import read_model_info
+    from app.engine.options import LoadOptions, round_ctx
+    from app.engine.preflight import choose_ctx
+    from app.prompt.builder import PromptBuilder, choose_format
+
+    paths, settings = _settings()
+    history = _read_history(args.history) if args.history else []
+    # A leading system message is the system prompt (unless --system overrides it).
+    leading = history.pop(0).content if history and history[0].role == "system" else None
+    system = args.system if args.system is not None else leading
+    if system is None:
+        system = settings.get("chat", "system", "") or None
+    info = tokenizer = vocab = None
+    if args.model:
+        from app.hub.library import resolve_model
+
+        info = read_model_info(resolve_model(args.model, _model_dirs(paths, settings)))
+    choice = choose_format(args.format, info)
+    if choice.warning and not args.json:
+        print(f"warning: {choice.warning}", file=sys.stderr)
+    n_ctx = None
+    try:
+        if info is not None:
+            from app.engine.native import VocabModel
+            from app.prompt.tokens import tokenizer_from
+
+            vocab = VocabModel(info.path)
+            tokenizer = tokenizer_from(vocab)
+            default_ctx = int(settings.get("model", "ctx", 4096) or 4096)
+            n_ctx = round_ctx(args.ctx) if args.ctx else choose_ctx(info, LoadOptions(), default_ctx)
+        reserve = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
+        builder = PromptBuilder(
+            choice.name, info=info, tokenizer=tokenizer, system=system, speakers=_speakers(args, settings)
+        )
+        built = builder.build(history, n_ctx=n_ctx, reserve=min(reserve, (n_ctx or 0) // 2 or reserve))
+    finally:
+        if vocab is not None:
+            vocab.close()
+    if args.json:
+        out = built.as_json()
+        out["format_reason"] = choice.why
+        if not args.token_ids:
+            out.pop("token_ids")
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(built.text)
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
+    return 0
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -301,9 +419,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(chat)
     _add_sampler_options(chat)
-    chat.add_argument("--system", metavar="TEXT", help="the system prompt (default: from settings)")
+    _add_prompt_options(chat)
     chat.add_argument("--plain", action="store_true", help="line-based chat on stdin/stdout")
     chat.set_defaults(func=cmd_chat)
+
+    formats = sub.add_parser("formats", help="list the prompt formats")
+    formats.add_argument("--json", action="store_true")
+    formats.set_defaults(func=cmd_formats)
+
+    prompt = sub.add_parser(
+        "prompt",
+        help="print exactly the prompt that would be sent",
+        description="Print exactly the prompt that would be sent. With --model, the window is applied and "
+        "--json reports token counts; without one, token counts are left out.",
+    )
+    prompt.add_argument("-m", "--model", metavar="M", help="a .gguf path or library name (for its template and tokens)")
+    _add_prompt_options(prompt)
+    prompt.add_argument(
+        "--history", metavar="FILE", help='JSON list of {"role": "system"|"user"|"assistant", "content": …, "name"?: …}'
+    )
+    prompt.add_argument("--ctx", type=int, metavar="N", help="context size (default: as the chat would use)")
+    prompt.add_argument("--reserve", type=int, metavar="N", help="tokens kept free for the reply (default max_tokens)")
+    prompt.add_argument("--json", action="store_true", help="text, token counts, and which messages were kept")
+    prompt.add_argument("--token-ids", action="store_true", help="with --json: include the token ids")
+    prompt.set_defaults(func=cmd_prompt)
 
     paths = sub.add_parser("paths", help="where Cattery keeps settings, models, chats and logs")
     paths.add_argument("--json", action="store_true")

@@ -17,7 +17,9 @@ from app.engine.engine import Engine, Generation
 from app.engine.options import SamplerSettings
 from app.engine.stats import GenerationStats
 from app.errors import CatteryError
-from app.prompt.conversation import Conversation
+from app.prompt.builder import BuiltPrompt, PromptBuilder
+from app.prompt.segments import Message
+from app.prompt.window import WindowState
 
 HELP = """\
 /help          this list
@@ -31,13 +33,17 @@ Ctrl-C stops a reply. A line ending in \\ continues on the next line."""
 @dataclass
 class PlainChat:
     engine: Engine
-    conversation: Conversation
+    builder: PromptBuilder
     sampler: SamplerSettings
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     interactive: bool = False
+    format_note: str = ""
     last_stats: GenerationStats | None = None
+    last_prompt: BuiltPrompt | None = None
+    history: list[Message] = field(default_factory=list)
+    window: WindowState = field(default_factory=WindowState)
     _current: Generation | None = None
 
     def note(self, text: str) -> None:
@@ -99,12 +105,13 @@ class PlainChat:
             self.out(HELP)
         elif name == "/system":
             if arg.strip():
-                self.conversation.system = arg.strip()
+                self.builder.system = arg.strip()
                 self.note("(system prompt set)")
             else:
-                self.out(self.conversation.system or "(no system prompt)")
+                self.out(self.builder.system or "(no system prompt)")
         elif name == "/reset":
-            self.conversation.reset()
+            self.history.clear()
+            self.window = WindowState()
             self.note("(conversation cleared)")
         elif name == "/stats":
             self.out(self.stats_text())
@@ -118,25 +125,44 @@ class PlainChat:
         if report is not None:
             lines.append(
                 f"model {report.path.name}: {report.placement}, ctx {report.n_ctx} "
-                f"(trained {report.n_ctx_train}), {report.threads} threads, "
-                f"format: {self.conversation.template_source}"
+                f"(trained {report.n_ctx_train}), {report.threads} threads, format: {self.format_note}"
             )
-        in_window = len(self.conversation.messages) - self.conversation.window_start
-        lines.append(f"messages: {len(self.conversation.messages)} ({in_window} in the window)")
+        in_window = len(self.history) - self.window.start
+        lines.append(f"messages: {len(self.history)} ({in_window} in the window)")
+        built = self.last_prompt
+        if built is not None and built.tokens is not None:
+            lines.append(
+                f"last prompt: {len(built.tokens)} tokens ({built.pinned_tokens} pinned) of a budget of "
+                f"{built.budget}; {len(built.dropped)} messages have left the window"
+            )
         lines.append(f"last reply: {self.last_stats.summary()}" if self.last_stats else "last reply: none yet")
+        if self.history:
+            upcoming = self.builder.build(
+                self.history,
+                n_ctx=self.engine.n_ctx,
+                reserve=self.reserve,
+                state=WindowState(self.window.start, self.window.examples_dropped),
+            )
+            plan = self.engine.plan(upcoming.tokens or [])
+            lines.append(f"next turn: your message plus {plan.to_evaluate} tokens to evaluate ({plan.reused} cached)")
         return "\n".join(lines)
 
+    @property
+    def reserve(self) -> int:
+        return min(self.sampler.max_tokens, self.engine.n_ctx // 2)
+
     def reply(self, text: str) -> None:
-        conv = self.conversation
-        conv.add("user", text)
-        reserve = min(self.sampler.max_tokens, self.engine.n_ctx // 2)
+        self.history.append(Message("user", text))
         try:
-            prompt = conv.fit(lambda t: len(self.engine.tokenize(t)), self.engine.n_ctx, reserve)
+            built = self.builder.build(self.history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=self.window)
         except CatteryError as exc:
-            conv.messages.pop()
+            self.history.pop()
             self.note(f"error: {exc}")
             return
-        gen = self.engine.generate(prompt, self.sampler)
+        if built.evicted_now:
+            self.note(f"({len(built.evicted_now)} older messages left the context window)")
+        self.last_prompt = built
+        gen = self.engine.generate(built.tokens or built.text, self.sampler, stop=built.stop)
         previous = signal.getsignal(signal.SIGINT)
         in_main = _in_main_thread()
         if in_main:
@@ -146,7 +172,7 @@ class PlainChat:
                 self.stdout.write(piece)
                 self.stdout.flush()
         except CatteryError as exc:
-            conv.messages.pop()
+            self.history.pop()
             self.note(f"\nerror: {exc}")
             return
         finally:
@@ -155,7 +181,7 @@ class PlainChat:
         self.stdout.write("\n")
         self.stdout.flush()
         self.last_stats = gen.stats
-        conv.add("assistant", gen.text.strip())
+        self.history.append(Message("assistant", gen.text.strip()))
         if gen.stats and gen.stats.finish_reason == "cancelled":
             self.note("(stopped)")
 

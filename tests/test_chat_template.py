@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from app.engine.metadata import read_model_info
+from app.prompt.builder import PromptBuilder
 from app.prompt.chat_template import TemplateRenderError, render_chat_template
-from app.prompt.conversation import Conversation
+from app.prompt.segments import Message
 
 MISTRAL_LIKE = (
     "{{ bos_token }}{% for m in messages %}"
@@ -19,11 +20,8 @@ MISTRAL_LIKE = (
 
 def test_bundled_template_renders_chatml(model_path) -> None:
     info = read_model_info(model_path)
-    conv = Conversation(info, "Be kind.")
-    conv.add("user", "Hi")
-    conv.add("assistant", "Hello!")
-    conv.add("user", "How are you?")
-    assert conv.render() == (
+    history = [Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "How are you?")]
+    assert PromptBuilder("gguf", info=info, system="Be kind.").build(history).text == (
         "<|im_start|>system\nBe kind.<|im_end|>\n"
         "<|im_start|>user\nHi<|im_end|>\n"
         "<|im_start|>assistant\nHello!<|im_end|>\n"
@@ -36,9 +34,8 @@ def test_template_without_system_role_gets_it_folded_into_the_first_message(mode
     info = read_model_info(model_path)
     info.chat_template = MISTRAL_LIKE
     info.bos_token, info.eos_token = "<s>", "</s>"
-    conv = Conversation(info, "Be kind.")
-    conv.add("user", "Hi")
-    assert conv.render() == "<s>[INST] Be kind.\n\nHi [/INST]"
+    built = PromptBuilder("gguf", info=info, system="Be kind.").build([Message("user", "Hi")])
+    assert built.text == "<s>[INST] Be kind.\n\nHi [/INST]"
 
 
 def test_raise_exception_is_a_clear_error() -> None:

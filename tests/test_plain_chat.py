@@ -51,18 +51,18 @@ def test_scripted_chat_with_slash_commands(cattery_home: Path) -> None:
 def test_reply_is_exactly_what_the_engine_streams(cattery_home: Path, engine) -> None:
     """The plain chat's reply to one message equals a direct engine call on the same rendered prompt."""
     from app.engine.options import SamplerSettings
-    from app.prompt.conversation import Conversation
+    from app.prompt.builder import PromptBuilder
+    from app.prompt.segments import Message
+    from app.prompt.tokens import tokenizer_from
 
     r = run_cattery(
         "chat", "--plain", "-n", "30", "--system", "Be brief.", *GREEDY, input="Name a fruit.\n", home=cattery_home
     )
     assert r.returncode == 0, r.stderr
-    conv = Conversation(engine.info, "Be brief.")
-    conv.add("user", "Name a fruit.")
+    builder = PromptBuilder("gguf", info=engine.info, tokenizer=tokenizer_from(engine), system="Be brief.")
+    built = builder.build([Message("user", "Name a fruit.")], n_ctx=engine.n_ctx, reserve=30)
     engine.reset()
-    expected = engine.generate(
-        conv.render(), SamplerSettings(temperature=0, repeat_penalty=1.0, max_tokens=30)
-    ).result()
+    expected = engine.generate(built.tokens, SamplerSettings(temperature=0, repeat_penalty=1.0, max_tokens=30)).result()
     assert r.stdout == expected + "\n"
 
 

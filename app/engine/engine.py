@@ -232,6 +232,18 @@ class Engine:
     def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
         return self._run(lambda m: self._prompt_tokens(m, text, add_bos))
 
+    def segment_tokenize(self, text: str) -> list[int]:
+        """Tokens of `text` exactly, with special tokens parsed and no BOS added."""
+        return self._run(lambda m: m.tokenize(text, add_special=False, parse_special=True))
+
+    @property
+    def bos_token(self) -> int:
+        return self._run(lambda m: m.bos_token)
+
+    @property
+    def add_bos(self) -> bool:
+        return self._run(lambda m: m.add_bos)
+
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._run(lambda m: m.detokenize(tokens))
 

@@ -85,113 +85,18 @@ class AbortFlag:
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
-class NativeModel:
-    """One loaded model with its context, KV cache bookkeeping and token helpers."""
+class Vocab:
+    """Token helpers over a loaded llama vocabulary (`self.vocab`)."""
 
-    def __init__(
-        self,
-        path: Path,
-        options: LoadOptions,
-        *,
-        n_ctx: int,
-        gpu_layers: int,
-        threads: int,
-        threads_batch: int,
-        progress: Callable[[float], bool] | None = None,
-    ) -> None:
-        ensure_backend()
-        self.path = path
-        mark = LOG.mark()
+    vocab: Any
+    n_vocab: int
 
-        mp = L.llama_model_default_params()
-        if options.mmap and options.mlock:
-            mode = L.LLAMA_LOAD_MODE_MMAP_MLOCK
-        elif options.mmap:
-            mode = L.LLAMA_LOAD_MODE_MMAP
-        elif options.mlock:
-            mode = L.LLAMA_LOAD_MODE_MLOCK
-        else:
-            mode = L.LLAMA_LOAD_MODE_NONE
-        self._progress_cb = None
-        fields: dict[str, Any] = {"n_gpu_layers": gpu_layers, "load_mode": mode}
-        if progress is not None:
-            self._progress_cb = L.llama_progress_callback(lambda value, _data: bool(progress(value)))
-            fields["progress_callback"] = self._progress_cb
-        set_fields(mp, **fields)
-        model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
-        if not model:
-            raise ModelFileError(f"{path}: llama.cpp cannot load it: {self._reason(mark)}")
-        self.model = model
+    def _init_vocab(self, model: Any) -> None:
         self.vocab = L.llama_model_get_vocab(model)
         self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
-        self.n_layer = int(L.llama_model_n_layer(model))
-        self.n_ctx_train = int(L.llama_model_n_ctx_train(model))
-
-        cp = L.llama_context_default_params()
-        flash = {
-            "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
-            "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }[options.flash_attn]
-        self.abort = AbortFlag()
-        ctx_fields: dict[str, Any] = {
-            "n_ctx": n_ctx,
-            "n_batch": options.batch,
-            "n_ubatch": options.batch,
-            "n_seq_max": 1,
-            "n_threads": threads,
-            "n_threads_batch": threads_batch,
-            "flash_attn_type": flash,
-            "type_k": _ggml_type(options.cache_type_k),
-            "type_v": _ggml_type(options.cache_type_v),
-            "abort_callback": self.abort.callback,
-            "abort_callback_data": self.abort.data,
-            "no_perf": True,
-        }
-        if options.rope_freq_base:
-            ctx_fields["rope_freq_base"] = float(options.rope_freq_base)
-        if options.rope_scale:
-            ctx_fields["rope_scaling_type"] = L.LLAMA_ROPE_SCALING_TYPE_LINEAR
-            ctx_fields["rope_freq_scale"] = 1.0 / float(options.rope_scale)
-        set_fields(cp, **ctx_fields)
-        ctx = L.llama_init_from_model(model, cp)
-        if not ctx:
-            L.llama_model_free(model)
-            self.model = None
-            raise ModelFileError(f"{path}: llama.cpp cannot create the context: {self._reason(mark)}")
-        self.ctx = ctx
-        self.memory = L.llama_get_memory(ctx)
-        self.n_ctx = int(L.llama_n_ctx(ctx))
-        self.n_batch = options.batch
-        self.kv_tokens: list[int] = []
-        self.load_log = LOG.lines_since(mark)
-        self.gpu_layers_offloaded = self._offloaded_layers(gpu_layers)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._one = (L.llama_token * 1)()
-        self._one_batch = L.llama_batch_get_one(self._one, 1)
         self._eog: list[int] | None = None
-
-    @staticmethod
-    def _reason(mark: int) -> str:
-        errors = LOG.errors_since(mark)
-        useful = [e for e in errors if "failed to load model" not in e] or errors
-        if not useful:
-            return "see the llama.cpp log (`cattery paths` shows where)"
-        # "llama_model_load: error loading model: unknown model architecture: 'x'" → the reason alone
-        reason = re.sub(r"^\w+: ", "", useful[0])
-        return reason.removeprefix("error loading model: ")
-
-    def _offloaded_layers(self, requested: int) -> int:
-        for line in self.load_log:
-            m = _OFFLOADED.search(line)
-            if m:
-                return int(m.group(1))
-        if not L.llama_supports_gpu_offload():
-            return 0
-        return self.n_layer + 1 if requested < 0 else min(requested, self.n_layer + 1)
-
-    # -- tokens -----------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -235,6 +140,129 @@ class NativeModel:
     @property
     def add_bos(self) -> bool:
         return bool(L.llama_vocab_get_add_bos(self.vocab))
+
+
+class VocabModel(Vocab):
+    """A model loaded for its tokenizer only (no weights): for building prompts without a context."""
+
+    def __init__(self, path: Path) -> None:
+        ensure_backend()
+        mark = LOG.mark()
+        mp = L.llama_model_default_params()
+        set_fields(mp, vocab_only=True)
+        model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+        if not model:
+            raise ModelFileError(f"{path}: llama.cpp cannot load its vocabulary: {NativeModel._reason(mark)}")
+        self.model = model
+        self._init_vocab(model)
+
+    def close(self) -> None:
+        if getattr(self, "model", None):
+            L.llama_model_free(self.model)
+            self.model = None
+
+
+class NativeModel(Vocab):
+    """One loaded model with its context, KV cache bookkeeping and token helpers."""
+
+    def __init__(
+        self,
+        path: Path,
+        options: LoadOptions,
+        *,
+        n_ctx: int,
+        gpu_layers: int,
+        threads: int,
+        threads_batch: int,
+        progress: Callable[[float], bool] | None = None,
+    ) -> None:
+        ensure_backend()
+        self.path = path
+        mark = LOG.mark()
+
+        mp = L.llama_model_default_params()
+        if options.mmap and options.mlock:
+            mode = L.LLAMA_LOAD_MODE_MMAP_MLOCK
+        elif options.mmap:
+            mode = L.LLAMA_LOAD_MODE_MMAP
+        elif options.mlock:
+            mode = L.LLAMA_LOAD_MODE_MLOCK
+        else:
+            mode = L.LLAMA_LOAD_MODE_NONE
+        self._progress_cb = None
+        fields: dict[str, Any] = {"n_gpu_layers": gpu_layers, "load_mode": mode}
+        if progress is not None:
+            self._progress_cb = L.llama_progress_callback(lambda value, _data: bool(progress(value)))
+            fields["progress_callback"] = self._progress_cb
+        set_fields(mp, **fields)
+        model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+        if not model:
+            raise ModelFileError(f"{path}: llama.cpp cannot load it: {self._reason(mark)}")
+        self.model = model
+        self._init_vocab(model)
+        self.n_layer = int(L.llama_model_n_layer(model))
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(model))
+
+        cp = L.llama_context_default_params()
+        flash = {
+            "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[options.flash_attn]
+        self.abort = AbortFlag()
+        ctx_fields: dict[str, Any] = {
+            "n_ctx": n_ctx,
+            "n_batch": options.batch,
+            "n_ubatch": options.batch,
+            "n_seq_max": 1,
+            "n_threads": threads,
+            "n_threads_batch": threads_batch,
+            "flash_attn_type": flash,
+            "type_k": _ggml_type(options.cache_type_k),
+            "type_v": _ggml_type(options.cache_type_v),
+            "abort_callback": self.abort.callback,
+            "abort_callback_data": self.abort.data,
+            "no_perf": True,
+        }
+        if options.rope_freq_base:
+            ctx_fields["rope_freq_base"] = float(options.rope_freq_base)
+        if options.rope_scale:
+            ctx_fields["rope_scaling_type"] = L.LLAMA_ROPE_SCALING_TYPE_LINEAR
+            ctx_fields["rope_freq_scale"] = 1.0 / float(options.rope_scale)
+        set_fields(cp, **ctx_fields)
+        ctx = L.llama_init_from_model(model, cp)
+        if not ctx:
+            L.llama_model_free(model)
+            self.model = None
+            raise ModelFileError(f"{path}: llama.cpp cannot create the context: {self._reason(mark)}")
+        self.ctx = ctx
+        self.memory = L.llama_get_memory(ctx)
+        self.n_ctx = int(L.llama_n_ctx(ctx))
+        self.n_batch = options.batch
+        self.kv_tokens: list[int] = []
+        self.load_log = LOG.lines_since(mark)
+        self.gpu_layers_offloaded = self._offloaded_layers(gpu_layers)
+        self._one = (L.llama_token * 1)()
+        self._one_batch = L.llama_batch_get_one(self._one, 1)
+
+    @staticmethod
+    def _reason(mark: int) -> str:
+        errors = LOG.errors_since(mark)
+        useful = [e for e in errors if "failed to load model" not in e] or errors
+        if not useful:
+            return "see the llama.cpp log (`cattery paths` shows where)"
+        # "llama_model_load: error loading model: unknown model architecture: 'x'" → the reason alone
+        reason = re.sub(r"^\w+: ", "", useful[0])
+        return reason.removeprefix("error loading model: ")
+
+    def _offloaded_layers(self, requested: int) -> int:
+        for line in self.load_log:
+            m = _OFFLOADED.search(line)
+            if m:
+                return int(m.group(1))
+        if not L.llama_supports_gpu_offload():
+            return 0
+        return self.n_layer + 1 if requested < 0 else min(requested, self.n_layer + 1)
 
     # -- KV cache -----------------------------------------------------------------
 

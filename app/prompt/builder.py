@@ -42,7 +42,8 @@ def choose_format(explicit: str | None, info: ModelInfo | None) -> FormatChoice:
     if guessed:
         return FormatChoice(guessed, "guessed from the name")
     return FormatChoice(
-        FALLBACK, "fallback",
+        FALLBACK,
+        "fallback",
         f"{info.path.name} has no chat template and its name suggests no format; using chatml "
         "(choose one with --format; `cattery formats` lists them)",
     )
@@ -88,8 +89,12 @@ class BuiltPrompt:
             "examples_kept": self.examples_kept,
             "stop": self.stop,
             "segments": [
-                {"kind": s.kind, "index": s.index, "text": s.text,
-                 "tokens": len(s.tokens) if self.tokens is not None else None}
+                {
+                    "kind": s.kind,
+                    "index": s.index,
+                    "text": s.text,
+                    "tokens": len(s.tokens) if self.tokens is not None else None,
+                }
                 for s in self.segments
             ],
             "notes": self.notes,
@@ -97,10 +102,17 @@ class BuiltPrompt:
 
 
 class PromptBuilder:
-    def __init__(self, format_name: str, *, info: ModelInfo | None = None,
-                 tokenizer: SegmentTokenizer | None = None, system: str | None = None,
-                 speakers: Speakers | None = None, examples: Sequence[Sequence[Message]] = (),
-                 pin_examples: bool = False) -> None:
+    def __init__(
+        self,
+        format_name: str,
+        *,
+        info: ModelInfo | None = None,
+        tokenizer: SegmentTokenizer | None = None,
+        system: str | None = None,
+        speakers: Speakers | None = None,
+        examples: Sequence[Sequence[Message]] = (),
+        pin_examples: bool = False,
+    ) -> None:
         self.format_name = format_name
         self.fmt: PromptFormat | None = None if format_name == GGUF else get_format(format_name)
         if self.fmt is None and (info is None or not info.chat_template):
@@ -120,9 +132,14 @@ class PromptBuilder:
         if self.fmt is not None:
             return render_format(self.fmt, self.system, history, self.speakers, self.examples)
         assert self.info is not None and self.info.chat_template
-        return render_template(self.info.chat_template, self.system, history,
-                               bos_token=self.info.bos_token or "", eos_token=self.info.eos_token or "",
-                               examples=self.examples)
+        return render_template(
+            self.info.chat_template,
+            self.system,
+            history,
+            bos_token=self.info.bos_token or "",
+            eos_token=self.info.eos_token or "",
+            examples=self.examples,
+        )
 
     def _wants_bos(self, first_text: str) -> bool:
         tok = self.tokenizer
@@ -133,8 +150,14 @@ class PromptBuilder:
         bos_text = self.info.bos_token if self.info else None
         return not (bos_text and first_text.startswith(bos_text))  # the text carries it already
 
-    def build(self, history: Sequence[Message], *, n_ctx: int | None = None, reserve: int = 0,
-              state: WindowState | None = None) -> BuiltPrompt:
+    def build(
+        self,
+        history: Sequence[Message],
+        *,
+        n_ctx: int | None = None,
+        reserve: int = 0,
+        state: WindowState | None = None,
+    ) -> BuiltPrompt:
         state = state if state is not None else WindowState()
         history = list(history)
         if self.tokenizer is None or n_ctx is None:
@@ -155,8 +178,11 @@ class PromptBuilder:
                     return self._assemble(rendered, history, start, False, budget, n_ctx, reserve, evicted)
                 state.start = start + 1
                 continue
-            first_text = rendered.pinned or (rendered.examples[0] if rendered.examples else "") or (
-                rendered.turns[0] if rendered.turns else "")
+            first_text = (
+                rendered.pinned
+                or (rendered.examples[0] if rendered.examples else "")
+                or (rendered.turns[0] if rendered.turns else "")
+            )
             bos = 1 if self._wants_bos(first_text) else 0
             count = self.tokenizer.count
             fit = fit_window(
@@ -178,8 +204,17 @@ class PromptBuilder:
             state.start = start + fit.start
         raise CatteryError("the conversation cannot be fitted into the context")  # pragma: no cover
 
-    def _assemble(self, r: Rendered, history: list[Message], start: int, examples_kept: bool,
-                  budget: int | None, n_ctx: int | None, reserve: int, evicted: list[int]) -> BuiltPrompt:
+    def _assemble(
+        self,
+        r: Rendered,
+        history: list[Message],
+        start: int,
+        examples_kept: bool,
+        budget: int | None,
+        n_ctx: int | None,
+        reserve: int,
+        evicted: list[int],
+    ) -> BuiltPrompt:
         segments: list[Segment] = []
         if r.pinned:
             segments.append(Segment("pinned", r.pinned))
@@ -192,10 +227,18 @@ class PromptBuilder:
         segments.append(Segment("generation", r.generation))
         text = "".join(s.text for s in segments)
         built = BuiltPrompt(
-            format=self.format_name, text=text, stop=self.stop, segments=segments,
-            kept=list(range(start, len(history))), dropped=list(range(start)),
-            examples_kept=examples_kept and bool(r.examples), budget=budget, n_ctx=n_ctx, reserve=reserve,
-            evicted_now=evicted, notes=list(r.notes),
+            format=self.format_name,
+            text=text,
+            stop=self.stop,
+            segments=segments,
+            kept=list(range(start, len(history))),
+            dropped=list(range(start)),
+            examples_kept=examples_kept and bool(r.examples),
+            budget=budget,
+            n_ctx=n_ctx,
+            reserve=reserve,
+            evicted_now=evicted,
+            notes=list(r.notes),
         )
         tok = self.tokenizer
         if tok is None:

@@ -80,7 +80,7 @@ def load_format_file(path: Path) -> PromptFormat:
         if key in data:
             data[key] = tuple(data[key])
     if data.get("bos", "model") not in ("model", "never"):
-        raise CatteryError(f"{path}: bos must be \"model\" or \"never\"")
+        raise CatteryError(f'{path}: bos must be "model" or "never"')
     return PromptFormat(name=path.stem, source=path, **data)
 
 

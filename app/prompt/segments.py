@@ -66,8 +66,13 @@ def _message_text(fmt: PromptFormat, m: Message, speakers: Speakers) -> str:
     return fmt.system_prefix + content + fmt.system_suffix
 
 
-def render_format(fmt: PromptFormat, system: str | None, history: Sequence[Message], speakers: Speakers,
-                  examples: Sequence[Sequence[Message]] = ()) -> Rendered:
+def render_format(
+    fmt: PromptFormat,
+    system: str | None,
+    history: Sequence[Message],
+    speakers: Speakers,
+    examples: Sequence[Sequence[Message]] = (),
+) -> Rendered:
     def fill(text: str) -> str:
         return fmt.fill(text, speakers.user, speakers.char)
 
@@ -85,13 +90,21 @@ def _dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def render_template(template: str, system: str | None, history: Sequence[Message], *, bos_token: str,
-                    eos_token: str, examples: Sequence[Sequence[Message]] = ()) -> Rendered:
+def render_template(
+    template: str,
+    system: str | None,
+    history: Sequence[Message],
+    *,
+    bos_token: str,
+    eos_token: str,
+    examples: Sequence[Sequence[Message]] = (),
+) -> Rendered:
     """Segments from a GGUF chat template, found by rendering one message more at a time."""
 
     def render(messages: list[dict[str, str]], gen: bool = False) -> str:
-        return render_chat_template(template, messages, bos_token=bos_token, eos_token=eos_token,
-                                    add_generation_prompt=gen)
+        return render_chat_template(
+            template, messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=gen
+        )
 
     notes: list[str] = []
     head: list[dict[str, str]] = []
@@ -114,10 +127,9 @@ def render_template(template: str, system: str | None, history: Sequence[Message
     segmentable = all(b.startswith(a) for a, b in pairwise(texts))
     full = texts[-1]
     with_gen = render(messages, gen=True)
-    generation = with_gen[len(full):] if with_gen.startswith(full) else ""
+    generation = with_gen[len(full) :] if with_gen.startswith(full) else ""
     if not segmentable:
-        return Rendered(pinned="", examples=[], turns=[full], generation=generation, segmentable=False,
-                        notes=notes)
+        return Rendered(pinned="", examples=[], turns=[full], generation=generation, segmentable=False, notes=notes)
     pieces = [b[len(a) :] for a, b in pairwise(texts)]
     n_ex = len(flat_examples)
     example_text = "".join(pieces[:n_ex])

@@ -16,8 +16,13 @@ SENTINEL = "\n"
 
 
 class SegmentTokenizer:
-    def __init__(self, tokenize: Callable[[str], list[int]], detokenize: Callable[[list[int]], str],
-                 bos_token: int, add_bos: bool) -> None:
+    def __init__(
+        self,
+        tokenize: Callable[[str], list[int]],
+        detokenize: Callable[[list[int]], str],
+        bos_token: int,
+        add_bos: bool,
+    ) -> None:
         self._tokenize = tokenize
         self._detokenize = detokenize
         self.bos_token = bos_token
@@ -50,3 +55,19 @@ class SegmentTokenizer:
     def splits(self, marker: str) -> bool:
         """True when the tokenizer does not know `marker` as one special token."""
         return len(self._tokenize(marker)) != 1
+
+
+def tokenizer_from(source: object) -> SegmentTokenizer:
+    """A SegmentTokenizer over anything with `tokenize`, `detokenize`, `bos_token` and `add_bos`
+    (the engine, or a vocabulary-only model)."""
+    from typing import Any
+
+    src: Any = source
+    try:
+        tokenize = src.segment_tokenize  # the engine: no BOS, on its own thread
+    except AttributeError:
+
+        def tokenize(text: str) -> list[int]:
+            return src.tokenize(text, add_special=False, parse_special=True)
+
+    return SegmentTokenizer(tokenize, src.detokenize, int(src.bos_token), bool(src.add_bos))

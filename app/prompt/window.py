@@ -35,9 +35,17 @@ class WindowFit:
     evicted_now: list[int] = field(default_factory=list)
 
 
-def fit_window(pinned: int, examples: int, turns: Sequence[int], generation: int, budget: int,
-               state: WindowState, roles: Sequence[str], pin_examples: bool = False,
-               slack: float = SLACK) -> WindowFit:
+def fit_window(
+    pinned: int,
+    examples: int,
+    turns: Sequence[int],
+    generation: int,
+    budget: int,
+    state: WindowState,
+    roles: Sequence[str],
+    pin_examples: bool = False,
+    slack: float = SLACK,
+) -> WindowFit:
     """Choose the first message to keep. Token counts in, indices out; `state` is updated."""
     fixed = pinned + generation
     if fixed > budget:
