@@ -376,9 +376,12 @@ def cmd_models_info(args: argparse.Namespace) -> int:
     from app.hub.library import resolve_model
 
     paths, settings = _settings()
+    from app.prompt.builder import choose_format
+
     info = read_model_info(resolve_model(args.model_ref, _model_dirs(paths, settings)))
+    choice = choose_format(None, info)
     if args.json:
-        print(json.dumps(info.as_dict(), indent=2, default=str))
+        print(json.dumps({**info.as_dict(), "prompt_format": choice.name}, indent=2, default=str))
         return 0
     rows = [
         ("file", str(info.path)),
@@ -393,7 +396,8 @@ def cmd_models_info(args: argparse.Namespace) -> int:
         ("rope", _fmt_rope(info)),
         ("vocabulary", str(info.vocab_size or "-")),
         ("bos / eos", f"{info.bos_token!r} / {info.eos_token!r}"),
-        ("chat template", "yes" if info.chat_template else "none (ChatML is used)"),
+        ("chat template", "yes" if info.chat_template else "none"),
+        ("prompt format", f"{choice.name} ({choice.why})"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -62,33 +62,57 @@ def write_huge_sparse_gguf(path: Path, n_bytes: int) -> Path:
     return path
 
 
-def dequantized_copy(src: Path, dst: Path) -> Path:
-    """An F32 copy of a GGUF model: same metadata and tokenizer, weights dequantized by gguf-py.
+def copy_gguf(
+    src: Path,
+    dst: Path,
+    *,
+    dequantize: bool = False,
+    overrides: dict[str, object] | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """A copy of a GGUF model with metadata changed (`overrides`, `drop`), weights as they are
+    or dequantized to F32.
 
     A Q4 model's forward pass quantizes activations to 8 bits, so a change in the last
     bit anywhere (a different batch split, a position offset) can flip a rounding and
     move logits by a whole unit; in F32 such changes stay at float precision. Tests
-    that compare two ways of computing the same thing use this copy.
+    that compare two ways of computing the same thing use the dequantized copy.
     """
     import gguf
 
+    overrides = dict(overrides or {})
     reader = gguf.GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(str(dst), arch)
+    if dequantize:
+        overrides["general.file_type"] = int(gguf.LlamaFileType.ALL_F32)
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment"):
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment") or key in drop:
             continue
-        value = field.contents()
-        if key == "general.file_type":
-            value = int(gguf.LlamaFileType.ALL_F32)
         main = field.types[0]
         sub = field.types[-1] if main == gguf.GGUFValueType.ARRAY else None
+        value = overrides.pop(key) if key in overrides else field.contents()
         writer.add_key_value(key, value, main, sub_type=sub)
+    for key, value in overrides.items():  # new keys
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_uint32(key, int(value))
     for tensor in reader.tensors:
-        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        writer.add_tensor(tensor.name, data.reshape(tuple(reversed([int(d) for d in tensor.shape]))))
+        shape = tuple(reversed([int(d) for d in tensor.shape]))
+        if dequantize:
+            data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+            writer.add_tensor(tensor.name, data.reshape(shape))
+        else:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return dst
+
+
+def dequantized_copy(src: Path, dst: Path) -> Path:
+    return copy_gguf(src, dst, dequantize=True)

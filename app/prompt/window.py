@@ -67,6 +67,8 @@ def fit_window(
             keep_examples = False
             state.examples_dropped = True
         last = len(turns) - 1
+        if total(start, keep_examples) <= budget:
+            target = budget  # dropping the examples made room: no message needs to leave
         while start < last and total(start, keep_examples) > target:
             evicted.append(start)
             start += 1
