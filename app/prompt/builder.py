@@ -15,7 +15,7 @@ from app.errors import CatteryError
 from app.prompt.formats import FALLBACK, GGUF, PromptFormat, get_format, guess_format
 from app.prompt.segments import Message, Rendered, Speakers, render_format, render_template
 from app.prompt.tokens import SegmentTokenizer
-from app.prompt.window import WindowState, fit_window
+from app.prompt.window import SLACK, WindowState, fit_window
 
 
 @dataclass
@@ -112,6 +112,7 @@ class PromptBuilder:
         speakers: Speakers | None = None,
         examples: Sequence[Sequence[Message]] = (),
         pin_examples: bool = False,
+        slack: float = SLACK,
     ) -> None:
         self.format_name = format_name
         self.fmt: PromptFormat | None = None if format_name == GGUF else get_format(format_name)
@@ -123,6 +124,7 @@ class PromptBuilder:
         self.speakers = speakers or Speakers()
         self.examples = [list(b) for b in examples]
         self.pin_examples = pin_examples
+        self.slack = slack
 
     @property
     def stop(self) -> list[str]:
@@ -194,6 +196,7 @@ class PromptBuilder:
                 state=WindowState(0, state.examples_dropped),
                 roles=roles[start:],
                 pin_examples=self.pin_examples,
+                slack=self.slack,
             )
             state.examples_dropped = state.examples_dropped or (bool(rendered.examples) and not fit.examples_kept)
             if fit.start == 0:
