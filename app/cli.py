@@ -208,7 +208,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         report = engine.report
         assert report is not None and engine.info is not None
-        choice = choose_format(args.format, engine.info)
+        choice = choose_format(args.format or settings.get("chat", "format", "") or None, engine.info)
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
         system = args.system if args.system is not None else settings.get("chat", "system", "")
@@ -219,6 +219,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             system=system or None,
             speakers=_speakers(args, settings),
         )
+        for warning in _lint_warnings(builder, builder.tokenizer):
+            print(f"warning: {warning}", file=sys.stderr)
         interactive = sys.stdin.isatty()
         format_note = f"{choice.name} ({choice.why})"
         print(
@@ -247,6 +249,50 @@ def cmd_formats(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {fmt.description}")
     print(f"{GGUF:<{width}}  the model's own chat template from its GGUF file (sandboxed Jinja)")
     return 0
+
+
+def cmd_formats_import(args: argparse.Namespace) -> int:
+    from app.prompt.formats import user_format_dirs
+    from app.prompt.st_import import import_st_preset
+
+    target = import_st_preset(Path(args.file), user_format_dirs()[0], args.name)
+    print(f"imported as format {target.stem} ({target})")
+    return 0
+
+
+def cmd_formats_lint(args: argparse.Namespace) -> int:
+    from app.engine.metadata import read_model_info
+    from app.prompt.builder import PromptBuilder, choose_format
+    from app.prompt.lint import lint
+
+    paths, settings = _settings()
+    info = vocab = tokenizer = None
+    if args.model:
+        from app.engine.native import VocabModel
+        from app.hub.library import resolve_model
+        from app.prompt.tokens import tokenizer_from
+
+        info = read_model_info(resolve_model(args.model, _model_dirs(paths, settings)))
+        vocab = VocabModel(info.path)
+        tokenizer = tokenizer_from(vocab)
+    try:
+        choice = choose_format(args.format_name, info)
+        builder = PromptBuilder(choice.name, info=info, tokenizer=tokenizer, system="S")
+        warnings = lint(builder, tokenizer)
+    finally:
+        if vocab is not None:
+            vocab.close()
+    for warning in warnings:
+        print(f"warning: {warning}")
+    if not warnings:
+        print(f"format {choice.name}: no problems found" + ("" if info else " (give --model to check tokens)"))
+    return 1 if warnings else 0
+
+
+def _lint_warnings(builder: Any, tokenizer: Any) -> list[str]:
+    from app.prompt.lint import lint
+
+    return lint(builder, tokenizer)
 
 
 def _read_history(path: str) -> list[Any]:
@@ -307,9 +353,13 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             choice.name, info=info, tokenizer=tokenizer, system=system, speakers=_speakers(args, settings)
         )
         built = builder.build(history, n_ctx=n_ctx, reserve=min(reserve, (n_ctx or 0) // 2 or reserve))
+        built.notes += _lint_warnings(builder, tokenizer)
     finally:
         if vocab is not None:
             vocab.close()
+    if not args.json:
+        for note in built.notes:
+            print(f"warning: {note}", file=sys.stderr)
     if args.json:
         out = built.as_json()
         out["format_reason"] = choice.why
@@ -427,9 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--plain", action="store_true", help="line-based chat on stdin/stdout")
     chat.set_defaults(func=cmd_chat)
 
-    formats = sub.add_parser("formats", help="list the prompt formats")
+    formats = sub.add_parser("formats", help="list, import and check prompt formats")
     formats.add_argument("--json", action="store_true")
     formats.set_defaults(func=cmd_formats)
+    fsub = formats.add_subparsers(dest="formats_command", metavar="SUBCOMMAND")
+    fimport = fsub.add_parser("import", help="turn a SillyTavern instruct preset (JSON) into a format file")
+    fimport.add_argument("file", metavar="FILE")
+    fimport.add_argument("--name", help="the new format's name (default: the preset's)")
+    fimport.set_defaults(func=cmd_formats_import)
+    flint = fsub.add_parser("lint", help="check a format against a model's tokenizer")
+    flint.add_argument("format_name", metavar="F", nargs="?", help="a format (default: the model's)")
+    flint.add_argument("-m", "--model", metavar="M", help="a .gguf path or library name")
+    flint.set_defaults(func=cmd_formats_lint)
 
     prompt = sub.add_parser(
         "prompt",

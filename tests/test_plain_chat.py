@@ -125,3 +125,27 @@ def test_ctrl_c_stops_a_reply_but_not_the_chat(cattery_home: Path) -> None:
     assert "(stopped)" in err
     assert "cancelled" in out
     assert "Traceback" not in err
+
+
+def test_chat_with_a_chosen_format_stops_at_the_users_name(cattery_home: Path) -> None:
+    r = run_cattery(
+        "chat",
+        "--plain",
+        "--format",
+        "raw",
+        "--user",
+        "Anon",
+        "--char",
+        "Cat",
+        "-n",
+        "80",
+        "--ban-eos",
+        *GREEDY,
+        input="Hello, who are you?\n/stats\n",
+        home=cattery_home,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "format raw (chosen)" in r.stderr
+    reply = r.stdout.split("model SmolLM2")[0]
+    assert "\nAnon:" not in reply
+    assert "next turn: your message plus" in r.stdout
