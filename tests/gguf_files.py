@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def add_value(writer: object, key: str, value: object) -> None:
+    """Add a metadata value with the GGUF type its Python type suggests."""
+    w: Any = writer
+    if isinstance(value, bool):
+        w.add_bool(key, value)
+    elif isinstance(value, str):
+        w.add_string(key, value)
+    elif isinstance(value, int):
+        w.add_uint32(key, value)
+    elif isinstance(value, float):
+        w.add_float32(key, value)
+    else:
+        w.add_array(key, list(value))  # type: ignore[call-overload]
 
 
 def write_gguf(
@@ -23,16 +39,7 @@ def write_gguf(
     w.add_embedding_length(64)
     w.add_head_count(4)
     for key, value in (extra or {}).items():
-        if isinstance(value, str):
-            w.add_string(key, value)
-        elif isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        elif isinstance(value, list):
-            w.add_array(key, value)
+        add_value(w, key, value)
     for name, array in (tensors or {"token_embd.weight": np.ones((16, 64), dtype=np.float32)}).items():
         w.add_tensor(name, array)
     w.write_header_to_file()
@@ -93,13 +100,8 @@ def copy_gguf(
         sub = field.types[-1] if main == gguf.GGUFValueType.ARRAY else None
         value = overrides.pop(key) if key in overrides else field.contents()
         writer.add_key_value(key, value, main, sub_type=sub)
-    for key, value in overrides.items():  # new keys
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        else:
-            writer.add_uint32(key, int(value))
+    for key, value in overrides.items():  # keys the source did not have
+        add_value(writer, key, value)
     for tensor in reader.tensors:
         shape = tuple(reversed([int(d) for d in tensor.shape]))
         if dequantize:

@@ -101,37 +101,15 @@ def test_prompt_command_reports_the_window(cattery_home: Path, tmp_path: Path) -
         history.append({"role": "assistant", "content": f"Reply {i}: they dream of mice and sunny windows."})
     path = tmp_path / "history.json"
     path.write_text(json.dumps(history))
-    r = run_cattery(
-        "prompt",
-        "-m",
-        "SmolLM2-135M-Instruct.Q4_1",
-        "--history",
-        str(path),
-        "--ctx",
-        "512",
-        "--reserve",
-        "64",
-        "--json",
-        home=cattery_home,
-    )
+    args = ["prompt", "-m", "SmolLM2-135M-Instruct.Q4_1", "--history", str(path), "--ctx", "512", "--reserve", "64"]
+    r = run_cattery(*args, "--json", home=cattery_home)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["format"] == "gguf" and out["n_ctx"] == 512 and out["budget"] == 448
     assert out["tokens"] <= 448 and out["pinned_tokens"] > 5
     assert out["dropped"] == list(range(out["kept"][0])) and out["kept"][-1] == 79
     assert out["segments"][0]["text"] == "<|im_start|>system\nYou are a cat.<|im_end|>\n"
-    text = run_cattery(
-        "prompt",
-        "-m",
-        "SmolLM2-135M-Instruct.Q4_1",
-        "--history",
-        str(path),
-        "--ctx",
-        "512",
-        "--reserve",
-        "64",
-        home=cattery_home,
-    ).stdout
+    text = run_cattery(*args, home=cattery_home).stdout
     assert text == out["text"]
     # Without a model there are no token counts and no window.
     plain = json.loads(
