@@ -131,3 +131,20 @@ def test_bad_history_files(content: str, fragment: str, tmp_path: Path, cattery_
     path.write_text(content)
     r = run_cattery("prompt", "--format", "chatml", "--history", str(path), home=cattery_home)
     assert r.returncode != 0 and fragment in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_example_dialogue_leaves_first_and_is_reported(engine: Engine) -> None:
+    tok = tokenizer_from(engine)
+    examples = [[Message("user", "Example question about tea?"), Message("assistant", "Example answer: tea is nice.")]]
+    history = [Message("user" if i % 2 == 0 else "assistant", f"Message {i} about tea and biscuits.") for i in range(9)]
+    builder = PromptBuilder("chatml", info=engine.info, tokenizer=tok, system="S", examples=examples)
+    roomy = builder.build(history, n_ctx=2048, reserve=64, state=WindowState())
+    assert roomy.examples_kept and [s.kind for s in roomy.segments][:2] == ["pinned", "example"]
+    state = WindowState()
+    tight_ctx = len(roomy.tokens) + 64 - 10  # ten tokens short: dropping the examples is enough
+    tight = builder.build(history, n_ctx=tight_ctx, reserve=64, state=state)
+    assert not tight.examples_kept and tight.dropped == [] and state.examples_dropped
+    assert "example" not in [s.kind for s in tight.segments]
+    pinned = PromptBuilder("chatml", info=engine.info, tokenizer=tok, system="S", examples=examples, pin_examples=True)
+    kept = pinned.build(history, n_ctx=tight_ctx, reserve=64, state=WindowState())
+    assert kept.examples_kept and kept.dropped  # pinned examples stay; messages leave instead
