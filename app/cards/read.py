@@ -9,7 +9,9 @@ import copy
 import io
 import json
 import posixpath
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,11 @@ def _check_image(data: bytes, source: str) -> None:
 
 def read_png(data: bytes, source: str) -> Card:
     chunks = iter_chunks(data, source)
+    if not chunks or chunks[0].type != b"IHDR" or len(chunks[0].data) < 8:
+        raise CardError(source, "damaged PNG (no image header)")
+    width, height = struct.unpack(">II", chunks[0].data[:8])
+    if width * height > MAX_IMAGE_PIXELS:
+        raise CardError(source, f"the image is {width}×{height}, larger than the {MAX_IMAGE_PIXELS} pixels allowed")
     texts = text_chunks(chunks, source)
     _check_image(data, source)
     for key in ("ccv3", "chara"):  # V3 wins when both are there
@@ -106,11 +113,31 @@ def _safe_member(name: str) -> bool:
     return not (norm.startswith(("/", "../")) or norm == ".." or ":" in norm.split("/")[0])
 
 
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    ValueError,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    KeyError,
+    UnicodeDecodeError,
+)
+
+
 def read_charx(data: bytes, source: str) -> Card:
+    """A CharX archive; the zip module's many error types all become one clear CardError."""
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise CardError(source, "not a valid CharX (zip) archive") from None
+        return _read_charx(data, source)
+    except CardError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise CardError(source, f"damaged CharX (zip) archive ({type(exc).__name__})") from None
+
+
+def _read_charx(data: bytes, source: str) -> Card:
+    zf = zipfile.ZipFile(io.BytesIO(data))
     with zf:
         infos = zf.infolist()
         if len(infos) > MAX_CHARX_ENTRIES:
@@ -129,10 +156,7 @@ def read_charx(data: bytes, source: str) -> Card:
             raise CardError(source, "a CharX archive without card.json")
 
         def read(name: str) -> bytes:
-            try:
-                return zf.read(names[name])
-            except (zipfile.BadZipFile, zlib_error(), OSError) as exc:
-                raise CardError(source, f"the archive entry {name!r} is damaged ({exc})") from None
+            return zf.read(names[name])
 
         card = card_from_json(_json(read("card.json"), source, "card.json"), source)
         files = {n: read(n) for n in names if n != "card.json"}
@@ -147,12 +171,6 @@ def read_charx(data: bytes, source: str) -> Card:
                     card.avatar = files[path]
     card.files = files
     return card
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error
 
 
 def read_yaml(text: bytes, source: str) -> Card:
