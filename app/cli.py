@@ -295,6 +295,112 @@ def _lint_warnings(builder: Any, tokenizer: Any) -> list[str]:
     return lint(builder, tokenizer)
 
 
+def _card_library() -> Any:
+    from app.cards.library import CardLibrary
+    from app.paths import get_paths
+
+    return CardLibrary(get_paths().cards_dir)
+
+
+def cmd_cards_import(args: argparse.Namespace) -> int:
+    from app.cards.read import read_card
+
+    library = _card_library()
+    failed = 0
+    for file in args.files:
+        try:
+            card = read_card(Path(file))
+            entry = library.add(card, str(Path(file).resolve()))
+        except CatteryError as exc:
+            print(f"cattery: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"imported {card.name} as {entry.slug}")
+    return 2 if failed else 0
+
+
+def cmd_cards_list(args: argparse.Namespace) -> int:
+    from app.cards.errors import CardError
+
+    rows = []
+    for entry in _card_library().entries():
+        try:
+            card = entry.load()
+        except CardError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
+        d = card.data
+        rows.append(
+            {
+                "id": entry.slug,
+                "name": card.name,
+                "creator": d["creator"],
+                "tags": d["tags"],
+                "greetings": 1 + len(d["alternate_greetings"]),
+                "spec": card.spec,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif not rows:
+        print("no cards yet: `cattery cards import FILE` adds one", file=sys.stderr)
+    for r in [] if args.json else rows:
+        tags = f"  [{', '.join(r['tags'])}]" if r["tags"] else ""
+        print(f"{r['id']}  {r['name']}" + (f" by {r['creator']}" if r["creator"] else "") + tags)
+    return 0
+
+
+def _card_from_ref(ref: str) -> Any:
+    from app.cards.read import read_card
+
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return read_card(path)
+    return _card_library().find(ref).load()
+
+
+def cmd_cards_show(args: argparse.Namespace) -> int:
+    card = _card_from_ref(args.card)
+    if args.json:
+        print(json.dumps(card.to_v3(), indent=2, ensure_ascii=False))
+        return 0
+    d = card.data
+    print(f"{card.name}" + (f" ({d['nickname']})" if d.get("nickname") else "") + f"  [{card.spec}]")
+    for key in ("creator", "character_version", "tags"):
+        if d.get(key):
+            print(f"{key}: {', '.join(d[key]) if isinstance(d[key], list) else d[key]}")
+    for key in ("description", "personality", "scenario", "system_prompt", "post_history_instructions", "first_mes"):
+        if d.get(key):
+            print(f"\n{key}:\n{d[key]}")
+    if d["alternate_greetings"]:
+        print(f"\nalternate greetings: {len(d['alternate_greetings'])}")
+    book = d.get("character_book")
+    if book:
+        print(f"lorebook: {len(book.get('entries', []))} entries")
+    return 0
+
+
+def cmd_cards_export(args: argparse.Namespace) -> int:
+    from app.atomic import write_bytes_atomic
+    from app.cards.write import json_bytes, to_charx, to_png
+
+    card = _card_library().find(args.card).load()
+    data = {"png": to_png, "charx": to_charx, "json": lambda c: json_bytes(c.to_v3())}[args.to](card)
+    out = Path(args.output).expanduser()
+    try:
+        write_bytes_atomic(out, data)
+    except OSError as exc:
+        raise CatteryError(f"{out}: cannot write: {exc.strerror}") from None
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_cards_rm(args: argparse.Namespace) -> int:
+    entry = _card_library().remove(args.card)
+    print(f"removed {entry.slug}")
+    return 0
+
+
 def _read_history(path: str) -> list[Any]:
     from app.prompt.segments import Message
 
@@ -506,6 +612,27 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--json", action="store_true", help="text, token counts, and which messages were kept")
     prompt.add_argument("--token-ids", action="store_true", help="with --json: include the token ids")
     prompt.set_defaults(func=cmd_prompt)
+
+    cards = sub.add_parser("cards", help="the character library")
+    csub = cards.add_subparsers(dest="cards_command", metavar="SUBCOMMAND", required=True)
+    cimport = csub.add_parser("import", help="add cards (PNG, JSON, CharX, YAML) to the library")
+    cimport.add_argument("files", metavar="FILE", nargs="+")
+    cimport.set_defaults(func=cmd_cards_import)
+    clist = csub.add_parser("list", help="the cards in the library")
+    clist.add_argument("--json", action="store_true")
+    clist.set_defaults(func=cmd_cards_list)
+    cshow = csub.add_parser("show", help="a card's fields")
+    cshow.add_argument("card", metavar="NAME|FILE")
+    cshow.add_argument("--json", action="store_true", help="the card as V3 JSON")
+    cshow.set_defaults(func=cmd_cards_show)
+    cexport = csub.add_parser("export", help="write a card as PNG (V2 + V3 chunks), JSON (V3) or CharX")
+    cexport.add_argument("card", metavar="NAME")
+    cexport.add_argument("--to", choices=["png", "json", "charx"], required=True)
+    cexport.add_argument("-o", "--output", metavar="PATH", required=True)
+    cexport.set_defaults(func=cmd_cards_export)
+    crm = csub.add_parser("rm", help="remove a card from the library")
+    crm.add_argument("card", metavar="NAME")
+    crm.set_defaults(func=cmd_cards_rm)
 
     paths = sub.add_parser("paths", help="where Cattery keeps settings, models, chats and logs")
     paths.add_argument("--json", action="store_true")
