@@ -69,8 +69,14 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prompt")
     g.add_argument("--format", metavar="F", help="prompt format (`cattery formats`); default: the model's own template")
     g.add_argument("--system", metavar="TEXT", help="the system prompt (default: from settings)")
-    g.add_argument("--user", metavar="NAME", help="your name in the chat (default User)")
-    g.add_argument("--char", metavar="NAME", help="the model's name in the chat (default Assistant)")
+    g.add_argument("--user", metavar="NAME", help="your name in the chat (default: the persona's, User)")
+    g.add_argument("--char", metavar="NAME", help="the model's name when no card is used (default Assistant)")
+    g.add_argument(
+        "--card",
+        metavar="C",
+        help="character: a library name, a card file, a bundled card (mochi, "
+        "narrator), or none (default: settings, else mochi)",
+    )
 
 
 _SAMPLER_KEYS = (
@@ -192,14 +198,64 @@ def _speakers(args: argparse.Namespace, settings: Any) -> Any:
     from app.prompt.segments import Speakers
 
     return Speakers(
-        user=args.user or settings.get("chat", "user_name", "User"),
+        user=args.user or settings.get("persona", "name", "User"),
         char=args.char or settings.get("chat", "char_name", "Assistant"),
     )
 
 
+def _resolve_card(ref: str | None) -> Any:
+    """A card by file path, library name, or bundled name; None for "none" or nothing."""
+    from app.assets import asset_path
+    from app.cards.read import read_card
+
+    if not ref or ref.strip().lower() == "none":
+        return None
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return read_card(path)
+    try:
+        return _card_library().find(ref).load()
+    except CatteryError:
+        pass
+    for bundled in sorted(asset_path("cards").glob("*.json")):
+        card = read_card(bundled)
+        if ref.strip().lower() in (bundled.stem, card.name.lower()):
+            return card
+    raise CatteryError(f"{ref}: no such card (not a file, not in the library, not a bundled card)")
+
+
+def _prompt_builder(
+    args: argparse.Namespace, settings: Any, fmt: str, info: Any, tokenizer: Any, system: str | None
+) -> tuple[Any, Any]:
+    """The prompt builder for a chat or `prompt`, with the character card when there is one."""
+    import secrets
+
+    from app.cards.prompting import Persona, card_prompt
+    from app.prompt.builder import PromptBuilder
+    from app.prompt.segments import Speakers
+
+    ref = args.card if args.card is not None else settings.get("chat", "card", "")
+    card = _resolve_card(ref)
+    speakers = _speakers(args, settings)
+    if card is None:
+        return PromptBuilder(fmt, info=info, tokenizer=tokenizer, system=system, speakers=speakers), None
+    persona = Persona(speakers.user, settings.get("persona", "description", ""))
+    cp = card_prompt(card, global_system=system or "", persona=persona, chat_seed=secrets.randbelow(2**31))
+    builder = PromptBuilder(
+        fmt,
+        info=info,
+        tokenizer=tokenizer,
+        system=cp.system or None,
+        speakers=Speakers(cp.user, cp.char),
+        examples=cp.examples,
+        post_history=cp.post_history,
+    )
+    return builder, cp
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from app.plain_chat import PlainChat
-    from app.prompt.builder import PromptBuilder, choose_format
+    from app.prompt.builder import choose_format
     from app.prompt.tokens import tokenizer_from
 
     paths, settings = _settings()
@@ -212,24 +268,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
         system = args.system if args.system is not None else settings.get("chat", "system", "")
-        builder = PromptBuilder(
-            choice.name,
-            info=engine.info,
-            tokenizer=tokenizer_from(engine),
-            system=system or None,
-            speakers=_speakers(args, settings),
-        )
+        builder, cp = _prompt_builder(args, settings, choice.name, engine.info, tokenizer_from(engine), system or None)
         for warning in _lint_warnings(builder, builder.tokenizer):
             print(f"warning: {warning}", file=sys.stderr)
         interactive = sys.stdin.isatty()
         format_note = f"{choice.name} ({choice.why})"
         print(
-            f"{report.path.name} · {report.placement} · ctx {report.n_ctx} · format {format_note}. "
+            f"{report.path.name} · {report.placement} · ctx {report.n_ctx} · format {format_note}"
+            + (f" · character {cp.char}" if cp is not None else "")
+            + ". "
             "/help for commands" + (", Ctrl-D to leave." if interactive else "."),
             file=sys.stderr,
             flush=True,
         )
         chat = PlainChat(engine, builder, sampler, interactive=interactive, format_note=format_note)
+        if cp is not None:
+            chat.macros = cp.context
+            if cp.greetings:
+                chat.greet(cp.greetings[0])
         return chat.run()
     finally:
         engine.close()
@@ -427,7 +483,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from app.engine.metadata import read_model_info
     from app.engine.options import LoadOptions, round_ctx
     from app.engine.preflight import choose_ctx
-    from app.prompt.builder import PromptBuilder, choose_format
+    from app.prompt.builder import choose_format
 
     paths, settings = _settings()
     history = _read_history(args.history) if args.history else []
@@ -455,9 +511,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             default_ctx = int(settings.get("model", "ctx", 4096) or 4096)
             n_ctx = round_ctx(args.ctx) if args.ctx else choose_ctx(info, LoadOptions(), default_ctx)
         reserve = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
-        builder = PromptBuilder(
-            choice.name, info=info, tokenizer=tokenizer, system=system, speakers=_speakers(args, settings)
-        )
+        builder, _ = _prompt_builder(args, settings, choice.name, info, tokenizer, system)
         built = builder.build(history, n_ctx=n_ctx, reserve=min(reserve, (n_ctx or 0) // 2 or reserve))
         built.notes += _lint_warnings(builder, tokenizer)
     finally:

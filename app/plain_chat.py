@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from app.cards.macros import MacroContext, expand
 from app.engine.engine import Engine, Generation
 from app.engine.options import SamplerSettings
 from app.engine.stats import GenerationStats
@@ -44,7 +45,13 @@ class PlainChat:
     last_prompt: BuiltPrompt | None = None
     history: list[Message] = field(default_factory=list)
     window: WindowState = field(default_factory=WindowState)
+    macros: MacroContext | None = None  # a card's macros, expanded in what the user types
     _current: Generation | None = None
+
+    def greet(self, greeting: str) -> None:
+        """The character speaks first: the greeting opens the conversation."""
+        self.history.append(Message("assistant", greeting))
+        print(greeting, file=self.stdout if self.interactive else self.stderr, flush=True)
 
     def note(self, text: str) -> None:
         print(text, file=self.stderr, flush=True)
@@ -110,7 +117,8 @@ class PlainChat:
             else:
                 self.out(self.builder.system or "(no system prompt)")
         elif name == "/reset":
-            self.history.clear()
+            greeting = self.history[:1] if self.history and self.history[0].role == "assistant" else []
+            self.history[:] = greeting
             self.window = WindowState()
             self.note("(conversation cleared)")
         elif name == "/stats":
@@ -152,6 +160,8 @@ class PlainChat:
         return min(self.sampler.max_tokens, self.engine.n_ctx // 2)
 
     def reply(self, text: str) -> None:
+        if self.macros is not None:
+            text = expand(text, self.macros)
         self.history.append(Message("user", text))
         try:
             built = self.builder.build(self.history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=self.window)

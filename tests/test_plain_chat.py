@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT, run_cattery
 
-GREEDY = ["--temp", "0", "--repeat-penalty", "1.0"]
+GREEDY = ["--temp", "0", "--repeat-penalty", "1.0", "--card", "none"]
 
 
 def test_scripted_chat_with_slash_commands(cattery_home: Path) -> None:
@@ -98,7 +98,7 @@ def test_long_chat_slides_the_window(cattery_home: Path) -> None:
 def test_ctrl_c_stops_a_reply_but_not_the_chat(cattery_home: Path) -> None:
     env = dict(os.environ, CATTERY_HOME=str(cattery_home))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "chat", "--plain", "--ban-eos", "-n", "4000"],
+        [sys.executable, "-m", "app", "chat", "--plain", "--ban-eos", "-n", "4000", "--card", "none"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -78,7 +78,7 @@ def test_import_command_adds_a_usable_format(cattery_home: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (cattery_home / "config" / "formats" / "my-alpaca.toml").is_file()
     assert "my-alpaca" in run_cattery("formats", home=cattery_home).stdout
-    out = run_cattery("prompt", "--format", "my-alpaca", "--system", "S", home=cattery_home)
+    out = run_cattery("prompt", "--format", "my-alpaca", "--system", "S", "--card", "none", home=cattery_home)
     assert out.returncode == 0 and out.stdout.startswith("### Input:\nS")
 
 

@@ -102,6 +102,7 @@ def test_prompt_command_reports_the_window(cattery_home: Path, tmp_path: Path) -
     path = tmp_path / "history.json"
     path.write_text(json.dumps(history))
     args = ["prompt", "-m", "SmolLM2-135M-Instruct.Q4_1", "--history", str(path), "--ctx", "512", "--reserve", "64"]
+    args += ["--card", "none"]
     r = run_cattery(*args, "--json", home=cattery_home)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -113,7 +114,9 @@ def test_prompt_command_reports_the_window(cattery_home: Path, tmp_path: Path) -
     assert text == out["text"]
     # Without a model there are no token counts and no window.
     plain = json.loads(
-        run_cattery("prompt", "--format", "metharme", "--history", str(path), "--json", home=cattery_home).stdout
+        run_cattery(
+            "prompt", "--format", "metharme", "--history", str(path), "--json", "--card", "none", home=cattery_home
+        ).stdout
     )
     assert plain["tokens"] is None and plain["dropped"] == [] and plain["text"].startswith("<|system|>You are a cat.")
 

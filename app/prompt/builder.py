@@ -51,7 +51,7 @@ def choose_format(explicit: str | None, info: ModelInfo | None) -> FormatChoice:
 
 @dataclass
 class Segment:
-    kind: str  # bos, pinned, example, turn, generation
+    kind: str  # bos, pinned, example, turn, post, generation
     text: str
     index: int | None = None
     tokens: list[int] = field(default_factory=list)
@@ -113,6 +113,7 @@ class PromptBuilder:
         examples: Sequence[Sequence[Message]] = (),
         pin_examples: bool = False,
         slack: float = SLACK,
+        post_history: str | None = None,
     ) -> None:
         self.format_name = format_name
         self.fmt: PromptFormat | None = None if format_name == GGUF else get_format(format_name)
@@ -125,6 +126,7 @@ class PromptBuilder:
         self.examples = [list(b) for b in examples]
         self.pin_examples = pin_examples
         self.slack = slack
+        self.post_history = post_history  # a card's post-history instructions: after the turns, before the reply
 
     @property
     def stop(self) -> list[str]:
@@ -142,6 +144,35 @@ class PromptBuilder:
             eos_token=self.info.eos_token or "",
             examples=self.examples,
         )
+
+    def _post_text(self) -> str:
+        """The post-history instructions as a system message of the format; where a chat
+        template refuses a system message there, as plain text."""
+        if not self.post_history:
+            return ""
+        from app.prompt.segments import Message, render_format
+
+        if self.fmt is not None:
+            return render_format(self.fmt, None, [Message("system", self.post_history)], self.speakers).turns[0]
+        assert self.info is not None and self.info.chat_template
+        from app.prompt.chat_template import TemplateRenderError, render_chat_template
+
+        def render(messages: list[dict[str, str]]) -> str:
+            return render_chat_template(
+                self.info.chat_template,
+                messages,  # type: ignore[union-attr]
+                bos_token=self.info.bos_token or "",  # type: ignore[union-attr]
+                eos_token=self.info.eos_token or "",  # type: ignore[union-attr]
+                add_generation_prompt=False,
+            )
+
+        probe = [{"role": "user", "content": "x"}]
+        try:
+            before = render(probe)
+            after = render([*probe, {"role": "system", "content": self.post_history}])
+        except TemplateRenderError:
+            return self.post_history + "\n"
+        return after[len(before) :] if after.startswith(before) else self.post_history + "\n"
 
     def _wants_bos(self, first_text: str) -> bool:
         tok = self.tokenizer
@@ -172,7 +203,7 @@ class PromptBuilder:
             rendered = self.render(history[start:])
             if not rendered.segmentable:
                 # Whole renderings only: slide one message at a time until it fits.
-                n = self.tokenizer.count(rendered.turns[0] + rendered.generation) + 1
+                n = self.tokenizer.count(rendered.turns[0] + self._post_text() + rendered.generation) + 1
                 if n <= budget or start >= len(history) - 1:
                     if n > budget:
                         fit_window(n, 0, [], 0, budget, WindowState(), [])  # raises with the numbers
@@ -191,7 +222,7 @@ class PromptBuilder:
                 pinned=bos + count(rendered.pinned),
                 examples=sum(count(e) for e in rendered.examples),
                 turns=[count(t) for t in rendered.turns],
-                generation=count(rendered.generation),
+                generation=count(rendered.generation) + count(self._post_text()),
                 budget=budget,
                 state=WindowState(0, state.examples_dropped),
                 roles=roles[start:],
@@ -227,6 +258,9 @@ class PromptBuilder:
             segments += [Segment("turn", text, start + i) for i, text in enumerate(r.turns)]
         else:
             segments.append(Segment("turn", r.turns[0], None))
+        post = self._post_text()
+        if post:
+            segments.append(Segment("post", post))
         segments.append(Segment("generation", r.generation))
         text = "".join(s.text for s in segments)
         built = BuiltPrompt(
