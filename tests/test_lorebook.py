@@ -1,0 +1,112 @@
+"""Lorebooks: reading all three kinds, and which entries a conversation switches on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.cards.errors import CardError
+from app.cards.lorebook import Lorebook, LoreEntry, activate, book_from_spec, read_lorebook
+from app.cards.read import read_card
+from tests.conftest import SHARED
+
+SERAPHINA = SHARED / "fixtures" / "cards" / "Seraphina.png"
+ELDORIA = SHARED / "fixtures" / "worldinfo" / "Eldoria.json"
+
+
+def uids(books, messages, **kw) -> list[str]:
+    return [a.entry.uid for a in activate(books, messages, **kw)]
+
+
+def test_the_cards_own_book_and_a_world_info_file() -> None:
+    book = book_from_spec(read_card(SERAPHINA).data["character_book"], "seraphina")
+    assert book.name == "Eldoria" and len(book.entries) == 4
+    world = read_lorebook(ELDORIA)
+    assert world.name == "Eldoria" and {e.uid for e in world.entries} == {"0", "1", "2", "3"}
+    assert world.entries[0].keys[:2] == ["eldoria", "wood"]
+    assert uids([world], ["I wake in the FOREST."]) == ["0"]
+    assert uids([world], ["Nothing relevant here."]) == []
+
+
+def test_v3_lorebook_file(tmp_path: Path) -> None:
+    path = tmp_path / "book.json"
+    path.write_text(
+        json.dumps(
+            {
+                "spec": "lorebook_v3",
+                "data": {
+                    "name": "B",
+                    "scan_depth": 2,
+                    "entries": [
+                        {"id": 1, "keys": ["^dragon"], "use_regex": True, "content": "Dragons hoard."},
+                        {"id": 2, "keys": ["x"], "content": "@@activate\nAlways."},
+                        {"id": 3, "keys": ["castle"], "content": "@@dont_activate\nNever."},
+                    ],
+                },
+            }
+        )
+    )
+    book = read_lorebook(path)
+    assert book.scan_depth == 2 and book.entries[1].force_on and book.entries[1].content == "Always."
+    assert uids([book], ["dragon ahead", "castle"]) == ["1", "2"]
+    assert uids([book], ["a dragon", "castle"]) == ["2"]  # the regex wants it at the start
+    # Only the last two messages are scanned.
+    assert uids([book], ["dragon", "one", "two"]) == ["2"]
+
+
+def entry(uid: str, keys: list[str], **kw) -> LoreEntry:
+    return LoreEntry(uid=uid, keys=keys, content=kw.pop("content", f"about {keys[0]}"), **kw)
+
+
+def test_selective_logic_constant_disabled_and_case() -> None:
+    book = Lorebook(
+        "b",
+        [
+            entry("and_any", ["apple"], selective=True, secondary_keys=["red", "green"]),
+            entry("and_all", ["apple"], selective=True, secondary_keys=["red", "ripe"], logic="and_all"),
+            entry("not_any", ["apple"], selective=True, secondary_keys=["rotten"], logic="not_any"),
+            entry("not_all", ["apple"], selective=True, secondary_keys=["red", "ripe"], logic="not_all"),
+            entry("const", ["zzz"], constant=True),
+            entry("off", ["apple"], enabled=False),
+            entry("case", ["Apple"], case_sensitive=True),
+        ],
+    )
+    assert uids([book], ["a red apple"]) == ["and_any", "not_any", "not_all", "const"]
+    assert uids([book], ["a red ripe Apple"]) == ["and_any", "and_all", "not_any", "const", "case"]
+
+
+def test_recursion_budget_and_order() -> None:
+    book = Lorebook(
+        "b",
+        [
+            entry("castle", ["castle"], content="The castle has a dragon.", insertion_order=5, priority=1),
+            entry("dragon", ["dragon"], content="The dragon is old.", insertion_order=1, priority=9),
+        ],
+        recursive=True,
+    )
+    active = activate([book], ["We reach the castle."])
+    assert [a.entry.uid for a in active] == ["dragon", "castle"]  # insertion order
+    assert active[0].why.startswith("recursion")
+    flat = Lorebook("b", book.entries, recursive=False)
+    assert uids([flat], ["We reach the castle."]) == ["castle"]
+    budget = Lorebook("b", book.entries, recursive=True, token_budget=6)
+    assert uids([budget], ["We reach the castle."], count_tokens=lambda t: len(t.split())) == ["dragon"]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("[]", "must be a JSON object"),
+        ("{}", "not a lorebook"),
+        ('{"entries": {"1": 5}}', "not an object"),
+        ("{oops", "not valid JSON"),
+    ],
+)
+def test_bad_lorebooks(content: str, fragment: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(CardError) as exc:
+        read_lorebook(path)
+    assert str(exc.value).startswith(str(path)) and fragment in str(exc.value)
