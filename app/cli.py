@@ -72,6 +72,17 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--user", metavar="NAME", help="your name in the chat (default: the persona's, User)")
     g.add_argument("--char", metavar="NAME", help="the model's name when no card is used (default Assistant)")
     g.add_argument(
+        "--lorebook",
+        metavar="FILE",
+        action="append",
+        help="a World Info / lorebook JSON to use beside the card's own (repeatable)",
+    )
+    g.add_argument(
+        "--lore-placement",
+        choices=["card", "end"],
+        help="active lore entries around the character (card) or right before the reply (end)",
+    )
+    g.add_argument(
         "--card",
         metavar="C",
         help="character: a library name, a card file, a bundled card (mochi, "
@@ -230,7 +241,8 @@ def _prompt_builder(
     """The prompt builder for a chat or `prompt`, with the character card when there is one."""
     import secrets
 
-    from app.cards.prompting import Persona, card_prompt
+    from app.cards.lorebook import book_from_spec, read_lorebook
+    from app.cards.prompting import LoreSession, Persona, card_prompt
     from app.prompt.builder import PromptBuilder
     from app.prompt.segments import Speakers
 
@@ -241,6 +253,15 @@ def _prompt_builder(
         return PromptBuilder(fmt, info=info, tokenizer=tokenizer, system=system, speakers=speakers), None
     persona = Persona(speakers.user, settings.get("persona", "description", ""))
     cp = card_prompt(card, global_system=system or "", persona=persona, chat_seed=secrets.randbelow(2**31))
+    books = []
+    if isinstance(card.data.get("character_book"), dict):
+        books.append(book_from_spec(card.data["character_book"], card.name))
+    for ref in [*settings.get("chat", "lorebooks", []), *(args.lorebook or [])]:
+        books.append(read_lorebook(Path(ref).expanduser()))
+    lore = None
+    if books:
+        placement = args.lore_placement or settings.get("lore", "placement", "card")
+        lore = LoreSession(cp, books, placement, tokenizer.count if tokenizer is not None else None)
     builder = PromptBuilder(
         fmt,
         info=info,
@@ -249,6 +270,7 @@ def _prompt_builder(
         speakers=Speakers(cp.user, cp.char),
         examples=cp.examples,
         post_history=cp.post_history,
+        dynamic=lore,
     )
     return builder, cp
 
@@ -513,6 +535,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         reserve = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
         builder, _ = _prompt_builder(args, settings, choice.name, info, tokenizer, system)
         built = builder.build(history, n_ctx=n_ctx, reserve=min(reserve, (n_ctx or 0) // 2 or reserve))
+        lore_active = list(getattr(builder.dynamic, "active", []))  # before lint builds a sample prompt
         built.notes += _lint_warnings(builder, tokenizer)
     finally:
         if vocab is not None:
@@ -523,6 +546,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     if args.json:
         out = built.as_json()
         out["format_reason"] = choice.why
+        out["lore"] = [{"book": a.book, "id": a.entry.uid, "name": a.entry.name, "why": a.why} for a in lore_active]
         if not args.token_ids:
             out.pop("token_ids")
         print(json.dumps(out, indent=2, ensure_ascii=False))

@@ -27,6 +27,7 @@ HELP = """\
 /system TEXT   set the system prompt (without TEXT: show it)
 /reset         forget the conversation (the system prompt stays)
 /stats         model, placement and the last reply's speed
+/lore          the lorebook entries active in the last prompt
 /quit          leave (Ctrl-D does too)
 Ctrl-C stops a reply. A line ending in \\ continues on the next line."""
 
@@ -121,6 +122,18 @@ class PlainChat:
             self.history[:] = greeting
             self.window = WindowState()
             self.note("(conversation cleared)")
+        elif name == "/lore":
+            active = getattr(self.builder.dynamic, "active", None)
+            if active is None:
+                self.out("no lorebook in this chat")
+            else:
+                lines = [
+                    f"{a.book or 'lorebook'} #{a.entry.uid}"
+                    + (f" {a.entry.name}" if a.entry.name else "")
+                    + f": {a.why}"
+                    for a in active
+                ]
+                self.out("\n".join(lines) if lines else "no lore entries are active")
         elif name == "/stats":
             self.out(self.stats_text())
         else:

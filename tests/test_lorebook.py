@@ -110,3 +110,39 @@ def test_bad_lorebooks(content: str, fragment: str, tmp_path: Path) -> None:
     with pytest.raises(CardError) as exc:
         read_lorebook(path)
     assert str(exc.value).startswith(str(path)) and fragment in str(exc.value)
+
+
+def test_lore_goes_into_the_prompt_where_the_placement_says(cattery_home: Path, tmp_path: Path) -> None:
+    from tests.card_files import v3
+    from tests.conftest import run_cattery
+
+    card = v3(
+        character_book={
+            "name": "Woods",
+            "entries": [
+                {"id": 1, "keys": ["owl"], "content": "Owls guard the wood.", "enabled": True, "insertion_order": 1},
+                {
+                    "id": 2,
+                    "keys": ["river"],
+                    "content": "The river is cold.",
+                    "enabled": True,
+                    "position": "after_char",
+                },
+            ],
+        }
+    )
+    path = tmp_path / "mira.json"
+    path.write_text(json.dumps(card))
+    history = tmp_path / "h.json"
+    history.write_text(json.dumps([{"role": "user", "content": "I saw an owl by the river."}]))
+    common = ["prompt", "--format", "chatml", "--card", str(path), "--history", str(history), "--json"]
+    at_card = json.loads(run_cattery(*common, home=cattery_home).stdout)
+    pinned = at_card["segments"][0]["text"]
+    assert pinned.index("Owls guard the wood.") < pinned.index("A fox spirit.") < pinned.index("The river is cold.")
+    assert [e["id"] for e in at_card["lore"]] == ["1", "2"] and at_card["lore"][0]["why"] == "key 'owl'"
+    at_end = json.loads(run_cattery(*common, "--lore-placement", "end", home=cattery_home).stdout)
+    assert "Owls" not in at_end["segments"][0]["text"]
+    post = next(s for s in at_end["segments"] if s["kind"] == "post")["text"]
+    assert post == "<|im_start|>system\nOwls guard the wood.\nThe river is cold.<|im_end|>\n"
+    world = run_cattery(*common, "--lorebook", str(ELDORIA), home=cattery_home)
+    assert world.returncode == 0 and len(json.loads(world.stdout)["lore"]) == 2  # nothing in Eldoria matches

@@ -10,11 +10,14 @@ the whole conversation to be evaluated again).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.cards.card import Card
 from app.cards.examples import parse_examples
+from app.cards.lorebook import Activation, Lorebook, activate
 from app.cards.macros import MacroContext, expand
+from app.errors import CatteryError
 from app.prompt.segments import Message
 
 
@@ -28,11 +31,18 @@ class Persona:
 class CardPrompt:
     char: str
     user: str
-    system: str
+    system: str  # the pinned block with no lore entries active
     examples: list[list[Message]]
     greetings: list[str]
     post_history: str | None
     context: MacroContext
+    parts: tuple[str, str, str] = ("", "", "")  # system prompt, character, persona
+
+    def pinned(self, before: Sequence[str] = (), after: Sequence[str] = ()) -> str:
+        """The pinned block with lore entries before and after the character, as SillyTavern places them."""
+        system, character, persona = self.parts
+        blocks = [system, *before, character, *after, persona]
+        return "\n".join(b.strip() for b in blocks if b and b.strip())
 
 
 def card_prompt(
@@ -42,20 +52,60 @@ def card_prompt(
     d = card.data
     ctx = MacroContext(char=card.display_name, user=persona.name, original=global_system, chat_seed=chat_seed)
     system = expand(d["system_prompt"], ctx) if d["system_prompt"].strip() else expand(global_system, ctx)
-    parts = [
-        system,
-        expand(d["description"], ctx),
-        f"{ctx.char}'s personality: {expand(d['personality'], ctx)}" if d["personality"].strip() else "",
-        f"Scenario: {expand(d['scenario'], ctx)}" if d["scenario"].strip() else "",
-        expand(persona.description, ctx),
-    ]
+    character = "\n".join(
+        p
+        for p in [
+            expand(d["description"], ctx).strip(),
+            f"{ctx.char}'s personality: {expand(d['personality'], ctx)}" if d["personality"].strip() else "",
+            f"Scenario: {expand(d['scenario'], ctx)}" if d["scenario"].strip() else "",
+        ]
+        if p
+    )
     post = expand(d["post_history_instructions"].replace("{{original}}", ""), ctx).strip()
-    return CardPrompt(
+    out = CardPrompt(
         char=ctx.char,
         user=persona.name,
-        system="\n".join(p.strip() for p in parts if p and p.strip()),
+        system="",
         examples=parse_examples(expand(d["mes_example"], ctx), persona.name, ctx.char),
         greetings=[expand(g, ctx) for g in [d["first_mes"], *d["alternate_greetings"]] if g.strip()],
         post_history=post or None,
         context=ctx,
+        parts=(system, character, expand(persona.description, ctx)),
     )
+    out.system = out.pinned()
+    return out
+
+
+class LoreSession:
+    """Lorebook activation for a chat: which entries are on, and where their text goes.
+
+    `placement="card"` puts entries before or after the character in the pinned block,
+    as SillyTavern does; a change in the active entries then changes the prompt near
+    its start and everything after it must be evaluated again. `placement="end"` puts
+    them in one block right before the reply, so a change costs only that block.
+    """
+
+    def __init__(
+        self,
+        card: CardPrompt,
+        books: Sequence[Lorebook],
+        placement: str = "card",
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> None:
+        if placement not in ("card", "end"):
+            raise CatteryError(f"lore placement must be card or end, not {placement!r}")
+        self.card = card
+        self.books = list(books)
+        self.placement = placement
+        self.count_tokens = count_tokens
+        self.active: list[Activation] = []
+
+    def __call__(self, history: Sequence[Message]) -> tuple[str, str]:
+        """(pinned block, text to put right before the reply) for this history."""
+        self.active = activate(self.books, [m.content for m in history], count_tokens=self.count_tokens)
+        texts = [(a.entry.position, expand(a.entry.content, self.card.context)) for a in self.active]
+        if self.placement == "end":
+            return self.card.pinned(), "\n".join(t for _, t in texts if t.strip())
+        before = [t for pos, t in texts if pos != "after_char"]
+        after = [t for pos, t in texts if pos == "after_char"]
+        return self.card.pinned(before, after), ""

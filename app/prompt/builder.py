@@ -6,7 +6,7 @@ size of the pinned block, the budget, and which messages were kept or dropped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,7 @@ class PromptBuilder:
         pin_examples: bool = False,
         slack: float = SLACK,
         post_history: str | None = None,
+        dynamic: Callable[[Sequence[Message]], tuple[str | None, str]] | None = None,
     ) -> None:
         self.format_name = format_name
         self.fmt: PromptFormat | None = None if format_name == GGUF else get_format(format_name)
@@ -127,6 +128,10 @@ class PromptBuilder:
         self.pin_examples = pin_examples
         self.slack = slack
         self.post_history = post_history  # a card's post-history instructions: after the turns, before the reply
+        # Called with the history at each build: (pinned system text, text for right before the reply);
+        # how lorebook entries reach the prompt without the prompt package knowing about cards.
+        self.dynamic = dynamic
+        self._late = ""
 
     @property
     def stop(self) -> list[str]:
@@ -146,14 +151,17 @@ class PromptBuilder:
         )
 
     def _post_text(self) -> str:
+        return self._system_message(self._late) + self._system_message(self.post_history)
+
+    def _system_message(self, text: str | None) -> str:
         """The post-history instructions as a system message of the format; where a chat
         template refuses a system message there, as plain text."""
-        if not self.post_history:
+        if not text:
             return ""
         from app.prompt.segments import Message, render_format
 
         if self.fmt is not None:
-            return render_format(self.fmt, None, [Message("system", self.post_history)], self.speakers).turns[0]
+            return render_format(self.fmt, None, [Message("system", text)], self.speakers).turns[0]
         assert self.info is not None and self.info.chat_template
         from app.prompt.chat_template import TemplateRenderError, render_chat_template
 
@@ -193,6 +201,8 @@ class PromptBuilder:
     ) -> BuiltPrompt:
         state = state if state is not None else WindowState()
         history = list(history)
+        if self.dynamic is not None:
+            self.system, self._late = self.dynamic(history)
         if self.tokenizer is None or n_ctx is None:
             return self._assemble(self.render(history), history, 0, True, None, n_ctx, reserve, [])
         budget = n_ctx - reserve
