@@ -271,6 +271,7 @@ def _prompt_builder(
         examples=cp.examples,
         post_history=cp.post_history,
         dynamic=lore,
+        pin_examples=bool(settings.get("chat", "pin_examples", False)),
     )
     return builder, cp
 
@@ -306,6 +307,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         chat = PlainChat(engine, builder, sampler, interactive=interactive, format_note=format_note)
         if cp is not None:
             chat.macros = cp.context
+            chat.greetings = list(cp.greetings)
             if cp.greetings:
                 chat.greet(cp.greetings[0])
         return chat.run()

@@ -28,6 +28,7 @@ HELP = """\
 /reset         forget the conversation (the system prompt stays)
 /stats         model, placement and the last reply's speed
 /lore          the lorebook entries active in the last prompt
+/greeting [N]  list the card's greetings, or open with greeting N instead
 /quit          leave (Ctrl-D does too)
 Ctrl-C stops a reply. A line ending in \\ continues on the next line."""
 
@@ -47,10 +48,13 @@ class PlainChat:
     history: list[Message] = field(default_factory=list)
     window: WindowState = field(default_factory=WindowState)
     macros: MacroContext | None = None  # a card's macros, expanded in what the user types
+    greetings: list[str] = field(default_factory=list)  # the card's first message and its alternatives
     _current: Generation | None = None
 
     def greet(self, greeting: str) -> None:
         """The character speaks first: the greeting opens the conversation."""
+        if not self.greetings:
+            self.greetings = [greeting]
         self.history.append(Message("assistant", greeting))
         print(greeting, file=self.stdout if self.interactive else self.stderr, flush=True)
 
@@ -122,6 +126,8 @@ class PlainChat:
             self.history[:] = greeting
             self.window = WindowState()
             self.note("(conversation cleared)")
+        elif name == "/greeting":
+            self.choose_greeting(arg.strip())
         elif name == "/lore":
             active = getattr(self.builder.dynamic, "active", None)
             if active is None:
@@ -139,6 +145,23 @@ class PlainChat:
         else:
             self.note(f"unknown command {name}; /help lists them")
         return None
+
+    def choose_greeting(self, arg: str) -> None:
+        """The card's alternate greetings are the first message's swipes: pick one before you write."""
+        if not self.greetings:
+            self.note("this chat has no greeting")
+            return
+        if not arg:
+            self.out("\n".join(f"{i + 1}. {g.splitlines()[0][:100]}" for i, g in enumerate(self.greetings)))
+            return
+        if not arg.isdigit() or not 1 <= int(arg) <= len(self.greetings):
+            self.note(f"/greeting takes a number from 1 to {len(self.greetings)}")
+            return
+        if any(m.role == "user" for m in self.history):
+            self.note("the greeting can only be changed before your first message (/reset first)")
+            return
+        self.history[:] = [Message("assistant", self.greetings[int(arg) - 1])]
+        self.out(self.greetings[int(arg) - 1])
 
     def stats_text(self) -> str:
         report = self.engine.report

@@ -133,3 +133,23 @@ def test_prompt_command_with_a_card(cattery_home: Path) -> None:
     assert "<|user|>Anon: " not in r.stdout and r.stdout.endswith("<|model|>")
     bad = run_cattery("prompt", "--card", "nobody-at-all", home=cattery_home)
     assert bad.returncode != 0 and "no such card" in bad.stderr
+
+
+def test_alternate_greetings_are_the_first_messages_swipes(cattery_home: Path) -> None:
+    r = run_cattery(
+        "chat",
+        "--plain",
+        "--card",
+        "mochi",
+        "-n",
+        "5",
+        "--temp",
+        "0",
+        input="/greeting\n/greeting 2\n/stats\nHi\n/greeting 1\n",
+        home=cattery_home,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1. *Mochi stretches" in r.stdout and "2. *Mochi looks up" in r.stdout
+    assert "*Mochi looks up from a stack of physics papers" in r.stdout
+    assert "messages: 1 (1 in the window)" in r.stdout
+    assert "only be changed before your first message" in r.stderr

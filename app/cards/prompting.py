@@ -80,9 +80,10 @@ class LoreSession:
     """Lorebook activation for a chat: which entries are on, and where their text goes.
 
     `placement="card"` puts entries before or after the character in the pinned block,
-    as SillyTavern does; a change in the active entries then changes the prompt near
-    its start and everything after it must be evaluated again. `placement="end"` puts
-    them in one block right before the reply, so a change costs only that block.
+    as SillyTavern does: free while the active entries stay the same, but a change
+    rewrites the prompt near its start, so the whole chat after it is evaluated again.
+    `placement="end"` puts them in one block right before the reply: that block is
+    evaluated again every turn, the chat never (bench/lorebook.py measures both).
     """
 
     def __init__(
