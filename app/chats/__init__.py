@@ -1,0 +1,1 @@
+"""Chats and their messages, kept in SQLite; import and export of other apps' chat files."""
