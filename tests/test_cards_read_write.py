@@ -224,7 +224,7 @@ def test_missing_file() -> None:
         read_card(Path("/nowhere/card.png"))
 
 
-VALID = [SOURCES["png-v2"](), SOURCES["json-v3"](), SOURCES["charx"]()]
+VALID = [SOURCES["png-v2"](), SOURCES["json-v3"](), SOURCES["charx"](), SOURCES["yaml"]()]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

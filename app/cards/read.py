@@ -195,7 +195,10 @@ def read_yaml(text: bytes, source: str) -> Card:
         normalise_data({k: v for k, v in data.items() if v is not None} | {"name": data["name"]}, source), "tgwui"
     )
     if extra:
-        card.data["extensions"]["text-generation-webui"] = json.loads(json.dumps(extra, default=str))
+        # Kept as JSON: keys and values YAML may type (dates, numbers) become text.
+        card.data["extensions"]["text-generation-webui"] = json.loads(
+            json.dumps({str(k): v for k, v in extra.items()}, default=str)
+        )
     return card
 
 
