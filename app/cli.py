@@ -304,6 +304,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if args.tui:
+            return _run_tui(engine, builder, cp, sampler, format_note, paths)
         chat = PlainChat(engine, builder, sampler, interactive=interactive, format_note=format_note)
         if cp is not None:
             chat.macros = cp.context
@@ -313,6 +315,41 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return chat.run()
     finally:
         engine.close()
+
+
+def _run_tui(engine: Any, builder: Any, cp: Any, sampler: Any, format_note: str, paths: Any) -> int:
+    """The full-screen chat (preview). llama.cpp's stray writes to fd 2 go to the log, not the screen."""
+    import os
+
+    from app.chats.store import ChatStore
+    from app.tui.app import CatteryApp
+    from app.tui.session import ChatSession
+
+    store = ChatStore(paths.chats_db)
+    title = f"Chat with {cp.char}" if cp is not None else "Chat"
+    chat_id = store.create_chat(title, None, cp.char if cp else None, builder.speakers.user)
+    session = ChatSession(engine, builder, sampler, store, chat_id, title, format_note)
+    if cp is not None and cp.greetings:
+        session.append("assistant", cp.greetings[0])
+    store.set_state("last_chat", str(chat_id))
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    # Textual draws on sys.__stderr__; give it the terminal through a copy of fd 2, then
+    # point fd 2 itself at a log file so that llama.cpp's C code cannot scribble on the screen.
+    saved = os.dup(2)
+    terminal = open(saved, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    old_streams = sys.stderr, sys.__stderr__
+    with (paths.log_dir / "stderr.log").open("a") as log:
+        os.dup2(log.fileno(), 2)
+        sys.stderr = sys.__stderr__ = terminal
+        try:
+            CatteryApp(session).run()
+        finally:
+            terminal.flush()
+            sys.stderr, sys.__stderr__ = old_streams
+            os.dup2(saved, 2)
+            os.close(saved)
+            store.close()
+    return 0
 
 
 def cmd_formats(args: argparse.Namespace) -> int:
@@ -661,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_options(chat)
     _add_prompt_options(chat)
     chat.add_argument("--plain", action="store_true", help="line-based chat on stdin/stdout")
+    chat.add_argument("--tui", action="store_true", help="the full-screen chat (preview)")
     chat.set_defaults(func=cmd_chat)
 
     formats = sub.add_parser("formats", help="list, import and check prompt formats")
