@@ -305,7 +305,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             flush=True,
         )
         if args.tui:
-            return _run_tui(engine, builder, cp, sampler, format_note, paths)
+            return _run_tui(engine, builder, cp, sampler, format_note, paths, args.new)
         chat = PlainChat(engine, builder, sampler, interactive=interactive, format_note=format_note)
         if cp is not None:
             chat.macros = cp.context
@@ -317,7 +317,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         engine.close()
 
 
-def _run_tui(engine: Any, builder: Any, cp: Any, sampler: Any, format_note: str, paths: Any) -> int:
+def _run_tui(
+    engine: Any, builder: Any, cp: Any, sampler: Any, format_note: str, paths: Any, new_chat: bool = False
+) -> int:
     """The full-screen chat (preview). llama.cpp's stray writes to fd 2 go to the log, not the screen."""
     import os
 
@@ -326,12 +328,25 @@ def _run_tui(engine: Any, builder: Any, cp: Any, sampler: Any, format_note: str,
     from app.tui.session import ChatSession
 
     store = ChatStore(paths.chats_db)
-    title = f"Chat with {cp.char}" if cp is not None else "Chat"
-    chat_id = store.create_chat(title, None, cp.char if cp else None, builder.speakers.user)
-    session = ChatSession(engine, builder, sampler, store, chat_id, title, format_note)
-    if cp is not None and cp.greetings:
-        session.append("assistant", cp.greetings[0])
-    store.set_state("last_chat", str(chat_id))
+    char = cp.char if cp is not None else None
+    last = store.get_state("last_chat")
+    resume = None
+    if last and last.isdigit() and not new_chat:
+        try:
+            info = store.chat(int(last))
+            resume = info if info["card_name"] == char else None
+        except CatteryError:
+            resume = None
+    if resume is not None:  # reopening Cattery returns to the last chat with this character
+        session = ChatSession(engine, builder, sampler, store, resume["id"], resume["title"], format_note)
+        session.load_history()
+    else:
+        title = f"Chat with {char}" if char else "Chat"
+        chat_id = store.create_chat(title, None, char, builder.speakers.user)
+        session = ChatSession(engine, builder, sampler, store, chat_id, title, format_note)
+        if cp is not None and cp.greetings:
+            session.append("assistant", cp.greetings[0])
+    store.set_state("last_chat", str(session.chat_id))
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     # Textual draws on sys.__stderr__; give it the terminal through a copy of fd 2, then
     # point fd 2 itself at a log file so that llama.cpp's C code cannot scribble on the screen.
@@ -699,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_options(chat)
     chat.add_argument("--plain", action="store_true", help="line-based chat on stdin/stdout")
     chat.add_argument("--tui", action="store_true", help="the full-screen chat (preview)")
+    chat.add_argument("--new", action="store_true", help="with --tui: start a new chat instead of the last one")
     chat.set_defaults(func=cmd_chat)
 
     formats = sub.add_parser("formats", help="list, import and check prompt formats")

@@ -71,3 +71,31 @@ def test_escape_stops_a_reply_and_keeps_it_as_stopped(engine, tmp_path: Path) ->
     asyncio.run(run())
     last = session.store.messages(session.chat_id)[-1]
     assert last.state == "stopped" and last.text
+
+
+def test_regenerate_makes_a_swipe_and_swiping_goes_back(engine, tmp_path: Path) -> None:
+    session = make_session(engine, tmp_path)
+    session.sampler.temperature = 1.0
+    app = CatteryApp(session)
+
+    async def run() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            app.query_one(ChatInput).text = "Say something."
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: len(session.history) == 3 and app._generation is None)
+            await pilot.pause(0.2)
+            first = session.history[-1].content
+            await pilot.press("ctrl+r")
+            await wait_until(
+                pilot, lambda: len(session.store.messages(session.chat_id)[-1].swipes) == 2 and app._generation is None
+            )
+            await pilot.pause(0.2)
+            assert len(session.history) == 3
+            await pilot.press("alt+left")
+            await pilot.pause(0.2)
+            assert session.history[-1].content == first
+            assert app.query("Markdown").last().source == first
+
+    asyncio.run(run())
+    last = session.store.messages(session.chat_id)[-1]
+    assert len(last.swipes) == 2 and last.active == 0

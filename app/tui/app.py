@@ -74,6 +74,9 @@ class CatteryApp(App[None]):
     TITLE = "Cattery"
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("escape", "stop", "Stop reply"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("alt+left", "swipe(-1)", "Previous"),
+        Binding("alt+right", "swipe(1)", "Next"),
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
@@ -83,6 +86,7 @@ class CatteryApp(App[None]):
         self._generation = None
         self._stream = None
         self._reply_view: Markdown | None = None
+        self._regenerating = False
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="messages")
@@ -132,13 +136,35 @@ class CatteryApp(App[None]):
         self._add_view("user", event.text)
         self._reply_view = self._add_view("assistant", "")
         self._stream = Markdown.get_stream(self._reply_view)
+        self._regenerating = False
         self.generate()
+
+    async def action_regenerate(self) -> None:
+        """A new reply in place of the last one; the old one stays as an alternative (swipe)."""
+        s = self.session
+        if self._generation is not None or not s.history or s.history[-1].role != "assistant" or len(s.history) < 2:
+            return
+        self._reply_view = self.query("Markdown").last()
+        await self._reply_view.update("")
+        self._stream = Markdown.get_stream(self._reply_view)
+        self._regenerating = True
+        self.generate()
+
+    async def action_swipe(self, step: int) -> None:
+        if self._generation is not None:
+            return
+        moved = self.session.swipe(step)
+        if moved is None:
+            return
+        await self.query("Markdown").last().update(self.session.history[-1].content)
+        self._update_status(f" · reply {moved[0] + 1}/{moved[1]}")
 
     @work(thread=True, exclusive=True, group="generate")
     def generate(self) -> None:
         s = self.session
         try:
-            built = s.builder.build(s.history, n_ctx=s.engine.n_ctx, reserve=s.reserve, state=s.window)
+            history = s.history[:-1] if self._regenerating else s.history
+            built = s.builder.build(history, n_ctx=s.engine.n_ctx, reserve=s.reserve, state=s.window)
             gen = s.engine.generate(built.tokens or built.text, s.sampler, stop=built.stop)
             self._generation = gen
             for piece in gen:
@@ -168,7 +194,11 @@ class CatteryApp(App[None]):
             "stats": stats.as_dict() if stats else None,
             "time": time.time(),
         }
-        self.session.append("assistant", event.text.strip(), "stopped" if stopped else "done", provenance)
+        state = "stopped" if stopped else "done"
+        if self._regenerating:
+            self.session.add_swipe(event.text.strip(), state, provenance)
+        else:
+            self.session.append("assistant", event.text.strip(), state, provenance)
         if self._reply_view is not None:
             await self._reply_view.update(event.text.strip() + ("\n\n*(stopped)*" if stopped else ""))
         tps = getattr(stats, "decode_tokens_per_second", 0.0)
