@@ -124,7 +124,11 @@ class CatteryApp(App[None]):
                 reserve=s.reserve,
                 state=type(s.window)(s.window.start, s.window.examples_dropped),
             )
-            used = f" · ctx {len(built.tokens or [])}/{s.engine.n_ctx} ({built.pinned_tokens} pinned)"
+            plan = s.engine.plan(built.tokens or [])
+            used = (
+                f" · ctx {len(built.tokens or [])}/{s.engine.n_ctx} ({built.pinned_tokens} pinned,"
+                f" {len(built.dropped)} out) · next turn evaluates your message + {plan.to_evaluate}"
+            )
         path = report.path.name if report else "?"
         self.query_one("#status", Static).update(f"{path} · {where} · {s.format_note}{used}{extra}")
 
