@@ -111,187 +111,98 @@ _SAMPLER_KEYS = (
 # -- building blocks from arguments and settings -------------------------------------
 
 
-def _settings() -> Any:
-    from app.paths import get_paths
-    from app.settings import Settings
+def _workspace() -> Any:
+    from app.session.workspace import Workspace
 
-    paths = get_paths()
-    return paths, Settings.load(paths.settings_file)
+    return Workspace()
+
+
+def _settings() -> Any:
+    ws = _workspace()
+    return ws.paths, ws.settings
 
 
 def _model_dirs(paths: Any, settings: Any) -> list[Path]:
     return [paths.models_dir, *(Path(d).expanduser() for d in settings.get("model", "dirs", []))]
 
 
-def _load_options(args: argparse.Namespace, settings: Any) -> Any:
-    from app.engine.options import LoadOptions, parse_gpu_layers
+def _load_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from app.session.workspace import LOAD_KEYS
 
-    opts = LoadOptions.from_settings(settings.section("model"))
-    opts.ctx = args.ctx if args.ctx is not None else None  # settings ctx is the default, not a request
-    if args.gpu_layers is not None:
-        opts.gpu_layers = parse_gpu_layers(args.gpu_layers)
-    for name in (
-        "threads",
-        "threads_batch",
-        "batch",
-        "flash_attn",
-        "cache_type_k",
-        "cache_type_v",
-        "rope_freq_base",
-        "rope_scale",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(opts, name, value)
+    over: dict[str, Any] = {"ctx": args.ctx, "gpu_layers": args.gpu_layers}
+    over.update({name: getattr(args, name) for name in LOAD_KEYS})
     if args.no_mmap:
-        opts.mmap = False
+        over["mmap"] = False
     if args.mlock:
-        opts.mlock = True
+        over["mlock"] = True
     if args.no_memory_check:
-        opts.check_memory = False
-    return opts
+        over["check_memory"] = False
+    return over
 
 
-def _sampler(args: argparse.Namespace, settings: Any) -> Any:
-    from app.engine.options import SamplerSettings, load_preset
+def _sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from app.session.workspace import SAMPLER_KEYS
 
-    preset = args.preset or settings.get("chat", "preset", "default")
-    sampler = load_preset(preset)
-    sampler = SamplerSettings.from_mapping(dict(settings.section("sampler")), sampler)
-    sampler.max_tokens = int(settings.get("chat", "max_tokens", sampler.max_tokens))
-    changes = {k: getattr(args, k) for k in _SAMPLER_KEYS if getattr(args, k, None) is not None}
-    sampler = sampler.updated(**changes)
-    if args.ban_eos:
-        sampler.ban_eos = True
-    sampler.validate()
-    return sampler
+    over = {k: getattr(args, k, None) for k in SAMPLER_KEYS}
+    over["ban_eos"] = bool(getattr(args, "ban_eos", False))
+    return over
 
 
-def _pick_model(args: argparse.Namespace, paths: Any, settings: Any) -> Path:
-    from app.hub.library import resolve_model
-
-    dirs = _model_dirs(paths, settings)
-    if args.model:
-        return resolve_model(args.model, dirs)
-    for key in ("default", "last_used"):
-        ref = settings.get("model", key, "")
-        if ref:
-            try:
-                return resolve_model(ref, dirs)
-            except CatteryError:
-                if key == "default":
-                    raise
-    return resolve_model(None, dirs)
-
-
-def _load_engine(args: argparse.Namespace, paths: Any, settings: Any) -> Any:
+def _load_engine(args: argparse.Namespace, ws: Any) -> Any:
     from app.engine.engine import Engine
 
-    path = _pick_model(args, paths, settings)
-    engine = Engine(log_file=paths.llama_log)
-    default_ctx = int(settings.get("model", "ctx", 4096) or 4096)
-    report = engine.load(path, _load_options(args, settings), default_ctx=default_ctx)
+    path = ws.pick_model(args.model)
+    engine = Engine(log_file=ws.paths.llama_log)
+    report = engine.load(path, ws.load_options(_load_overrides(args)), default_ctx=ws.default_ctx)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if settings.get("model", "last_used", "") != str(path):
-        settings.set("model", "last_used", str(path))
-        try:
-            settings.save()
-        except OSError as exc:
-            print(f"warning: cannot save {settings.path}: {exc.strerror}", file=sys.stderr)
+    problem = ws.remember_model(path)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     return engine
 
 
 # -- commands ------------------------------------------------------------------------
 
 
-def _speakers(args: argparse.Namespace, settings: Any) -> Any:
-    from app.prompt.segments import Speakers
-
-    return Speakers(
-        user=args.user or settings.get("persona", "name", "User"),
-        char=args.char or settings.get("chat", "char_name", "Assistant"),
+def _recipe(args: argparse.Namespace, ws: Any, system: str | None, chat_seed: int) -> tuple[str | None, Any]:
+    """(the card's reference, the prompt recipe) for a chat or `prompt`, from the arguments and settings."""
+    ref = args.card if args.card is not None else ws.default_character()
+    card_ref, card = ws.resolve_character(ref)
+    recipe = ws.recipe(
+        card,
+        system=system,
+        user=args.user,
+        char=args.char,
+        lorebooks=args.lorebook,
+        lore_placement=args.lore_placement,
+        chat_seed=chat_seed,
     )
-
-
-def _resolve_card(ref: str | None) -> Any:
-    """A card by file path, library name, or bundled name; None for "none" or nothing."""
-    from app.assets import asset_path
-    from app.cards.read import read_card
-
-    if not ref or ref.strip().lower() == "none":
-        return None
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return read_card(path)
-    try:
-        return _card_library().find(ref).load()
-    except CatteryError:
-        pass
-    for bundled in sorted(asset_path("cards").glob("*.json")):
-        card = read_card(bundled)
-        if ref.strip().lower() in (bundled.stem, card.name.lower()):
-            return card
-    raise CatteryError(f"{ref}: no such card (not a file, not in the library, not a bundled card)")
-
-
-def _prompt_builder(
-    args: argparse.Namespace, settings: Any, fmt: str, info: Any, tokenizer: Any, system: str | None
-) -> tuple[Any, Any]:
-    """The prompt builder for a chat or `prompt`, with the character card when there is one."""
-    import secrets
-
-    from app.cards.lorebook import book_from_spec, read_lorebook
-    from app.cards.prompting import LoreSession, Persona, card_prompt
-    from app.prompt.builder import PromptBuilder
-    from app.prompt.segments import Speakers
-
-    ref = args.card if args.card is not None else settings.get("chat", "card", "")
-    card = _resolve_card(ref)
-    speakers = _speakers(args, settings)
-    if card is None:
-        return PromptBuilder(fmt, info=info, tokenizer=tokenizer, system=system, speakers=speakers), None
-    persona = Persona(speakers.user, settings.get("persona", "description", ""))
-    cp = card_prompt(card, global_system=system or "", persona=persona, chat_seed=secrets.randbelow(2**31))
-    books = []
-    if isinstance(card.data.get("character_book"), dict):
-        books.append(book_from_spec(card.data["character_book"], card.name))
-    for ref in [*settings.get("chat", "lorebooks", []), *(args.lorebook or [])]:
-        books.append(read_lorebook(Path(ref).expanduser()))
-    lore = None
-    if books:
-        placement = args.lore_placement or settings.get("lore", "placement", "card")
-        lore = LoreSession(cp, books, placement, tokenizer.count if tokenizer is not None else None)
-    builder = PromptBuilder(
-        fmt,
-        info=info,
-        tokenizer=tokenizer,
-        system=cp.system or None,
-        speakers=Speakers(cp.user, cp.char),
-        examples=cp.examples,
-        post_history=cp.post_history,
-        dynamic=lore,
-        pin_examples=bool(settings.get("chat", "pin_examples", False)),
-    )
-    return builder, cp
+    return card_ref, recipe
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    ws = _workspace()
+    sampler = ws.sampler(args.preset, _sampler_overrides(args))
+    if args.tui or (not args.plain and sys.stdin.isatty() and sys.stdout.isatty()):
+        return _run_tui(args, ws, sampler)
+    import secrets
+
     from app.plain_chat import PlainChat
     from app.prompt.builder import choose_format
     from app.prompt.tokens import tokenizer_from
 
-    paths, settings = _settings()
-    sampler = _sampler(args, settings)
-    engine = _load_engine(args, paths, settings)
+    system = args.system if args.system is not None else ws.settings.get("chat", "system", "")
+    _, recipe = _recipe(args, ws, system or "", secrets.randbelow(2**31))
+    engine = _load_engine(args, ws)
     try:
         report = engine.report
         assert report is not None and engine.info is not None
-        choice = choose_format(args.format or settings.get("chat", "format", "") or None, engine.info)
+        choice = choose_format(args.format or ws.settings.get("chat", "format", "") or None, engine.info)
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
-        system = args.system if args.system is not None else settings.get("chat", "system", "")
-        builder, cp = _prompt_builder(args, settings, choice.name, engine.info, tokenizer_from(engine), system or None)
+        builder = recipe.builder(choice.name, engine.info, tokenizer_from(engine))
+        cp = recipe.card
         for warning in _lint_warnings(builder, builder.tokenizer):
             print(f"warning: {warning}", file=sys.stderr)
         interactive = sys.stdin.isatty()
@@ -304,8 +215,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        if args.tui:
-            return _run_tui(engine, builder, cp, sampler, format_note, paths, args.new)
         chat = PlainChat(engine, builder, sampler, interactive=interactive, format_note=format_note)
         if cp is not None:
             chat.macros = cp.context
@@ -317,54 +226,44 @@ def cmd_chat(args: argparse.Namespace) -> int:
         engine.close()
 
 
-def _run_tui(
-    engine: Any, builder: Any, cp: Any, sampler: Any, format_note: str, paths: Any, new_chat: bool = False
-) -> int:
-    """The full-screen chat (preview). llama.cpp's stray writes to fd 2 go to the log, not the screen."""
-    import os
+def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
+    """The full-screen app. What the user typed is checked here, so a bad card or a missing
+    model is one line on stderr; the model itself loads inside the app, in the background."""
+    from app.session.launch import Launch
 
-    from app.chats.store import ChatStore
-    from app.tui.app import CatteryApp
-    from app.tui.session import ChatSession
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CatteryError("the full-screen chat needs a terminal; use --plain for pipes and scripts")
+    model = ws.pick_model(args.model)
+    card_ref = None
+    if args.card is not None:
+        card_ref, _ = ws.resolve_character(args.card)
+    if args.format:
+        from app.prompt.formats import GGUF, get_format
 
-    store = ChatStore(paths.chats_db)
-    char = cp.char if cp is not None else None
-    last = store.get_state("last_chat")
-    resume = None
-    if last and last.isdigit() and not new_chat:
-        try:
-            info = store.chat(int(last))
-            resume = info if info["card_name"] == char else None
-        except CatteryError:
-            resume = None
-    if resume is not None:  # reopening Cattery returns to the last chat with this character
-        session = ChatSession(engine, builder, sampler, store, resume["id"], resume["title"], format_note)
-        session.load_history()
-    else:
-        title = f"Chat with {char}" if char else "Chat"
-        chat_id = store.create_chat(title, None, char, builder.speakers.user)
-        session = ChatSession(engine, builder, sampler, store, chat_id, title, format_note)
-        if cp is not None and cp.greetings:
-            session.append("assistant", cp.greetings[0])
-    store.set_state("last_chat", str(session.chat_id))
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
-    # Textual draws on sys.__stderr__; give it the terminal through a copy of fd 2, then
-    # point fd 2 itself at a log file so that llama.cpp's C code cannot scribble on the screen.
-    saved = os.dup(2)
-    terminal = open(saved, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
-    old_streams = sys.stderr, sys.__stderr__
-    with (paths.log_dir / "stderr.log").open("a") as log:
-        os.dup2(log.fileno(), 2)
-        sys.stderr = sys.__stderr__ = terminal
-        try:
-            CatteryApp(session).run()
-        finally:
-            terminal.flush()
-            sys.stderr, sys.__stderr__ = old_streams
-            os.dup2(saved, 2)
-            os.close(saved)
-            store.close()
-    return 0
+        if args.format != GGUF:
+            get_format(args.format)
+    for book in args.lorebook or []:
+        from app.cards.lorebook import read_lorebook
+
+        read_lorebook(Path(book).expanduser())
+    launch = Launch(
+        model=model,
+        model_explicit=bool(args.model),
+        load_overrides=_load_overrides(args),
+        card_ref=card_ref,
+        card_explicit=args.card is not None,
+        format=args.format,
+        system=args.system,
+        user=args.user,
+        char=args.char,
+        lorebooks=list(args.lorebook or []),
+        lore_placement=args.lore_placement,
+        sampler=sampler,
+        new_chat=args.new,
+    )
+    from app.tui.run import run_app
+
+    return run_app(ws, launch)
 
 
 def cmd_formats(args: argparse.Namespace) -> int:
@@ -561,7 +460,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from app.engine.preflight import choose_ctx
     from app.prompt.builder import choose_format
 
-    paths, settings = _settings()
+    ws = _workspace()
+    paths, settings = ws.paths, ws.settings
     history = _read_history(args.history) if args.history else []
     # A leading system message is the system prompt (unless --system overrides it).
     leading = history.pop(0).content if history and history[0].role == "system" else None
@@ -587,7 +487,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             default_ctx = int(settings.get("model", "ctx", 4096) or 4096)
             n_ctx = round_ctx(args.ctx) if args.ctx else choose_ctx(info, LoadOptions(), default_ctx)
         reserve = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
-        builder, _ = _prompt_builder(args, settings, choice.name, info, tokenizer, system)
+        _, recipe = _recipe(args, ws, system, 0)
+        builder = recipe.builder(choice.name, info, tokenizer)
         built = builder.build(history, n_ctx=n_ctx, reserve=min(reserve, (n_ctx or 0) // 2 or reserve))
         lore_active = list(getattr(builder.dynamic, "active", []))  # before lint builds a sample prompt
         built.notes += _lint_warnings(builder, tokenizer)

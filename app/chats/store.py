@@ -1,7 +1,10 @@
 """The chat store: every finished or stopped message is committed the moment it exists.
 
 SQLite in WAL mode, one transaction per change, so a crash or a kill loses at most
-the reply being generated, never a message already shown as finished.
+the reply being generated, never a message already shown as finished. One
+connection is shared by the app's threads (the UI, the generation worker that
+commits a reply the moment it ends, the model hasher); a lock keeps each
+transaction whole.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,36 +73,71 @@ class ChatStore:
             migrate(self.conn)
         except sqlite3.DatabaseError as exc:
             raise CatteryError(f"{path}: the chat database cannot be opened: {exc}") from None
+        self.lock = threading.RLock()
 
     def close(self) -> None:
-        self.conn.close()
+        with self.lock:
+            self.conn.close()
 
     def _tx(self) -> Any:
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self.lock)
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
 
     # -- chats --------------------------------------------------------------------
 
     def create_chat(
-        self, title: str, card_ref: str | None = None, card_name: str | None = None, user_name: str | None = None
+        self,
+        title: str,
+        card_ref: str | None = None,
+        card_name: str | None = None,
+        user_name: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> int:
         now = time.time()
         with self._tx() as c:
             cur = c.execute(
-                "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at) "
-                "VALUES (?,?,?,?,?,?)",
-                (title, card_ref, card_name, user_name, now, now),
+                "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at, extra) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (title, card_ref, card_name, user_name, now, now, json.dumps(extra or {})),
             )
             return int(cur.lastrowid or 0)
 
     def chat(self, chat_id: int) -> dict[str, Any]:
-        row = self.conn.execute(
-            "SELECT id, title, card_ref, card_name, user_name, created_at, updated_at FROM chats WHERE id = ?",
+        rows = self._read(
+            "SELECT id, title, card_ref, card_name, user_name, created_at, updated_at, extra FROM chats WHERE id = ?",
             (chat_id,),
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             raise CatteryError(f"no chat with id {chat_id}")
-        keys = ("id", "title", "card_ref", "card_name", "user_name", "created_at", "updated_at")
-        return dict(zip(keys, row, strict=True))
+        keys = ("id", "title", "card_ref", "card_name", "user_name", "created_at", "updated_at", "extra")
+        out = dict(zip(keys, rows[0], strict=True))
+        out["extra"] = json.loads(out["extra"] or "{}")
+        return out
+
+    def has_chat(self, chat_id: int) -> bool:
+        return bool(self._read("SELECT 1 FROM chats WHERE id = ?", (chat_id,)))
+
+    def update_chat_extra(self, chat_id: int, **values: Any) -> None:
+        """Merge keys into the chat's own state (window position, draft, macro seed, …).
+
+        Not a change to the conversation: `updated_at` stays, so the chat list keeps its order.
+        """
+        with self._tx() as c:
+            row = c.execute("SELECT extra FROM chats WHERE id = ?", (chat_id,)).fetchone()
+            if row is None:
+                return
+            extra = {**json.loads(row[0] or "{}"), **values}
+            c.execute("UPDATE chats SET extra = ? WHERE id = ?", (json.dumps(extra), chat_id))
+
+    def latest_chat(self, card_ref: str | None) -> int | None:
+        """The most recently changed chat with this character (None: chats without one)."""
+        rows = self._read(
+            "SELECT id FROM chats WHERE card_ref IS ? ORDER BY updated_at DESC, id DESC LIMIT 1", (card_ref,)
+        )
+        return int(rows[0][0]) if rows else None
 
     def list_chats(self, card_ref: str | None = None) -> list[ChatSummary]:
         query = """
@@ -108,9 +147,9 @@ class ChatStore:
                     WHERE m.chat_id = c.id ORDER BY m.position DESC LIMIT 1)
             FROM chats c {where} ORDER BY c.updated_at DESC, c.id DESC"""
         rows = (
-            self.conn.execute(query.format(where="WHERE c.card_ref = ?"), (card_ref,))
+            self._read(query.format(where="WHERE c.card_ref = ?"), (card_ref,))
             if card_ref
-            else self.conn.execute(query.format(where=""))
+            else self._read(query.format(where=""))
         )
         return [ChatSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or "") for r in rows]
 
@@ -126,18 +165,19 @@ class ChatStore:
 
     def messages(self, chat_id: int) -> list[StoredMessage]:
         out: dict[int, StoredMessage] = {}
-        for r in self.conn.execute(
-            "SELECT id, position, role, name, active_swipe, created_at FROM messages WHERE chat_id = ? "
-            "ORDER BY position",
-            (chat_id,),
-        ):
-            out[r[0]] = StoredMessage(r[0], r[1], r[2], r[3], r[4], created_at=r[5])
-        for r in self.conn.execute(
-            "SELECT s.id, s.message_id, s.idx, s.text, s.state, s.provenance FROM swipes s "
-            "JOIN messages m ON m.id = s.message_id WHERE m.chat_id = ? ORDER BY s.message_id, s.idx",
-            (chat_id,),
-        ):
-            out[r[1]].swipes.append(Swipe(r[0], r[2], r[3], r[4], json.loads(r[5])))
+        with self.lock:
+            for r in self.conn.execute(
+                "SELECT id, position, role, name, active_swipe, created_at FROM messages WHERE chat_id = ? "
+                "ORDER BY position",
+                (chat_id,),
+            ):
+                out[r[0]] = StoredMessage(r[0], r[1], r[2], r[3], r[4], created_at=r[5])
+            for r in self.conn.execute(
+                "SELECT s.id, s.message_id, s.idx, s.text, s.state, s.provenance FROM swipes s "
+                "JOIN messages m ON m.id = s.message_id WHERE m.chat_id = ? ORDER BY s.message_id, s.idx",
+                (chat_id,),
+            ):
+                out[r[1]].swipes.append(Swipe(r[0], r[2], r[3], r[4], json.loads(r[5])))
         return list(out.values())
 
     def add_message(
@@ -149,7 +189,9 @@ class ChatStore:
         name: str | None = None,
         state: str = "done",
         provenance: dict[str, Any] | None = None,
+        alternatives: list[str] | None = None,
     ) -> int:
+        """Append a message; `alternatives` are more swipes after `text` (a card's other greetings)."""
         now = time.time()
         with self._tx() as c:
             position = c.execute(
@@ -164,6 +206,11 @@ class ChatStore:
                 "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance) VALUES (?,0,?,?,?,?)",
                 (message_id, text, state, now, json.dumps(provenance or {})),
             )
+            for idx, alt in enumerate(alternatives or [], start=1):
+                c.execute(
+                    "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance) VALUES (?,?,?,?,?,?)",
+                    (message_id, idx, alt, "done", now, json.dumps(provenance or {})),
+                )
             c.execute("UPDATE chats SET updated_at = ? WHERE id = ?", (now, chat_id))
             return message_id
 
@@ -190,6 +237,30 @@ class ChatStore:
             if not 0 <= idx < n:
                 raise CatteryError(f"message {message_id} has {n} alternatives, not {idx + 1}")
             c.execute("UPDATE messages SET active_swipe = ? WHERE id = ?", (idx, message_id))
+            self._touch(c, message_id, time.time())
+
+    def update_swipe(
+        self,
+        message_id: int,
+        text: str,
+        *,
+        state: str | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        """Replace the active alternative's text (and state, provenance): a continued reply."""
+        with self._tx() as c:
+            sets, params = ["text = ?"], [text]
+            if state is not None:
+                sets.append("state = ?")
+                params.append(state)
+            if provenance is not None:
+                sets.append("provenance = ?")
+                params.append(json.dumps(provenance))
+            c.execute(
+                f"UPDATE swipes SET {', '.join(sets)} WHERE message_id = ? AND idx = "
+                "(SELECT active_swipe FROM messages WHERE id = ?)",
+                (*params, message_id, message_id),
+            )
             self._touch(c, message_id, time.time())
 
     def edit_message(self, message_id: int, text: str) -> None:
@@ -224,6 +295,8 @@ class ChatStore:
         info = self.chat(chat_id)
         keep = [m for m in self.messages(chat_id) if m.position <= self._position(upto_message_id)]
         now = time.time()
+        extra = {k: v for k, v in info["extra"].items() if k in ("chat_seed", "greeting")}
+        extra["branched_from"] = chat_id
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at, extra) "
@@ -235,7 +308,7 @@ class ChatStore:
                     info["user_name"],
                     now,
                     now,
-                    json.dumps({"branched_from": chat_id}),
+                    json.dumps(extra),
                 ),
             )
             new_id = int(cur.lastrowid or 0)
@@ -254,10 +327,10 @@ class ChatStore:
         return new_id
 
     def _position(self, message_id: int) -> int:
-        row = self.conn.execute("SELECT position FROM messages WHERE id = ?", (message_id,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT position FROM messages WHERE id = ?", (message_id,))
+        if not rows:
             raise CatteryError(f"no message with id {message_id}")
-        return int(row[0])
+        return int(rows[0][0])
 
     @staticmethod
     def _touch(c: sqlite3.Connection, message_id: int, now: float) -> None:
@@ -268,8 +341,8 @@ class ChatStore:
     # -- state and file hashes ------------------------------------------------------
 
     def get_state(self, key: str, default: str | None = None) -> str | None:
-        row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
+        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
 
     def set_state(self, key: str, value: str) -> None:
         with self._tx() as c:
@@ -280,11 +353,11 @@ class ChatStore:
 
     def file_sha256(self, path: Path) -> str:
         """SHA-256 of a model file, computed once per (path, size, mtime)."""
+        cached = self.cached_sha256(path)
+        if cached is not None:
+            return cached
         st = path.stat()
         key = str(path.resolve())
-        row = self.conn.execute("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path = ?", (key,)).fetchone()
-        if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
-            return str(row[2])
         h = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -297,16 +370,47 @@ class ChatStore:
             )
         return digest
 
+    def cached_sha256(self, path: Path) -> str | None:
+        """The hash computed before, if the file has not changed since; never reads the file."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        rows = self._read("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path = ?", (str(path.resolve()),))
+        if rows and rows[0][0] == st.st_size and rows[0][1] == st.st_mtime_ns:
+            return str(rows[0][2])
+        return None
+
+    def backfill_sha256(self, path: str, sha256: str) -> int:
+        """Fill the model hash into replies made before it was known (hashing a big file takes minutes)."""
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE swipes SET provenance = json_set(provenance, '$.model.sha256', ?) "
+                "WHERE json_extract(provenance, '$.model.path') = ? "
+                "AND json_extract(provenance, '$.model.sha256') IS NULL",
+                (sha256, path),
+            )
+            return cur.rowcount
+
 
 class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+    """BEGIN IMMEDIATE … COMMIT under the store's lock, rolled back on any error."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
         self.conn = conn
+        self.lock = lock
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
         return self.conn
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()

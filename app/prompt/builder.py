@@ -49,6 +49,25 @@ def choose_format(explicit: str | None, info: ModelInfo | None) -> FormatChoice:
     )
 
 
+# Marks where a message's text would go, so the text before it is the turn's opening.
+# A private-use character: no card, chat or template contains it.
+_OPEN = "\ue000cattery-open\ue000"
+
+
+@dataclass(frozen=True)
+class Opening:
+    """How the generated text starts: whose turn it is and what is written already.
+
+    A normal reply is the character's turn with nothing written. Continuing a reply
+    gives its text as `prefix`; impersonation is the user's turn. The opening is the
+    turn exactly as the format renders that message, cut where the new text begins,
+    so a continued reply tokenizes as the whole message would.
+    """
+
+    role: str = "assistant"
+    prefix: str = ""
+
+
 @dataclass
 class Segment:
     kind: str  # bos, pinned, example, turn, post, generation
@@ -198,19 +217,24 @@ class PromptBuilder:
         n_ctx: int | None = None,
         reserve: int = 0,
         state: WindowState | None = None,
+        opening: Opening | None = None,
     ) -> BuiltPrompt:
         state = state if state is not None else WindowState()
         history = list(history)
         if self.dynamic is not None:
             self.system, self._late = self.dynamic(history)
+
+        def render(messages: list[Message]) -> Rendered:
+            return self._open(self.render(messages), messages, opening)
+
         if self.tokenizer is None or n_ctx is None:
-            return self._assemble(self.render(history), history, 0, True, None, n_ctx, reserve, [])
+            return self._assemble(render(history), history, 0, True, None, n_ctx, reserve, [])
         budget = n_ctx - reserve
         roles = [m.role for m in history]
         first_start = min(state.start, len(history))
         for _ in range(len(history) + 1):
             start = min(state.start, len(history))
-            rendered = self.render(history[start:])
+            rendered = render(history[start:])
             if not rendered.segmentable:
                 # Whole renderings only: slide one message at a time until it fits.
                 n = self.tokenizer.count(rendered.turns[0] + self._post_text() + rendered.generation) + 1
@@ -247,6 +271,21 @@ class PromptBuilder:
             # its first message differently) and check once more.
             state.start = start + fit.start
         raise CatteryError("the conversation cannot be fitted into the context")  # pragma: no cover
+
+    def _open(self, rendered: Rendered, history: list[Message], opening: Opening | None) -> Rendered:
+        """Replace the generation prefix by `opening`'s turn, rendered with a marker and cut at it."""
+        if opening is None or (opening.role == "assistant" and not opening.prefix):
+            return rendered
+        name = self.speakers.user if opening.role == "user" else self.speakers.char
+        probe = self.render([*history, Message(opening.role, opening.prefix + _OPEN, name)])
+        text = probe.turns[-1] if probe.turns else ""
+        cut = text.find(_OPEN)
+        if cut < 0:
+            raise CatteryError(f"the {self.format_name} format does not render a {opening.role} turn that can be opened")
+        if not probe.segmentable:  # a whole rendering: everything up to the marker is the prompt
+            return Rendered("", [], [text[:cut]], "", segmentable=False, notes=rendered.notes)
+        rendered.generation = text[:cut]
+        return rendered
 
     def _assemble(
         self,
