@@ -157,6 +157,10 @@ class ChatStore:
         with self._tx() as c:
             c.execute("UPDATE chats SET title = ?, updated_at = ? WHERE id = ?", (title, time.time(), chat_id))
 
+    def set_card_ref(self, chat_id: int, card_ref: str | None) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE chats SET card_ref = ? WHERE id = ?", (card_ref, chat_id))
+
     def delete_chat(self, chat_id: int) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM chats WHERE id = ?", (chat_id,))

@@ -41,6 +41,33 @@ def library_entries(model_dirs: Iterable[Path]) -> list[LibraryEntry]:
     return entries
 
 
+def hf_cache_entries() -> list[LibraryEntry]:
+    """GGUF files other tools (or Cattery) downloaded into the standard Hugging Face cache.
+
+    Imports huggingface_hub, so callers that must start fast (the CLI) do not use it;
+    the model screen does, in a worker.
+    """
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound, CorruptedCacheException
+
+    try:
+        info = scan_cache_dir()
+    except (CacheNotFound, CorruptedCacheException, OSError):
+        return []
+    out: list[LibraryEntry] = []
+    seen: set[Path] = set()
+    for repo in sorted(info.repos, key=lambda r: r.repo_id.lower()):
+        if repo.repo_type != "model":
+            continue
+        for revision in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            for f in sorted(revision.files, key=lambda f: f.file_name):
+                path = Path(f.file_path)
+                if f.file_name.endswith(".gguf") and path.resolve() not in seen and path.is_file():
+                    seen.add(path.resolve())
+                    out.append(LibraryEntry(path.stem, path, f"hf:{repo.repo_id}"))
+    return out
+
+
 def looks_like_path(ref: str) -> bool:
     return ref.endswith(".gguf") or "/" in ref or "\\" in ref or ref.startswith(".")
 

@@ -281,7 +281,9 @@ class PromptBuilder:
         text = probe.turns[-1] if probe.turns else ""
         cut = text.find(_OPEN)
         if cut < 0:
-            raise CatteryError(f"the {self.format_name} format does not render a {opening.role} turn that can be opened")
+            raise CatteryError(
+                f"the {self.format_name} format does not render a {opening.role} turn that can be opened"
+            )
         if not probe.segmentable:  # a whole rendering: everything up to the marker is the prompt
             return Rendered("", [], [text[:cut]], "", segmentable=False, notes=rendered.notes)
         rendered.generation = text[:cut]

