@@ -1,4 +1,7 @@
-"""The full-screen chat (preview), driven by Textual's Pilot on the real bundled model and real SQLite."""
+"""The chat screen driven by Textual's Pilot on the real bundled model and real SQLite.
+
+Each test checks what the screen shows and what the chat database holds afterwards.
+"""
 
 from __future__ import annotations
 
@@ -6,96 +9,265 @@ import asyncio
 from pathlib import Path
 
 from app.chats.store import ChatStore
-from app.engine.options import SamplerSettings
-from app.prompt.builder import PromptBuilder
-from app.prompt.tokens import tokenizer_from
-from app.tui.app import CatteryApp, ChatInput
-from app.tui.session import ChatSession
+from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
+from app.tui.widgets.chat_input import ChatInput
+from app.tui.widgets.message_view import MessageView
+from tests.tui_helpers import SIZE, chat_screen, greedy, make_app, wait_idle, wait_until
 
 
-def make_session(engine, tmp_path: Path, max_tokens: int = 24) -> ChatSession:
-    store = ChatStore(tmp_path / "chats.sqlite3")
-    builder = PromptBuilder("gguf", info=engine.info, tokenizer=tokenizer_from(engine), system="Be brief.")
-    chat_id = store.create_chat("Test chat")
-    session = ChatSession(
-        engine, builder, SamplerSettings(temperature=0.0, max_tokens=max_tokens), store, chat_id, "Test chat", "gguf"
-    )
-    session.append("assistant", "Hello! Ask me anything.")
-    return session
+def stored(home: Path) -> list:
+    store = ChatStore(home / "data" / "chats.sqlite3")
+    try:
+        chat_id = int(store.get_state("last_chat") or 0)
+        return store.messages(chat_id)
+    finally:
+        store.close()
 
 
-async def wait_until(pilot, condition, timeout: float = 60.0) -> None:
-    waited = 0.0
-    while not condition():
-        await pilot.pause(0.1)
-        waited += 0.1
-        assert waited < timeout, "timed out"
+async def send(pilot, app, text: str) -> None:
+    chat = chat_screen(app)
+    chat.query_one(ChatInput).text = text
+    chat.query_one(ChatInput).focus()
+    before = len(app.session.messages)
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: len(app.session.messages) >= before + 2, what="the reply")
+    await wait_idle(pilot, app)
 
 
-def test_send_a_message_and_see_the_streamed_reply_saved(engine, tmp_path: Path) -> None:
-    session = make_session(engine, tmp_path)
-    app = CatteryApp(session)
-
-    async def run() -> None:
-        async with app.run_test(size=(100, 30)) as pilot:
-            box = app.query_one(ChatInput)
-            box.text = "What is the capital of France?"
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: len(session.history) == 3)
-            await pilot.pause(0.2)
-            shown = app.query("Markdown").last()
-            assert session.history[-1].content.split()[0] in shown.source
-
-    asyncio.run(run())
-    rows = session.store.messages(session.chat_id)
-    assert [m.role for m in rows] == ["assistant", "user", "assistant"]
-    assert rows[1].text == "What is the capital of France?"
-    assert rows[2].text and rows[2].state == "done"
-    assert rows[2].swipes[0].provenance["seed"] is not None
+def views(app) -> list[MessageView]:
+    return [v for v in chat_screen(app).views if v.message_id is not None]
 
 
-def test_escape_stops_a_reply_and_keeps_it_as_stopped(engine, tmp_path: Path) -> None:
-    session = make_session(engine, tmp_path, max_tokens=2000)
-    session.sampler.ban_eos = True
-    app = CatteryApp(session)
+def test_the_app_loads_the_model_in_the_background_and_a_reply_streams_and_is_saved(cattery_home: Path) -> None:
+    app = make_app(card_ref="none", card_explicit=True, system="Be brief.")
 
     async def run() -> None:
-        async with app.run_test(size=(100, 30)) as pilot:
-            app.query_one(ChatInput).text = "Tell me a very long story."
+        async with app.run_test(size=SIZE) as pilot:
+            # The first frame comes before the model: the chat is there, the model line says it loads.
+            assert app.model_status.state in ("loading", "ready")
+            chat = chat_screen(app)
+            chat.query_one(ChatInput).text = "What is the capital of France?"
+            await pilot.press("enter")  # sent while loading: the reply waits for the model
+            await wait_until(pilot, lambda: app.model_status.state == "ready", what="the model")
+            await wait_idle(pilot, app)
+            shown = views(app)
+            assert [v.role for v in shown] == ["user", "assistant"]
+            assert "Paris" in shown[-1].body.source
+            assert chat.preview is not None and chat.preview.history > 0 and chat.tokens_per_second
+
+    try:
+        asyncio.run(run())
+    finally:
+        app.engine.close()
+    rows = stored(cattery_home)
+    assert [m.role for m in rows] == ["user", "assistant"]
+    assert "Paris" in rows[1].text and rows[1].state == "done"
+    prov = rows[1].swipes[0].provenance
+    assert prov["seed"] is not None and prov["format"] == "gguf" and prov["model"]["quant"] == "Q4_1"
+    assert prov["model"]["sha256"] and len(prov["model"]["sha256"]) == 64  # hashed after load, filled in
+
+
+def test_escape_stops_a_reply_and_keeps_it_as_stopped(cattery_home: Path, engine) -> None:
+    app = make_app(engine, sampler=greedy(2000, ban_eos=True), card_ref="none", card_explicit=True)
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            chat = chat_screen(app)
+            chat.query_one(ChatInput).text = "Tell me a very long story."
             await pilot.press("enter")
-            await wait_until(pilot, lambda: app._generation is not None)
-            await pilot.pause(0.5)
+            await wait_until(pilot, lambda: chat.turn is not None, what="the turn")
+            await wait_until(pilot, lambda: len(views(app)[-1].body.source) > 20 if views(app) else False)
             await pilot.press("escape")
-            await wait_until(pilot, lambda: len(session.history) == 3)
+            await wait_idle(pilot, app)
+            assert "(stopped)" in str(views(app)[-1].query_one(".speaker").render())
 
     asyncio.run(run())
-    last = session.store.messages(session.chat_id)[-1]
-    assert last.state == "stopped" and last.text
+    last = stored(cattery_home)[-1]
+    assert last.role == "assistant" and last.state == "stopped" and len(last.text) > 20
 
 
-def test_regenerate_makes_a_swipe_and_swiping_goes_back(engine, tmp_path: Path) -> None:
-    session = make_session(engine, tmp_path)
-    session.sampler.temperature = 1.0
-    app = CatteryApp(session)
+def test_regenerate_swipe_back_and_swipe_past_the_last_writes_a_new_one(cattery_home: Path, engine) -> None:
+    app = make_app(engine, sampler=greedy().updated(temperature=1.0), card_ref="none", card_explicit=True)
 
     async def run() -> None:
-        async with app.run_test(size=(100, 30)) as pilot:
-            app.query_one(ChatInput).text = "Say something."
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: len(session.history) == 3 and app._generation is None)
-            await pilot.pause(0.2)
-            first = session.history[-1].content
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, app, "Say something.")
+            first = app.session.messages[-1].text
             await pilot.press("ctrl+r")
-            await wait_until(
-                pilot, lambda: len(session.store.messages(session.chat_id)[-1].swipes) == 2 and app._generation is None
-            )
+            await wait_until(pilot, lambda: len(app.session.messages[-1].swipes) == 2)
+            await wait_idle(pilot, app)
+            assert len(app.session.messages) == 2
+            await pilot.press("alt+left")
+            await pilot.pause(0.3)
+            assert app.session.messages[-1].active == 0
+            assert views(app)[-1].body.source == first and "‹ 1/2 ›" in str(views(app)[-1].query_one(".speaker").render())
+            await pilot.press("alt+right")  # to the second
             await pilot.pause(0.2)
-            assert len(session.history) == 3
+            await pilot.press("alt+right")  # past the last: a third is written
+            await wait_until(pilot, lambda: len(app.session.messages[-1].swipes) == 3)
+            await wait_idle(pilot, app)
+            assert app.session.messages[-1].active == 2
+
+    asyncio.run(run())
+    last = stored(cattery_home)[-1]
+    assert len(last.swipes) == 3 and last.active == 2
+    assert all(s.provenance.get("seed") is not None for s in last.swipes)
+
+
+def test_the_greetings_are_the_first_messages_alternatives(cattery_home: Path, engine) -> None:
+    app = make_app(engine, card_ref="bundled:mochi", card_explicit=True, new_chat=True)
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause(0.3)
+            [greeting] = views(app)
+            assert "keyboard" in greeting.body.source and "‹ 1/2 ›" in str(greeting.query_one(".speaker").render())
+            await pilot.press("alt+right")
+            await pilot.pause(0.3)
+            assert "physics papers" in views(app)[0].body.source
+            await pilot.press("alt+right")  # no user message yet: nothing is generated past the last greeting
+            await pilot.pause(0.3)
+            assert chat_screen(app).busy is None and len(app.session.messages[0].swipes) == 2
+
+    asyncio.run(run())
+    assert stored(cattery_home)[0].active == 1
+
+
+def test_select_edit_delete_and_delete_after(cattery_home: Path, engine) -> None:
+    app = make_app(engine, card_ref="none", card_explicit=True)
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, app, "One")
+            await send(pilot, app, "Two")
+            assert len(app.session.messages) == 4
+            chat = chat_screen(app)
+            chat.query_one(ChatInput).focus()
+            await pilot.press("up")  # the input is empty: up selects the last message
+            assert isinstance(app.focused, MessageView) and app.focused.index == 3
+            await pilot.press("up", "up")
+            assert app.focused.index == 1
+            await pilot.press("e")
+            await wait_until(pilot, lambda: isinstance(app.screen, EditScreen))
+            area = app.screen.query_one("#editor")
+            area.text = "An edited reply."
+            await pilot.press("ctrl+s")
+            await pilot.pause(0.3)
+            assert app.session.messages[1].text == "An edited reply."
+            assert views(app)[1].body.source == "An edited reply."
+            views(app)[3].focus()
+            await pilot.press("d")  # one message: no question asked
+            await pilot.pause(0.3)
+            assert [m.text for m in app.session.messages][:3] == ["One", "An edited reply.", "Two"]
+            assert len(views(app)) == 3
+            views(app)[1].focus()
+            await pilot.press("D")  # this and the one after: asked first
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await pilot.pause(0.3)
+            assert [m.text for m in app.session.messages] == ["One"]
+            assert [v.body.source for v in views(app)] == ["One"]
+
+    asyncio.run(run())
+    assert [m.text for m in stored(cattery_home)] == ["One"]
+
+
+def test_branch_copy_details_continue_and_impersonate(cattery_home: Path, engine) -> None:
+    app = make_app(engine, card_ref="none", card_explicit=True, system="Be brief.")
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, app, "What is the capital of France?")
+            original = app.session.chat_id
+            views(app)[-1].focus()
+            await pilot.press("c")
+            assert app.clipboard == app.session.messages[-1].text
+            await pilot.press("i")
+            await wait_until(pilot, lambda: isinstance(app.screen, TextScreen))
+            text = str(app.screen.query_one("#details-text Static").render())
+            assert "SmolLM2" in text and "seed" in text and "tok/s" in text
+            await pilot.press("escape")
+            # Continue a reply cut short.
+            app.session.edit(1, "The capital of France is")
+            chat_screen(app).sync()
+            chat_screen(app).query_one(ChatInput).focus()
+            await pilot.press("ctrl+o")
+            await wait_until(pilot, lambda: app.session.messages[1].text != "The capital of France is")
+            await wait_idle(pilot, app)
+            continued = app.session.messages[1].text
+            assert continued.startswith("The capital of France is") and "Paris" in continued
+            assert views(app)[-1].body.source == continued
+            # Impersonate: the model writes the user's next line into the input; nothing is saved.
+            await pilot.press("ctrl+g")
+            await wait_until(pilot, lambda: chat_screen(app).query_one(ChatInput).text.strip() != "")
+            await wait_idle(pilot, app)
+            assert len(app.session.messages) == 2
+            # Branch from the first message: a new chat, shown at once, the old one untouched.
+            views(app)[0].focus()
+            await pilot.press("b")
+            await pilot.pause(0.3)
+            assert app.session.chat_id != original and len(app.session.messages) == 1
+            assert len(views(app)) == 1
+
+    asyncio.run(run())
+    store = ChatStore(cattery_home / "data" / "chats.sqlite3")
+    chats = store.list_chats()
+    assert len(chats) == 2 and sorted(c.messages for c in chats) == [1, 2]
+    store.close()
+
+
+def test_quit_and_reopen_returns_to_the_chat_as_it_was(cattery_home: Path, engine) -> None:
+    first = make_app(engine, card_ref="bundled:mochi", card_explicit=True)
+
+    async def write() -> int:
+        async with first.run_test(size=SIZE) as pilot:
+            await send(pilot, first, "Hello Mochi!")
+            await pilot.press("ctrl+r")
+            await wait_until(pilot, lambda: len(first.session.messages[-1].swipes) == 2)
+            await wait_idle(pilot, first)
             await pilot.press("alt+left")
             await pilot.pause(0.2)
-            assert session.history[-1].content == first
-            assert app.query("Markdown").last().source == first
+            box = chat_screen(first).query_one(ChatInput)
+            box.text = "a half-written thought"
+            await pilot.pause(1.2)  # the draft is saved as it is typed
+            await pilot.press("ctrl+q")
+        return first.session.chat_id
+
+    chat_id = asyncio.run(write())
+    again = make_app(engine)  # plain `cattery`: no card, no chat asked for
+
+    async def reopen() -> None:
+        async with again.run_test(size=SIZE) as pilot:
+            await pilot.pause(0.5)
+            assert again.session.chat_id == chat_id and again.session.char_name == "Mochi"
+            shown = views(again)
+            assert [v.role for v in shown] == ["assistant", "user", "assistant"]
+            assert "‹ 1/2 ›" in str(shown[-1].query_one(".speaker").render())
+            assert chat_screen(again).query_one(ChatInput).text == "a half-written thought"
+
+    asyncio.run(reopen())
+
+
+def test_messages_out_of_the_window_are_dimmed(cattery_home: Path, engine) -> None:
+    app = make_app(engine, card_ref="none", card_explicit=True)
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause(0.2)
+            s = app.session
+            long = "word " * 350
+            for i in range(6):  # ~2,800 tokens of history: more than the test engine's 2,048 context
+                s.add_user(f"{i}: {long}")
+                s.store.add_message(s.chat_id, "assistant", f"reply {i}")
+                s.reload()
+            chat = chat_screen(app)
+            chat.sync()
+            chat.refresh_preview()
+            await wait_until(pilot, lambda: chat.preview is not None and chat.preview.first_kept > 0)
+            await pilot.pause(0.2)
+            first_kept = chat.preview.first_kept
+            dimmed = [v.index for v in views(app) if v.has_class("-out")]
+            assert dimmed == list(range(first_kept))
+            assert chat.preview.used <= engine.n_ctx
 
     asyncio.run(run())
-    last = session.store.messages(session.chat_id)[-1]
-    assert len(last.swipes) == 2 and last.active == 0

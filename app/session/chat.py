@@ -443,7 +443,7 @@ def open_session(
     recipe = ws.recipe(
         card,
         system=system,
-        user=user or info["user_name"],
+        user=user,
         char=char or (info["card_name"] if card is None else None),
         lorebooks=lorebooks,
         lore_placement=lore_placement,

@@ -43,6 +43,7 @@ class KeyAction:
     text: str
     show: bool
     label: str = ""
+    priority: bool = False  # before the focused widget's own keys (a text box binds F6 and F7)
 
     @property
     def section(self) -> str:
@@ -62,6 +63,7 @@ def key_table() -> dict[str, list[KeyAction]]:
                 v["text"],
                 bool(v.get("show", False)),
                 v.get("label", v["text"]),
+                bool(v.get("priority", False)),
             )
             for name, v in actions.items()
         ]
@@ -70,7 +72,10 @@ def key_table() -> dict[str, list[KeyAction]]:
 
 
 def bindings(section: str) -> list[Binding]:
-    return [Binding(a.keys, a.action, a.label, show=a.show, id=a.id, tooltip=a.text) for a in key_table()[section]]
+    return [
+        Binding(a.keys, a.action, a.label, show=a.show, id=a.id, tooltip=a.text, priority=a.priority)
+        for a in key_table()[section]
+    ]
 
 
 def action(action_id: str) -> KeyAction:

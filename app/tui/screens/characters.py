@@ -178,8 +178,10 @@ class CharactersScreen(Screen[None]):
 
     @on(ListView.Highlighted, "#char-list")
     def highlighted(self, event: ListView.Highlighted) -> None:
-        if isinstance(event.item, CharacterItem):
-            self.show_character(event.item.character)
+        # The list's current item, not the event's: events from refilling the list arrive late.
+        item = self.query_one("#char-list", ListView).highlighted_child
+        if isinstance(item, CharacterItem):
+            self.show_character(item.character)
 
     @on(ListView.Selected, "#char-list")
     def selected(self, event: ListView.Selected) -> None:

@@ -49,6 +49,7 @@ class SettingsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.keys: dict[str, str] = {}
+        self._asking = False
 
     @property
     def cattery(self) -> CatteryApp:
@@ -103,6 +104,9 @@ class SettingsScreen(Screen[None]):
         self.load_values()
 
     def on_screen_resume(self) -> None:
+        if self._asking:  # back from this screen's own dialog: keep what is being edited
+            self._asking = False
+            return
         self.load_values()
 
     # -- filling and reading the form -------------------------------------------------
@@ -189,6 +193,7 @@ class SettingsScreen(Screen[None]):
             self.keys.update(checked)
             self._fill_keys()
 
+        self._asking = True
         self.app.push_screen(
             AskScreen(
                 f"Keys for: {action_id}",

@@ -1,0 +1,48 @@
+"""Building the real app for Pilot tests: a private CATTERY_HOME, the real engine, real SQLite."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from app.engine.options import SamplerSettings
+from app.session.launch import Launch
+from app.session.workspace import Workspace
+from app.tui.app import CatteryApp
+
+SIZE = (110, 34)
+
+
+def greedy(max_tokens: int = 24, **kw: Any) -> SamplerSettings:
+    return SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens, **kw)
+
+
+def make_app(engine: Any = None, *, sampler: SamplerSettings | None = None, **launch: Any) -> CatteryApp:
+    """The app on a fresh workspace (CATTERY_HOME is set by the `cattery_home` fixture).
+
+    With `engine`, the session's shared model is used as loaded; without, the app loads
+    the bundled model itself in the background, as `cattery` does.
+    """
+    ws = Workspace()
+    ws.settings.set("ui", "cursor_blink", False)
+    la = Launch(sampler=sampler or greedy(), load_model=engine is None, **launch)
+    return CatteryApp(ws, la, engine=engine)
+
+
+async def wait_until(pilot: Any, condition: Any, timeout: float = 90.0, what: str = "condition") -> None:
+    start = time.monotonic()
+    while not condition():
+        await pilot.pause(0.05)
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+
+
+async def wait_idle(pilot: Any, app: CatteryApp) -> None:
+    """Until no turn runs and the model is settled."""
+    chat = app.get_screen_stack("chat")[0]
+    await wait_until(pilot, lambda: app.model_status.state in ("ready", "failed"), what="the model")
+    await wait_until(pilot, lambda: chat.busy is None, what="the reply")
+    await pilot.pause(0.2)
+
+
+def chat_screen(app: CatteryApp) -> Any:
+    return app.get_screen_stack("chat")[0]
