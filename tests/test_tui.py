@@ -100,7 +100,9 @@ def test_regenerate_swipe_back_and_swipe_past_the_last_writes_a_new_one(cattery_
             await pilot.press("alt+left")
             await pilot.pause(0.3)
             assert app.session.messages[-1].active == 0
-            assert views(app)[-1].body.source == first and "‹ 1/2 ›" in str(views(app)[-1].query_one(".speaker").render())
+            assert views(app)[-1].body.source == first and "‹ 1/2 ›" in str(
+                views(app)[-1].query_one(".speaker").render()
+            )
             await pilot.press("alt+right")  # to the second
             await pilot.pause(0.2)
             await pilot.press("alt+right")  # past the last: a third is written

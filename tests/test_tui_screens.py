@@ -8,7 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from app.chats.store import ChatStore
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
 from app.tui.widgets.chat_input import ChatInput
 from tests.conftest import SHARED
@@ -87,7 +86,9 @@ def test_models_screen_lists_loads_and_shows_a_failure(cattery_home: Path, model
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: app.model_status.state == "ready", what="the first model")
             screen = await goto(pilot, app, "f4", "models")
-            await wait_until(pilot, lambda: len(screen.rows) == 3 and all(r.info or r.error for r in screen.rows.values()))
+            await wait_until(
+                pilot, lambda: len(screen.rows) == 3 and all(r.info or r.error for r in screen.rows.values())
+            )
             rows = {r.entry.name: r for r in screen.rows.values()}
             assert rows["kitten"].info.file_type == "Q4_1" and rows["kitten"].info.context_length == 8192
             assert rows["broken"].error
@@ -222,7 +223,11 @@ def test_settings_are_saved_and_applied_to_the_open_chat(cattery_home: Path, eng
             await wait_idle(pilot, again)
             await pilot.press("f1")
             await pilot.pause(0.3)
-            rows = [row for table in again.screen.query("DataTable") for row in (table.get_row_at(i) for i in range(table.row_count))]
+            rows = [
+                row
+                for table in again.screen.query("DataTable")
+                for row in (table.get_row_at(i) for i in range(table.row_count))
+            ]
             assert ["Ctrl+R / F9", "Regenerate (a new alternative)", "chat.regenerate"] in [list(r) for r in rows]
 
     asyncio.run(rerun())
