@@ -66,8 +66,8 @@ def model_facts(row: ModelRow, format_name: str) -> str:
     lines += [
         f"size       {human_size(info.file_size)}, {info.file_type or '?'}",
         f"parameters {params / 1e9:.2f} B" if params >= 1e9 else f"parameters {params / 1e6:.0f} M",
-        f"model      {info.architecture}, {info.block_count} layers, {info.head_count} heads"
-        f" ({info.head_count_kv} KV), embedding {info.embedding_length}",
+        f"model      {info.architecture}, {info.block_count} layers",
+        f"heads      {info.head_count} ({info.head_count_kv} KV), embedding {info.embedding_length}",
         f"context    {info.context_length or '?'} tokens trained",
         f"rope       {rope}",
         f"template   {template}; Cattery uses {format_name}",
@@ -91,56 +91,59 @@ class ModelsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         from app.prompt.formats import format_names
 
-        with Horizontal(classes="split models-split"):
-            with Vertical(classes="left"):
-                yield Static("Models", classes="pane-title")
-                table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
-                yield table
-                yield Static(
-                    "Ctrl+O adds a folder of .gguf files · Ctrl+R looks again", classes="muted", id="model-hint"
-                )
-            with VerticalScroll(classes="right"):
-                yield Static("", id="model-title", classes="pane-title")
-                yield Static("", id="model-facts")
-                yield Static("Load settings", classes="pane-title")
-                with Grid(id="load-form"):
-                    yield Label("Context (tokens)")
-                    yield Input(placeholder="settings' default", id="ctx", type="integer", compact=True)
-                    yield Label("GPU layers")
-                    yield Input(placeholder="auto, all or a number", id="gpu_layers", compact=True)
-                    yield Label("Threads")
-                    yield Input(placeholder="auto (physical cores)", id="threads", type="integer", compact=True)
-                    yield Label("Prompt format")
-                    yield Select(
-                        [(AUTO, AUTO), *((n, n) for n in format_names())],
-                        value=AUTO,
-                        id="format",
-                        allow_blank=False,
-                        compact=True,
-                    )
-                    yield Label("RoPE scale (linear)")
-                    yield Input(
-                        placeholder="none, e.g. 2 for a 4k model at 8k", id="rope_scale", type="number", compact=True
-                    )
-                    yield Label("RoPE base frequency")
-                    yield Input(placeholder="the model's", id="rope_freq_base", type="number", compact=True)
-                    yield Label("Flash attention")
-                    yield Select(
-                        [(v, v) for v in ("auto", "on", "off")],
-                        value="auto",
-                        id="flash_attn",
-                        allow_blank=False,
-                        compact=True,
-                    )
-                    yield Label("KV cache type")
-                    yield Select(
-                        [(v, v) for v in KV_CACHE_TYPES], value="f16", id="cache_type", allow_blank=False, compact=True
-                    )
-                with Horizontal(classes="buttons"):
-                    yield Button("Load", variant="primary", id="load")
-                    yield Button("Cancel loading", id="cancel-load", disabled=True)
-                yield ProgressBar(id="model-progress", total=100, show_eta=False)
-                yield Static("", id="model-state")
+        with Vertical(id="models-body"):
+            yield Static("Models", classes="pane-title")
+            table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
+            yield table
+            yield Static("Ctrl+O adds a folder of .gguf files · Ctrl+R looks again", classes="muted", id="model-hint")
+            with Horizontal(id="model-bottom"):
+                with VerticalScroll(id="model-info"):
+                    yield Static("", id="model-title", classes="pane-title")
+                    yield Static("", id="model-facts")
+                with Vertical(id="model-load"):
+                    yield Static("Load settings", classes="pane-title")
+                    with Grid(id="load-form"):
+                        yield Label("Context (tokens)")
+                        yield Input(placeholder="settings' default", id="ctx", type="integer", compact=True)
+                        yield Label("GPU layers")
+                        yield Input(placeholder="auto, all or a number", id="gpu_layers", compact=True)
+                        yield Label("Threads")
+                        yield Input(placeholder="auto (physical cores)", id="threads", type="integer", compact=True)
+                        yield Label("Prompt format")
+                        yield Select(
+                            [(AUTO, AUTO), *((n, n) for n in format_names())],
+                            value=AUTO,
+                            id="format",
+                            allow_blank=False,
+                            compact=True,
+                        )
+                        yield Label("RoPE scale (linear)")
+                        yield Input(
+                            placeholder="none; 2 runs a 4k model at 8k", id="rope_scale", type="number", compact=True
+                        )
+                        yield Label("RoPE base frequency")
+                        yield Input(placeholder="the model's", id="rope_freq_base", type="number", compact=True)
+                        yield Label("Flash attention")
+                        yield Select(
+                            [(v, v) for v in ("auto", "on", "off")],
+                            value="auto",
+                            id="flash_attn",
+                            allow_blank=False,
+                            compact=True,
+                        )
+                        yield Label("KV cache type")
+                        yield Select(
+                            [(v, v) for v in KV_CACHE_TYPES],
+                            value="f16",
+                            id="cache_type",
+                            allow_blank=False,
+                            compact=True,
+                        )
+                    with Horizontal(classes="buttons"):
+                        yield Button("Load", variant="primary", id="load", compact=True)
+                        yield Button("Cancel loading", id="cancel-load", disabled=True, compact=True)
+                        yield ProgressBar(id="model-progress", total=100, show_eta=False)
+                    yield Static("", id="model-state")
         yield Footer()
 
     def on_mount(self) -> None:
