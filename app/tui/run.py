@@ -16,12 +16,11 @@ from app.session.workspace import Workspace
 
 
 def run_app(ws: Workspace, launch: Launch) -> int:
-    if ws.settings.get("ui", "images", "auto") != "off":
-        # textual-image asks the terminal what it can draw; that must happen before Textual
-        # takes over the terminal's input.
-        from app.tui.widgets.avatar import graphics_protocol
+    # textual-image asks the terminal what it can draw; that must happen before Textual
+    # takes over the terminal's input.
+    from app.tui.widgets.avatar import graphics_protocol
 
-        graphics_protocol()
+    graphics_protocol(str(ws.settings.get("ui", "images", "auto")))
     from app.tui.app import CatteryApp
 
     ws.paths.log_dir.mkdir(parents=True, exist_ok=True)

@@ -18,24 +18,24 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Button, Footer, Markdown, ProgressBar, Static
+from textual.widgets import Button, Footer, ProgressBar, Static
 
 from app.errors import CatteryError
 from app.tui.keys import bindings
 from app.tui.messages import Piece, PreviewReady, TurnDone, TurnStarted
 from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
 from app.tui.widgets.chat_input import ChatInput
-from app.tui.widgets.message_view import MessageView
+from app.tui.widgets.message_view import MessageView, ReplyStream
 from app.tui.widgets.status_bar import ModelLine, ModelStatus, StatusBar
 
 if TYPE_CHECKING:
-    from textual.widgets.markdown import MarkdownStream
-
     from app.chats.store import StoredMessage
     from app.session.chat import ChatSession, Preview, Turn
     from app.tui.app import CatteryApp
 
 log = logging.getLogger("cattery.tui")
+
+FIRST_FRAME_MESSAGES = 8  # mounted before the first frame; the rest of the batch just after
 
 WRITING = {
     "reply": "writing…",
@@ -88,7 +88,7 @@ class ChatScreen(Screen[None]):
         self.cancel_asked = False
         self.pending: tuple[str, int | None] | None = None  # a turn waiting for the model to load
         self.target: MessageView | None = None
-        self.stream: MarkdownStream | None = None
+        self.stream: ReplyStream | None = None
         self.views: list[MessageView] = []
         self.first_shown = 0
         self.shown_chat: int | None = None
@@ -143,21 +143,32 @@ class ChatScreen(Screen[None]):
         box = self.query_one("#messages", VerticalScroll)
         box.remove_children()
         self.views = []
+        # The newest messages first, for the first frame; the rest of the batch right after
+        # (they are above, out of sight, when the chat opens).
         shown = self.cattery.shown_messages
-        self.first_shown = max(0, len(session.messages) - shown)
-        if self.first_shown:
-            box.mount(Button(self._earlier_label(), id="earlier"))
-        views = [self._make_view(session, i, m) for i, m in enumerate(session.messages) if i >= self.first_shown]
+        n = len(session.messages)
+        self.first_shown = max(0, n - min(shown, FIRST_FRAME_MESSAGES))
+        views = [self._make_view(session, i, session.messages[i]) for i in range(self.first_shown, n)]
         if views:
             box.mount_all(views)
         self.views = views
         box.anchor()
+        if n - self.first_shown < min(shown, n):
+            self.call_after_refresh(self._show_rest, session.chat_id, max(0, n - shown))
+        elif self.first_shown:
+            box.mount(Button(self._earlier_label(), id="earlier"), before=views[0] if views else None)
         self._update_title()
         area = self.query_one(ChatInput)
         area.text = session.draft
         area.move_cursor(area.document.end)
         self._show_status()
         self.refresh_preview()
+
+    def _show_rest(self, chat_id: int, start: int) -> None:
+        s = self.session
+        if s is None or s.chat_id != chat_id or self.shown_chat != chat_id:
+            return
+        self.show_earlier(start)
 
     def _earlier_label(self) -> str:
         return f"▲ {self.first_shown} earlier messages (Enter to show more)"
@@ -175,11 +186,15 @@ class ChatScreen(Screen[None]):
         return MessageView(index, m, speaker, role, avatar, self.cattery.image_mode)
 
     @on(Button.Pressed, "#earlier")
-    def show_earlier(self) -> None:
+    def earlier_pressed(self) -> None:
+        self.show_earlier()
+
+    def show_earlier(self, start: int | None = None) -> None:
         s = self.session
         if s is None or not self.first_shown:
             return
-        start = max(0, self.first_shown - self.cattery.shown_messages)
+        if start is None:
+            start = max(0, self.first_shown - self.cattery.shown_messages)
         views = [self._make_view(s, i, s.messages[i]) for i in range(start, self.first_shown)]
         box = self.query_one("#messages", VerticalScroll)
         box.release_anchor()
@@ -189,11 +204,14 @@ class ChatScreen(Screen[None]):
             box.mount_all(views)
         self.views = views + self.views
         self.first_shown = start
-        button = self.query_one("#earlier", Button)
-        if start:
-            button.label = self._earlier_label()
+        buttons = list(self.query("#earlier").results(Button))
+        if start and buttons:
+            buttons[0].label = self._earlier_label()
+        elif start:
+            box.mount(Button(self._earlier_label(), id="earlier"), before=self.views[0])
         else:
-            button.remove()
+            for b in buttons:
+                b.remove()
         self._apply_window()
 
     def sync(self) -> None:
@@ -349,9 +367,7 @@ class ChatScreen(Screen[None]):
             return
         if view is None:
             return
-        if kind == "regenerate":
-            await view.body.update("")
-        self.stream = Markdown.get_stream(view.body)
+        self.stream = await view.stream(replace=kind == "regenerate")
 
     @work(thread=True, group="turn", exit_on_error=False)
     def run_turn(self, session: ChatSession, kind: str, target: int | None, serial: int) -> None:

@@ -10,17 +10,37 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import io
+import os
 from functools import cache
 from typing import Any
 
 from textual.app import ComposeResult
-from textual.widget import Widget
 from textual.widgets import Static
+
+# Terminals that draw pictures (Kitty's graphics protocol or Sixel), by what they put in
+# the environment. Asking the terminal itself costs up to 0.3 s at every start where the
+# answer is no (the questions time out), so only these are asked unless `images = "on"`.
+GRAPHICS_TERMS = ("kitty", "foot", "mlterm", "contour", "ghostty", "wezterm", "mintty")
+GRAPHICS_PROGRAMS = ("wezterm", "iterm.app", "ghostty", "mintty", "contour")
+GRAPHICS_VARS = ("KITTY_WINDOW_ID", "WEZTERM_EXECUTABLE", "KONSOLE_VERSION", "GHOSTTY_RESOURCES_DIR")
+
+
+def may_draw_pictures(env: dict[str, str] | None = None) -> bool:
+    env = dict(os.environ) if env is None else env
+    term = env.get("TERM", "").lower()
+    program = env.get("TERM_PROGRAM", "").lower()
+    if "TMUX" in env or term.startswith(("screen", "tmux")):
+        return False  # pictures do not pass through a multiplexer reliably
+    return (
+        any(t in term for t in GRAPHICS_TERMS) or program in GRAPHICS_PROGRAMS or any(v in env for v in GRAPHICS_VARS)
+    )
 
 
 @cache
-def graphics_protocol() -> bool:
+def graphics_protocol(mode: str = "auto") -> bool:
     """True when textual-image found Kitty's protocol or Sixel on this terminal."""
+    if mode == "off" or (mode == "auto" and not may_draw_pictures()):
+        return False
     try:
         from textual_image.renderable import HalfcellImage, Image, UnicodeImage
     except Exception:  # no terminal to ask, or the package is missing
@@ -50,34 +70,40 @@ def _pil_image(data: bytes) -> Any:
     return img
 
 
-class Avatar(Widget):
+class Avatar(Static):
+    """The picture when there is one to show, else the initials on the name's colour.
+
+    Initials are drawn by this widget itself: a chat shows dozens of avatars, and
+    every widget less per message makes the screen quicker to build and update.
+    """
+
     def __init__(self, name: str, image: bytes | None = None, *, mode: str = "auto", big: bool = False) -> None:
-        super().__init__(classes="big" if big else "")
         self.speaker = name
         self.image_data = image
         self.mode = mode
         self.big = big
+        self.picture = self._picture()
+        super().__init__("" if self.picture is not None else initials(name), classes="big" if big else "")
+        if self.picture is None:
+            self.add_class("initial")
+            self.styles.background = name_colour(name)
 
-    def _wants_image(self) -> bool:
+    def _picture(self) -> Any:
         if not self.image_data or self.mode == "off":
-            return False
+            return None
         # Half-cells are too coarse at chat size: there the picture needs a graphics protocol.
-        return self.mode == "on" or graphics_protocol() or (self.big and self.mode == "auto")
+        if not (self.mode == "on" or self.big or graphics_protocol(self.mode)):
+            return None
+        try:
+            return _pil_image(self.image_data)
+        except Exception:  # a damaged avatar is shown as initials, never an error
+            return None
 
     def compose(self) -> ComposeResult:
-        if self._wants_image():
-            try:
-                picture = _pil_image(self.image_data or b"")
-            except Exception:  # a damaged avatar is shown as an initial, never an error
-                picture = None
-            if picture is not None:
-                from textual_image.widget import Image as ImageWidget
+        if self.picture is not None:
+            from textual_image.widget import Image as ImageWidget
 
-                widget = ImageWidget(picture)
-                widget.styles.width = "100%"
-                widget.styles.height = "100%"
-                yield widget
-                return
-        initial = Static(initials(self.speaker), classes="initial")
-        initial.styles.background = name_colour(self.speaker)
-        yield initial
+            widget = ImageWidget(self.picture)
+            widget.styles.width = "100%"
+            widget.styles.height = "100%"
+            yield widget

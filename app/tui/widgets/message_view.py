@@ -2,6 +2,12 @@
 
 A message can take the focus; its keys (edit, delete, branch, copy, swipe) act on
 it, and the chat screen carries them out: the view only says what was asked.
+
+Finished text is drawn by one widget per message (Rich's Markdown in a Static):
+Textual's Markdown widget makes a widget of every paragraph, and a long chat of
+them makes every screen update slower. While a reply is written it streams into
+a Textual Markdown widget (`Markdown.get_stream()`), in bounded pieces; when it
+ends, the message shows the whole text in its one widget again.
 """
 
 from __future__ import annotations
@@ -9,16 +15,69 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from rich.markdown import Markdown as RichMarkdown
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
 
 from app.chats.store import StoredMessage
 from app.tui.keys import bindings
 from app.tui.widgets.avatar import Avatar
+
+SEAL_CHARS = 1200  # a streamed reply moves on to a new piece after this much text
+
+
+class MessageBody(Static):
+    """A message's text, rendered as Markdown in a single widget."""
+
+    def __init__(self, text: str = "", classes: str = "") -> None:
+        super().__init__(classes=f"body {classes}".strip())
+        self.source = ""
+        self.set_text(text)
+
+    def set_text(self, text: str) -> None:
+        self.source = text
+        self.update(RichMarkdown(text, hyperlinks=False) if text.strip() else "")
+
+
+class ReplyStream:
+    """Streams a reply into a message in pieces of bounded size.
+
+    The Markdown widget being written is laid out again on every update, and that
+    costs more the more it holds, so a long reply would fall further and further
+    behind the model. Once the text being written passes SEAL_CHARS and reaches a
+    paragraph break (outside a code fence), that piece becomes a plain body widget
+    and the stream goes on in a fresh Markdown widget below it.
+    """
+
+    def __init__(self, view: MessageView) -> None:
+        self.view = view
+        self.live = Markdown("", open_links=False, classes="live")
+        self.stream: MarkdownStream | None = None
+        self.chunk = ""
+
+    async def start(self) -> None:
+        await self.view.column.mount(self.live)
+        self.stream = Markdown.get_stream(self.live)
+
+    async def write(self, text: str) -> None:
+        assert self.stream is not None
+        self.chunk += text
+        await self.stream.write(text)
+        if len(self.chunk) >= SEAL_CHARS and self.chunk.endswith("\n\n") and self.chunk.count("```") % 2 == 0:
+            await self.stream.stop()
+            await self.view.column.mount(MessageBody(self.chunk, "sealed"), before=self.live)
+            await self.live.update("")
+            self.chunk = ""
+            self.stream = Markdown.get_stream(self.live)
+
+    async def stop(self) -> None:
+        if self.stream is not None:
+            await self.stream.stop()
 
 
 def header_text(speaker: str, m: StoredMessage | None, writing: str = "") -> str:
@@ -76,11 +135,35 @@ class MessageView(Widget, can_focus=True):
         yield Avatar(self.speaker, self.avatar, mode=self.image_mode)
         with Vertical(classes="body-column"):
             yield Static(header_text(self.speaker, self.message, self.writing), classes="speaker")
-            yield Markdown(self.text, open_links=False)
+            yield MessageBody(self.text)
 
     @property
-    def body(self) -> Markdown:
-        return self.query_one(Markdown)
+    def column(self) -> Vertical:
+        return self.query_one(".body-column", Vertical)
+
+    @property
+    def body(self) -> MessageBody:
+        """The widget with the message's text (before it, while a reply streams in)."""
+        return self.query_one("MessageBody.body", MessageBody)
+
+    @property
+    def shown_text(self) -> str:
+        """All the text on screen: the body, the pieces of a reply being streamed, its live part."""
+        parts = [w.source for w in self.column.children if isinstance(w, (MessageBody, Markdown))]
+        return "".join(parts)
+
+    async def stream(self, *, replace: bool = False) -> ReplyStream:
+        """Start streaming a reply into this message (`replace`: a new alternative, not more text)."""
+        if replace:
+            self.body.set_text("")
+        stream = ReplyStream(self)
+        await stream.start()
+        return stream
+
+    def _drop_stream_widgets(self) -> None:
+        for w in list(self.column.children):
+            if isinstance(w, Markdown) or (isinstance(w, MessageBody) and w.has_class("sealed")):
+                w.remove()
 
     def show(self, index: int, message: StoredMessage) -> None:
         """Show a message's current state (after an edit, a swipe, a finished reply)."""
@@ -91,8 +174,13 @@ class MessageView(Widget, can_focus=True):
         self.remove_class("-writing")
         self.set_class(message.state == "stopped", "-stopped")
         self._update_header()
-        if changed and self.children:
-            self.body.update(message.text)
+        if not self.children:
+            return
+        streamed = any(isinstance(w, Markdown) for w in self.column.children)
+        if streamed:  # a reply streamed in pieces: the whole text in the one body widget again
+            self._drop_stream_widgets()
+        if changed or streamed:
+            self.body.set_text(message.text)
 
     def set_writing(self, note: str) -> None:
         self.writing = note
