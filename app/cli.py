@@ -514,6 +514,89 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat_id(ws: Any, ref: str) -> int:
+    if not ref.isdigit() or not ws.store.has_chat(int(ref)):
+        raise CatteryError(f"{ref}: no chat with that id (`cattery chats list`)")
+    return int(ref)
+
+
+def cmd_chats_list(args: argparse.Namespace) -> int:
+    import time
+
+    ws = _workspace()
+    card_ref = ws.resolve_character(args.card)[0] if args.card else None
+    rows = ws.store.list_chats(card_ref)
+    if args.json:
+        out = [
+            {
+                "id": r.id,
+                "title": r.title,
+                "character": r.card_name,
+                "card": r.card_ref,
+                "messages": r.messages,
+                "updated": r.updated_at,
+                "last_message": r.last_message,
+            }
+            for r in rows
+        ]
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no chats yet", file=sys.stderr)
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated_at))
+        last = " ".join(r.last_message.split())[:60]
+        count = f"{r.messages} message" + ("" if r.messages == 1 else "s")
+        print(f"{r.id}  {when}  {r.card_name or '-'}  {r.title}  ({count})  {last}")
+    return 0
+
+
+def cmd_chats_export(args: argparse.Namespace) -> int:
+    from app.chats.transfer import export_markdown, export_st_chat
+
+    ws = _workspace()
+    chat_id = _chat_id(ws, args.chat)
+    out = Path(args.output).expanduser()
+    to = args.to or ("md" if out.suffix.lower() in (".md", ".markdown") else "jsonl")
+    try:
+        (export_markdown if to == "md" else export_st_chat)(ws.store, chat_id, out)
+    except OSError as exc:
+        raise CatteryError(f"{out}: cannot write: {exc.strerror}") from None
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_chats_import(args: argparse.Namespace) -> int:
+    from app.chats.transfer import import_st_chat
+
+    ws = _workspace()
+    card_ref = ws.resolve_character(args.card)[0] if args.card else None
+    failed = 0
+    for file in args.files:
+        try:
+            chat_id = import_st_chat(ws.store, Path(file), card_ref)
+        except CatteryError as exc:
+            print(f"cattery: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if card_ref is None:  # the character of that name, when there is one
+            name = (ws.store.chat(chat_id)["card_name"] or "").lower()
+            match = next((e for e in ws.characters() if name and e.name.lower() == name), None)
+            if match is not None:
+                ws.store.set_card_ref(chat_id, match.ref)
+        print(f"imported {file} as chat {chat_id}")
+    return 2 if failed else 0
+
+
+def cmd_chats_rm(args: argparse.Namespace) -> int:
+    ws = _workspace()
+    chat_id = _chat_id(ws, args.chat)
+    title = ws.store.chat(chat_id)["title"]
+    ws.store.delete_chat(chat_id)
+    print(f"deleted chat {chat_id} ({title})")
+    return 0
+
+
 def cmd_paths(args: argparse.Namespace) -> int:
     from app.paths import get_paths
 
@@ -610,14 +693,19 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser(
         "chat",
         help="chat with a model (the default command)",
-        description="Chat with a model. Without a terminal (or with --plain) the chat is line based.",
+        description="Chat with a model. In a terminal this opens the full-screen app on the last chat "
+        "(with --card, that character's last chat); without one, or with --plain, the chat is line based.",
     )
     _add_model_options(chat)
     _add_sampler_options(chat)
     _add_prompt_options(chat)
-    chat.add_argument("--plain", action="store_true", help="line-based chat on stdin/stdout")
-    chat.add_argument("--tui", action="store_true", help="the full-screen chat (preview)")
-    chat.add_argument("--new", action="store_true", help="with --tui: start a new chat instead of the last one")
+    chat.add_argument(
+        "--plain", action="store_true", help="line-based chat on stdin/stdout (the default without a terminal)"
+    )
+    chat.add_argument("--tui", action="store_true", help="the full-screen app (the default in a terminal)")
+    chat.add_argument(
+        "--new", action="store_true", help="start a new chat instead of reopening the last one (full-screen app)"
+    )
     chat.set_defaults(func=cmd_chat)
 
     formats = sub.add_parser("formats", help="list, import and check prompt formats")
@@ -670,6 +758,25 @@ def build_parser() -> argparse.ArgumentParser:
     crm = csub.add_parser("rm", help="remove a card from the library")
     crm.add_argument("card", metavar="NAME")
     crm.set_defaults(func=cmd_cards_rm)
+
+    chats = sub.add_parser("chats", help="the saved chats: list, export, import SillyTavern chat files, remove")
+    chsub = chats.add_subparsers(dest="chats_command", metavar="SUBCOMMAND", required=True)
+    chlist = chsub.add_parser("list", help="every chat, the most recent first")
+    chlist.add_argument("--card", metavar="C", help="only the chats with this character")
+    chlist.add_argument("--json", action="store_true")
+    chlist.set_defaults(func=cmd_chats_list)
+    chexport = chsub.add_parser("export", help="write a chat as a SillyTavern chat file (JSONL) or Markdown")
+    chexport.add_argument("chat", metavar="ID")
+    chexport.add_argument("--to", choices=["jsonl", "md"], help="default: from the file's extension")
+    chexport.add_argument("-o", "--output", metavar="PATH", required=True)
+    chexport.set_defaults(func=cmd_chats_export)
+    chimport = chsub.add_parser("import", help="add SillyTavern chat files (JSONL) as chats")
+    chimport.add_argument("files", metavar="FILE", nargs="+")
+    chimport.add_argument("--card", metavar="C", help="the character they belong to (default: by name)")
+    chimport.set_defaults(func=cmd_chats_import)
+    chrm = chsub.add_parser("rm", help="delete a chat")
+    chrm.add_argument("chat", metavar="ID")
+    chrm.set_defaults(func=cmd_chats_rm)
 
     paths = sub.add_parser("paths", help="where Cattery keeps settings, models, chats and logs")
     paths.add_argument("--json", action="store_true")

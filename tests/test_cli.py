@@ -69,3 +69,29 @@ def test_chat_by_library_name_remembers_last_model(cattery_home: Path, model_pat
     assert "kitten.gguf" in r.stderr
     again = run_cattery("--plain", input="/quit\n", home=cattery_home)  # no model: the last one used
     assert "kitten.gguf" in again.stderr
+
+
+def test_chats_commands(cattery_home: Path, tmp_path: Path) -> None:
+    from app.chats.store import ChatStore
+
+    store = ChatStore(cattery_home / "data" / "chats.sqlite3")
+    chat = store.create_chat("Tea time", "bundled:mochi", "Mochi", "Anne")
+    store.add_message(chat, "assistant", "Hello, Anne.")
+    store.add_message(chat, "user", "Hi!")
+    store.close()
+    listing = json.loads(run_cattery("chats", "list", "--json", home=cattery_home).stdout)
+    assert [(c["title"], c["messages"], c["card"]) for c in listing] == [("Tea time", 2, "bundled:mochi")]
+    out = tmp_path / "tea.jsonl"
+    assert run_cattery("chats", "export", str(chat), "-o", str(out), home=cattery_home).returncode == 0
+    assert json.loads(out.read_text().splitlines()[0])["character_name"] == "Mochi"
+    md = tmp_path / "tea.md"
+    assert run_cattery("chats", "export", str(chat), "-o", str(md), home=cattery_home).returncode == 0
+    assert "**Anne:**" in md.read_text()
+    r = run_cattery("chats", "import", str(out), home=cattery_home)
+    assert r.returncode == 0 and "as chat" in r.stdout
+    listing = json.loads(run_cattery("chats", "list", "--card", "mochi", "--json", home=cattery_home).stdout)
+    assert len(listing) == 2 and all(c["card"] == "bundled:mochi" for c in listing)  # linked by the name
+    bad = run_cattery("chats", "export", "99", "-o", str(out), home=cattery_home)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "no chat" in bad.stderr
+    assert run_cattery("chats", "rm", str(chat), home=cattery_home).returncode == 0
+    assert len(json.loads(run_cattery("chats", "list", "--json", home=cattery_home).stdout)) == 1

@@ -123,9 +123,8 @@ class ChatSession:
     ) -> ChatSession:
         """A new chat; a card's greetings open it, as the first message's alternatives."""
         char = recipe.card.char if recipe.card is not None else None
-        stamp = time.strftime("%Y-%m-%d %H:%M")
         chat_id = store.create_chat(
-            title or (f"{char}, {stamp}" if char else f"Chat, {stamp}"),
+            title or time.strftime("%Y-%m-%d %H:%M"),  # the character is shown beside it everywhere
             card_ref,
             char,
             recipe.user,

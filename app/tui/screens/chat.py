@@ -140,6 +140,7 @@ class ChatScreen(Screen[None]):
         self.shown_chat = session.chat_id
         self.preview = None
         self.pending = None
+        self.tokens_per_second = None
         box = self.query_one("#messages", VerticalScroll)
         box.remove_children()
         self.views = []
