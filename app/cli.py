@@ -90,24 +90,6 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-_SAMPLER_KEYS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "repeat_last_n",
-    "presence_penalty",
-    "frequency_penalty",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-    "seed",
-    "max_tokens",
-)
-
-
 # -- building blocks from arguments and settings -------------------------------------
 
 

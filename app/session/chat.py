@@ -424,51 +424,33 @@ def hash_model(store: ChatStore, path: Path) -> str:
     return digest
 
 
+def _recipe(ws: Workspace, card: Any, seed: int, overrides: dict[str, Any]) -> PromptRecipe:
+    keys = ("system", "user", "char", "lorebooks", "lore_placement")
+    return ws.recipe(card, chat_seed=seed, **{k: overrides.get(k) for k in keys})
+
+
 def open_session(
-    ws: Workspace,
-    chat_id: int,
-    *,
-    sampler: SamplerSettings | None = None,
-    system: str | None = None,
-    user: str | None = None,
-    char: str | None = None,
-    lorebooks: list[str] | None = None,
-    lore_placement: str | None = None,
+    ws: Workspace, chat_id: int, *, sampler: SamplerSettings | None = None, **overrides: Any
 ) -> ChatSession:
-    """Reopen a stored chat with its own character (raises a one-line error if the card is gone)."""
+    """Reopen a stored chat with its own character (raises a one-line error if the card is gone).
+
+    `overrides`: system, user, char, lorebooks, lore_placement, as given on the command line.
+    """
     info = ws.store.chat(chat_id)
     _, card = ws.resolve_character(info["card_ref"])
-    seed = int(info["extra"].get("chat_seed", 0))
-    recipe = ws.recipe(
-        card,
-        system=system,
-        user=user,
-        char=char or (info["card_name"] if card is None else None),
-        lorebooks=lorebooks,
-        lore_placement=lore_placement,
-        chat_seed=seed,
-    )
+    if card is None and not overrides.get("char"):
+        overrides = {**overrides, "char": info["card_name"]}  # an imported chat without a card: its name
+    recipe = _recipe(ws, card, int(info["extra"].get("chat_seed", 0)), overrides)
     return ChatSession(ws.store, chat_id, recipe, sampler or ws.sampler())
 
 
 def start_session(
-    ws: Workspace,
-    card_ref: str | None,
-    *,
-    greeting: int = 0,
-    sampler: SamplerSettings | None = None,
-    system: str | None = None,
-    user: str | None = None,
-    char: str | None = None,
-    lorebooks: list[str] | None = None,
-    lore_placement: str | None = None,
+    ws: Workspace, card_ref: str | None, *, greeting: int = 0, sampler: SamplerSettings | None = None, **overrides: Any
 ) -> ChatSession:
     """A new chat with a character (`None`: no character)."""
     ref, card = ws.resolve_character(card_ref)
     seed = new_chat_seed()
-    recipe = ws.recipe(
-        card, system=system, user=user, char=char, lorebooks=lorebooks, lore_placement=lore_placement, chat_seed=seed
-    )
+    recipe = _recipe(ws, card, seed, overrides)
     return ChatSession.create(
         ws.store, recipe, sampler or ws.sampler(), card_ref=ref, chat_seed=seed, greeting=greeting
     )
