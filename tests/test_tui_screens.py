@@ -269,5 +269,17 @@ def test_the_command_palette_offers_the_chat_actions(cattery_home: Path, engine)
             await pilot.pause(0.3)
             await wait_idle(pilot, app)
             assert chat_screen(app).query_one(ChatInput).text.strip()  # the model wrote the user's line
+            # A message's actions are there too, on the last message when none is selected.
+            app.session.add_user("A message to copy.")
+            chat_screen(app).sync()
+            commands = {c.title: c for c in app.get_system_commands(chat_screen(app))}
+            commands["Message: Copy"].callback()
+            await pilot.pause(0.3)
+            assert app.clipboard == app.session.messages[-1].text
+            # A theme picked anywhere is kept for the next start.
+            app.theme = "nord"
+            await pilot.pause(0.1)
 
     asyncio.run(run())
+    saved = tomllib.loads((cattery_home / "config" / "settings.toml").read_text())
+    assert saved["ui"]["theme"] == "nord"

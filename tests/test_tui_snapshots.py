@@ -10,6 +10,7 @@ set to fixed values before the picture is taken. Update them with
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -22,13 +23,19 @@ SIZE = (110, 32)
 STAMP = 1767350400.0  # 2026-01-02 10:40 UTC
 
 
+HOME = Path("/tmp/cattery-snapshot-home")  # a fixed place: the settings screen shows its path
+
+
 @pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> None:
+def fixed_home(monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.rmtree(HOME, ignore_errors=True)
+    monkeypatch.setenv("CATTERY_HOME", str(HOME))
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
-    yield
+    yield HOME
     monkeypatch.delenv("TZ")
     time.tzset()
+    shutil.rmtree(HOME, ignore_errors=True)
 
 
 def fixed_app(engine) -> CatteryApp:
@@ -72,11 +79,11 @@ async def settled(pilot) -> None:
     await pilot.pause(0.3)
 
 
-def test_chat_screen(snap_compare, cattery_home: Path, engine) -> None:
+def test_chat_screen(snap_compare, engine) -> None:
     assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=settled)
 
 
-def test_chat_with_a_message_selected(snap_compare, cattery_home: Path, engine) -> None:
+def test_chat_with_a_message_selected(snap_compare, engine) -> None:
     async def select(pilot) -> None:
         await settled(pilot)
         await pilot.press("ctrl+up", "up")
@@ -85,7 +92,7 @@ def test_chat_with_a_message_selected(snap_compare, cattery_home: Path, engine) 
     assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=select)
 
 
-def test_characters_screen(snap_compare, cattery_home: Path, engine) -> None:
+def test_characters_screen(snap_compare, engine) -> None:
     async def go(pilot) -> None:
         await settled(pilot)
         await pilot.press("f3")
@@ -97,7 +104,7 @@ def test_characters_screen(snap_compare, cattery_home: Path, engine) -> None:
     assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
 
 
-def test_models_screen(snap_compare, cattery_home: Path, engine) -> None:
+def test_models_screen(snap_compare, engine) -> None:
     async def go(pilot) -> None:
         await settled(pilot)
         await pilot.press("f4")
@@ -112,7 +119,7 @@ def test_models_screen(snap_compare, cattery_home: Path, engine) -> None:
     assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
 
 
-def test_chats_screen(snap_compare, cattery_home: Path, engine) -> None:
+def test_chats_screen(snap_compare, engine) -> None:
     async def go(pilot) -> None:
         await settled(pilot)
         await pilot.press("f5")
@@ -121,7 +128,16 @@ def test_chats_screen(snap_compare, cattery_home: Path, engine) -> None:
     assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
 
 
-def test_help_screen(snap_compare, cattery_home: Path, engine) -> None:
+def test_settings_screen(snap_compare, engine) -> None:
+    async def go(pilot) -> None:
+        await settled(pilot)
+        await pilot.press("f6")
+        await pilot.pause(0.5)
+
+    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
+
+
+def test_help_screen(snap_compare, engine) -> None:
     async def go(pilot) -> None:
         await settled(pilot)
         await pilot.press("f1")

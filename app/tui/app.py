@@ -334,10 +334,14 @@ class CatteryApp(App[None]):
         for a in key_table()["app"]:
             if a.id != "app.quit":
                 yield SystemCommand(a.text, f"{a.text} ({a.id})", self._runner(a.action))
-        section = getattr(screen, "KEY_SECTION", None) or {"ChatScreen": "chat"}.get(type(screen).__name__)
+        section = getattr(screen, "KEY_SECTION", None)
         if section:
             for a in key_table()[section]:
                 yield SystemCommand(a.text, a.id, self._runner(a.action, screen))
+        if section == "chat":  # a message's actions: on the selected message, else the last one
+            for a in key_table()["message"]:
+                if a.id not in ("message.previous", "message.next", "message.back"):
+                    yield SystemCommand(f"Message: {a.text}", a.id, self._runner(f"on_message('{a.action}')", screen))
 
     def _runner(self, action: str, screen: Screen[Any] | None = None) -> Any:
         def run() -> None:

@@ -78,6 +78,7 @@ def describe_provenance(prov: dict[str, Any], state: str) -> str:
 
 
 class ChatScreen(Screen[None]):
+    KEY_SECTION = "chat"
     BINDINGS: ClassVar[list[Binding]] = bindings("chat")
 
     def __init__(self) -> None:
@@ -551,6 +552,18 @@ class ChatScreen(Screen[None]):
             self.delete(view.index, and_after=True)
         elif name == "branch":
             self.branch(view.index)
+
+    async def action_on_message(self, action: str) -> None:
+        """A message's action from the command palette: on the selected message, else the last."""
+        view = self.focused if isinstance(self.focused, MessageView) else None
+        if view is None:
+            real = [v for v in self.views if v.message_id is not None]
+            view = real[-1] if real else None
+        if view is None:
+            return
+        name, _, arg = action.partition("(")
+        step = int(arg.rstrip(")")) if arg else 0
+        await self.on_message_view_action(MessageView.Action(view, name, step))
 
     def _move(self, view: MessageView, step: int) -> None:
         real = [v for v in self.views if v.message_id is not None]

@@ -58,15 +58,16 @@ class SettingsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="settings-body"):
             yield Static("Prompt", classes="pane-title")
-            yield Label(
+            yield Static(
                 "System prompt: kept at the start of every chat"
-                " (a card's own replaces it; {{original}} in a card stands for this one)"
+                " (a card's own replaces it; {{original}} in a card stands for this one)",
+                markup=False,
             )
             yield TextArea(id="system", soft_wrap=True)
             with Grid(classes="form"):
                 yield Label("Your name")
                 yield Input(id="persona-name", compact=True)
-            yield Label("About you: what the characters know of {{user}}")
+            yield Static("About you: what the characters know of {{user}}", markup=False)
             yield TextArea(id="persona-description", soft_wrap=True, classes="short")
             yield Static("Replies", classes="pane-title")
             with Grid(classes="form"):
