@@ -40,6 +40,17 @@ def _bundled_dir() -> Path:
     return asset_path("cards")
 
 
+def read_bundled(path: Path) -> Card:
+    """A bundled card; its picture is the PNG of the same name beside it (the JSON has none)."""
+    from app.cards.read import read_card
+
+    card = read_card(path)
+    picture = path.with_suffix(".png")
+    if card.avatar is None and picture.is_file():
+        card.avatar = picture.read_bytes()
+    return card
+
+
 def bundled_entries() -> list[CharacterEntry]:
     from app.cards.read import read_card
 
@@ -74,7 +85,7 @@ def load_ref(ref: str, path: Path | None = None) -> Card:
     if kind == "library":
         return load_card(path or Path(rest))
     if kind == "bundled":
-        return read_card(path or _bundled_dir() / f"{rest}.json")
+        return read_bundled(path or _bundled_dir() / f"{rest}.json")
     if kind == "file":
         return read_card(Path(rest))
     raise CatteryError(f"{ref}: not a character reference")

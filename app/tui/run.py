@@ -18,9 +18,9 @@ from app.session.workspace import Workspace
 def run_app(ws: Workspace, launch: Launch) -> int:
     # textual-image asks the terminal what it can draw; that must happen before Textual
     # takes over the terminal's input.
-    from app.tui.widgets.avatar import graphics_protocol
+    from app.tui.widgets.avatar import prepare_pictures
 
-    graphics_protocol(str(ws.settings.get("ui", "images", "auto")))
+    prepare_pictures(str(ws.settings.get("ui", "images", "auto")))
     from app.tui.app import CatteryApp
 
     ws.paths.log_dir.mkdir(parents=True, exist_ok=True)

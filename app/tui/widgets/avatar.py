@@ -11,6 +11,7 @@ import colorsys
 import hashlib
 import io
 import os
+import sys
 from functools import cache
 from typing import Any
 
@@ -46,6 +47,40 @@ def graphics_protocol(mode: str = "auto") -> bool:
     except Exception:  # no terminal to ask, or the package is missing
         return False
     return Image not in (HalfcellImage, UnicodeImage)
+
+
+class _NotATerminal:
+    """Stands in for stdout while textual-image is imported, so that it asks nothing."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def prepare_pictures(mode: str) -> None:
+    """Import textual-image before Textual takes the terminal.
+
+    Importing it asks the terminal questions and reads the answers from stdin; done
+    while the app runs, that steals the user's key presses. Where pictures are not
+    wanted from the terminal, it is imported with stdout looking like no terminal, so
+    it asks nothing and half-cells are drawn for the bigger pictures.
+    """
+    if mode == "off":
+        return
+    if graphics_protocol(mode):
+        import textual_image.widget
+        return
+    real = sys.__stdout__
+    sys.__stdout__ = _NotATerminal(real)  # type: ignore[assignment]
+    try:
+        import textual_image.widget  # noqa: F401
+    finally:
+        sys.__stdout__ = real
 
 
 def name_colour(name: str) -> str:
@@ -101,7 +136,10 @@ class Avatar(Static):
 
     def compose(self) -> ComposeResult:
         if self.picture is not None:
-            from textual_image.widget import Image as ImageWidget
+            if graphics_protocol(self.mode):
+                from textual_image.widget import Image as ImageWidget
+            else:
+                from textual_image.widget import HalfcellImage as ImageWidget
 
             widget = ImageWidget(self.picture)
             widget.styles.width = "100%"
