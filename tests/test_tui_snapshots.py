@@ -92,58 +92,45 @@ def test_chat_with_a_message_selected(snap_compare, engine) -> None:
     assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=select)
 
 
-def test_characters_screen(snap_compare, engine) -> None:
+def loaded(screen) -> bool:
+    """The screen has read what it shows in the background (cards, model headers)."""
+    rows = getattr(screen, "rows", None)
+    if rows is not None:
+        return bool(rows) and all(r.info or r.error for r in rows.values())
+    return bool(getattr(screen, "characters", True))
+
+
+def on_screen(key: str):
     async def go(pilot) -> None:
         await settled(pilot)
-        await pilot.press("f3")
+        await pilot.press(key)
         start = time.monotonic()
-        while not getattr(pilot.app.screen, "characters", None) and time.monotonic() - start < 30:
+        await pilot.pause(0.2)
+        while not loaded(pilot.app.screen) and time.monotonic() - start < 30:
             await pilot.pause(0.05)
         await pilot.pause(0.5)
 
-    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
+    return go
+
+
+def test_characters_screen(snap_compare, engine) -> None:
+    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=on_screen("f3"))
 
 
 def test_models_screen(snap_compare, engine) -> None:
-    async def go(pilot) -> None:
-        await settled(pilot)
-        await pilot.press("f4")
-        start = time.monotonic()
-        while time.monotonic() - start < 30:
-            rows = getattr(pilot.app.screen, "rows", {})
-            if rows and all(r.info or r.error for r in rows.values()):
-                break
-            await pilot.pause(0.05)
-        await pilot.pause(0.5)
-
-    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
+    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=on_screen("f4"))
 
 
 def test_chats_screen(snap_compare, engine) -> None:
-    async def go(pilot) -> None:
-        await settled(pilot)
-        await pilot.press("f5")
-        await pilot.pause(0.5)
-
-    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
+    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=on_screen("f5"))
 
 
 def test_settings_screen(snap_compare, engine) -> None:
-    async def go(pilot) -> None:
-        await settled(pilot)
-        await pilot.press("f6")
-        await pilot.pause(0.5)
-
-    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
+    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=on_screen("f6"))
 
 
 def test_help_screen(snap_compare, engine) -> None:
-    async def go(pilot) -> None:
-        await settled(pilot)
-        await pilot.press("f1")
-        await pilot.pause(0.5)
-
-    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=go)
+    assert snap_compare(fixed_app(engine), terminal_size=SIZE, run_before=on_screen("f1"))
 
 
 def test_snapshots_are_not_stale() -> None:

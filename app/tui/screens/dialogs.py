@@ -16,15 +16,19 @@ from textual.widgets import Button, Input, Label, Static, TextArea
 from app.tui.keys import bindings
 
 
-class EditScreen(ModalScreen[str | None]):
+class TitledText:
+    """A dialog about one text, under a title."""
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__(classes="dialog")  # type: ignore[call-arg]
+        self.title_text = title
+        self.text = text
+
+
+class EditScreen(TitledText, ModalScreen[str | None]):
     """Edit a message (or any long text); Ctrl+S saves, Esc leaves it as it was."""
 
     BINDINGS: ClassVar[list[Binding]] = bindings("editor")
-
-    def __init__(self, title: str, text: str) -> None:
-        super().__init__(classes="dialog")
-        self.title_text = title
-        self.text = text
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -146,15 +150,10 @@ class AskScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class TextScreen(ModalScreen[None]):
+class TextScreen(TitledText, ModalScreen[None]):
     """Read-only text: a reply's provenance, a card's details."""
 
     BINDINGS: ClassVar[list[Binding]] = [Binding("escape,enter,q", "close", "Close")]
-
-    def __init__(self, title: str, text: str) -> None:
-        super().__init__(classes="dialog")
-        self.title_text = title
-        self.text = text
 
     def compose(self) -> ComposeResult:
         with Vertical():

@@ -74,6 +74,7 @@ def prepare_pictures(mode: str) -> None:
         return
     if graphics_protocol(mode):
         import textual_image.widget
+
         return
     real = sys.__stdout__
     sys.__stdout__ = _NotATerminal(real)  # type: ignore[assignment]
