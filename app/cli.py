@@ -592,75 +592,6 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def cmd_models_list(args: argparse.Namespace) -> int:
-    from app.hub.library import library_entries
-
-    paths, settings = _settings()
-    entries = library_entries(_model_dirs(paths, settings))
-    if args.json:
-        print(json.dumps([{"name": e.name, "path": str(e.path), "source": e.source} for e in entries], indent=2))
-        return 0
-    if not entries:
-        print("no models yet: the bundled model is not installed and no .gguf files were found", file=sys.stderr)
-        return 0
-    for e in entries:
-        print(f"{e.name}  {_fmt_size(e.path.stat().st_size)}  {e.source}  {e.path}")
-    return 0
-
-
-def _fmt_count(n: int) -> str:
-    return f"{n / 1e6:.1f} M" if n < 1e9 else f"{n / 1e9:.2f} B"
-
-
-def _fmt_rope(info: Any) -> str:
-    text = f"base {info.rope_freq_base}"
-    if info.rope_scaling_type and info.rope_scaling_type != "none":
-        text += f", {info.rope_scaling_type} ×{info.rope_scaling_factor}"
-    return text
-
-
-def cmd_models_info(args: argparse.Namespace) -> int:
-    from app.engine.metadata import read_model_info
-    from app.hub.library import resolve_model
-
-    paths, settings = _settings()
-    from app.prompt.builder import choose_format
-
-    info = read_model_info(resolve_model(args.model_ref, _model_dirs(paths, settings)))
-    choice = choose_format(None, info)
-    if args.json:
-        print(json.dumps({**info.as_dict(), "prompt_format": choice.name}, indent=2, default=str))
-        return 0
-    rows = [
-        ("file", str(info.path)),
-        ("size", _fmt_size(info.file_size)),
-        ("name", info.name or "-"),
-        ("architecture", info.architecture),
-        ("parameters", _fmt_count(info.parameter_count)),
-        ("quantization", info.file_type or "-"),
-        ("trained context", str(info.context_length or "-")),
-        ("layers", str(info.block_count or "-")),
-        ("heads / kv heads", f"{info.head_count} / {info.head_count_kv}"),
-        ("rope", _fmt_rope(info)),
-        ("vocabulary", str(info.vocab_size or "-")),
-        ("bos / eos", f"{info.bos_token!r} / {info.eos_token!r}"),
-        ("chat template", "yes" if info.chat_template else "none"),
-        ("prompt format", f"{choice.name} ({choice.why})"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
-    return 0
-
-
 # -- parser --------------------------------------------------------------------------
 
 
@@ -764,15 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--json", action="store_true")
     paths.set_defaults(func=cmd_paths)
 
-    models = sub.add_parser("models", help="the model library")
-    msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
-    mlist = msub.add_parser("list", help="models Cattery knows by name")
-    mlist.add_argument("--json", action="store_true")
-    mlist.set_defaults(func=cmd_models_list)
-    minfo = msub.add_parser("info", help="what a GGUF file says about its model")
-    minfo.add_argument("model_ref", metavar="M", help="a .gguf path or a library name")
-    minfo.add_argument("--json", action="store_true")
-    minfo.set_defaults(func=cmd_models_info)
+    from app import cli_models
+
+    cli_models.add_parser(sub)
     return parser
 
 

@@ -59,10 +59,15 @@ def cattery_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run_cattery(
-    *args: str, input: str | None = None, home: Path | None = None, timeout: float = 300
+    *args: str,
+    input: str | None = None,
+    home: Path | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    preexec_fn: object = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real `cattery` entry point in a child process, as a user's shell would."""
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if home is not None:
         env["CATTERY_HOME"] = str(home)
     return subprocess.run(
@@ -73,4 +78,5 @@ def run_cattery(
         timeout=timeout,
         env=env,
         cwd=ROOT,
+        preexec_fn=preexec_fn,  # type: ignore[arg-type]
     )

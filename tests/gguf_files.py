@@ -76,6 +76,7 @@ def copy_gguf(
     dequantize: bool = False,
     overrides: dict[str, object] | None = None,
     drop: tuple[str, ...] = (),
+    split_max_size: int = 0,
 ) -> Path:
     """A copy of a GGUF model with metadata changed (`overrides`, `drop`), weights as they are
     or dequantized to F32.
@@ -90,7 +91,7 @@ def copy_gguf(
     overrides = dict(overrides or {})
     reader = gguf.GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
-    writer = gguf.GGUFWriter(str(dst), arch)
+    writer = gguf.GGUFWriter(str(dst), arch, split_max_size=split_max_size)
     if dequantize:
         overrides["general.file_type"] = int(gguf.LlamaFileType.ALL_F32)
     for key, field in reader.fields.items():
@@ -114,6 +115,14 @@ def copy_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return dst
+
+
+def split_copy(src: Path, folder: Path, parts_of: int) -> list[Path]:
+    """The model split as gguf-split does it (`NAME-00001-of-0000N.gguf`, `split.*` keys), in
+    shards of about `parts_of` bytes; the files, first one first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy_gguf(src, folder / src.name, split_max_size=parts_of)
+    return sorted(folder.glob(f"{src.stem}-*-of-*.gguf"))
 
 
 def dequantized_copy(src: Path, dst: Path) -> Path:

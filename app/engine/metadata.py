@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from app.engine.gguf_header import ArrayRef, GGUFFormatError, GGUFHeader, read_array_item, read_header
 from app.errors import ModelFileError
@@ -113,29 +113,38 @@ def read_model_info(path: Path) -> ModelInfo:
     check_gguf_magic(path)
     try:
         with path.open("rb") as f:
-            header = read_header(f)
-            tokens = header.get("tokenizer.ggml.tokens")
-
-            def token_text(token_id: Any) -> str | None:
-                if token_id is None or tokens is None:
-                    return None
-                try:
-                    if isinstance(tokens, ArrayRef):
-                        return str(read_array_item(f, tokens, int(token_id)))
-                    return str(tokens[int(token_id)])
-                except (IndexError, GGUFFormatError):
-                    return None
-
-            bos = header.get("tokenizer.ggml.bos_token_id")
-            eos = header.get("tokenizer.ggml.eos_token_id")
-            bos_text, eos_text = token_text(bos), token_text(eos)
-    except GGUFFormatError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
+            return model_info_from(f, path, path.stat().st_size)
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
 
-    size = path.stat().st_size
-    if header.data_end > size:
+
+def model_info_from(f: BinaryIO, path: Path, size: int) -> ModelInfo:
+    """A model's numbers from any binary file: a local file, or a remote one read by ranges.
+
+    Only the header is read (and single vocabulary entries for the BOS/EOS texts).
+    """
+    try:
+        header = read_header(f)
+        tokens = header.get("tokenizer.ggml.tokens")
+
+        def token_text(token_id: Any) -> str | None:
+            if token_id is None or tokens is None:
+                return None
+            try:
+                if isinstance(tokens, ArrayRef):
+                    return str(read_array_item(f, tokens, int(token_id)))
+                return str(tokens[int(token_id)])
+            except (IndexError, GGUFFormatError):
+                return None
+
+        bos = header.get("tokenizer.ggml.bos_token_id")
+        eos = header.get("tokenizer.ggml.eos_token_id")
+        bos_text, eos_text = token_text(bos), token_text(eos)
+    except GGUFFormatError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+
+    split_count = int(header.get("split.count") or 1)
+    if header.data_end > size and split_count <= 1:
         raise ModelFileError(
             f"{path}: truncated: the header promises {header.data_end} bytes, the file has {size} "
             "(an interrupted download?)"

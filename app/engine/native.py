@@ -52,6 +52,47 @@ def offload_supported() -> bool:
     return bool(L.llama_supports_gpu_offload())
 
 
+GPU_DEVICE_TYPES = (1, 2)  # ggml_backend_dev_type: GPU, IGPU (ggml-backend.h of the installed wheel)
+
+
+def gpu_devices() -> list[tuple[str, int, int]]:
+    """(name, free bytes, total bytes) of each GPU llama.cpp can offload to; [] on a CPU build.
+
+    llama-cpp-python does not bind ggml's device functions, so they are called from the
+    wheel's own libggml: plain functions of ints and pointers, stable across releases.
+    """
+    ensure_backend()
+    if not L.llama_supports_gpu_offload():
+        return []
+    lib_dir = Path(L.__file__).parent / "lib"
+    try:
+        ggml = ctypes.CDLL(str(next(lib_dir.glob("libggml.*"))))
+        base = ctypes.CDLL(str(next(lib_dir.glob("libggml-base.*"))))
+    except (StopIteration, OSError):
+        return []
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    base.ggml_backend_dev_type.restype = ctypes.c_int
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_name.restype = ctypes.c_char_p
+    base.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    out = []
+    for i in range(int(ggml.ggml_backend_dev_count())):
+        dev = ggml.ggml_backend_dev_get(i)
+        if dev and base.ggml_backend_dev_type(dev) in GPU_DEVICE_TYPES:
+            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            name = (base.ggml_backend_dev_name(dev) or b"GPU").decode(errors="replace")
+            out.append((name, int(free.value), int(total.value)))
+    return out
+
+
 def _ggml_type(name: str) -> int:
     return int(getattr(L, f"GGML_TYPE_{name.upper()}"))
 

@@ -1,0 +1,92 @@
+"""Will it fit? A model's memory need from its own numbers, against this machine's RAM and VRAM.
+
+The estimate is the engine's own (`app/engine/preflight.estimate_memory`): weights from the
+tensor sizes in the header, the KV cache from the layers, KV heads, head size, context and
+cache type, and the compute buffers; so a verdict before a download and the check before a
+load agree. With a GPU, the most layers that fit in its free memory go there, the rest in RAM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from app.engine.metadata import ModelInfo
+from app.engine.options import LoadOptions
+from app.engine.preflight import estimate_memory
+
+GiB = 1024**3
+VRAM_RESERVE = 512 * 1024**2  # left free on a GPU for the driver and the display
+
+
+@dataclass(frozen=True)
+class Fit:
+    verdict: str  # "gpu" (every layer on the GPU), "partial", "ram", "too_large"
+    gpu_layers: int
+    ram_needed: int
+    vram_needed: int
+    ram_free: int
+    vram_free: int
+
+    @property
+    def fits(self) -> bool:
+        return self.verdict != "too_large"
+
+    def text(self, n_layers: int) -> str:
+        ram = f"{self.ram_needed / GiB:.1f} GiB RAM"
+        if self.verdict == "gpu":
+            return f"fits on the GPU ({self.vram_needed / GiB:.1f} GiB VRAM, all {n_layers + 1} layers)"
+        if self.verdict == "partial":
+            return f"fits with {self.gpu_layers}/{n_layers + 1} layers on the GPU (+ {ram})"
+        if self.verdict == "ram":
+            return f"fits in RAM ({ram} of {self.ram_free / GiB:.1f} free)"
+        return f"too large: needs {ram}, {self.ram_free / GiB:.1f} GiB free"
+
+
+def fit(
+    info: ModelInfo,
+    n_ctx: int,
+    options: LoadOptions | None = None,
+    *,
+    ram_free: int,
+    vram_free: int = 0,
+    weights: int | None = None,
+) -> Fit:
+    """The verdict for one model at a context size. `weights` overrides the header's tensor
+    bytes (a split model's first part lists only its own tensors)."""
+    options = options or LoadOptions()
+    if weights is not None and weights > info.tensor_bytes:
+        info = dataclasses.replace(info, tensor_bytes=weights)
+    layers = (info.block_count or 0) + 1
+    usable_vram = max(0, vram_free - VRAM_RESERVE)
+
+    def need(on_gpu: int) -> tuple[int, int]:
+        e = estimate_memory(info, n_ctx, options, on_gpu)
+        return e.ram, e.weights_gpu + e.kv_gpu
+
+    if usable_vram > 0:
+        ram, vram = need(layers)
+        if vram <= usable_vram:
+            return Fit("gpu", layers, ram, vram, ram_free, vram_free)
+        lo, hi = 0, layers  # the most layers whose weights and cache fit in the free VRAM
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if need(mid)[1] <= usable_vram:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo > 0:
+            ram, vram = need(lo)
+            if ram <= ram_free:
+                return Fit("partial", lo, ram, vram, ram_free, vram_free)
+    ram, _ = need(0)
+    return Fit("ram" if ram <= ram_free else "too_large", 0, ram, 0, ram_free, vram_free)
+
+
+def machine_memory() -> tuple[int, int]:
+    """(free RAM, free VRAM of the roomiest GPU llama.cpp can use) in bytes."""
+    from app.engine.native import gpu_devices
+    from app.engine.preflight import available_ram
+
+    gpus = gpu_devices()
+    return available_ram(), max((free for _, free, _ in gpus), default=0)
