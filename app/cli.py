@@ -99,15 +99,6 @@ def _workspace() -> Any:
     return Workspace()
 
 
-def _settings() -> Any:
-    ws = _workspace()
-    return ws.paths, ws.settings
-
-
-def _model_dirs(paths: Any, settings: Any) -> list[Path]:
-    return [paths.models_dir, *(Path(d).expanduser() for d in settings.get("model", "dirs", []))]
-
-
 def _load_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from app.session.workspace import LOAD_KEYS
 
@@ -130,10 +121,36 @@ def _sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
+def _pick_model(ws: Any, ref: str | None) -> Path:
+    """The model asked for; a hub name not downloaded yet is downloaded first, with progress."""
+    from app.errors import ModelFileError
+    from app.hub.names import parse_ref
+
+    try:
+        return ws.pick_model(ref)
+    except ModelFileError as exc:
+        hub = parse_ref(ref) if ref else None
+        if hub is None or "not downloaded" not in str(exc):
+            raise
+    from app.cli_models import ProgressLine, fmt_size
+    from app.hub.download import download, plan_download
+
+    plan = plan_download(hub)
+    if plan.kind != "gguf":
+        raise CatteryError(f"{ref}: a safetensors checkpoint, not a GGUF model: convert it with `cattery convert`")
+    print(f"downloading {plan.label} ({fmt_size(plan.size)})", file=sys.stderr)
+    bar = ProgressLine(plan.label)
+    try:
+        paths = download(plan, progress=bar)
+    finally:
+        bar.end()
+    return paths[0]
+
+
 def _load_engine(args: argparse.Namespace, ws: Any) -> Any:
     from app.engine.engine import Engine
 
-    path = ws.pick_model(args.model)
+    path = _pick_model(ws, args.model)
     engine = Engine(log_file=ws.paths.llama_log)
     report = engine.load(path, ws.load_options(_load_overrides(args)), default_ctx=ws.default_ctx)
     for warning in report.warnings:
@@ -217,7 +234,7 @@ def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
     keymap_from_settings(dict(ws.settings.section("keys")), str(ws.settings.path))
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CatteryError("the full-screen chat needs a terminal; use --plain for pipes and scripts")
-    model = ws.pick_model(args.model)
+    model = _pick_model(ws, args.model)
     card_ref = None
     if args.card is not None:
         card_ref, _ = ws.resolve_character(args.card)
@@ -280,14 +297,13 @@ def cmd_formats_lint(args: argparse.Namespace) -> int:
     from app.prompt.builder import PromptBuilder, choose_format
     from app.prompt.lint import lint
 
-    paths, settings = _settings()
+    ws = _workspace()
     info = vocab = tokenizer = None
     if args.model:
         from app.engine.native import VocabModel
-        from app.hub.library import resolve_model
         from app.prompt.tokens import tokenizer_from
 
-        info = read_model_info(resolve_model(args.model, _model_dirs(paths, settings)))
+        info = read_model_info(_pick_model(ws, args.model))
         vocab = VocabModel(info.path)
         tokenizer = tokenizer_from(vocab)
     try:
@@ -445,7 +461,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from app.prompt.builder import choose_format
 
     ws = _workspace()
-    paths, settings = ws.paths, ws.settings
+    settings = ws.settings
     history = _read_history(args.history) if args.history else []
     # A leading system message is the system prompt (unless --system overrides it).
     leading = history.pop(0).content if history and history[0].role == "system" else None
@@ -454,9 +470,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         system = settings.get("chat", "system", "") or None
     info = tokenizer = vocab = None
     if args.model:
-        from app.hub.library import resolve_model
-
-        info = read_model_info(resolve_model(args.model, _model_dirs(paths, settings)))
+        info = read_model_info(_pick_model(ws, args.model))
     choice = choose_format(args.format, info)
     if choice.warning and not args.json:
         print(f"warning: {choice.warning}", file=sys.stderr)

@@ -297,3 +297,10 @@ def test_choosing_among_quants(hub, hf, cattery_home) -> None:
     assert by_file.returncode == 0 and Path(by_file.stdout.strip()).name == "Nothing.Q4_K_M.gguf"
     missing = cattery("models", "files", "nobody/nothing", env=hf, home=cattery_home)
     assert missing.returncode != 0 and "no such repo" in missing.stderr
+
+
+def test_a_hub_name_given_to_chat_is_downloaded_first(hub, hf, cattery_home) -> None:
+    r = cattery("chat", "--plain", "--model", f"{SMOL}:Q4_1", input="/quit\n", env=hf, home=cattery_home)
+    assert r.returncode == 0, r.stderr
+    assert f"downloading {SMOL}:Q4_1" in r.stderr and FILE in r.stderr
+    assert [p.name for p in blobs(hf, SMOL)] == [hub.repos[SMOL].files[FILE].sha256]
