@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,15 @@ from app.hub.bundled import find_bundled_model, missing_model_message
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+
+# Nothing in a test may reach the internet or the user's own Hugging Face cache: the hub is
+# a closed port on loopback unless a test starts its own (tests/hub_server.py), and the cache
+# is an empty folder of this run. Set before anything imports huggingface_hub.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="cattery-test-hf-")
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HF_TOKEN", None)
 
 
 @pytest.fixture(scope="session")

@@ -344,3 +344,61 @@ class HubServer:
                 self.wfile.write(body)
 
         return Handler
+
+
+# -- the repos of the tests ------------------------------------------------------------------
+
+SMOL = "cattery-test/SmolLM2-135M-Instruct-GGUF"
+SPLIT = "cattery-test/SmolLM2-split-GGUF"
+CHECKPOINT = "cattery-test/tiny-llama"
+GATED = "cattery-test/gated-GGUF"
+QUANTS = "other/Nothing-GGUF"
+PICKLED = "other/pickled-only"
+FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def tiny_gguf(path: Path) -> bytes:
+    import numpy as np
+
+    from tests.gguf_files import write_gguf
+
+    write_gguf(
+        path,
+        tensors={"token_embd.weight": np.ones((256, 64), dtype=np.float32)},
+        extra={"llama.attention.head_count_kv": 2, "llama.feed_forward_length": 128},
+    )
+    return path.read_bytes()
+
+
+def build_test_hub(model_path: Path, work: Path) -> HubServer:
+    """The repos the tests use, made from the bundled model and files written here (not started)."""
+    import numpy as np
+
+    from tests.gguf_files import split_copy
+
+    server = HubServer()
+    smol = server.repo(SMOL, downloads=5000, last_modified="2026-10-01T09:00:00.000Z")
+    smol.add(FILE, model_path)
+    smol.add("README.md", b"# SmolLM2 GGUF\n")
+    split = server.repo(SPLIT, downloads=300)
+    for part in split_copy(model_path, work / "split", 40_000_000):
+        split.add(part.name, part)
+    import safetensors.numpy
+
+    ckpt = server.repo(CHECKPOINT, downloads=10)
+    weights = {"model.embed_tokens.weight": np.zeros((32, 16), dtype=np.float32)}
+    safetensors.numpy.save_file(weights, str(work / "model.safetensors"))
+    ckpt.add("model.safetensors", work / "model.safetensors")
+    ckpt.add("config.json", json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 16}).encode())
+    ckpt.add("tokenizer.json", b'{"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}')
+    ckpt.add("tokenizer_config.json", b'{"eos_token": "</s>"}')
+    ckpt.add("pytorch_model.bin", b"\x80\x04not for unpickling")
+    gated = server.repo(GATED, gated=True, downloads=50)
+    gated.add("tiny.Q8_0.gguf", tiny_gguf(work / "gated.gguf"))
+    quants = server.repo(QUANTS, downloads=1)
+    quants.add("Nothing.Q4_K_M.gguf", tiny_gguf(work / "n4.gguf"))
+    quants.add("Nothing.Q8_0.gguf", tiny_gguf(work / "n8.gguf"))
+    pickled = server.repo(PICKLED)
+    pickled.add("config.json", b"{}")
+    pickled.add("pytorch_model.bin", b"\x80\x04")
+    return server

@@ -17,60 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_cattery
-from tests.gguf_files import split_copy, write_gguf
-from tests.hub_server import HubServer
-
-SMOL = "cattery-test/SmolLM2-135M-Instruct-GGUF"
-SPLIT = "cattery-test/SmolLM2-split-GGUF"
-CHECKPOINT = "cattery-test/tiny-llama"
-GATED = "cattery-test/gated-GGUF"
-QUANTS = "other/Nothing-GGUF"
-PICKLED = "other/pickled-only"
-FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def tiny_gguf(path: Path, layers: int = 2) -> bytes:
-    write_gguf(
-        path,
-        tensors={"token_embd.weight": np.ones((256, 64), dtype=np.float32)},
-        extra={"llama.attention.head_count_kv": 2, "llama.feed_forward_length": 128},
-    )
-    return path.read_bytes()
+from tests.hub_server import CHECKPOINT, FILE, GATED, PICKLED, QUANTS, SMOL, SPLIT, HubServer, build_test_hub
 
 
 @pytest.fixture(scope="module")
 def hub(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> HubServer:
-    work = tmp_path_factory.mktemp("hub-files")
-    server = HubServer()
-    smol = server.repo(SMOL, downloads=5000, last_modified="2026-10-01T09:00:00.000Z")
-    smol.add(FILE, model_path)
-    smol.add("README.md", b"# SmolLM2 GGUF\n")
-    split = server.repo(SPLIT, downloads=300)
-    for part in split_copy(model_path, work / "split", 40_000_000):
-        split.add(part.name, part)
-    import safetensors.numpy
-
-    ckpt = server.repo(CHECKPOINT, downloads=10)
-    weights = {"model.embed_tokens.weight": np.zeros((32, 16), dtype=np.float32)}
-    safetensors.numpy.save_file(weights, str(work / "model.safetensors"))
-    ckpt.add("model.safetensors", work / "model.safetensors")
-    ckpt.add("config.json", json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 16}).encode())
-    ckpt.add("tokenizer.json", b'{"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}')
-    ckpt.add("tokenizer_config.json", b'{"eos_token": "</s>"}')
-    ckpt.add("pytorch_model.bin", b"\x80\x04not for unpickling")
-    gated = server.repo(GATED, gated=True, downloads=50)
-    gated.add("tiny.Q8_0.gguf", tiny_gguf(work / "gated.gguf"))
-    quants = server.repo(QUANTS, downloads=1)
-    quants.add("Nothing.Q4_K_M.gguf", tiny_gguf(work / "n4.gguf"))
-    quants.add("Nothing.Q8_0.gguf", tiny_gguf(work / "n8.gguf"))
-    pickled = server.repo(PICKLED)
-    pickled.add("config.json", b"{}")
-    pickled.add("pytorch_model.bin", b"\x80\x04")
-    server.start()
+    server = build_test_hub(model_path, tmp_path_factory.mktemp("hub-files")).start()
     yield server
     server.stop()
 
@@ -304,3 +259,27 @@ def test_a_hub_name_given_to_chat_is_downloaded_first(hub, hf, cattery_home) -> 
     assert r.returncode == 0, r.stderr
     assert f"downloading {SMOL}:Q4_1" in r.stderr and FILE in r.stderr
     assert [p.name for p in blobs(hf, SMOL)] == [hub.repos[SMOL].files[FILE].sha256]
+
+
+def test_the_fit_verdict_puts_what_fits_on_the_gpu(model_path: Path) -> None:
+    """The arithmetic of the verdict for GPUs of several sizes (no GPU runs here: the free VRAM is given)."""
+    from app.engine.metadata import read_model_info
+    from app.engine.options import LoadOptions
+    from app.hub.fit import VRAM_RESERVE, fit
+
+    info = read_model_info(model_path)
+    layers = info.block_count + 1
+    ram_only = fit(info, 4096, LoadOptions(), ram_free=1 << 40)
+    assert ram_only.verdict == "ram" and ram_only.gpu_layers == 0
+    big = fit(info, 4096, LoadOptions(), ram_free=1 << 40, vram_free=8 << 30)
+    assert big.verdict == "gpu" and big.gpu_layers == layers and big.vram_needed <= (8 << 30)
+    half = VRAM_RESERVE + big.vram_needed // 2
+    part = fit(info, 4096, LoadOptions(), ram_free=1 << 40, vram_free=half)
+    assert part.verdict == "partial" and 0 < part.gpu_layers < layers
+    assert part.vram_needed <= half - VRAM_RESERVE and part.ram_needed < ram_only.ram_needed
+    assert f"{part.gpu_layers}/{layers} layers on the GPU" in part.text(info.block_count)
+    # A bigger KV cache (a longer context) leaves room for fewer layers.
+    longer = fit(info, 8192, LoadOptions(), ram_free=1 << 40, vram_free=half)
+    assert longer.gpu_layers <= part.gpu_layers
+    tight = fit(info, 4096, LoadOptions(), ram_free=ram_only.ram_needed - 1)
+    assert tight.verdict == "too_large" and "too large" in tight.text(info.block_count)

@@ -366,7 +366,8 @@ def _fetch_lfs(plan: Plan, f: RemoteFile, meter: _Meter) -> None:
 
 def _finish(plan: Plan, f: RemoteFile) -> None:
     """Let huggingface_hub put the file in the cache: with the blob present it only links it."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
     with hub_errors(f"{plan.repo}/{f.path}"):
-        hf_hub_download(plan.repo, f.path, revision=plan.revision)  # writes refs/<revision> too
+        # writes refs/<revision> too, so other tools find the file by the branch name
+        hf_hub_download(plan.repo, f.path, revision=plan.revision, endpoint=constants.ENDPOINT)

@@ -37,6 +37,7 @@ def _screens() -> dict[str, Any]:
     from app.tui.screens.characters import CharactersScreen
     from app.tui.screens.chat import ChatScreen
     from app.tui.screens.chats import ChatsScreen
+    from app.tui.screens.hub import HubScreen
     from app.tui.screens.models import ModelsScreen
     from app.tui.screens.settings import SettingsScreen
 
@@ -46,6 +47,7 @@ def _screens() -> dict[str, Any]:
         "models": ModelsScreen,
         "chats": ChatsScreen,
         "settings": SettingsScreen,
+        "hub": HubScreen,
     }
 
 

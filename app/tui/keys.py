@@ -30,6 +30,7 @@ SECTION_TITLES = {
     "editor": "Editing a message",
     "characters": "Characters",
     "models": "Models",
+    "hub": "The hub",
     "chats": "Chats",
     "settings": "Settings",
 }

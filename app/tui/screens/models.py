@@ -95,7 +95,11 @@ class ModelsScreen(Screen[None]):
             yield Static("Models", classes="pane-title")
             table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
             yield table
-            yield Static("Ctrl+O adds a folder of .gguf files · Ctrl+R looks again", classes="muted", id="model-hint")
+            yield Static(
+                "Ctrl+O adds a folder of .gguf files · Ctrl+R looks again · F7 finds models on the hub",
+                classes="muted",
+                id="model-hint",
+            )
             with Horizontal(id="model-bottom"):
                 with VerticalScroll(id="model-info"):
                     yield Static("", id="model-title", classes="pane-title")
