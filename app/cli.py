@@ -132,8 +132,9 @@ def _pick_model(ws: Any, ref: str | None) -> Path:
         hub = parse_ref(ref) if ref else None
         if hub is None or "not downloaded" not in str(exc):
             raise
-    from app.cli_models import ProgressLine, fmt_size
+    from app.cli_models import ProgressLine
     from app.hub.download import download, plan_download
+    from app.units import fmt_size
 
     plan = plan_download(hub)
     if plan.kind != "gguf":

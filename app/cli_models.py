@@ -14,14 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
-
-
-def fmt_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+from app.units import fmt_range, fmt_size
 
 
 def _fmt_count(n: int) -> str:
@@ -170,11 +163,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     width = max(len(h.id) for h in hits)
     for h in hits:
-        sizes = (
-            (fmt_size(h.smallest) if h.smallest == h.largest else f"{fmt_size(h.smallest)} – {fmt_size(h.largest)}")
-            if h.smallest
-            else "?"
-        )
+        sizes = fmt_range(h.smallest, h.largest)
         when = h.last_modified.strftime("%Y-%m-%d") if h.last_modified else "?"
         gated = "  gated" if h.gated else ""
         print(f"{h.id:<{width}}  {h.downloads:>9,} downloads  {sizes:>19}  updated {when}{gated}")

@@ -90,3 +90,13 @@ def run_cattery(
         cwd=ROOT,
         preexec_fn=preexec_fn,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(scope="module")
+def hub(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The test hub on loopback (tests/hub_server.py), with the tests' repos, for one test module."""
+    from tests.hub_server import build_test_hub
+
+    server = build_test_hub(model_path, tmp_path_factory.mktemp("hub-files")).start()
+    yield server
+    server.stop()

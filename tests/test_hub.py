@@ -20,14 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_cattery
-from tests.hub_server import CHECKPOINT, FILE, GATED, PICKLED, QUANTS, SMOL, SPLIT, HubServer, build_test_hub
-
-
-@pytest.fixture(scope="module")
-def hub(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> HubServer:
-    server = build_test_hub(model_path, tmp_path_factory.mktemp("hub-files")).start()
-    yield server
-    server.stop()
+from tests.hub_server import CHECKPOINT, FILE, GATED, PICKLED, QUANTS, SMOL, SPLIT, HubServer
 
 
 @pytest.fixture

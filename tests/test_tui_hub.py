@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import FILE, SMOL, HubServer, build_test_hub
+from tests.hub_server import FILE, SMOL, HubServer
 from tests.tui_helpers import SIZE, make_app, wait_until
-
-
-@pytest.fixture(scope="module")
-def hub(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> HubServer:
-    server = build_test_hub(model_path, tmp_path_factory.mktemp("hub-files")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Stati
 
 from app.errors import CatteryError
 from app.tui.keys import bindings
+from app.units import fmt_size
 
 if TYPE_CHECKING:
     from app.hub.download import Plan, Progress
@@ -28,20 +29,10 @@ if TYPE_CHECKING:
     from app.tui.app import CatteryApp
 
 
-def size_text(n: float | None) -> str:
-    if not n:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return "?"
-
-
 def progress_text(p: Progress) -> str:
     eta = p.eta
     left = f", {int(eta // 60)}:{int(eta % 60):02d} left" if eta is not None else ""
-    return f"{size_text(p.done)} of {size_text(p.total)}, {size_text(p.speed)}/s{left}"
+    return f"{fmt_size(p.done)} of {fmt_size(p.total)}, {fmt_size(p.speed)}/s{left}"
 
 
 class HubScreen(Screen[None]):
@@ -121,9 +112,7 @@ class HubScreen(Screen[None]):
         self.hits = {h.id: h for h in hits}
         for h in hits:
             sizes = (
-                size_text(h.smallest)
-                if h.smallest == h.largest
-                else f"{size_text(h.smallest)} – {size_text(h.largest)}"
+                fmt_size(h.smallest) if h.smallest == h.largest else f"{fmt_size(h.smallest)} – {fmt_size(h.largest)}"
             )
             when = h.last_modified.strftime("%Y-%m-%d") if h.last_modified else "?"
             table.add_row(h.id + (" (gated)" if h.gated else ""), f"{h.downloads:,}", sizes, when, key=h.id)
@@ -188,7 +177,7 @@ class HubScreen(Screen[None]):
             label = m.label(repo, m.quant in unique)
             self.models[label] = m
             parts = f" ({len(m.parts)} parts)" if len(m.parts) > 1 else ""
-            table.add_row(label, size_text(m.size) + parts, m.quant or "?", "…", key=label)
+            table.add_row(label, fmt_size(m.size) + parts, m.quant or "?", "…", key=label)
         title = f"{repo}: {len(models)} models" if models else f"{repo}: no GGUF files"
         self.query_one("#hub-files-title", Static).update(title)
         self.query_one("#hub-download", Button).disabled = not models

@@ -24,6 +24,7 @@ from app.errors import CatteryError
 from app.tui.keys import bindings
 from app.tui.screens.dialogs import AskScreen
 from app.tui.widgets.status_bar import ModelStatus, placement
+from app.units import fmt_size
 
 if TYPE_CHECKING:
     from app.engine.metadata import ModelInfo
@@ -31,15 +32,6 @@ if TYPE_CHECKING:
     from app.tui.app import CatteryApp
 
 AUTO = "auto"
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return str(n)
 
 
 @dataclass
@@ -64,7 +56,7 @@ def model_facts(row: ModelRow, format_name: str) -> str:
         rope += f", {info.rope_scaling_type} ×{info.rope_scaling_factor}"
     template = "yes" if info.chat_template else "none"
     lines += [
-        f"size       {human_size(info.file_size)}, {info.file_type or '?'}",
+        f"size       {fmt_size(info.file_size)}, {info.file_type or '?'}",
         f"parameters {params / 1e9:.2f} B" if params >= 1e9 else f"parameters {params / 1e6:.0f} M",
         f"model      {info.architecture}, {info.block_count} layers",
         f"heads      {info.head_count} ({info.head_count_kv} KV), embedding {info.embedding_length}",
@@ -191,7 +183,7 @@ class ModelsScreen(Screen[None]):
         table.clear()
         self.rows = {r.key: r for r in rows}
         for r in rows:
-            size = human_size(r.entry.path.stat().st_size) if r.entry.path.exists() else "?"
+            size = fmt_size(r.entry.path.stat().st_size) if r.entry.path.exists() else "?"
             table.add_row(self._mark(r), r.entry.name, size, "…", "…", "…", r.entry.source, key=r.key)
         loaded = self.cattery.model_status.path
         target = str(loaded) if loaded is not None and str(loaded) in self.rows else (rows[0].key if rows else None)
