@@ -280,6 +280,10 @@ def cmd_download(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         paths = download(plan, progress=bar)
+    except KeyboardInterrupt:
+        bar.end()
+        print("stopped; what arrived is kept: run the same command again to continue", file=sys.stderr)
+        return 130
     finally:
         bar.end()
     took = time.monotonic() - start

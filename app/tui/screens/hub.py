@@ -178,7 +178,8 @@ class HubScreen(Screen[None]):
             self.models[label] = m
             parts = f" ({len(m.parts)} parts)" if len(m.parts) > 1 else ""
             table.add_row(label, fmt_size(m.size) + parts, m.quant or "?", "…", key=label)
-        title = f"{repo}: {len(models)} models" if models else f"{repo}: no GGUF files"
+        count = f"{len(models)} model" + ("" if len(models) == 1 else "s")
+        title = f"{repo}: {count}" if models else f"{repo}: no GGUF files"
         self.query_one("#hub-files-title", Static).update(title)
         self.query_one("#hub-download", Button).disabled = not models
         if models:
@@ -188,8 +189,8 @@ class HubScreen(Screen[None]):
         if repo != self.repo or label not in self.models:
             return
         table = self.query_one("#hub-files", DataTable)
-        table.update_cell(label, "quant", quant)
-        table.update_cell(label, "fit", text)
+        table.update_cell(label, "quant", quant, update_width=True)
+        table.update_cell(label, "fit", text, update_width=True)
 
     def _chosen(self) -> str | None:
         table = self.query_one("#hub-files", DataTable)

@@ -213,9 +213,9 @@ class ModelsScreen(Screen[None]):
             table.update_cell(row.key, "ctx", "")
             table.update_cell(row.key, "template", "")
         else:
-            table.update_cell(row.key, "quant", info.file_type or "?")
-            table.update_cell(row.key, "ctx", str(info.context_length or "?"))
-            table.update_cell(row.key, "template", "yes" if info.chat_template else "none")
+            table.update_cell(row.key, "quant", info.file_type or "?", update_width=True)
+            table.update_cell(row.key, "ctx", str(info.context_length or "?"), update_width=True)
+            table.update_cell(row.key, "template", "yes" if info.chat_template else "none", update_width=True)
         if self.current is row:
             self.show_model(row, force=True)
 
