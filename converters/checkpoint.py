@@ -23,7 +23,7 @@ import json
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,6 @@ class Checkpoint:
     folder: Path
     config: dict[str, Any]
     tensors: dict[str, TensorRef]
-    _maps: dict[Path, np.memmap] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, folder: Path) -> Checkpoint:
@@ -179,12 +178,16 @@ class Checkpoint:
         return list(self.tensors)
 
     def raw(self, name: str) -> np.ndarray:
-        """The tensor as stored (BF16 as raw uint16), a read-only view of the mapped file."""
+        """The tensor as stored (BF16 as raw uint16), a read-only view of the file.
+
+        Each tensor gets a mapping of its own bytes, unmapped when the array is dropped:
+        pages of a mapping stay counted in the process's memory while it exists, so one
+        mapping of a whole 26 GB file would grow to 26 GB over a conversion.
+        """
         ref = self.tensors[name]
-        m = self._maps.get(ref.file)
-        if m is None:
-            m = self._maps[ref.file] = np.memmap(ref.file, dtype=np.uint8, mode="r")
-        return m[ref.offset : ref.offset + ref.nbytes].view(DTYPES[ref.dtype]).reshape(ref.shape)
+        if ref.nbytes == 0:
+            return np.zeros(ref.shape, dtype=DTYPES[ref.dtype])
+        return np.memmap(ref.file, dtype=DTYPES[ref.dtype], mode="r", offset=ref.offset, shape=ref.shape)
 
     def f32(self, name: str) -> np.ndarray:
         """The tensor as float32 (a copy for 16-bit types, a view for float32)."""
@@ -194,7 +197,7 @@ class Checkpoint:
         return [self.folder / n for n in TOKENIZER_FILES if (self.folder / n).is_file()]
 
     def close(self) -> None:
-        self._maps.clear()
+        """Nothing stays open between tensors; kept so a Checkpoint is a context manager."""
 
     def __enter__(self) -> Checkpoint:
         return self
