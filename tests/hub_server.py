@@ -354,6 +354,7 @@ CHECKPOINT = "cattery-test/tiny-llama"
 GATED = "cattery-test/gated-GGUF"
 QUANTS = "other/Nothing-GGUF"
 PICKLED = "other/pickled-only"
+ADAPTER = "cattery-test/tiny-lora"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -393,6 +394,14 @@ def build_test_hub(model_path: Path, work: Path) -> HubServer:
     ckpt.add("tokenizer.json", b'{"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}')
     ckpt.add("tokenizer_config.json", b'{"eos_token": "</s>"}')
     ckpt.add("pytorch_model.bin", b"\x80\x04not for unpickling")
+    adapter = server.repo(ADAPTER, downloads=5)
+    safetensors.numpy.save_file(
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 16), dtype=np.float32)},
+        str(work / "adapter_model.safetensors"),
+    )
+    adapter.add("adapter_model.safetensors", work / "adapter_model.safetensors")
+    adapter.add("adapter_config.json", json.dumps({"r": 4, "lora_alpha": 8, "peft_type": "LORA"}).encode())
+    adapter.add("README.md", b"# a LoRA\n")
     gated = server.repo(GATED, gated=True, downloads=50)
     gated.add("tiny.Q8_0.gguf", tiny_gguf(work / "gated.gguf"))
     quants = server.repo(QUANTS, downloads=1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_cattery
-from tests.hub_server import CHECKPOINT, FILE, GATED, PICKLED, QUANTS, SMOL, SPLIT, HubServer
+from tests.hub_server import ADAPTER, CHECKPOINT, FILE, GATED, PICKLED, QUANTS, SMOL, SPLIT, HubServer
 
 
 @pytest.fixture
@@ -230,6 +230,12 @@ def test_checkpoints_come_with_config_and_tokenizer_never_pickles(hub, hf, catte
     assert r.returncode == 0, r.stderr
     names = sorted(Path(line).name for line in r.stdout.split())
     assert names == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    lora = cattery("models", "download", ADAPTER, env=hf, home=cattery_home)
+    assert lora.returncode == 0, lora.stderr
+    assert sorted(Path(line).name for line in lora.stdout.split()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     refused = cattery("models", "download", PICKLED, env=hf, home=cattery_home)
     assert refused.returncode != 0 and "pickled" in refused.stderr
 

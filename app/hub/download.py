@@ -64,7 +64,7 @@ class Plan:
     repo: str
     commit: str
     label: str  # owner/repo:Q4_K_M, for people
-    kind: str  # "gguf" or "checkpoint"
+    kind: str  # "gguf", "checkpoint" or "adapter"
     files: list[RemoteFile] = field(default_factory=list)
     revision: str = "main"
 
@@ -126,6 +126,11 @@ def plan_download(ref: HubRef, revision: str | None = None) -> Plan:
                 "look for a safetensors or GGUF version of the model"
             )
         raise CatteryError(f"{ref.repo} has no GGUF files and no safetensors checkpoint")
+    names = {f.path.rsplit("/", 1)[-1] for f in files}
+    if "adapter_config.json" in names:  # a PEFT adapter (a LoRA) for `cattery merge`
+        extra = [f for f in files if f.path.rsplit("/", 1)[-1] in ("adapter_config.json", *CHECKPOINT_FILES)]
+        adapter = sorted(weights + extra, key=lambda f: f.path)
+        return Plan(ref.repo, commit, f"{ref.repo} (LoRA adapter)", "adapter", adapter, revision or "main")
     wanted = weights + [f for f in files if f.path.rsplit("/", 1)[-1] in CHECKPOINT_FILES]
     if not any(f.path.endswith("config.json") for f in wanted):
         raise CatteryError(f"{ref.repo}: the checkpoint has no config.json; the converters cannot use it")
