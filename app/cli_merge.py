@@ -1,21 +1,43 @@
 """`cattery merge RECIPE.toml -o OUT_DIR|OUT.gguf`: merge checkpoints as a recipe says.
 
-A thin call into `converters/merge.py`.
+A thin call into `converters/merge.py`; the recipe format is documented in
+`converters/merge_recipe.py` and the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from app.cli_convert import progress_printer
-    from converters.merge import run_merge
+    from converters.merge import merge, peak_memory, plan_merge
+    from converters.merge_recipe import load_recipe
 
-    out = run_merge(Path(args.recipe), Path(args.output), progress=progress_printer("merge"))
-    print(f"wrote {out}")
+    recipe = load_recipe(Path(args.recipe))
+    if args.dry_run:
+        model = plan_merge(recipe)
+        try:
+            from app.units import fmt_size
+
+            for line in model.plan_lines():
+                print(line)
+            for note in model.notes:
+                print(f"note: {note}")
+            print(
+                f"{len(model.tensors)} tensors, {fmt_size(model.total_bytes)} as safetensors; "
+                f"peak memory about {fmt_size(peak_memory(model))}"
+            )
+        finally:
+            model.close()
+        return 0
+    result = merge(recipe, Path(args.output), progress=progress_printer("merge"), force=args.force)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(result.summary())
     return 0
 
 
@@ -23,4 +45,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("merge", help="merge checkpoints (LoRA at a weight, linear, gradient, SLERP) from a recipe")
     p.add_argument("recipe", metavar="RECIPE.toml")
     p.add_argument("-o", "--output", metavar="OUT_DIR|OUT.gguf", required=True)
+    p.add_argument("--force", action="store_true", help="replace the output if it exists")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print each tensor's shape and what every step gives it; write nothing"
+    )
     p.set_defaults(func=cmd_merge)

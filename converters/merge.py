@@ -1,0 +1,184 @@
+"""`cattery merge`: run a merge recipe (converters/merge_recipe.py) into a checkpoint folder or a GGUF file.
+
+Streaming: the output's tensors are planned first (converters/merge_plan.py), then
+computed one at a time from that tensor of each input, written, and freed, so memory
+stays near a few times the largest tensor whatever the model's size. A folder output
+gets sharded safetensors with an index, config.json, the tokenizer files and the recipe;
+an output ending in .gguf is converted as it is merged, with no checkpoint in between.
+
+Nothing appears under the output's name until it is complete: a folder is built under a
+hidden temporary name beside it and renamed into place, a GGUF file likewise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import CatteryError
+from app.units import fmt_size
+from converters.checkpoint import ShardedWriter
+from converters.merge_plan import MergedModel
+from converters.merge_recipe import Recipe, load_recipe
+
+Progress = Callable[[int, int, str], None]
+MEMORY_SLACK = 300 * 1000**2  # Python, numpy and the libraries, beyond the tensors themselves
+DISK_SLACK = 64 * 1000**2
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    tensors: int
+    bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"wrote {self.path} ({self.tensors} tensors, {fmt_size(self.bytes)})"
+
+
+def run_merge(recipe: Path, out: Path, *, progress: Progress | None = None, force: bool = False) -> Path:
+    """Merge as the recipe file says into `out` (a folder, or a .gguf file); the path written."""
+    return merge(load_recipe(Path(recipe)), Path(out), progress=progress, force=force).path
+
+
+def plan_merge(recipe: Recipe) -> MergedModel:
+    """The merge planned (every tensor's shape, type and parameters), nothing computed yet."""
+    return MergedModel(recipe)
+
+
+def peak_memory(model: MergedModel) -> int:
+    """The most memory the merge should take: a few tensors at once, as merge_plan computes them.
+
+    At most three float32 tensors are alive while one is computed (the result, the tensor
+    being read, a LoRA delta); writing bf16 takes three more of its size inside the writer.
+    """
+    factor = 4 if any(t.dtype == "BF16" for t in model.tensors.values()) else 3
+    return factor * model.largest_f32 + MEMORY_SLACK
+
+
+def merge(
+    recipe: Recipe,
+    out: Path,
+    *,
+    progress: Progress | None = None,
+    force: bool = False,
+    gguf: dict[str, Any] | None = None,
+) -> MergeResult:
+    out = Path(out)
+    to_gguf = out.suffix.lower() == ".gguf"
+    _check_output(recipe, out, force)
+    model = plan_merge(recipe)
+    try:
+        need = model.total_bytes + DISK_SLACK
+        _check_resources(out, need, peak_memory(model))
+        if to_gguf:
+            _write_gguf(model, out, {**recipe.gguf, **(gguf or {})}, progress)
+        else:
+            _write_folder(model, out, progress)
+    finally:
+        model.close()
+    return MergeResult(out, len(model.tensors), model.total_bytes, model.notes)
+
+
+def _inputs(recipe: Recipe) -> list[Path]:
+    return [*recipe.models(), *recipe.adapters(), *([recipe.tokenizer] if recipe.tokenizer else [])]
+
+
+def _check_output(recipe: Recipe, out: Path, force: bool) -> None:
+    target = out.resolve()
+    for p in _inputs(recipe):
+        src = p.resolve()
+        if target == src or src.is_relative_to(target):
+            raise CatteryError(f"{out}: writing there would replace the input {p}; choose another path")
+    if out.exists() and not force and not (out.is_dir() and not any(out.iterdir())):
+        raise CatteryError(f"{out}: already exists; remove it or pass --force to replace it")
+
+
+def _check_resources(out: Path, disk: int, memory: int) -> None:
+    where = out.parent.resolve()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if disk > free:
+        raise CatteryError(f"{out}: the merge needs {fmt_size(disk)} of disk, {where} has {fmt_size(free)} free")
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    if memory > available:
+        raise CatteryError(
+            f"{out}: the merge needs about {fmt_size(memory)} of memory (a few of its largest tensors at once), "
+            f"{fmt_size(available)} is available"
+        )
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Put the finished output in place, replacing what was there (only asked for with --force)."""
+    if out.is_dir() and not out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out.exists() or out.is_symlink():
+            out.unlink()
+        os.replace(tmp, out)
+
+
+def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> None:
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    names = model.names()
+    try:
+        tmp.mkdir(parents=True)
+        (tmp / "config.json").write_text(json.dumps(model.config, indent=2) + "\n", encoding="utf-8")
+        for f in model.tokenizer_files():
+            shutil.copyfile(f, tmp / f.name)
+        if model.recipe.text is not None:
+            (tmp / "merge_recipe.toml").write_text(model.recipe.text, encoding="utf-8")
+        plan = [model.tensors[n] for n in names]
+        with ShardedWriter(tmp, plan, max_shard=model.recipe.shard_size, metadata={"merged_by": "cattery"}) as w:
+            for i, name in enumerate(names):
+                x = model.f32(name)
+                w.write(name, x)
+                del x
+                if progress:
+                    progress(i + 1, len(names), name)
+            w.close()
+        _replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CatteryError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_gguf(model: MergedModel, out: Path, options: dict[str, Any], progress: Progress | None) -> None:
+    try:
+        from converters.hf_to_gguf import convert_source
+    except ImportError:
+        raise CatteryError(
+            f"{out}: writing a merge straight to GGUF needs the converter (converters/hf_to_gguf.py); "
+            "merge into a folder and run `cattery convert` on it"
+        ) from None
+    tmp = out.with_name(f".{out.name}.partial")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        convert_source(model, model.folder, tmp, progress=progress, **options)
+        _replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CatteryError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,165 @@
+"""PEFT LoRA adapters, read lazily and turned into weight deltas one module at a time.
+
+A PEFT adapter folder holds `adapter_config.json` (r, lora_alpha, use_rslora, rank_pattern,
+alpha_pattern, fan_in_fan_out, modules_to_save) and `adapter_model.safetensors`, with keys
+like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. For each module:
+
+    ΔW = s · (B @ A),  s = alpha / r  (alpha / √r with use_rslora)
+
+with r and alpha per module from rank_pattern / alpha_pattern, matched as PEFT matches them
+(a pattern matches a module whose name ends with it, as a regular expression, after a
+dot). Embeddings store A as (r, n_tokens) and B as (dim, r), so their ΔW is (B @ A)ᵀ.
+Whole tensors in the adapter (`modules_to_save`, or the embeddings PEFT saves when the
+vocabulary was resized) replace the base model's.
+
+DoRA adapters and LoRA biases change more than W + ΔW; they are refused rather than merged wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.checkpoint import PICKLE_SUFFIXES, Checkpoint, CheckpointError, tensors_of
+from converters.merge_io import read_f32
+
+PREFIX = "base_model.model."
+_LORA = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
+_EMBEDDING = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?$")
+_SAVED_COPY = re.compile(r"\.modules_to_save\.[^.]+\.")
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    target: str  # the base model's tensor it changes
+    a: str  # names in the adapter file
+    b: str
+    rank: int
+    alpha: float
+    scale: float
+    embedding: bool
+    transpose: bool  # fan_in_fan_out: the base stores the weight as (in, out)
+
+    def delta_shape(self, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+        out, inner = shapes[self.b][0], shapes[self.a][1]
+        return (inner, out) if self.embedding or self.transpose else (out, inner)
+
+
+def pattern_key(patterns: list[str], module: str, source: Path) -> str | None:
+    """The first pattern that matches the module, as PEFT's `get_pattern_key` finds it."""
+    for p in patterns:
+        try:
+            if re.match(rf"(.*\.)?({p})$", module):
+                return p
+        except re.error:
+            raise CheckpointError(f"{source}: the pattern {p!r} is not a valid regular expression") from None
+    return None
+
+
+@dataclass
+class LoraAdapter:
+    folder: Path
+    config: dict[str, Any]
+    weights: Checkpoint
+    modules: dict[str, LoraModule]  # by the base tensor they change
+    replacements: dict[str, str]  # base tensor → adapter tensor that replaces it
+
+    @classmethod
+    def open(cls, folder: Path) -> LoraAdapter:
+        folder = Path(folder)
+        config_path = folder / "adapter_config.json"
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{folder}: no adapter_config.json (not a PEFT adapter folder)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{config_path}: not readable JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{config_path}: not a JSON object")
+        peft_type = str(config.get("peft_type", "LORA")).upper()
+        if peft_type != "LORA":
+            raise CheckpointError(f"{config_path}: a {peft_type} adapter; only LoRA adapters can be merged")
+        if config.get("use_dora"):
+            raise CheckpointError(f"{config_path}: a DoRA adapter (use_dora); only plain LoRA can be merged")
+        weights_file = folder / "adapter_model.safetensors"
+        if not weights_file.is_file():
+            pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickled:
+                raise CheckpointError(
+                    f"{folder}: only pickled weights ({pickled[0]}): Cattery never unpickles files; "
+                    "convert the adapter to safetensors (adapter_model.safetensors) first"
+                )
+            raise CheckpointError(f"{folder}: no adapter_model.safetensors")
+        tensors = {ref.name: ref for ref in tensors_of(weights_file)}
+        weights = Checkpoint(folder, config, tensors)
+        modules, replacements = _read_keys(weights_file, config, tensors)
+        return cls(folder, config, weights, modules, replacements)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: r.shape for n, r in self.weights.tensors.items()}
+
+    def delta(self, target: str) -> np.ndarray:
+        """s · (B @ A) for the tensor, in float32, shaped as the base tensor."""
+        m = self.modules[target]
+        b, a = read_f32(self.weights, m.b), read_f32(self.weights, m.a)
+        delta = np.matmul(b, a)
+        del a, b
+        delta *= np.float32(m.scale)
+        return delta.T if m.embedding or m.transpose else delta
+
+    def replacement(self, target: str) -> np.ndarray:
+        return read_f32(self.weights, self.replacements[target])
+
+
+def _read_keys(
+    source: Path, config: dict[str, Any], tensors: dict[str, Any]
+) -> tuple[dict[str, LoraModule], dict[str, str]]:
+    r_default = config.get("r", 8)
+    alpha_default = config.get("lora_alpha", 8)
+    rank_pattern = dict(config.get("rank_pattern") or {})
+    alpha_pattern = dict(config.get("alpha_pattern") or {})
+    rslora = bool(config.get("use_rslora", False))
+    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+    pairs: dict[str, dict[str, str]] = {}
+    embedding: dict[str, bool] = {}
+    replacements: dict[str, str] = {}
+    for key in tensors:
+        if not key.startswith(PREFIX):
+            raise CheckpointError(f"{source}: tensor {key!r} is not a PEFT key (base_model.model.…)")
+        rest = key[len(PREFIX) :]
+        if "lora_magnitude_vector" in rest:
+            raise CheckpointError(f"{source}: a DoRA adapter ({key}); only plain LoRA can be merged")
+        m = _LORA.match(rest) or _EMBEDDING.match(rest)
+        if m:
+            kind = m.group("kind")
+            pairs.setdefault(m.group("module"), {})[kind[-1]] = key
+            embedding[m.group("module")] = kind.startswith("lora_embedding")
+            continue
+        if ".lora_" in rest:
+            raise CheckpointError(f"{source}: tensor {key!r} is not a LoRA A/B matrix (LoRA biases are not supported)")
+        replacements[_SAVED_COPY.sub(".", rest)] = key
+    modules: dict[str, LoraModule] = {}
+    for module, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise CheckpointError(f"{source}: {module} has lora_{next(iter(ab))} but not its pair")
+        r_key = pattern_key(list(rank_pattern), module, source)
+        a_key = pattern_key(list(alpha_pattern), module, source)
+        rank = int(rank_pattern[r_key]) if r_key is not None else int(r_default)
+        alpha = float(alpha_pattern[a_key]) if a_key is not None else float(alpha_default)
+        a_shape, b_shape = tensors[ab["A"]].shape, tensors[ab["B"]].shape
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
+            raise CheckpointError(f"{source}: {module}: lora A {a_shape} and B {b_shape} do not fit together")
+        if a_shape[0] != rank:
+            raise CheckpointError(f"{source}: {module}: the config gives rank {rank} but lora A has {a_shape[0]} rows")
+        scale = alpha / math.sqrt(rank) if rslora else alpha / rank
+        target = f"{module}.weight"
+        modules[target] = LoraModule(
+            target, ab["A"], ab["B"], rank, alpha, scale, embedding[module], fan_in_fan_out and not embedding[module]
+        )
+    return modules, replacements
