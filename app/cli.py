@@ -710,12 +710,13 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--json", action="store_true")
     paths.set_defaults(func=cmd_paths)
 
-    from app import cli_convert, cli_merge, cli_models, cli_quantize
+    from app import cli_build, cli_convert, cli_merge, cli_models, cli_quantize
 
     cli_models.add_parser(sub)
     cli_convert.add_parser(sub)
     cli_quantize.add_parser(sub)
     cli_merge.add_parser(sub)
+    cli_build.add_parser(sub)
     return parser
 
 
