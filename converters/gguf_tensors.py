@@ -1,0 +1,233 @@
+"""Llama tensors between Hugging Face and GGUF: names, the Q/K row order, the stored types.
+
+Names come from gguf-py's tensor map (the one llama.cpp's converter uses). The Q/K
+permutation exists because HF's llama applies RoPE to the two halves of each head
+(`rotate_half`) while llama.cpp rotates adjacent pairs: converting reorders each head's
+rows from [first half, second half] to interleaved pairs, with K grouped by the
+number of KV heads. It happens here, during conversion, so merges stay in HF space.
+
+Types follow llama.cpp's converter: 1-D tensors and norms in F32, everything else in
+the output type; Q8_0 falls back to F16 for a tensor whose rows are not a multiple of
+32 (as the converter does when gguf-py refuses).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from converters.checkpoint import CheckpointError
+
+# The HF llama module names, as LlamaForCausalLM's state dict has them; each maps to a
+# GGUF name through gguf-py's map (checked in `hf_names`), and back for unpacking.
+HF_GLOBAL = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+HF_LAYER = (
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.bias",
+    "self_attn.o_proj.bias",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+# Buffers some checkpoints carry that llama.cpp's converter drops.
+SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def name_map(n_layers: int) -> Any:
+    import gguf
+
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+
+
+def gguf_name(hf_name: str, tmap: Any) -> str | None:
+    return tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+
+
+def hf_names_by_gguf(n_layers: int) -> dict[str, str]:
+    """GGUF name → the HF llama name, for unpacking."""
+    tmap = name_map(n_layers)
+    names = list(HF_GLOBAL) + [f"model.layers.{i}.{n}" for i in range(n_layers) for n in HF_LAYER]
+    out = {}
+    for hf in names:
+        g = gguf_name(hf, tmap)
+        if g is None:  # pragma: no cover - gguf-py's map always has the llama names
+            raise RuntimeError(f"gguf-py has no GGUF name for {hf}")
+        out[g] = hf
+    return out
+
+
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF → GGUF: each head's rows [half 0 | half 1] become pairs (row i, row i + half)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """GGUF → HF, the inverse of `permute`."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def file_type(outtype: str) -> int:
+    import gguf
+
+    return {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[outtype]
+
+
+def resolve_outtype(outtype: str, source: Any) -> str:
+    """`auto` as llama.cpp's converter decides it: the first 2-D tensor stored as BF16 or F16 wins, else F16."""
+    if outtype != "auto":
+        if outtype not in OUTTYPES:
+            raise CheckpointError(f"unknown output type {outtype!r} (one of {', '.join(OUTTYPES)}, auto)")
+        return outtype
+    for name in source.names():
+        ref = source.tensors[name]
+        if len(ref.shape) < 2:
+            continue
+        if ref.dtype == "BF16":
+            return "bf16"
+        if ref.dtype == "F16":
+            return "f16"
+    return "f16"
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str  # in the GGUF
+    shape: tuple[int, ...]  # numpy order (the GGUF shape reversed)
+    qtype: int  # gguf.GGMLQuantizationType
+    load: Callable[[], np.ndarray]  # float32 data, permuted where needed
+    source: str | None = None  # the HF name, None for generated tensors (rope_freqs)
+
+    @property
+    def nbytes(self) -> int:
+        import gguf
+
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(self.qtype)]
+        n = 1
+        for d in self.shape[:-1]:
+            n *= d
+        return n * (self.shape[-1] // block) * size
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def data(self) -> np.ndarray:
+        """The bytes to write: the loaded tensor in its GGUF type (gguf-py's quantizers)."""
+        import gguf
+
+        return gguf.quants.quantize(self.load(), gguf.GGMLQuantizationType(self.qtype))
+
+
+def tensor_type(gguf_tensor: str, shape: tuple[int, ...], outtype: str) -> int:
+    import gguf
+
+    Q = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or gguf_tensor.endswith("_norm.weight") or not gguf_tensor.endswith(".weight"):
+        return int(Q.F32)
+    qtype = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}[outtype]
+    if qtype == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0] != 0:
+        return int(Q.F16)
+    return int(qtype)
+
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def plan_tensors(source: Any, hp: dict[str, Any], outtype: str, where: str) -> list[PlannedTensor]:
+    """Every tensor of the GGUF in llama.cpp's converter's order (the source's), with type and loader."""
+    n_layers, n_head, n_kv = hp["num_hidden_layers"], hp["num_attention_heads"], hp["num_key_value_heads"]
+    tmap = name_map(n_layers)
+    tied = bool(hp.get("tie_word_embeddings"))
+    plan: list[PlannedTensor] = []
+    seen: dict[str, str] = {}
+    for hf in source.names():
+        if hf.endswith(SKIPPED_SUFFIXES):
+            continue
+        if tied and hf == "lm_head.weight":
+            continue  # tied: HF reuses the embeddings whatever the file holds; so does llama.cpp without output.weight
+        if "block_sparse_moe" in hf or ".experts." in hf:
+            raise CheckpointError(f"{where}: {hf}: mixture-of-experts checkpoints are not supported")
+        target = gguf_name(hf, tmap)
+        if target is None:
+            raise CheckpointError(f"{where}: tensor {hf} has no GGUF name in a llama model")
+        m = _LAYER.search(hf)
+        if m and int(m.group(1)) >= n_layers:
+            raise CheckpointError(f"{where}: tensor {hf} is past the {n_layers} layers config.json gives")
+        if target in seen:
+            raise CheckpointError(f"{where}: tensors {seen[target]} and {hf} both map to {target}")
+        seen[target] = hf
+        shape = tuple(int(d) for d in source.tensors[hf].shape)
+        heads = n_head if hf.endswith(("q_proj.weight", "q_proj.bias")) else None
+        if hf.endswith(("k_proj.weight", "k_proj.bias")):
+            heads = n_kv
+        if heads is not None and shape[0] % (2 * heads) != 0:
+            raise CheckpointError(f"{where}: {hf} has {shape[0]} rows, not a whole number of {heads} heads")
+        plan.append(
+            PlannedTensor(target, shape, tensor_type(target, shape, outtype), _loader(source, hf, heads), source=hf)
+        )
+    _check_complete(seen, n_layers, tied, where)
+    return plan
+
+
+def _loader(source: Any, hf: str, heads: int | None) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        data = read_f32(source, hf)
+        return permute(data, heads) if heads is not None else data
+
+    return load
+
+
+def read_f32(source: Any, name: str) -> np.ndarray:
+    """A tensor as float32, read with plain file reads where the source is a safetensors checkpoint.
+
+    Reading through a memory map would leave every page read mapped into the process
+    (counted in its RSS) until the whole model is done; a read into a fresh buffer is
+    freed as soon as the tensor is written.
+    """
+    from converters.checkpoint import DTYPES, Checkpoint, as_float32
+
+    if not isinstance(source, Checkpoint):
+        return np.asarray(source.f32(name), dtype=np.float32)
+    ref = source.tensors[name]
+    dtype = DTYPES[ref.dtype]
+    count = ref.nbytes // dtype.itemsize
+    data = np.fromfile(ref.file, dtype=dtype, count=count, offset=ref.offset)
+    if data.size != count:
+        raise CheckpointError(f"{ref.file}: truncated inside tensor {name}")
+    return as_float32(ref, data.reshape(ref.shape))
+
+
+def _check_complete(seen: dict[str, str], n_layers: int, tied: bool, where: str) -> None:
+    need = ["token_embd.weight", "output_norm.weight"]
+    for i in range(n_layers):
+        need += [f"blk.{i}.{n}.weight" for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")]
+        need += [f"blk.{i}.{n}.weight" for n in ("ffn_norm", "ffn_gate", "ffn_up", "ffn_down")]
+    missing = [n for n in need if n not in seen]
+    if missing:
+        first = hf_names_by_gguf(n_layers)[missing[0]]
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CheckpointError(f"{where}: tensor {first} is missing{more}")
+    if "output.weight" not in seen and not tied:
+        # llama.cpp falls back to the embeddings; HF would have refused an untied model without lm_head.
+        raise CheckpointError(f"{where}: no lm_head.weight, and config.json does not tie the embeddings")

@@ -1,0 +1,204 @@
+"""Hugging Face llama checkpoints → GGUF, streamed tensor by tensor, as llama.cpp's converter writes them.
+
+`convert` takes a checkpoint folder; `convert_source` takes anything shaped like
+`converters.checkpoint.Checkpoint` (`.config`, `.names()`, `.tensors[name].dtype` and
+`.shape`, `.f32(name)`), so a merge can be written straight into GGUF without an
+intermediate checkpoint.
+
+Every tensor's GGUF type and size is known from shapes alone, so the header, the
+metadata and the tensor directory are written first (gguf-py's writer allows that),
+then each tensor is loaded, permuted, converted, written and dropped: peak memory is
+about two copies of the largest tensor in float32, whatever the model's size. The
+file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import CatteryError
+from converters.checkpoint import Checkpoint, CheckpointError
+
+Progress = Callable[[int, int, str], None]
+DISK_MARGIN = 64 * 1024 * 1024  # headroom for the metadata and the file system
+
+
+@dataclass
+class ConvertReport:
+    out: Path
+    outtype: str
+    n_tensors: int
+    types: Counter[str]
+    size: int  # bytes written
+    seconds: float
+    tokenizer: str  # "llama" (SentencePiece) or "gpt2" (BPE)
+    pre_tokenizer: str
+    pre_hash: str | None = None
+    name: str = ""
+    chat_template: str | None = None  # where the chat template came from, if any
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        from app.units import fmt_size
+
+        types = ", ".join(f"{n} {t}" for t, n in self.types.most_common())
+        tok = "SentencePiece" if self.tokenizer == "llama" else f"BPE, pre-tokenizer {self.pre_tokenizer}"
+        if self.pre_hash:
+            tok += f" (hash {self.pre_hash[:12]}…)"
+        lines = [
+            f"wrote {self.out}: {self.n_tensors} tensors ({types}), {fmt_size(self.size)} "
+            f"in {self.seconds:.1f} s; tokenizer {tok}"
+            + (f"; chat template from {self.chat_template}" if self.chat_template else "")
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def convert(
+    src: Path,
+    out: Path,
+    *,
+    outtype: str = "auto",
+    pre_tokenizer: str | None = None,
+    chat_format: str | None = None,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    """A checkpoint folder (config.json, safetensors, tokenizer) → one GGUF file."""
+    src = Path(src)
+    with Checkpoint.open(src) as ck:
+        return convert_source(
+            ck,
+            src,
+            out,
+            outtype=outtype,
+            pre_tokenizer=pre_tokenizer,
+            chat_format=chat_format,
+            progress=progress,
+        )
+
+
+def convert_source(
+    source: Any,
+    tokenizer_dir: Path,
+    out: Path,
+    *,
+    outtype: str = "auto",
+    pre_tokenizer: str | None = None,
+    chat_format: str | None = None,
+    progress: Progress | None = None,
+    name: str | None = None,
+    card_dir: Path | None = None,
+) -> ConvertReport:
+    """Any checkpoint-shaped source with the tokenizer files in `tokenizer_dir` → one GGUF file.
+
+    `name` sets general.name; otherwise it comes from the model card in `card_dir`
+    (default `tokenizer_dir`), its config.json or the folder's name, as llama.cpp's
+    converter finds it.
+    """
+    import gguf
+
+    from converters.gguf_metadata import hparams, llama3_rope_factors, write_general, write_params
+    from converters.gguf_tensors import PlannedTensor, file_type, plan_tensors, resolve_outtype
+    from converters.gguf_tokenizer import load_vocab
+
+    started = time.monotonic()
+    out = Path(out)
+    tokenizer_dir = Path(tokenizer_dir)
+    where = str(getattr(source, "folder", tokenizer_dir))
+    hp = hparams(source.config, where)
+    outtype = resolve_outtype(outtype.lower(), source)
+    vocab = load_vocab(tokenizer_dir, hp["vocab_size"], pre_tokenizer=pre_tokenizer)
+    template_from = "tokenizer_config.json" if vocab.special.chat_template else None
+    if chat_format:
+        from app.prompt.formats import get_format
+        from converters.gguf_chat_format import chat_template
+
+        vocab.special.chat_template = chat_template(get_format(chat_format))
+        template_from = f"Cattery's {chat_format} format"
+
+    plan = plan_tensors(source, hp, outtype, where)
+    factors = llama3_rope_factors(hp)
+    if factors is not None:  # generated tensors come first, as in llama.cpp's converter
+        rope = PlannedTensor("rope_freqs.weight", factors.shape, int(gguf.GGMLQuantizationType.F32), lambda: factors)
+        plan.insert(0, rope)
+    embd = next(p for p in plan if p.name == "token_embd.weight")
+    if embd.shape[0] != len(vocab):
+        raise CheckpointError(
+            f"{where}: the embeddings have {embd.shape[0]} rows but the tokenizer and config give "
+            f"{len(vocab)} tokens (vocab_size {hp['vocab_size']})"
+        )
+    total = sum(p.nbytes for p in plan)
+    _check_disk(out, total)
+
+    tmp = out.with_name(f".{out.name}.partial")
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    try:
+        for p in plan:
+            writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
+        n_params = sum(p.n_elements for p in plan)
+        model_name = write_general(writer, card_dir or tokenizer_dir, name, n_params)
+        write_params(writer, hp, int(file_type(outtype)))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        vocab.write(writer)
+        if hp["vocab_size"] == 49152:
+            # llama.cpp's converter turns BOS off for this vocabulary size (meant for Granite's
+            # small models; the SmolLM2 GGUFs carry it too), overwriting the key in place
+            from gguf.gguf_writer import GGUFValue
+
+            writer.kv_data[0][gguf.Keys.Tokenizer.ADD_BOS] = GGUFValue(False, gguf.GGUFValueType.BOOL)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for i, p in enumerate(plan):
+            data = p.data()
+            if data.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not a user error
+                raise RuntimeError(f"{p.name}: {data.nbytes} bytes, planned {p.nbytes}")
+            writer.write_tensor_data(data)
+            del data
+            if progress is not None:
+                progress(i + 1, len(plan), p.name)
+        assert writer.fout is not None
+        for f in writer.fout:
+            f.flush()
+            os.fsync(f.fileno())
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    types = Counter(gguf.GGMLQuantizationType(p.qtype).name for p in plan)
+    return ConvertReport(
+        out=out,
+        outtype=outtype,
+        n_tensors=len(plan),
+        types=types,
+        size=out.stat().st_size,
+        seconds=time.monotonic() - started,
+        tokenizer=vocab.model,
+        pre_tokenizer=vocab.pre,
+        pre_hash=vocab.pre_hash,
+        name=model_name,
+        chat_template=template_from,
+        notes=vocab.notes,
+    )
+
+
+def _check_disk(out: Path, need: int) -> None:
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise CatteryError(f"{out}: the folder {folder} does not exist")
+    free = shutil.disk_usage(folder).free
+    if free < need + DISK_MARGIN:
+        from app.units import fmt_size
+
+        raise CatteryError(f"{out}: not enough disk space ({fmt_size(need)} needed, {fmt_size(free)} free)")
