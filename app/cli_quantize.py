@@ -22,11 +22,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return int(eval_command(args) or 0)
 
 
+def _types_epilog() -> str:
+    """The table of types for --help: a small TOML read, no llama.cpp."""
+    from converters.quant_types import all_types
+
+    rows = [
+        f"  {qt.name:<10} {qt.bpw:>6.2f} bpw  {'needs --imatrix  ' if qt.imatrix else '                 '}{qt.about}"
+        for qt in all_types()
+    ]
+    return "types (bits per weight on Llama-3.1-8B):\n" + "\n".join(rows)
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("quantize", help="GGUF → quantized GGUF (Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS, …)")
+    p = sub.add_parser(
+        "quantize",
+        help="GGUF → quantized GGUF (Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS, …)",
+        epilog=_types_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("src", metavar="IN.gguf")
     p.add_argument("-o", "--output", metavar="OUT.gguf|OUT_DIR", required=True, help="a folder with several --type")
-    p.add_argument("--type", dest="types", action="append", required=True, metavar="TYPE")
+    p.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        required=True,
+        metavar="TYPE",
+        help="a llama.cpp type (listed below); repeat it to make several files from one input",
+    )
     p.add_argument("--imatrix", metavar="FILE", help="an importance matrix made by llama.cpp")
     p.add_argument("--dry-run", action="store_true", help="print the resulting size and stop")
     p.add_argument("--threads", type=int, metavar="N")
@@ -34,6 +57,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pure", action="store_true", help="no k-quant mixtures: every tensor the same type")
     p.add_argument(
         "--tensor-type", action="append", default=[], metavar="PATTERN=TYPE", help="per-tensor override (regex)"
+    )
+    p.add_argument("--output-tensor-type", metavar="TYPE", help="the ggml type of output.weight (q8_0, q6_K, f16, …)")
+    p.add_argument("--token-embedding-type", metavar="TYPE", help="the ggml type of token_embd.weight")
+    p.add_argument(
+        "--allow-requantize", action="store_true", help="quantize tensors that are already quantized (loses quality)"
     )
     p.set_defaults(func=cmd_quantize)
     p = sub.add_parser("eval", help="perplexity of a model over a text file (as llama.cpp's perplexity tool)")

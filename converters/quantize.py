@@ -1,0 +1,677 @@
+"""GGUF → quantized GGUF through llama.cpp's own quantizer (`llama_model_quantize`).
+
+llama.cpp does the work; Cattery decides nothing about the bytes. What it adds:
+every check it can make before llama.cpp starts writing (the type exists, the input
+is a GGUF that is not already quantized, an importance matrix is there when the type
+needs one and covers the tensors that need it, the disk has room for the result),
+a size estimate from the tensor list (which type each tensor will get, see
+converters/quant_types.py), progress from llama.cpp's own per-tensor log lines,
+llama.cpp's log kept off the terminal with its failure turned into one line, and an
+output that appears under its final name only when complete.
+
+llama.cpp writes into a private folder beside the output; the file is renamed into
+place when llama_model_quantize returns success. An error, or Ctrl-C, removes the
+folder. llama.cpp itself cannot be stopped mid-file: after an interruption its thread
+finds its folder gone, fails to write and stops; if the process exits first, the
+operating system ends it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import CatteryError, ModelFileError
+from converters.imatrix import ImportanceMatrix, read_imatrix
+from converters.quant_types import (
+    ModelShape,
+    QuantType,
+    TensorEntry,
+    TypeOptions,
+    TypePlan,
+    ggml_type_id,
+    is_quantized,
+    lookup,
+    parse_ggml_type,
+    plan_types,
+    tensor_bytes,
+)
+
+Progress = Callable[[int, int, str], Any]
+
+ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT: llama.cpp pads every tensor's data to it
+DISK_MARGIN = 64 * 1024 * 1024  # room left over for everything else on the disk
+_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+
+
+# -- the source model ----------------------------------------------------------------
+
+
+@dataclass
+class SourceModel:
+    path: Path
+    shape: ModelShape
+    tensors: list[TensorEntry]
+    n_params: int
+    header_bytes: int  # metadata + tensor directory, as the output will carry them
+    size: int  # bytes of all input files
+    fields: dict[str, Any]
+
+
+def _split_files(path: Path, count: int) -> list[Path]:
+    m = re.match(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$", path.name)
+    if not m or int(m.group(2)) != 1:
+        raise ModelFileError(f"{path}: a split model must be given by its first file (…-00001-of-{count:05d}.gguf)")
+    return [path.with_name(f"{m.group(1)}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def _scalar(value: Any) -> int:
+    if isinstance(value, list):
+        return int(value[0]) if value else 0
+    return int(value or 0)
+
+
+def _kv_size(key: str, value: Any) -> int:
+    """Bytes of one metadata entry (key, type, value) for the scalar and string keys quantizing adds."""
+    body = 8 + len(value.encode()) if isinstance(value, str) else 4
+    return 8 + len(key.encode()) + 4 + body
+
+
+def read_source(path: Path) -> SourceModel:
+    from app.engine.gguf_header import GGUFFormatError, read_header
+    from app.engine.metadata import check_gguf_magic
+
+    check_gguf_magic(path)
+    try:
+        with path.open("rb") as f:
+            header = read_header(f)
+        files = [path]
+        split_count = int(header.get("split.count") or 1)
+        tensors = list(header.tensors)
+        infos = header.data_offset
+        if split_count > 1:
+            files = _split_files(path, split_count)
+            for other in files[1:]:
+                if not other.exists():
+                    raise ModelFileError(f"{other}: this part of the split model is missing")
+                with other.open("rb") as f:
+                    more = read_header(f).tensors
+                tensors += more
+                infos += sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in more)
+    except GGUFFormatError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
+    arch = str(header.get("general.architecture") or "")
+    if not arch:
+        raise ModelFileError(f"{path}: no general.architecture in its metadata: not a model llama.cpp can quantize")
+    n_head = _scalar(header.get(f"{arch}.attention.head_count"))
+    shape = ModelShape(
+        arch=arch,
+        n_layer=_scalar(header.get(f"{arch}.block_count")),
+        n_head=n_head,
+        n_head_kv=_scalar(header.get(f"{arch}.attention.head_count_kv")) or n_head,
+        n_expert=_scalar(header.get(f"{arch}.expert_count")),
+    )
+    entries = [TensorEntry(t.name, tuple(int(d) for d in t.shape), t.type_name) for t in tensors]
+    # llama.cpp adds these two keys and drops the split ones
+    for key, value in (("general.quantization_version", 0), ("general.file_type", 0)):
+        if header.get(key) is None:
+            infos += _kv_size(key, value)
+    for key in ("split.no", "split.count", "split.tensors.count"):
+        if header.get(key) is not None:
+            infos -= 8 + len(key) + 4 + 4
+    return SourceModel(
+        path=path,
+        shape=shape,
+        tensors=entries,
+        n_params=sum(t.n_elements for t in tensors),
+        header_bytes=infos,
+        size=sum(p.stat().st_size for p in files),
+        fields=header.fields,
+    )
+
+
+# -- estimates ------------------------------------------------------------------------
+
+
+@dataclass
+class QuantEstimate:
+    """What one `--type` will make of the source: each tensor's type and the file's size."""
+
+    qtype: QuantType
+    plan: TypePlan
+    size: int
+    n_params: int
+    source_size: int
+
+    @property
+    def bpw(self) -> float:
+        return self.size * 8 / self.n_params if self.n_params else 0.0
+
+    @property
+    def needs_imatrix(self) -> bool:
+        return self.plan.needs_imatrix
+
+    def mix(self) -> str:
+        counts = self.plan.type_counts()
+        return ", ".join(f"{name} ×{n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def summary(self) -> str:
+        from app.units import fmt_size
+
+        note = "; needs an importance matrix (--imatrix)" if self.needs_imatrix else ""
+        fell = f"; {self.plan.fallbacks} tensors in a fallback type (rows too short)" if self.plan.fallbacks else ""
+        return (
+            f"{self.qtype.name}: about {fmt_size(self.size)} ({self.bpw:.2f} bpw, from {fmt_size(self.source_size)}): "
+            f"{self.mix()}{fell}{note}"
+        )
+
+
+def parse_tensor_types(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """`PATTERN=TYPE` overrides as llama-quantize takes them: the pattern lower-cased, searched as a regex."""
+    out = []
+    for item in items:
+        pattern, sep, type_text = item.partition("=")
+        if not sep or not pattern or not type_text:
+            raise CatteryError(f"--tensor-type {item!r}: expected PATTERN=TYPE, e.g. attn_v=q8_0")
+        pattern = pattern.lower()
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise CatteryError(f"--tensor-type {item!r}: not a regular expression: {exc}") from None
+        out.append((pattern, parse_ggml_type(type_text)))
+    return tuple(out)
+
+
+def _type_options(
+    *,
+    leave_output_tensor: bool,
+    pure: bool,
+    tensor_types: Sequence[str],
+    has_imatrix: bool,
+    output_tensor_type: str | None,
+    token_embedding_type: str | None,
+) -> TypeOptions:
+    return TypeOptions(
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        overrides=parse_tensor_types(tensor_types),
+        output_tensor_type=parse_ggml_type(output_tensor_type) if output_tensor_type else None,
+        token_embedding_type=parse_ggml_type(token_embedding_type) if token_embedding_type else None,
+        has_imatrix=has_imatrix,
+    )
+
+
+def _pad(n: int) -> int:
+    return n + (-n % ALIGNMENT)
+
+
+def estimate(
+    src: Path | SourceModel,
+    qtype: str | QuantType,
+    *,
+    leave_output_tensor: bool = False,
+    pure: bool = False,
+    tensor_types: Sequence[str] = (),
+    imatrix: Path | ImportanceMatrix | None = None,
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+) -> QuantEstimate:
+    """The output's size from the tensor list: each tensor's type under the file type's mixture,
+    the types' block sizes (gguf-py's GGML_QUANT_SIZES) and llama.cpp's padding."""
+    source = src if isinstance(src, SourceModel) else read_source(Path(src))
+    qt = qtype if isinstance(qtype, QuantType) else lookup(qtype)
+    imat = read_imatrix(Path(imatrix)) if isinstance(imatrix, str | Path) else imatrix
+    opts = _type_options(
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        tensor_types=tensor_types,
+        has_imatrix=imat is not None,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+    )
+    try:
+        plan = plan_types(qt, source.shape, source.tensors, opts)
+    except CatteryError as exc:
+        raise CatteryError(f"{source.path}: {qt.name}: {exc}") from None
+    header = source.header_bytes
+    if imat is not None:
+        header += sum(_kv_size(key, value) for key, value in _imatrix_keys(imat))
+    size = _pad(header)
+    for t in plan.tensors:
+        size += _pad(tensor_bytes(t.new_type, t.shape))
+    return QuantEstimate(qt, plan, size, source.n_params, source.size)
+
+
+# -- checks before starting -----------------------------------------------------------
+
+
+def ensure_disk_space(folder: Path, needed: int, what: str = "the output") -> None:
+    """Refuse, in one line, when `folder`'s disk cannot take `needed` bytes and a margin."""
+    from app.units import fmt_size
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed + DISK_MARGIN > free:
+        raise CatteryError(
+            f"{folder}: not enough disk space for {what}: needs about {fmt_size(needed)}, {fmt_size(free)} free"
+        )
+
+
+def _check_requantize(source: SourceModel, est: QuantEstimate, allow: bool) -> None:
+    if allow:
+        return
+    for t in est.plan.tensors:
+        if t.changes and is_quantized(t.src_type):
+            raise CatteryError(
+                f"{source.path}: {t.name} is already quantized ({t.src_type}); quantize from an F32, F16 or "
+                "BF16 GGUF, or pass --allow-requantize (which loses quality)"
+            )
+
+
+def _check_imatrix(source: SourceModel, est: QuantEstimate, imatrix: ImportanceMatrix | None) -> None:
+    needing = [t for t in est.plan.tensors if t.changes and t.needs_imatrix]
+    if imatrix is None:
+        if needing:
+            t = needing[0]
+            raise CatteryError(
+                f"{source.path}: {est.qtype.name} needs an importance matrix (--imatrix FILE, made by llama.cpp's "
+                f"llama-imatrix): {t.name} would be {t.new_type}"
+            )
+        return
+    for t in est.plan.tensors:
+        if not t.changes:
+            continue
+        values = imatrix.entries.get(t.name)
+        if values is None:
+            if t.needs_imatrix:
+                raise CatteryError(
+                    f"{imatrix.path}: no entry for {t.name}, which {est.qtype.name} makes {t.new_type}: "
+                    "an importance matrix of another model?"
+                )
+            continue
+        expected = t.shape[0] * (t.shape[2] if len(t.shape) > 2 else 1)
+        if values.size != expected and t.name not in ("token_embd.weight", "per_layer_token_embd.weight"):
+            raise CatteryError(
+                f"{imatrix.path}: entry {t.name} has {values.size} values, the tensor needs {expected}: "
+                "an importance matrix of another model?"
+            )
+
+
+# -- llama.cpp's parameters -------------------------------------------------------------
+
+
+@dataclass
+class _NativeParams:
+    """The params struct and everything its pointers point into (kept alive for the call)."""
+
+    params: Any
+    keep: list[Any] = field(default_factory=list)
+
+
+def _native_params(
+    ftype: int,
+    *,
+    threads: int | None,
+    leave_output_tensor: bool,
+    pure: bool,
+    allow_requantize: bool,
+    opts: TypeOptions,
+    imatrix: ImportanceMatrix | None,
+) -> _NativeParams:
+    import llama_cpp as L
+    import numpy as np
+
+    from app.engine.native import set_fields
+
+    params = L.llama_model_quantize_default_params()
+    out = _NativeParams(params)
+    fields: dict[str, Any] = {
+        "nthread": int(threads or 0),
+        "ftype": ftype,
+        "allow_requantize": allow_requantize,
+        "quantize_output_tensor": not leave_output_tensor,
+        "only_copy": False,
+        "pure": pure,
+        "keep_split": False,
+        "dry_run": False,
+    }
+    if opts.output_tensor_type:
+        fields["output_tensor_type"] = ggml_type_id(opts.output_tensor_type)
+    if opts.token_embedding_type:
+        fields["token_embedding_type"] = ggml_type_id(opts.token_embedding_type)
+    if opts.overrides:
+        arr = (L.llama_model_tensor_override * (len(opts.overrides) + 1))()
+        for i, (pattern, type_name) in enumerate(opts.overrides):
+            arr[i].pattern = pattern.encode()
+            arr[i].type = ggml_type_id(type_name)
+        arr[len(opts.overrides)].pattern = None
+        out.keep.append(arr)
+        fields["tt_overrides"] = ctypes.cast(arr, ctypes.POINTER(L.llama_model_tensor_override))
+    if imatrix is not None:
+        entries = [(name, np.ascontiguousarray(v, dtype=np.float32)) for name, v in imatrix.entries.items()]
+        arr = (L.llama_model_imatrix_data * (len(entries) + 1))()
+        for i, (name, values) in enumerate(entries):
+            arr[i].name = name.encode()
+            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = values.size
+        arr[len(entries)].name = None
+        out.keep += [arr, entries]
+        fields["imatrix"] = ctypes.cast(arr, ctypes.POINTER(L.llama_model_imatrix_data))
+        kvs = _imatrix_kv_overrides(imatrix)
+        out.keep.append(kvs)
+        fields["kv_overrides"] = ctypes.cast(kvs, ctypes.POINTER(L.llama_model_kv_override))
+    set_fields(params, **fields)
+    return out
+
+
+def _imatrix_keys(imatrix: ImportanceMatrix) -> list[tuple[str, str | int]]:
+    """The quantize.imatrix.* keys llama-quantize records, so the file says how it was made."""
+    values: list[tuple[str, str | int]] = [("quantize.imatrix.file", str(imatrix.path)[:127])]
+    if imatrix.datasets:
+        values.append(("quantize.imatrix.dataset", imatrix.datasets[0][:127]))
+    values.append(("quantize.imatrix.entries_count", len(imatrix.entries)))
+    if imatrix.chunks:
+        values.append(("quantize.imatrix.chunks_count", int(imatrix.chunks)))
+    return values
+
+
+def _imatrix_kv_overrides(imatrix: ImportanceMatrix) -> Any:
+    import llama_cpp as L
+
+    values = _imatrix_keys(imatrix)
+    arr = (L.llama_model_kv_override * (len(values) + 1))()
+    for i, (key, value) in enumerate(values):
+        arr[i].key = key.encode()
+        if isinstance(value, str):
+            arr[i].tag = L.LLAMA_KV_OVERRIDE_TYPE_STR
+            arr[i].value.val_str = value.encode()[:127]
+        else:
+            arr[i].tag = L.LLAMA_KV_OVERRIDE_TYPE_INT
+            arr[i].value.val_i64 = value
+    arr[len(values)].key = b""
+    return arr
+
+
+# -- running it -------------------------------------------------------------------------
+
+
+@dataclass
+class QuantReport:
+    src: Path
+    out: Path
+    qtype: str
+    size: int
+    estimated_size: int
+    n_params: int
+    seconds: float
+    types: dict[str, int]
+
+    @property
+    def bpw(self) -> float:
+        return self.size * 8 / self.n_params if self.n_params else 0.0
+
+    def summary(self) -> str:
+        from app.units import fmt_size
+
+        mix = ", ".join(f"{k} ×{v}" for k, v in sorted(self.types.items(), key=lambda kv: (-kv[1], kv[0])))
+        return (
+            f"wrote {self.out} ({self.qtype}, {fmt_size(self.size)}, {self.bpw:.2f} bpw: {mix}) in {self.seconds:.1f} s"
+        )
+
+
+def _failure_reason(mark: int) -> str:
+    from app.engine.llama_log import LOG
+
+    lines = LOG.lines_since(mark)
+    for line in reversed(lines):
+        if "failed to quantize:" in line:
+            return line.split("failed to quantize:", 1)[1].strip()
+    errors = [e for e in LOG.errors_since(mark) if e.strip("= ")]
+    return errors[-1] if errors else "see the llama.cpp log"
+
+
+def _run_native(src: Path, tmp_out: Path, native: _NativeParams, workdir: Path, progress: Progress | None) -> str:
+    """llama_model_quantize on its own thread, so that Ctrl-C and progress reach Python meanwhile.
+
+    Returns "" on success, else llama.cpp's reason.
+    """
+    import llama_cpp as L
+
+    from app.engine.llama_log import LOG
+
+    mark = LOG.mark()
+    result: dict[str, Any] = {}
+    abandoned = threading.Event()
+
+    def work() -> None:
+        try:
+            result["rc"] = L.llama_model_quantize(str(src).encode(), str(tmp_out).encode(), ctypes.byref(native.params))
+        except BaseException as exc:  # handed to the waiting thread
+            result["exc"] = exc
+        finally:
+            if abandoned.is_set():
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    worker = threading.Thread(target=work, name="cattery-quantize", daemon=True)
+    worker.start()
+    seen, done = mark, 0
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+            now = LOG.mark()
+            for line in LOG.lines_since(seen):
+                m = _TENSOR_LINE.match(line)
+                if m and int(m.group(1)) > done:
+                    done = int(m.group(1))
+                    if progress is not None:
+                        progress(done, int(m.group(2)), m.group(3))
+            seen = now
+    except BaseException:
+        abandoned.set()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if "exc" in result:
+        raise result["exc"]
+    return "" if result.get("rc") == 0 else _failure_reason(mark)
+
+
+def _output_types(path: Path) -> dict[str, int]:
+    from app.engine.gguf_header import read_header
+
+    with path.open("rb") as f:
+        return dict(Counter(t.type_name for t in read_header(f).tensors))
+
+
+def quantize(
+    src: Path,
+    out: Path,
+    qtype: str,
+    *,
+    threads: int | None = None,
+    leave_output_tensor: bool = False,
+    pure: bool = False,
+    tensor_types: Sequence[str] = (),
+    imatrix: Path | ImportanceMatrix | None = None,
+    progress: Progress | None = None,
+    allow_requantize: bool = False,
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+) -> QuantReport:
+    """Quantize `src` to `out` as `qtype` (a llama-quantize type name: Q4_K_M, IQ4_XS, …)."""
+    from app.engine.native import ensure_backend
+
+    src, out = Path(src), Path(out)
+    qt = lookup(qtype)
+    source = read_source(src)
+    imat = read_imatrix(Path(imatrix)) if isinstance(imatrix, str | Path) else imatrix
+    est = estimate(
+        source,
+        qt,
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        tensor_types=tensor_types,
+        imatrix=imat,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+    )
+    _check_requantize(source, est, allow_requantize)
+    _check_imatrix(source, est, imat)
+    if out.exists() and out.is_dir():
+        raise CatteryError(f"{out}: is a folder; give the output file's name")
+    with contextlib.suppress(OSError):
+        if out.exists() and out.samefile(src):
+            raise CatteryError(f"{out}: the output would overwrite the input")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CatteryError(f"{ancestor}: not a folder, so {out} cannot be written")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CatteryError(f"{out.parent}: cannot make the output folder: {exc.strerror}") from None
+    ensure_disk_space(out.parent, est.size, f"{out.name}")
+    opts = _type_options(
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        tensor_types=tensor_types,
+        has_imatrix=imat is not None,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+    )
+    native = _native_params(
+        qt.ftype,
+        threads=threads,
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        allow_requantize=allow_requantize,
+        opts=opts,
+        imatrix=imat,
+    )
+    ensure_backend()
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    except OSError as exc:
+        raise CatteryError(f"{out.parent}: cannot write there: {exc.strerror}") from None
+    tmp_out = workdir / out.name
+    start = time.monotonic()
+    try:
+        reason = _run_native(src, tmp_out, native, workdir, progress)
+        if reason:
+            raise CatteryError(f"{src}: llama.cpp could not quantize it to {qt.name}: {reason}")
+        if not tmp_out.exists():
+            raise CatteryError(f"{src}: llama.cpp reported success but wrote no file")
+        os.replace(tmp_out, out)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    seconds = time.monotonic() - start
+    return QuantReport(
+        src=src,
+        out=out,
+        qtype=qt.name,
+        size=out.stat().st_size,
+        estimated_size=est.size,
+        n_params=source.n_params,
+        seconds=seconds,
+        types=_output_types(out),
+    )
+
+
+# -- the command ------------------------------------------------------------------------
+
+_TYPE_SUFFIX = re.compile(r"[-._](f32|f16|fp16|fp32|bf16|q\d(_[a-z0-9]+)*|iq\d(_[a-z0-9]+)*|tq\d_\d|mxfp4\w*)$", re.I)
+
+
+def output_stem(src: Path) -> str:
+    """The input's name without `.gguf` and without the type it ends with (`llama-13b-f16` → `llama-13b`)."""
+    stem = src.name.removesuffix(".gguf")
+    m = re.match(r"^(.*)-\d{5}-of-\d{5}$", stem)
+    if m:
+        stem = m.group(1)
+    return _TYPE_SUFFIX.sub("", stem) or stem
+
+
+def output_paths(src: Path, output: Path, qtypes: Sequence[QuantType]) -> list[Path]:
+    """One file per type: `-o` is that file for one type, a folder (`STEM.TYPE.gguf` inside) for several."""
+    as_folder = len(qtypes) > 1 or output.is_dir() or str(output).endswith(os.sep)
+    if not as_folder:
+        return [output]
+    if output.suffix.lower() == ".gguf" and not output.is_dir():
+        raise CatteryError(f"{output}: with several --type, -o names a folder (each type gets its own file in it)")
+    if output.exists() and not output.is_dir():
+        raise CatteryError(f"{output}: not a folder")
+    stem = output_stem(src)
+    return [output / f"{stem}.{qt.name}.gguf" for qt in qtypes]
+
+
+def _unique_types(names: Sequence[str]) -> list[QuantType]:
+    out: list[QuantType] = []
+    for name in names:
+        qt = lookup(name)
+        if qt not in out:
+            out.append(qt)
+    return out
+
+
+def quantize_command(args: argparse.Namespace, progress: Progress | None = None) -> int:
+    src = Path(args.src)
+    qtypes = _unique_types(args.types)
+    outs = output_paths(src, Path(args.output), qtypes)
+    source = read_source(src)
+    imat = read_imatrix(Path(args.imatrix)) if getattr(args, "imatrix", None) else None
+    common: dict[str, Any] = {
+        "leave_output_tensor": bool(getattr(args, "leave_output_tensor", False)),
+        "pure": bool(getattr(args, "pure", False)),
+        "tensor_types": list(getattr(args, "tensor_type", None) or []),
+        "output_tensor_type": getattr(args, "output_tensor_type", None),
+        "token_embedding_type": getattr(args, "token_embedding_type", None),
+    }
+    estimates = [estimate(source, qt, imatrix=imat, **common) for qt in qtypes]
+    for est, out in zip(estimates, outs, strict=True):
+        print(f"{est.summary()} → {out}", file=sys.stdout if args.dry_run else sys.stderr)
+    if args.dry_run:
+        missing = [e.qtype.name for e in estimates if e.needs_imatrix and imat is None]
+        if missing:
+            print(f"without --imatrix llama.cpp will refuse {', '.join(missing)}", file=sys.stderr)
+        return 0
+    allow = bool(getattr(args, "allow_requantize", False))
+    for est in estimates:  # every refusal before the first file is written
+        _check_requantize(source, est, allow)
+        _check_imatrix(source, est, imat)
+    folder = outs[0].parent
+    ensure_disk_space(folder, sum(e.size for e in estimates), "the outputs" if len(outs) > 1 else outs[0].name)
+    per_file = len(source.tensors)
+    for i, (qt, out) in enumerate(zip(qtypes, outs, strict=True)):
+        # one running count over all the files, so a progress bar fills once
+        step = None
+        if progress is not None:
+            step = lambda done, _total, what, i=i: progress(i * per_file + done, per_file * len(outs), what)  # noqa: E731
+        report = quantize(
+            src,
+            out,
+            qt.name,
+            threads=getattr(args, "threads", None),
+            imatrix=imat,
+            progress=step,
+            allow_requantize=allow,
+            **common,
+        )
+        print(report.summary())
+    return 0
