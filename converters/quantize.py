@@ -514,7 +514,11 @@ def quantize(
     output_tensor_type: str | None = None,
     token_embedding_type: str | None = None,
 ) -> QuantReport:
-    """Quantize `src` to `out` as `qtype` (a llama-quantize type name: Q4_K_M, IQ4_XS, …)."""
+    """Quantize `src` to `out` as `qtype` (a llama-quantize type name: Q4_K_M, IQ4_XS, …).
+
+    `progress(done, total, tensor)` is called as llama.cpp finishes each tensor; an exception
+    it raises (as KeyboardInterrupt does) cancels: nothing is left under `out`'s name.
+    """
     from app.engine.native import ensure_backend
 
     src, out = Path(src), Path(out)

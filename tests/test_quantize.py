@@ -35,7 +35,7 @@ from converters.imatrix import read_imatrix
 from converters.perplexity import perplexity
 from converters.quant_types import all_types, lookup
 from tests.conftest import ROOT, run_cattery
-from tests.gguf_files import dequantized_copy, write_gguf
+from tests.gguf_files import dequantized_copy, split_copy, write_gguf
 
 TINY_LAYERS, TINY_EMBD, TINY_FF, TINY_HEADS, TINY_KV_HEADS, TINY_VOCAB = 8, 256, 768, 4, 2, 512
 TEXT_FILE = ROOT / "README.md"  # a real English text of a few thousand tokens
@@ -392,6 +392,17 @@ def test_pure_leave_output_and_overrides(tiny: Path, work: Path) -> None:
     assert greedy_text(over.out)
 
 
+def test_a_split_model_is_quantized_from_its_first_part(tiny: Path, work: Path) -> None:
+    parts = split_copy(tiny, work / "split", 4_000_000)
+    assert len(parts) > 2
+    report = Q.quantize(parts[0], work / "split" / "tiny-split.Q4_K_M.gguf", "Q4_K_M", threads=2)
+    whole = Q.estimate(tiny, "Q4_K_M")
+    assert tensor_types(report.out) == {t.name: t.new_type for t in whole.plan.tensors}
+    assert abs(report.size - report.estimated_size) <= 32 * len(parts)
+    with pytest.raises(CatteryError, match="by its first file"):
+        Q.estimate(parts[1], "Q4_K_M")
+
+
 def test_several_types_in_one_command(tiny: Path, work: Path) -> None:
     out = work / "several"
     proc = run_cattery("quantize", str(tiny), "-o", str(out), "--type", "q5_k_m", "--type", "Q4_0", "--type", "IQ4_XS")
@@ -507,6 +518,29 @@ def test_errors_are_one_line(tiny: Path, model_path: Path, work: Path) -> None:
     with pytest.raises(CatteryError, match="not enough disk space"):
         Q.ensure_disk_space(work, free + 10**9)
     Q.ensure_disk_space(work, 1000)
+
+
+def test_a_progress_callback_can_cancel(tiny: Path, work: Path) -> None:
+    import threading
+
+    class Stop(Exception):
+        pass
+
+    seen: list[tuple[int, int, str]] = []
+
+    def progress(done: int, total: int, name: str) -> None:
+        seen.append((done, total, name))
+        if done >= 3:
+            raise Stop
+
+    out = work / "cancelled" / "tiny.Q8_0.gguf"
+    with pytest.raises(Stop):
+        Q.quantize(tiny, out, "Q8_0", progress=progress)
+    for thread in threading.enumerate():  # llama.cpp's thread runs on to its end, into a removed folder
+        if thread.name == "cattery-quantize":
+            thread.join(30)
+    assert seen[0][1] == 75 and seen[0][2] == "output.weight"
+    assert list(out.parent.iterdir()) == []
 
 
 def test_ctrl_c_leaves_no_file(f32_model: Path, work: Path) -> None:
