@@ -19,10 +19,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(Path(args.recipe))
     if args.dry_run:
+        from app.units import fmt_size
+
         model = plan_merge(recipe)
         try:
-            from app.units import fmt_size
-
             for line in model.plan_lines():
                 print(line)
             for note in model.notes:
@@ -34,7 +34,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         finally:
             model.close()
         return 0
-    result = merge(recipe, Path(args.output), progress=progress_printer("merge"), force=args.force)
+    gguf = {"outtype": args.outtype, "pre_tokenizer": args.pre_tokenizer, "chat_format": args.chat_format}
+    result = merge(recipe, Path(args.output), progress=progress_printer("merge"), force=args.force, gguf=gguf)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(result.summary())
@@ -49,4 +50,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="print each tensor's shape and what every step gives it; write nothing"
     )
+    g = p.add_argument_group("GGUF output (OUT.gguf), overriding the recipe's [gguf] table")
+    g.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0", "auto"], help="weights' type (default auto)")
+    g.add_argument("--pre-tokenizer", metavar="NAME", help="the BPE pre-tokenizer, when its hash is unknown")
+    g.add_argument("--chat-format", metavar="F", help="write this Cattery prompt format into the GGUF as its template")
     p.set_defaults(func=cmd_merge)

@@ -12,7 +12,6 @@ hidden temporary name beside it and renamed into place, a GGUF file likewise.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -38,14 +37,20 @@ class MergeResult:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    conversion: Any = None  # the converter's report, for a GGUF output
 
     def summary(self) -> str:
+        if self.conversion is not None and hasattr(self.conversion, "summary"):
+            return str(self.conversion.summary())
         return f"wrote {self.path} ({self.tensors} tensors, {fmt_size(self.bytes)})"
 
 
-def run_merge(recipe: Path, out: Path, *, progress: Progress | None = None, force: bool = False) -> Path:
-    """Merge as the recipe file says into `out` (a folder, or a .gguf file); the path written."""
-    return merge(load_recipe(Path(recipe)), Path(out), progress=progress, force=force).path
+def run_merge(recipe: Path, out: Path, *, progress: Progress | None = None, force: bool = False, **gguf: Any) -> Path:
+    """Merge as the recipe file says into `out` (a folder, or a .gguf file); the path written.
+
+    Keyword arguments (outtype, pre_tokenizer, chat_format) override the recipe's [gguf] table.
+    """
+    return merge(load_recipe(Path(recipe)), Path(out), progress=progress, force=force, gguf=gguf).path
 
 
 def plan_merge(recipe: Recipe) -> MergedModel:
@@ -75,16 +80,18 @@ def merge(
     to_gguf = out.suffix.lower() == ".gguf"
     _check_output(recipe, out, force)
     model = plan_merge(recipe)
+    conversion = None
     try:
-        need = model.total_bytes + DISK_SLACK
-        _check_resources(out, need, peak_memory(model))
+        # a GGUF's size depends on its type: the converter checks the disk itself
+        _check_resources(out, 0 if to_gguf else model.total_bytes + DISK_SLACK, peak_memory(model))
         if to_gguf:
-            _write_gguf(model, out, {**recipe.gguf, **(gguf or {})}, progress)
+            options = {k: v for k, v in {**recipe.gguf, **(gguf or {})}.items() if v is not None}
+            conversion = _write_gguf(model, out, options, progress)
         else:
             _write_folder(model, out, progress)
     finally:
         model.close()
-    return MergeResult(out, len(model.tensors), model.total_bytes, model.notes)
+    return MergeResult(out, len(model.tensors), model.total_bytes, model.notes, conversion)
 
 
 def _inputs(recipe: Recipe) -> list[Path]:
@@ -132,7 +139,8 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> None:
-    tmp = out.with_name(f".{out.name}.partial")
+    final = out.resolve()
+    tmp = final.with_name(f".{final.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     names = model.names()
     try:
@@ -151,7 +159,7 @@ def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> N
                 if progress:
                     progress(i + 1, len(names), name)
             w.close()
-        _replace(tmp, out)
+        _replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CatteryError(f"{out}: cannot write: {exc.strerror or exc}") from None
@@ -160,7 +168,8 @@ def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> N
         raise
 
 
-def _write_gguf(model: MergedModel, out: Path, options: dict[str, Any], progress: Progress | None) -> None:
+def _write_gguf(model: MergedModel, out: Path, options: dict[str, Any], progress: Progress | None) -> Any:
+    """Convert as the merge runs: the converter asks for each merged tensor in turn and writes it."""
     try:
         from converters.hf_to_gguf import convert_source
     except ImportError:
@@ -168,17 +177,8 @@ def _write_gguf(model: MergedModel, out: Path, options: dict[str, Any], progress
             f"{out}: writing a merge straight to GGUF needs the converter (converters/hf_to_gguf.py); "
             "merge into a folder and run `cattery convert` on it"
         ) from None
-    tmp = out.with_name(f".{out.name}.partial")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    name = model.recipe.name or out.stem
     try:
-        convert_source(model, model.folder, tmp, progress=progress, **options)
-        _replace(tmp, out)
+        return convert_source(model, model.folder, out, progress=progress, name=name, **options)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise CatteryError(f"{out}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise

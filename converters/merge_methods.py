@@ -15,7 +15,7 @@ import numpy as np
 
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: beyond it the tensors count as parallel and are lerped
 SLERP_EPS = 1e-8
-_CHUNK = 1 << 20
+_CHUNK = 4096  # float32 dot products this long are exact to ~1e-7, summed in float64
 
 
 def lerp_(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -39,11 +39,12 @@ def weighted_sum_(tensors: Sequence[np.ndarray], weights: Sequence[float], norma
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Σ a·b over the whole tensors, in float64, a slice at a time (no tensor-sized temporary)."""
+    """Σ a·b over the whole tensors, a slice at a time: no tensor-sized temporary, and as exact as
+    mergekit's float32 sum (short float32 dot products, added up in float64)."""
     fa, fb = a.reshape(-1), b.reshape(-1)
     total = 0.0
     for i in range(0, fa.size, _CHUNK):
-        total += float(np.dot(fa[i : i + _CHUNK].astype(np.float64), fb[i : i + _CHUNK].astype(np.float64)))
+        total += float(np.dot(fa[i : i + _CHUNK], fb[i : i + _CHUNK]))
     return total
 
 

@@ -3,6 +3,7 @@
 A recipe starts from a base model and applies steps to it in order; each step takes the
 model so far and one or more other checkpoints. Paths are relative to the recipe file.
 
+    name = "chronolima-airo-grad-l2-13B"  # optional: the model's name in a GGUF output (default: the file's)
     base = "chronos-13b-v2"          # a Hugging Face folder (config.json + safetensors)
     dtype = "bf16"                   # optional: f32 | f16 | bf16 (default: as the base stores each tensor)
     shard_size = "5GB"               # optional: the most bytes per safetensors shard (default 5 GB)
@@ -185,6 +186,7 @@ class Recipe:
     shard_size: int = DEFAULT_SHARD
     tokenizer: Path | None = None
     gguf: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
     text: str | None = None  # the recipe as written, kept with the merged model
 
     def models(self) -> list[Path]:
@@ -245,7 +247,7 @@ def parse_recipe(
     unknown = sorted(set(data) - {"base", "dtype", "shard_size", "tokenizer", "steps", "gguf", "name"})
     if unknown:
         raise RecipeError(
-            f"{where(unknown[0])}: unknown key (expected base, steps, dtype, shard_size, tokenizer, gguf)"
+            f"{where(unknown[0])}: unknown key (expected name, base, steps, dtype, shard_size, tokenizer, gguf)"
         )
     if "base" not in data:
         raise RecipeError(f'{source}: no base model (base = "folder")')
@@ -268,7 +270,10 @@ def parse_recipe(
     if not raw_steps:
         raise RecipeError(f"{source}: no steps (add [[steps]] tables: {', '.join(METHODS)})")
     steps = [_parse_step(s, f"steps[{i + 1}]", where, folder) for i, s in enumerate(raw_steps)]
-    return Recipe(source, base, steps, dtype, shard, tokenizer, dict(gguf))
+    name = data.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise RecipeError(f"{where('name')}: expected the model's name")
+    return Recipe(source, base, steps, dtype, shard, tokenizer, dict(gguf), name)
 
 
 def _parse_step(raw: dict[str, Any], key: str, where: Callable[[str], str], folder: Callable[..., Path]) -> Step:

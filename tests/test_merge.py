@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.errors import CatteryError
 from converters.checkpoint import Checkpoint, ShardedWriter, TensorPlan, to_dtype
 from converters.merge import merge, plan_merge, run_merge
 from converters.merge_order import module_order
@@ -71,11 +72,18 @@ def make_llama(
     max_shard: int = 6000,
     tokenizer: bool = True,
     extra: dict[str, tuple[int, ...]] | None = None,
+    std: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """A random llama checkpoint; returns its tensors as the file holds them, widened to float64."""
+    """A random llama checkpoint; returns its tensors as the file holds them, widened to float64.
+
+    Q and K are 10× the rest, so that a wrong Q/K permutation downstream shows in the logits.
+    """
     rng = np.random.default_rng(seed)
     shapes = llama_shapes(layers, hidden, heads, kv_heads, inter, vocab, tied) | (extra or {})
-    tensors = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    tensors = {
+        n: (rng.standard_normal(s) * std * (10 if ("q_proj" in n or "k_proj" in n) else 1)).astype(np.float32)
+        for n, s in shapes.items()
+    }
     names = sorted(tensors)  # as safetensors files list them
     folder.mkdir(parents=True, exist_ok=True)
     config = {
@@ -564,6 +572,12 @@ values = 0.25
         want = to_dtype((0.75 * old[n] + 0.25 * models["a"][n]).astype(np.float32), "BF16")
         assert np.abs(ck.raw(n).astype(np.int64) - want.astype(np.int64)).max() <= 1  # one bf16 step at most
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(CatteryError, match="already exists"):
+        merge(load_recipe(recipe), out)
+    with pytest.raises(CatteryError, match="would replace the input"):
+        merge(load_recipe(recipe), tmp_path / "old", force=True)
+    again = merge(load_recipe(recipe), out, force=True)  # replaced whole: no shard of the old one stays
+    assert sorted(p.name for p in again.path.iterdir()) == files
 
 
 def test_an_interrupted_merge_leaves_nothing_under_the_final_name(models: dict[str, Any], tmp_path: Path) -> None:
@@ -580,6 +594,97 @@ def test_an_interrupted_merge_leaves_nothing_under_the_final_name(models: dict[s
     with pytest.raises(KeyboardInterrupt):
         merge(recipe, tmp_path / "out", progress=stop)
     assert list(tmp_path.iterdir()) == []
+
+
+def train_sentencepiece(vocab: int) -> bytes:
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    rnd = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park", "while", "birds", "sang"]
+    lines = [" ".join(rnd.choice(words) for _ in range(12)) for _ in range(400)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab,
+        model_type="bpe",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sp_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small llama models llama.cpp can run, the base with a SentencePiece tokenizer trained here."""
+    root = tmp_path_factory.mktemp("sp")
+    size = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "inter": 128, "vocab": 64, "std": 0.1}
+    make_llama(root / "a", seed=21, tokenizer=False, max_shard=60_000, **size)
+    make_llama(root / "b", seed=22, tokenizer=False, **size)
+    (root / "a" / "tokenizer.model").write_bytes(train_sentencepiece(64))
+    (root / "a" / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return root
+
+
+def test_a_merge_straight_into_gguf_is_the_merged_folder_converted(sp_models: Path, tmp_path: Path) -> None:
+    import gguf
+
+    from app.engine.engine import Engine
+    from app.engine.gguf_header import read_header
+    from app.engine.options import LoadOptions, SamplerSettings
+    from converters.hf_to_gguf import convert
+
+    recipe = write_recipe(
+        tmp_path / "r.toml",
+        f"""
+name = "tiny-merge"
+base = "{sp_models / "a"}"
+[gguf]
+outtype = "f32"
+[[steps]]
+method = "slerp"
+model = "{sp_models / "b"}"
+t = [0.2, 0.6]
+""",
+    )
+    direct = merge(load_recipe(recipe), tmp_path / "direct.gguf")
+    assert direct.path.is_file() and "wrote" in direct.summary()
+    folder = merge(load_recipe(recipe), tmp_path / "folder").path
+    convert(folder, tmp_path / "via-folder.gguf", outtype="f32")
+    one, two = gguf.GGUFReader(direct.path), gguf.GGUFReader(tmp_path / "via-folder.gguf")
+    theirs = {t.name: t for t in two.tensors}
+    assert len(one.tensors) == len(theirs) == 2 * 9 + 3
+    for t in one.tensors:  # the same bytes, compared by name
+        assert t.tensor_type == theirs[t.name].tensor_type
+        assert t.data.tobytes() == theirs[t.name].data.tobytes(), t.name
+    with direct.path.open("rb") as f:
+        assert read_header(f).get("general.name") == "tiny-merge"
+    texts = []
+    for path in (direct.path, tmp_path / "via-folder.gguf", None):
+        if path is None:  # the base alone, converted: the merge must differ from it
+            convert(sp_models / "a", tmp_path / "a.gguf", outtype="f32")
+            path = tmp_path / "a.gguf"
+        eng = Engine()
+        try:
+            eng.load(path, LoadOptions(ctx=256, threads=2))
+            settings = SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=16)
+            texts.append(eng.generate(eng.tokenize("the cat sat on"), settings).result())
+        finally:
+            eng.close()
+    assert texts[0] == texts[1] and texts[0]
+    assert texts[0] != texts[2]
+
+    def stop(done: int, total: int, what: str) -> None:
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        merge(load_recipe(recipe), tmp_path / "stopped.gguf", progress=stop)
+    assert not (tmp_path / "stopped.gguf").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_recipes_with_mistakes_are_one_clear_line(models: dict[str, Any], tmp_path: Path) -> None:
