@@ -49,7 +49,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_unpack(args: argparse.Namespace) -> int:
     from converters.unpack import unpack
 
-    out = unpack(Path(args.src), Path(args.output), progress=progress_printer("unpack"))
+    out = unpack(Path(args.src), Path(args.output), progress=progress_printer("unpack"), dtype=args.dtype)
     print(f"wrote {out}")
     return 0
 
@@ -72,4 +72,10 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("unpack", help="GGUF → Hugging Face checkpoint (dequantized), with its tokenizer")
     p.add_argument("src", metavar="IN.gguf")
     p.add_argument("-o", "--output", metavar="OUT_DIR", required=True)
+    p.add_argument(
+        "--dtype",
+        choices=["F32", "F16", "BF16"],
+        type=str.upper,
+        help="the weights' type (default: as stored for F32/F16/BF16, F32 for quantized tensors: exact values)",
+    )
     p.set_defaults(func=cmd_unpack)
