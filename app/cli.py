@@ -153,7 +153,10 @@ def _load_engine(args: argparse.Namespace, ws: Any) -> Any:
 
     path = _pick_model(ws, args.model)
     engine = Engine(log_file=ws.paths.llama_log)
-    report = engine.load(path, ws.load_options(_load_overrides(args)), default_ctx=ws.default_ctx)
+    # What the Models screen (or a build) chose for this file, under what the command line says.
+    saved = {k: v for k, v in ws.saved_load_settings(path).items() if k != "format"}
+    overrides = {**saved, **{k: v for k, v in _load_overrides(args).items() if v is not None}}
+    report = engine.load(path, ws.load_options(overrides), default_ctx=ws.default_ctx)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     problem = ws.remember_model(path)
@@ -198,7 +201,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         report = engine.report
         assert report is not None and engine.info is not None
-        choice = choose_format(args.format or ws.settings.get("chat", "format", "") or None, engine.info)
+        saved_format = ws.saved_load_settings(report.path).get("format")
+        wanted = args.format or saved_format or ws.settings.get("chat", "format", "") or None
+        choice = choose_format(wanted, engine.info)
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
         builder = recipe.builder(choice.name, engine.info, tokenizer_from(engine))
