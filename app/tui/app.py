@@ -40,6 +40,7 @@ def _screens() -> dict[str, Any]:
     from app.tui.screens.hub import HubScreen
     from app.tui.screens.models import ModelsScreen
     from app.tui.screens.settings import SettingsScreen
+    from app.tui.screens.workshop import WorkshopScreen
 
     return {
         "chat": ChatScreen,
@@ -48,6 +49,7 @@ def _screens() -> dict[str, Any]:
         "chats": ChatsScreen,
         "settings": SettingsScreen,
         "hub": HubScreen,
+        "workshop": WorkshopScreen,
     }
 
 

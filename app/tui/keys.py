@@ -31,6 +31,7 @@ SECTION_TITLES = {
     "characters": "Characters",
     "models": "Models",
     "hub": "The hub",
+    "workshop": "The workshop",
     "chats": "Chats",
     "settings": "Settings",
 }
