@@ -30,6 +30,7 @@ from converters.checkpoint import Checkpoint, CheckpointError
 
 Progress = Callable[[int, int, str], None]
 DISK_MARGIN = 64 * 1024 * 1024  # headroom for the metadata and the file system
+SYNC_EVERY = 256 * 1024 * 1024  # bytes written between syncs to disk
 
 
 @dataclass
@@ -158,18 +159,7 @@ def convert_source(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for i, p in enumerate(plan):
-            data = p.data()
-            if data.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not a user error
-                raise RuntimeError(f"{p.name}: {data.nbytes} bytes, planned {p.nbytes}")
-            writer.write_tensor_data(data)
-            del data
-            if progress is not None:
-                progress(i + 1, len(plan), p.name)
-        assert writer.fout is not None
-        for f in writer.fout:
-            f.flush()
-            os.fsync(f.fileno())
+        _write_tensors(writer, plan, progress)
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -191,6 +181,46 @@ def convert_source(
         chat_template=template_from,
         notes=vocab.notes,
     )
+
+
+def _write_tensors(writer: Any, plan: list[Any], progress: Progress | None) -> None:
+    """Convert each tensor while the previous one is written and flushed to disk.
+
+    One tensor is in flight at a time, so memory stays bounded; the file is synced every
+    SYNC_EVERY bytes from the writing thread, so the disk works while the CPU converts
+    instead of all at the end.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    assert writer.fout is not None and len(writer.fout) == 1
+    fout = writer.fout[0]
+    unsynced = [0]
+    sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+    def write(data: Any, last: bool) -> None:
+        writer.write_tensor_data(data)
+        unsynced[0] += data.nbytes
+        if last or unsynced[0] >= SYNC_EVERY:
+            fout.flush()
+            sync(fout.fileno())
+            unsynced[0] = 0
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-write") as io:
+        pending: Future[None] | None = None
+        for i, p in enumerate(plan):
+            data = p.data()
+            if data.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not a user error
+                raise RuntimeError(f"{p.name}: {data.nbytes} bytes, planned {p.nbytes}")
+            if pending is not None:
+                pending.result()
+                if progress is not None:
+                    progress(i, len(plan), plan[i - 1].name)
+            pending = io.submit(write, data, i == len(plan) - 1)
+            del data
+        if pending is not None:
+            pending.result()
+            if progress is not None:
+                progress(len(plan), len(plan), plan[-1].name)
 
 
 def _check_disk(out: Path, need: int) -> None:

@@ -669,3 +669,49 @@ def test_cli_convert_and_unpack(tmp_path: Path) -> None:
         assert ck.tensors["model.norm.weight"].dtype == "F32"
         assert {p.name for p in ck.tokenizer_files()} >= {"tokenizer.model", "tokenizer_config.json"}
     assert json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())["chat_template"].startswith("{#-")
+
+
+def test_fast_conversions_give_gguf_pys_bytes() -> None:
+    """The converter's own F16/BF16 rounding and BF16 widening against gguf-py's and numpy's, specials included."""
+    import gguf
+
+    from converters.gguf_tensors import to_bf16, to_f16, widen_bf16
+
+    rng = np.random.default_rng(0)
+    special = [0, -0.0, 1e-8, -6.1e-5, 5.96e-8, 2.98e-8, 65504, 65519.99, 65520, -1e9, np.inf, -np.inf, np.nan]
+    special += [1.00390625, 1.005859375, 3.4e38, 1e-40]
+    data = np.concatenate(
+        [
+            (rng.standard_normal(50_000) * 0.02).astype(np.float32),
+            rng.integers(0, 2**32, 49_983, dtype=np.uint32).view(np.float32),  # every kind of bit pattern
+            np.array(special, dtype=np.float32),
+        ]
+    ).reshape(-1, 100)
+    with np.errstate(all="ignore"):
+        assert np.array_equal(to_f16(data).view(np.uint16), data.astype(np.float16).view(np.uint16))
+        want = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16).view(np.uint16)
+    assert np.array_equal(to_bf16(data), want)
+    words = rng.integers(0, 2**16, (7, 9), dtype=np.uint16)
+    assert np.array_equal(widen_bf16(words).view(np.uint32), words.astype(np.uint32) << 16)
+
+
+def test_a_merged_source_converts_like_its_checkpoint(tmp_path: Path) -> None:
+    """convert_source on any checkpoint-shaped object (what a merge passes) writes the same bytes."""
+    from converters.hf_to_gguf import convert_source
+
+    folder = random_llama(tmp_path / "m", dtype="BF16")
+    convert(folder, tmp_path / "a.gguf", outtype="f16")
+
+    class Lazy:  # only what convert_source may use
+        def __init__(self, ck: Checkpoint) -> None:
+            self.config, self.tensors, self._ck = ck.config, ck.tensors, ck
+
+        def names(self) -> list[str]:
+            return self._ck.names()
+
+        def f32(self, name: str) -> np.ndarray:
+            return self._ck.f32(name)
+
+    with Checkpoint.open(folder) as ck:
+        convert_source(Lazy(ck), folder, tmp_path / "b.gguf", outtype="f16")
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
