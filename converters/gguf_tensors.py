@@ -287,7 +287,7 @@ def plan_tensors(source: Any, hp: dict[str, Any], outtype: str, where: str) -> l
         if heads is not None and shape[0] % (2 * heads) != 0:
             raise CheckpointError(f"{where}: {hf} has {shape[0]} rows, not a whole number of {heads} heads")
         qtype = tensor_type(target, shape, outtype)
-        stored = _stored_loader(source, hf, heads)
+        stored = _stored_loader(source, hf, heads, qtype)
         plan.append(PlannedTensor(target, shape, qtype, _loader(source, hf, heads), source=hf, load_stored=stored))
     _check_complete(seen, n_layers, tied, where)
     return plan
@@ -301,16 +301,19 @@ def _loader(source: Any, hf: str, heads: int | None) -> Callable[[], np.ndarray]
     return load
 
 
-def _stored_loader(source: Any, hf: str, heads: int | None) -> Callable[[], tuple[np.ndarray, str]] | None:
+def _stored_loader(source: Any, hf: str, heads: int | None, qtype: int) -> Callable[[], tuple[np.ndarray, str]] | None:
+    import gguf
+
     from converters.checkpoint import Checkpoint
 
     if not isinstance(source, Checkpoint) or source.tensors[hf].dtype not in ("F32", "F16", "BF16"):
         return None
     dtype = source.tensors[hf].dtype
+    passthrough = dtype == "BF16" and gguf.GGMLQuantizationType(qtype).name == "BF16"
 
     def load() -> tuple[np.ndarray, str]:
         words = _read_stored(source, hf)
-        if dtype == "BF16":  # NaNs made quiet, as the rounding of their float32 values would
+        if passthrough:  # NaNs made quiet, as the rounding of their float32 values would
             nan = (words & 0x7FFF) > 0x7F80
             if nan.any():
                 words = np.where(nan, words | 0x0040, words).astype(np.uint16)
