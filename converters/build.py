@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
-from app.units import fmt_size
+from app.resources import require_disk
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -196,12 +196,6 @@ def _estimate_outputs(recipe: BuildRecipe, weights_bytes: int, n_params: int) ->
     return total
 
 
-def _free(folder: Path) -> int:
-    from app.hub.download import space_left
-
-    return space_left(folder)
-
-
 def run_build(
     recipe_path: Path,
     models_dir: Path,
@@ -227,19 +221,9 @@ def run_build(
     outputs = _estimate_outputs(recipe, weights, n_params)
     from app.hub.download import cache_dir, download
 
-    free_out = _free(final_dir.parent)
-    if outputs + DISK_SLACK > free_out:
-        raise BuildError(
-            f"{recipe.path}: the results need about {fmt_size(outputs)} in {final_dir.parent}, "
-            f"{fmt_size(free_out)} free"
-        )
+    require_disk(final_dir.parent, outputs + DISK_SLACK, f"the results of {recipe.path.name}")
     if download_bytes:
-        free_cache = _free(cache_dir())
-        if download_bytes + DISK_SLACK > free_cache:
-            raise BuildError(
-                f"{recipe.path}: the sources need {fmt_size(download_bytes)} in {cache_dir()}, "
-                f"{fmt_size(free_cache)} free"
-            )
+        require_disk(cache_dir(), download_bytes + DISK_SLACK, f"the sources of {recipe.path.name}")
 
     # 2. The sources, local.
     folders: dict[str, Path] = {}

@@ -223,13 +223,33 @@ class TensorPlan:
         return n
 
 
+BF16_CHUNK = 1 << 20  # values rounded per step: the temporaries stay a few MB, not a tensor's size
+
+
 def to_dtype(data: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 (or any float) data as the stored type; BF16 rounds to nearest even, as torch does."""
-    if dtype == "BF16":
-        f = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32)
-        rounding = ((f >> 16) & 1) + 0x7FFF
-        return ((f + rounding) >> 16).astype(np.uint16)
-    return np.ascontiguousarray(data, dtype=DTYPES[dtype])
+    """float32 (or any float) data as the stored type; BF16 rounds as torch does.
+
+    Torch rounds to nearest even and writes every NaN as 0x7FC0. The rounding runs a
+    chunk at a time because a merge writes its largest tensor (the embeddings) while
+    holding its inputs: whole-tensor temporaries would be two more float32 copies.
+    """
+    if dtype != "BF16":
+        return np.ascontiguousarray(data, dtype=DTYPES[dtype])
+    flat = np.ascontiguousarray(data, dtype=np.float32).reshape(-1).view(np.uint32)
+    out = np.empty(flat.size, dtype=np.uint16)
+    for start in range(0, flat.size, BF16_CHUNK):
+        f = flat[start : start + BF16_CHUNK]
+        r = f >> 16
+        r &= np.uint32(1)
+        r += np.uint32(0x7FFF)
+        r += f
+        r >>= 16
+        words = r.astype(np.uint16)
+        nan = (f & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        if nan.any():
+            words[nan] = 0x7FC0
+        out[start : start + BF16_CHUNK] = words
+    return out.reshape(np.shape(data))
 
 
 class ShardedWriter:
@@ -303,7 +323,7 @@ class ShardedWriter:
         t = self._remaining.pop(0)
         if tuple(data.shape) != t.shape:
             raise ValueError(f"{name}: shape {tuple(data.shape)} is not the planned {t.shape}")
-        self._file.write(to_dtype(data, t.dtype).tobytes())
+        self._file.write(memoryview(to_dtype(data, t.dtype)).cast("B"))
         self._next += 1
 
     def close(self) -> list[Path]:

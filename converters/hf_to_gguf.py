@@ -15,7 +15,6 @@ file is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from app.errors import CatteryError
+from app.resources import require_disk
 from converters.checkpoint import Checkpoint, CheckpointError
 
 Progress = Callable[[int, int, str], None]
-DISK_MARGIN = 64 * 1024 * 1024  # headroom for the metadata and the file system
 SYNC_EVERY = 256 * 1024 * 1024  # bytes written between syncs to disk
 
 
@@ -227,8 +226,4 @@ def _check_disk(out: Path, need: int) -> None:
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise CatteryError(f"{out}: the folder {folder} does not exist")
-    free = shutil.disk_usage(folder).free
-    if free < need + DISK_MARGIN:
-        from app.units import fmt_size
-
-        raise CatteryError(f"{out}: not enough disk space ({fmt_size(need)} needed, {fmt_size(free)} free)")
+    require_disk(folder, need, str(out))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
+from app.resources import require_disk, require_memory
 from app.units import fmt_size
 from converters.checkpoint import ShardedWriter
 from converters.merge_plan import MergedModel
@@ -28,7 +29,6 @@ from converters.merge_recipe import Recipe, load_recipe
 
 Progress = Callable[[int, int, str], None]
 MEMORY_SLACK = 300 * 1000**2  # Python, numpy and the libraries, beyond the tensors themselves
-DISK_SLACK = 64 * 1000**2
 
 
 @dataclass
@@ -62,10 +62,10 @@ def peak_memory(model: MergedModel) -> int:
     """The most memory the merge should take: a few tensors at once, as merge_plan computes them.
 
     At most three float32 tensors are alive while one is computed (the result, the tensor
-    being read, a LoRA delta); writing bf16 takes three more of its size inside the writer.
+    being read, a LoRA delta); a 16-bit output adds its words (rounded a chunk at a time).
     """
-    factor = 4 if any(t.dtype == "BF16" for t in model.tensors.values()) else 3
-    return factor * model.largest_f32 + MEMORY_SLACK
+    narrow = any(t.dtype in ("BF16", "F16") for t in model.tensors.values())
+    return 3 * model.largest_f32 + (model.largest_f32 // 2 if narrow else 0) + MEMORY_SLACK
 
 
 def merge(
@@ -83,7 +83,7 @@ def merge(
     conversion = None
     try:
         # a GGUF's size depends on its type: the converter checks the disk itself
-        _check_resources(out, 0 if to_gguf else model.total_bytes + DISK_SLACK, peak_memory(model))
+        _check_resources(out, 0 if to_gguf else model.total_bytes, peak_memory(model))
         if to_gguf:
             options = {k: v for k, v in {**recipe.gguf, **(gguf or {})}.items() if v is not None}
             conversion = _write_gguf(model, out, options, progress)
@@ -109,20 +109,9 @@ def _check_output(recipe: Recipe, out: Path, force: bool) -> None:
 
 
 def _check_resources(out: Path, disk: int, memory: int) -> None:
-    where = out.parent.resolve()
-    while not where.exists():
-        where = where.parent
-    free = shutil.disk_usage(where).free
-    if disk > free:
-        raise CatteryError(f"{out}: the merge needs {fmt_size(disk)} of disk, {where} has {fmt_size(free)} free")
-    import psutil
-
-    available = int(psutil.virtual_memory().available)
-    if memory > available:
-        raise CatteryError(
-            f"{out}: the merge needs about {fmt_size(memory)} of memory (a few of its largest tensors at once), "
-            f"{fmt_size(available)} is available"
-        )
+    if disk:
+        require_disk(out.parent, disk, f"the merge into {out}")
+    require_memory(memory, f"the merge into {out} (a few of its largest tensors at once)")
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError, ModelFileError
+from app.resources import require_disk
 from converters.imatrix import ImportanceMatrix, read_imatrix
 from converters.quant_types import (
     ModelShape,
@@ -53,7 +54,6 @@ from converters.quant_types import (
 Progress = Callable[[int, int, str], Any]
 
 ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT: llama.cpp pads every tensor's data to it
-DISK_MARGIN = 64 * 1024 * 1024  # room left over for everything else on the disk
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
@@ -258,20 +258,6 @@ def estimate(
 
 
 # -- checks before starting -----------------------------------------------------------
-
-
-def ensure_disk_space(folder: Path, needed: int, what: str = "the output") -> None:
-    """Refuse, in one line, when `folder`'s disk cannot take `needed` bytes and a margin."""
-    from app.units import fmt_size
-
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed + DISK_MARGIN > free:
-        raise CatteryError(
-            f"{folder}: not enough disk space for {what}: needs about {fmt_size(needed)}, {fmt_size(free)} free"
-        )
 
 
 def _check_requantize(source: SourceModel, est: QuantEstimate, allow: bool) -> None:
@@ -551,7 +537,7 @@ def quantize(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CatteryError(f"{out.parent}: cannot make the output folder: {exc.strerror}") from None
-    ensure_disk_space(out.parent, est.size, f"{out.name}")
+    require_disk(out.parent, est.size, out.name)
     opts = _type_options(
         leave_output_tensor=leave_output_tensor,
         pure=pure,
@@ -660,7 +646,7 @@ def quantize_command(args: argparse.Namespace, progress: Progress | None = None)
         _check_requantize(source, est, allow)
         _check_imatrix(source, est, imat)
     folder = outs[0].parent
-    ensure_disk_space(folder, sum(e.size for e in estimates), "the outputs" if len(outs) > 1 else outs[0].name)
+    require_disk(folder, sum(e.size for e in estimates), "the outputs" if len(outs) > 1 else outs[0].name)
     per_file = len(source.tensors)
     for i, (qt, out) in enumerate(zip(qtypes, outs, strict=True)):
         # one running count over all the files, so a progress bar fills once

@@ -45,6 +45,13 @@ def test_bf16_is_rounded_like_torch_and_widened_back(tmp_path: Path) -> None:
     back = (words.astype(np.uint32) << 16).view(np.float32)
     assert back[0] == 1.0 and back[1] == 1.0  # ties go to even
     assert back[2] == 1.0078125 and back[3] == -2.5
+    # every NaN is torch's 0x7FC0, even one whose rounding would carry into the exponent (inf)
+    nans = np.array([0x7F800001, 0xFFFFFFFF, 0x7FC00000], dtype=np.uint32).view(np.float32)
+    assert to_dtype(nans, "BF16").tolist() == [0x7FC0] * 3
+    # chunked rounding over several chunks is the whole-array formula
+    many = np.random.default_rng(0).standard_normal((3, 700_001)).astype(np.float32)
+    u = many.view(np.uint32)
+    assert np.array_equal(to_dtype(many, "BF16"), ((u + ((u >> 16) & 1) + 0x7FFF) >> 16).astype(np.uint16))
     folder = tmp_path / "bf"
     folder.mkdir()
     (folder / "config.json").write_text("{}")

@@ -30,6 +30,7 @@ from app.engine.llama_log import LOG
 from app.engine.native import ensure_backend
 from app.engine.options import LoadOptions, SamplerSettings
 from app.errors import CatteryError
+from app.resources import require_disk
 from converters import quantize as Q
 from converters.imatrix import read_imatrix
 from converters.perplexity import perplexity
@@ -516,8 +517,8 @@ def test_errors_are_one_line(tiny: Path, model_path: Path, work: Path) -> None:
     assert not (work / "o.gguf").exists()
     free = shutil.disk_usage(work).free
     with pytest.raises(CatteryError, match="not enough disk space"):
-        Q.ensure_disk_space(work, free + 10**9)
-    Q.ensure_disk_space(work, 1000)
+        require_disk(work, free + 10**9, "the output")
+    require_disk(work, 1000, "the output")
 
 
 def test_a_progress_callback_can_cancel(tiny: Path, work: Path) -> None:

@@ -99,9 +99,9 @@ def estimate_memory(info: ModelInfo, n_ctx: int, options: LoadOptions, gpu_layer
 
 
 def available_ram() -> int:
-    import psutil
+    from app.resources import available_memory
 
-    return int(psutil.virtual_memory().available)
+    return available_memory()
 
 
 def check_memory(info: ModelInfo, n_ctx: int, options: LoadOptions, gpu_layers: int) -> MemoryEstimate:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +29,9 @@ from typing import Any, BinaryIO
 from app.errors import CatteryError
 from app.hub.names import GGUFModel, HubRef, RemoteFile, unique_quants
 from app.hub.remote import HubError, hub_errors, offline, repo_models
+from app.resources import require_disk
 
 PARTIAL_SUFFIX = ".cattery-partial"
-DISK_MARGIN = 64 * 1024**2  # kept free beyond the download itself
 # What a checkpoint for the converters is made of (weights, config, tokenizer); pickled
 # weights (.bin, .pt) are never fetched: Cattery does not unpickle.
 CHECKPOINT_FILES = (
@@ -160,16 +158,6 @@ def cached_path(repo: str, path: str, revision: str | None = None) -> Path | Non
     return Path(found) if isinstance(found, str) else None
 
 
-def space_left(folder: Path) -> int:
-    """Free bytes where the cache is, or less when a file-size limit (a quota) says so."""
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if soft != resource.RLIM_INFINITY:
-        free = min(free, int(soft))
-    return free
-
-
 def partial_path(repo: str, f: RemoteFile) -> Path:
     return repo_cache(repo) / "blobs" / f"{f.sha256}{PARTIAL_SUFFIX}"
 
@@ -273,12 +261,7 @@ def download(
         raise HubError(f"{plan.label}: not in the cache, and offline (HF_HUB_OFFLINE is set)")
     have = {f.path: _partial_size(plan.repo, f) for f in missing}
     need = sum(f.size - have[f.path] for f in missing)
-    free = space_left(cache_dir())
-    if need + DISK_MARGIN > free:
-        raise CatteryError(
-            f"{plan.label}: not enough disk space in {cache_dir()}: {need / 1e9:.2f} GB to download, "
-            f"{free / 1e9:.2f} GB free"
-        )
+    require_disk(cache_dir(), need, f"{plan.label} in the cache")
     done = plan.size - need
     meter = _Meter(plan, done, progress, cancel)
     for f in missing:
