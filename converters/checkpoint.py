@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from app.checkpoint_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from app.errors import CatteryError
 
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -43,19 +44,6 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
 MAX_HEADER = 100 * 1024 * 1024
 
 

@@ -26,29 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from app.checkpoint_files import CHECKPOINT_FILES, PICKLE_SUFFIXES
 from app.errors import CatteryError
 from app.hub.names import GGUFModel, HubRef, RemoteFile, unique_quants
 from app.hub.remote import HubError, hub_errors, offline, repo_models
 from app.resources import require_disk
 
 PARTIAL_SUFFIX = ".cattery-partial"
-# What a checkpoint for the converters is made of (weights, config, tokenizer); pickled
-# weights (.bin, .pt) are never fetched: Cattery does not unpickle.
-CHECKPOINT_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "model.safetensors.index.json",
-)
-PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class DownloadCancelled(CatteryError):
@@ -117,7 +101,7 @@ def plan_download(ref: HubRef, revision: str | None = None) -> Plan:
         return Plan(ref.repo, commit, label, "gguf", list(model.parts), revision or "main")
     weights = [f for f in files if f.path.endswith(".safetensors")]
     if not weights:
-        pickled = [f.path for f in files if f.path.endswith(PICKLED)]
+        pickled = [f.path for f in files if f.path.endswith(PICKLE_SUFFIXES)]
         if pickled:
             raise CatteryError(
                 f"{ref.repo} has only pickled weights ({pickled[0]}, …): Cattery never loads those; "
