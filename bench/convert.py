@@ -1,7 +1,7 @@
 """Peak memory and speed of converting and merging a ~1B-parameter checkpoint.
 
 The script makes two random llama checkpoints (bf16 safetensors in 2 GB shards, the
-shape of a small Llama: 2048 wide, 16 layers, 5632 FFN, 32000 tokens; ~0.95 B
+shape of a small Llama: 2048 wide, 16 layers, 5632 FFN, 32000 tokens; ~0.85 B
 parameters), then runs, each in a child process whose peak RSS the kernel reports
 (`wait4`):
 
