@@ -34,6 +34,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         finally:
             model.close()
         return 0
+    if not args.output:
+        from app.errors import CatteryError
+
+        raise CatteryError(f"{args.recipe}: say where the merge goes: -o OUT_DIR or -o OUT.gguf (or --dry-run)")
     gguf = {"outtype": args.outtype, "pre_tokenizer": args.pre_tokenizer, "chat_format": args.chat_format}
     result = merge(recipe, Path(args.output), progress=progress_printer("merge"), force=args.force, gguf=gguf)
     for note in result.notes:
@@ -45,7 +49,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("merge", help="merge checkpoints (LoRA at a weight, linear, gradient, SLERP) from a recipe")
     p.add_argument("recipe", metavar="RECIPE.toml")
-    p.add_argument("-o", "--output", metavar="OUT_DIR|OUT.gguf", required=True)
+    p.add_argument(
+        "-o", "--output", metavar="OUT_DIR|OUT.gguf", help="a folder, or a GGUF written straight (not with --dry-run)"
+    )
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
     p.add_argument(
         "--dry-run", action="store_true", help="print each tensor's shape and what every step gives it; write nothing"

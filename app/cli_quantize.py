@@ -41,7 +41,12 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="IN.gguf")
-    p.add_argument("-o", "--output", metavar="OUT.gguf|OUT_DIR", required=True, help="a folder with several --type")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.gguf|OUT_DIR",
+        help="the file, or a folder for several --type (default: STEM.TYPE.gguf beside IN.gguf)",
+    )
     p.add_argument(
         "--type",
         dest="types",

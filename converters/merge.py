@@ -24,6 +24,7 @@ from app.errors import CatteryError
 from app.resources import require_disk, require_memory
 from app.units import fmt_size
 from converters.checkpoint import ShardedWriter
+from converters.merge_card import card_folder, merged_config, merged_name, write_card
 from converters.merge_plan import MergedModel
 from converters.merge_recipe import Recipe, load_recipe
 
@@ -134,9 +135,10 @@ def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> N
     names = model.names()
     try:
         tmp.mkdir(parents=True)
-        (tmp / "config.json").write_text(json.dumps(model.config, indent=2) + "\n", encoding="utf-8")
+        (tmp / "config.json").write_text(json.dumps(merged_config(model.config), indent=2) + "\n", encoding="utf-8")
         for f in model.tokenizer_files():
             shutil.copyfile(f, tmp / f.name)
+        write_card(tmp, model.recipe, merged_name(model.recipe, out))
         if model.recipe.text is not None:
             (tmp / "merge_recipe.toml").write_text(model.recipe.text, encoding="utf-8")
         plan = [model.tensors[n] for n in names]
@@ -166,8 +168,10 @@ def _write_gguf(model: MergedModel, out: Path, options: dict[str, Any], progress
             f"{out}: writing a merge straight to GGUF needs the converter (converters/hf_to_gguf.py); "
             "merge into a folder and run `cattery convert` on it"
         ) from None
-    name = model.recipe.name or out.stem
+    name = merged_name(model.recipe, out)
+    generation = next((f for f in model.tokenizer_files() if f.name == "generation_config.json"), None)
     try:
-        return convert_source(model, model.folder, out, progress=progress, name=name, **options)
+        with card_folder(model.recipe, name, model.config, generation) as card:
+            return convert_source(model, model.folder, out, progress=progress, card_dir=card, **options)
     except OSError as exc:
         raise CatteryError(f"{out}: cannot write: {exc.strerror or exc}") from None

@@ -598,8 +598,13 @@ def output_stem(src: Path) -> str:
     return _TYPE_SUFFIX.sub("", stem) or stem
 
 
-def output_paths(src: Path, output: Path, qtypes: Sequence[QuantType]) -> list[Path]:
-    """One file per type: `-o` is that file for one type, a folder (`STEM.TYPE.gguf` inside) for several."""
+def output_paths(src: Path, output: Path | None, qtypes: Sequence[QuantType]) -> list[Path]:
+    """One file per type: `-o` is that file for one type, a folder (`STEM.TYPE.gguf` inside) for several.
+
+    Without `-o` the files go beside the input, as llama-quantize puts them.
+    """
+    if output is None:
+        return [src.parent / f"{output_stem(src)}.{qt.name}.gguf" for qt in qtypes]
     as_folder = len(qtypes) > 1 or output.is_dir() or str(output).endswith(os.sep)
     if not as_folder:
         return [output]
@@ -623,7 +628,7 @@ def _unique_types(names: Sequence[str]) -> list[QuantType]:
 def quantize_command(args: argparse.Namespace, progress: Progress | None = None) -> int:
     src = Path(args.src)
     qtypes = _unique_types(args.types)
-    outs = output_paths(src, Path(args.output), qtypes)
+    outs = output_paths(src, Path(args.output) if args.output else None, qtypes)
     source = read_source(src)
     imat = read_imatrix(Path(args.imatrix)) if getattr(args, "imatrix", None) else None
     common: dict[str, Any] = {

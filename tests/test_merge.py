@@ -652,8 +652,13 @@ t = [0.2, 0.6]
     )
     direct = merge(load_recipe(recipe), tmp_path / "direct.gguf")
     assert direct.path.is_file() and "wrote" in direct.summary()
-    folder = merge(load_recipe(recipe), tmp_path / "folder").path
+    folder = merge(load_recipe(recipe), tmp_path / "tiny-merge").path
     convert(folder, tmp_path / "via-folder.gguf", outtype="f32")
+    # the folder named as the recipe names the merge: the very same file, metadata included
+    assert direct.path.read_bytes() == (tmp_path / "via-folder.gguf").read_bytes()
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nname: tiny-merge\n") and "- a\n- b\n" in card and 'method = "slerp"' in card
+    assert "_name_or_path" not in json.loads((folder / "config.json").read_text())
     one, two = gguf.GGUFReader(direct.path), gguf.GGUFReader(tmp_path / "via-folder.gguf")
     theirs = {t.name: t for t in two.tensors}
     assert len(one.tensors) == len(theirs) == 2 * 9 + 3
@@ -661,7 +666,9 @@ t = [0.2, 0.6]
         assert t.tensor_type == theirs[t.name].tensor_type
         assert t.data.tobytes() == theirs[t.name].data.tobytes(), t.name
     with direct.path.open("rb") as f:
-        assert read_header(f).get("general.name") == "tiny-merge"
+        header = read_header(f)
+    assert header.get("general.name") == "tiny-merge"
+    assert header.get("general.base_model.count") == 2 and header.get("general.tags") == ["merge", "cattery"]
     texts = []
     for path in (direct.path, tmp_path / "via-folder.gguf", None):
         if path is None:  # the base alone, converted: the merge must differ from it
@@ -731,8 +738,11 @@ model = "{root / "b"}"
 values = [0.9, 0.0]
 """,
     )
-    plan = run_cattery("merge", str(recipe), "-o", str(tmp_path / "out"), "--dry-run")
+    plan = run_cattery("merge", str(recipe), "--dry-run")  # a plan needs no output
     assert plan.returncode == 0, plan.stderr
+    nowhere = run_cattery("merge", str(recipe))
+    assert nowhere.returncode != 0 and "-o OUT_DIR or -o OUT.gguf" in nowhere.stderr
+    assert nowhere.stderr.strip().count("\n") == 0
     assert "model.layers.0.self_attn.q_proj.weight" in plan.stdout and "0.869" in plan.stdout
     assert not (tmp_path / "out").exists()
     done = run_cattery("merge", str(recipe), "-o", str(tmp_path / "out"))

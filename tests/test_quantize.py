@@ -431,6 +431,9 @@ def test_dry_run_prints_the_size_first_and_writes_nothing(f32_model: Path, q4km:
     assert "refuse IQ2_XXS" in proc.stderr
     est = Q.estimate(f32_model, "Q4_K_M")
     assert est.size == q4km.size  # the estimate is exact: same types, same block sizes, same padding
+    beside = run_cattery("quantize", str(f32_model), "--type", "Q8_0", "--dry-run")  # no -o: beside the input
+    assert beside.returncode == 0, beside.stderr
+    assert beside.stdout.rstrip().endswith(f"→ {f32_model.parent / Q.output_stem(f32_model)}.Q8_0.gguf")
 
 
 def test_iq2_needs_an_importance_matrix_and_works_with_one(tiny: Path, work: Path) -> None:
