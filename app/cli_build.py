@@ -22,9 +22,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         stages.append(progress_printer(text))
         print(text, file=sys.stderr, flush=True)
 
-    def progress(done: int, total: int, what: str = "") -> None:
+    def progress(done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> None:
         if stages:
-            stages[-1](done, total, what)
+            stages[-1](done, total, what, nbytes, total_bytes)
 
     result = run_build(Path(args.recipe), ws.paths.models_dir, progress=progress, on_stage=on_stage, force=args.force)
     for note in result.notes:
@@ -35,7 +35,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             if problem:
                 print(f"warning: {problem}", file=sys.stderr)
         print(path)
-    first = result.outputs[0].stem if result.outputs else recipe.name
+    first = result.chat_model.stem if result.chat_model else recipe.name
     print(f"built in {result.seconds:.0f} s; chat with it: cattery --model {first}", file=sys.stderr)
     return 0
 

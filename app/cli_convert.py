@@ -12,23 +12,50 @@ from pathlib import Path
 from typing import Any
 
 
-def progress_printer(label: str) -> Any:
-    """A progress callback for converters: `(done, total, what)` → one line on stderr."""
-    tty = sys.stderr.isatty()
-    last = [-1]
+class ProgressPrinter:
+    """A progress callback for converters: one line on stderr, redrawn in a terminal.
 
-    def report(done: int, total: int, what: str = "") -> None:
-        pct = int(100 * done / total) if total else 100
-        if tty:
-            sys.stderr.write(f"\r{label}: {done}/{total} ({pct}%) {what[:60]:<60}")
-            if done >= total:
-                sys.stderr.write("\n")
+    Without a terminal (a log, CI) a line is printed each quarter, without the tensor
+    names, so that a log stays readable. `end_line()` before printing anything else
+    mid-way, so that the text does not land on the progress line.
+    """
+
+    def __init__(self, label: str, unit: str = "tensors") -> None:
+        from app.progress import Meter
+
+        self.label = label
+        self.meter = Meter(unit)
+        self.tty = sys.stderr.isatty()
+        self._last_pct = -1
+        self._open = False
+
+    def __call__(self, done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> None:
+        fraction = self.meter.fraction(done, total, nbytes, total_bytes)
+        if self.tty:
+            import shutil
+
+            width = shutil.get_terminal_size((100, 24)).columns - 1
+            text = f"{self.label}: {self.meter.line(done, total, what, nbytes, total_bytes)}"[:width]
+            sys.stderr.write(f"\r{text:<{width}}")
+            self._open = True
+            if fraction >= 1:
+                self.end_line()
             sys.stderr.flush()
-        elif pct >= last[0] + 25 or done >= total:
-            last[0] = pct
-            print(f"{label}: {done}/{total} ({pct}%)", file=sys.stderr, flush=True)
+            return
+        pct = int(100 * fraction)
+        if pct >= self._last_pct + 25 or (fraction >= 1 and pct != self._last_pct):
+            self._last_pct = pct
+            print(f"{self.label}: {self.meter.line(done, total, '', nbytes, total_bytes)}", file=sys.stderr, flush=True)
 
-    return report
+    def end_line(self) -> None:
+        if self._open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._open = False
+
+
+def progress_printer(label: str, unit: str = "tensors") -> ProgressPrinter:
+    return ProgressPrinter(label, unit)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
+from app.progress import Progress
 from app.resources import require_disk
 
 if sys.version_info >= (3, 11):
@@ -60,7 +61,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-Progress = Callable[[int, int, str], None]
 KEYS = {"name", "sources", "merge", "gguf", "quantize", "chat"}
 DISK_SLACK = 256 * 1000**2
 
@@ -158,6 +158,12 @@ class BuildResult:
     notes: list[str]
     seconds: float
 
+    @property
+    def chat_model(self) -> Path | None:
+        """The file to chat with: the first quantized one; a kept F16/BF16/F32 is for quantizing again."""
+        quantized = [p for p in self.outputs if not p.stem.upper().endswith((".F16", ".F32", ".BF16"))]
+        return (quantized or self.outputs or [None])[0]
+
 
 def _is_local(recipe: BuildRecipe, value: str) -> Path | None:
     candidate = Path(value).expanduser()
@@ -237,9 +243,9 @@ def run_build(
         plan = plans[name]
         stage(f"downloading {plan.label}")
 
-        def dl_progress(p: Any, _label: str = plan.label) -> None:
+        def dl_progress(p: Any) -> None:
             if progress is not None:
-                progress(p.done, p.total, _label)
+                progress(0, 0, p.file, p.done, p.total)  # bytes only: files differ too much in size
 
         paths = download(plan, progress=dl_progress)
         folders[name] = paths[0].parent

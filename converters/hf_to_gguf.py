@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from app.errors import CatteryError
+from app.progress import Progress
 from app.resources import require_disk
 from converters.checkpoint import Checkpoint, CheckpointError
 
-Progress = Callable[[int, int, str], None]
 SYNC_EVERY = 256 * 1024 * 1024  # bytes written between syncs to disk
 
 
@@ -206,20 +205,22 @@ def _write_tensors(writer: Any, plan: list[Any], progress: Progress | None) -> N
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-write") as io:
         pending: Future[None] | None = None
+        total_bytes, written = sum(p.nbytes for p in plan), 0
         for i, p in enumerate(plan):
             data = p.data()
             if data.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not a user error
                 raise RuntimeError(f"{p.name}: {data.nbytes} bytes, planned {p.nbytes}")
             if pending is not None:
                 pending.result()
+                written += plan[i - 1].nbytes
                 if progress is not None:
-                    progress(i, len(plan), plan[i - 1].name)
+                    progress(i, len(plan), plan[i - 1].name, written, total_bytes)
             pending = io.submit(write, data, i == len(plan) - 1)
             del data
         if pending is not None:
             pending.result()
             if progress is not None:
-                progress(len(plan), len(plan), plan[-1].name)
+                progress(len(plan), len(plan), plan[-1].name, total_bytes, total_bytes)
 
 
 def _check_disk(out: Path, need: int) -> None:

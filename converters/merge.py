@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
+from app.progress import Progress
 from app.resources import require_disk, require_memory
 from app.units import fmt_size
 from converters.checkpoint import ShardedWriter
@@ -28,7 +28,6 @@ from converters.merge_card import card_folder, merged_config, merged_name, write
 from converters.merge_plan import MergedModel
 from converters.merge_recipe import Recipe, load_recipe
 
-Progress = Callable[[int, int, str], None]
 MEMORY_SLACK = 300 * 1000**2  # Python, numpy and the libraries, beyond the tensors themselves
 
 
@@ -142,13 +141,15 @@ def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> N
         if model.recipe.text is not None:
             (tmp / "merge_recipe.toml").write_text(model.recipe.text, encoding="utf-8")
         plan = [model.tensors[n] for n in names]
+        total_bytes, written = sum(t.nbytes for t in plan), 0
         with ShardedWriter(tmp, plan, max_shard=model.recipe.shard_size, metadata={"merged_by": "cattery"}) as w:
             for i, name in enumerate(names):
                 x = model.f32(name)
                 w.write(name, x)
                 del x
+                written += plan[i].nbytes
                 if progress:
-                    progress(i + 1, len(names), name)
+                    progress(i + 1, len(names), name, written, total_bytes)
             w.close()
         _replace(tmp, final)
     except OSError as exc:

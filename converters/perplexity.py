@@ -28,14 +28,13 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError, ModelFileError
+from app.progress import Progress
 
-Progress = Callable[[int, int, str], Any]
 MAX_BATCH = 512
 
 
@@ -261,7 +260,7 @@ def eval_command(args: argparse.Namespace) -> int:
         n_ctx=args.ctx,
         threads=getattr(args, "threads", None),
         chunks=getattr(args, "chunks", None),
-        progress=progress_printer("eval"),
+        progress=progress_printer("eval", unit="chunks"),
     )
     if report.warning:
         print(f"cattery: warning: {report.warning}", file=sys.stderr)

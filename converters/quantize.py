@@ -29,12 +29,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError, ModelFileError
+from app.progress import Progress
 from app.resources import require_disk
 from converters.imatrix import ImportanceMatrix, read_imatrix
 from converters.quant_types import (
@@ -50,8 +51,6 @@ from converters.quant_types import (
     plan_types,
     tensor_bytes,
 )
-
-Progress = Callable[[int, int, str], Any]
 
 ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT: llama.cpp pads every tensor's data to it
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
@@ -433,10 +432,13 @@ def _failure_reason(mark: int) -> str:
     return errors[-1] if errors else "see the llama.cpp log"
 
 
-def _run_native(src: Path, tmp_out: Path, native: _NativeParams, workdir: Path, progress: Progress | None) -> str:
+def _run_native(
+    src: Path, tmp_out: Path, native: _NativeParams, workdir: Path, progress: Progress | None, sizes: dict[str, int]
+) -> str:
     """llama_model_quantize on its own thread, so that Ctrl-C and progress reach Python meanwhile.
 
-    Returns "" on success, else llama.cpp's reason.
+    llama.cpp logs each tensor as it finishes; `sizes` (input bytes by name) turns that
+    into bytes done. Returns "" on success, else llama.cpp's reason.
     """
     import llama_cpp as L
 
@@ -457,7 +459,7 @@ def _run_native(src: Path, tmp_out: Path, native: _NativeParams, workdir: Path, 
 
     worker = threading.Thread(target=work, name="cattery-quantize", daemon=True)
     worker.start()
-    seen, done = mark, 0
+    seen, done, nbytes, total_bytes = mark, 0, 0, sum(sizes.values())
     try:
         while worker.is_alive():
             worker.join(0.1)
@@ -466,8 +468,9 @@ def _run_native(src: Path, tmp_out: Path, native: _NativeParams, workdir: Path, 
                 m = _TENSOR_LINE.match(line)
                 if m and int(m.group(1)) > done:
                     done = int(m.group(1))
+                    nbytes += sizes.get(m.group(3), 0)
                     if progress is not None:
-                        progress(done, int(m.group(2)), m.group(3))
+                        progress(done, int(m.group(2)), m.group(3), nbytes, total_bytes)
             seen = now
     except BaseException:
         abandoned.set()
@@ -563,7 +566,8 @@ def quantize(
     tmp_out = workdir / out.name
     start = time.monotonic()
     try:
-        reason = _run_native(src, tmp_out, native, workdir, progress)
+        sizes = {t.name: tensor_bytes(t.ggml_type, t.shape) for t in source.tensors}
+        reason = _run_native(src, tmp_out, native, workdir, progress, sizes)
         if reason:
             raise CatteryError(f"{src}: llama.cpp could not quantize it to {qt.name}: {reason}")
         if not tmp_out.exists():
@@ -653,11 +657,14 @@ def quantize_command(args: argparse.Namespace, progress: Progress | None = None)
     folder = outs[0].parent
     require_disk(folder, sum(e.size for e in estimates), "the outputs" if len(outs) > 1 else outs[0].name)
     per_file = len(source.tensors)
+    src_bytes = sum(tensor_bytes(t.ggml_type, t.shape) for t in source.tensors)
     for i, (qt, out) in enumerate(zip(qtypes, outs, strict=True)):
         # one running count over all the files, so a progress bar fills once
         step = None
         if progress is not None:
-            step = lambda done, _total, what, i=i: progress(i * per_file + done, per_file * len(outs), what)  # noqa: E731
+            step = lambda done, _total, what, nbytes=0, _tb=0, i=i: progress(  # noqa: E731
+                i * per_file + done, per_file * len(outs), what, i * src_bytes + nbytes, src_bytes * len(outs)
+            )
         report = quantize(
             src,
             out,
@@ -668,5 +675,8 @@ def quantize_command(args: argparse.Namespace, progress: Progress | None = None)
             allow_requantize=allow,
             **common,
         )
+        end_line = getattr(progress, "end_line", None)  # the progress line stays above the summary
+        if end_line is not None:
+            end_line()
         print(report.summary())
     return 0

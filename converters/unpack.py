@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ import numpy as np
 
 from app.atomic import write_text_atomic
 from app.errors import CatteryError
+from app.progress import Progress
 from converters.gguf_read import GGUFFile
 
-Progress = Callable[[int, int, str], None]
 DTYPES = ("F32", "F16", "BF16")
 TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -91,6 +90,7 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tokenizer(g, src_gguf, out_dir, config)
+    total_bytes, written = sum(p.nbytes for p in plan), 0
     with ShardedWriter(out_dir, plan, metadata={"format": "pt"}) as w:
         for i, name in enumerate(names):
             data = g.f32(infos[name])
@@ -100,8 +100,9 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
                 data = unpermute(data, n_kv)
             w.write(name, data)
             del data
+            written += plan[i].nbytes
             if progress is not None:
-                progress(i + 1, len(names), name)
+                progress(i + 1, len(names), name, written, total_bytes)
         w.close()
     write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     _write_generation_config(g, out_dir)

@@ -4,6 +4,7 @@ straight into GGUF → quantized files in the model library, chatted with in the
 from __future__ import annotations
 
 import json
+import re
 import resource
 import signal
 import sys
@@ -93,6 +94,8 @@ def test_a_recipe_builds_quantized_models_into_the_library(sources, cattery_home
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["tiny-grad.F16.gguf", "tiny-grad.Q8_0.gguf"]  # nothing else left behind
     assert "merging into GGUF" in r.stderr and "quantizing to Q8_0" in r.stderr
+    assert re.search(r"merging into GGUF: \d+/\d+ tensors · .+ of .+ · 100%", r.stderr)  # tensors and bytes
+    assert "chat with it: cattery --model tiny-grad.Q8_0" in r.stderr  # the quantized file, not the kept F16
     listing = json.loads(run_cattery("models", "list", "--json", home=cattery_home).stdout)
     assert {"tiny-grad.Q8_0", "tiny-grad.F16"} <= {e["name"] for e in listing}
     info = json.loads(run_cattery("models", "info", "tiny-grad.Q8_0", "--json", home=cattery_home).stdout)

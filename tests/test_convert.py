@@ -647,8 +647,9 @@ def test_an_interrupted_conversion_leaves_no_file(tmp_path: Path) -> None:
     folder = random_llama(tmp_path / "m")
     out = tmp_path / "m.gguf"
 
-    def stop(done: int, total: int, what: str) -> None:
+    def stop(done: int, total: int, what: str, nbytes: int, total_bytes: int) -> None:
         if done == 5:
+            assert 0 < nbytes < total_bytes  # the bytes written so far of the file's tensor data
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

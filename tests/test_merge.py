@@ -587,8 +587,9 @@ def test_an_interrupted_merge_leaves_nothing_under_the_final_name(models: dict[s
         tmp_path,
     )
 
-    def stop(done: int, total: int, what: str) -> None:
+    def stop(done: int, total: int, what: str, nbytes: int, total_bytes: int) -> None:
         if done == 5:
+            assert 0 < nbytes < total_bytes
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -684,7 +685,7 @@ t = [0.2, 0.6]
     assert texts[0] == texts[1] and texts[0]
     assert texts[0] != texts[2]
 
-    def stop(done: int, total: int, what: str) -> None:
+    def stop(done: int, total: int, what: str, *_bytes: int) -> None:
         if done == 4:
             raise KeyboardInterrupt
 

@@ -34,7 +34,7 @@ from app.resources import require_disk
 from converters import quantize as Q
 from converters.imatrix import read_imatrix
 from converters.perplexity import perplexity
-from converters.quant_types import all_types, lookup
+from converters.quant_types import all_types, lookup, tensor_bytes
 from tests.conftest import ROOT, run_cattery
 from tests.gguf_files import dequantized_copy, split_copy, write_gguf
 
@@ -530,10 +530,10 @@ def test_a_progress_callback_can_cancel(tiny: Path, work: Path) -> None:
     class Stop(Exception):
         pass
 
-    seen: list[tuple[int, int, str]] = []
+    seen: list[tuple[int, int, str, int, int]] = []
 
-    def progress(done: int, total: int, name: str) -> None:
-        seen.append((done, total, name))
+    def progress(done: int, total: int, name: str, nbytes: int, total_bytes: int) -> None:
+        seen.append((done, total, name, nbytes, total_bytes))
         if done >= 3:
             raise Stop
 
@@ -544,6 +544,8 @@ def test_a_progress_callback_can_cancel(tiny: Path, work: Path) -> None:
         if thread.name == "cattery-quantize":
             thread.join(30)
     assert seen[0][1] == 75 and seen[0][2] == "output.weight"
+    input_bytes = sum(tensor_bytes(t.ggml_type, t.shape) for t in Q.read_source(tiny).tensors)
+    assert 0 < seen[0][3] < seen[-1][3] < seen[0][4] == input_bytes
     assert list(out.parent.iterdir()) == []
 
 

@@ -4,6 +4,7 @@ a stopped build leaving nothing, the result loaded into the chat."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,15 @@ def test_quantize_a_library_model_and_load_it(cattery_home: Path, f32_model: Pat
             screen.query_one("#quant-model").value = str(src)
             screen.query_one("#quant-type").value = "Q8_0"
             await pilot.click("#quantize")
-            await wait_until(pilot, lambda: screen.running is None and screen.result is not None, timeout=120)
+            shown: list[str] = []
+
+            def finished() -> bool:
+                shown.append(str(screen.query_one("#work-state").render()))
+                return screen.running is None and screen.result is not None
+
+            await wait_until(pilot, finished, timeout=120)
+            # while it ran: tensors done of the total, bytes done of the total, the tensor at hand
+            assert any(re.match(r"\d+/\d+ tensors · [\d.]+ \w?B of [\d.]+ MB · \d+% · ", s) for s in shown), shown[-5:]
             assert screen.result == models / "smol.Q8_0.gguf" and screen.result.is_file()
             assert "done" in str(screen.query_one("#work-state").render())
             await pilot.click("#load-result")

@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, Static
 
 from app.errors import CatteryError
+from app.progress import Meter
 from app.tui.keys import bindings
 from app.tui.screens.dialogs import PathSuggester
 
@@ -43,6 +44,7 @@ class WorkshopScreen(Screen[None]):
         self.running: str | None = None
         self.result: Path | None = None
         self.started = 0.0
+        self.meter = Meter()
 
     @property
     def cattery(self) -> CatteryApp:
@@ -114,6 +116,7 @@ class WorkshopScreen(Screen[None]):
         self.result = None
         self.stop.clear()
         self.started = time.monotonic()
+        self.meter = Meter()
         self.query_one("#stop", Button).disabled = False
         self.query_one("#load-result", Button).disabled = True
         self.query_one("#work-progress", ProgressBar).update(progress=0)
@@ -121,21 +124,16 @@ class WorkshopScreen(Screen[None]):
         self._stage(what)
         return True
 
-    def _progress(self, done: int, total: int, what: str = "") -> None:
+    def _progress(self, done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> None:
         """Called from the worker: stops it when asked, shows how far it is."""
         if self.stop.is_set():
             raise Stopped(f"{self.running}: stopped; nothing was left under a final name")
-        self.app.call_from_thread(self._show_progress, done, total, what)
+        self.app.call_from_thread(self._show_progress, done, total, what, nbytes, total_bytes)
 
-    def _show_progress(self, done: int, total: int, what: str) -> None:
-        pct = int(100 * done / total) if total else 100
+    def _show_progress(self, done: int, total: int, what: str, nbytes: int, total_bytes: int) -> None:
+        pct = int(100 * self.meter.fraction(done, total, nbytes, total_bytes))
         self.query_one("#work-progress", ProgressBar).update(progress=pct)
-        elapsed = time.monotonic() - self.started
-        left = ""
-        if 0 < done < total:
-            eta = elapsed * (total - done) / done
-            left = f", about {int(eta // 60)}:{int(eta % 60):02d} left in this step"
-        self.query_one("#work-state", Static).update(f"{done}/{total}{left}  {what[:80]}")
+        self.query_one("#work-state", Static).update(self.meter.line(done, total, what[:80], nbytes, total_bytes))
 
     def _stage(self, text: str) -> None:
         self.query_one("#work-stage", Static).update(text)
@@ -185,7 +183,7 @@ class WorkshopScreen(Screen[None]):
         except Exception as exc:  # on screen, never a crash
             self.app.call_from_thread(self._ended, None, f"{type(exc).__name__}: {exc}")
             return
-        self.app.call_from_thread(self._ended, result.outputs[0] if result.outputs else None, None)
+        self.app.call_from_thread(self._ended, result.chat_model, None)
 
     def action_quantize(self) -> None:
         model = self.query_one("#quant-model", Select).value

@@ -1,0 +1,60 @@
+"""How long work reports how far it is, and the one line a user reads of it.
+
+Converting, merging, unpacking and quantizing tell their callback the tensors done of
+the total, the bytes done of the total (tensors differ in size by a factor of a thousand,
+so time left is reckoned on bytes when they are known), and the tensor at hand. The
+command line and the Workshop screen show the same line, made here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from app.units import fmt_size
+
+
+class Progress(Protocol):
+    def __call__(self, done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> None: ...
+
+
+def fmt_duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Meter:
+    """Turns reports into text; its clock restarts when a new step starts (the count falls or the total changes)."""
+
+    MIN_ELAPSED = 1.0  # seconds before a time left is guessed: the first tensors say little
+
+    def __init__(self, unit: str = "tensors", clock: Callable[[], float] = time.monotonic) -> None:
+        self.unit = unit
+        self.clock = clock
+        self._started = clock()
+        self._step: tuple[int, int] = (0, 0)
+        self._last = 0
+
+    def fraction(self, done: int, total: int, nbytes: int = 0, total_bytes: int = 0) -> float:
+        if total_bytes > 0:
+            return min(1.0, nbytes / total_bytes)
+        return min(1.0, done / total) if total > 0 else 1.0
+
+    def line(self, done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> str:
+        step = (total, total_bytes)
+        if step != self._step or done < self._last:
+            self._step, self._started = step, self.clock()
+        self._last = done
+        parts = []
+        if total > 0:
+            parts.append(f"{done}/{total} {self.unit}")
+        if total_bytes > 0:
+            parts.append(f"{fmt_size(nbytes)} of {fmt_size(total_bytes)}")
+        fraction = self.fraction(done, total, nbytes, total_bytes)
+        parts.append(f"{int(100 * fraction)}%")
+        elapsed = self.clock() - self._started
+        if 0 < fraction < 1 and elapsed >= self.MIN_ELAPSED:
+            parts.append(f"{fmt_duration(elapsed * (1 - fraction) / fraction)} left")
+        text = " · ".join(parts)
+        return f"{text} · {what}" if what else text
