@@ -11,8 +11,10 @@ The converter's rules are followed where they change what a model does: added to
 that look special (`<|user|>`) are CONTROL even when not marked special, `▁` in other
 added tokens becomes a space, the EOS of tokenizer_config.json wins over config.json
 (gguf-py's `SpecialVocab`, which llama.cpp's converter uses, reads them in that order).
-One addition: a Llama-3-style end of turn (`<|eot_id|>`) is written as the EOT token
-when the EOS is something else, so a chat stops at the end of a turn in any llama.cpp.
+Nothing is added: a Llama-3-style end of turn (`<|eot_id|>`, `<|im_end|>`) needs no
+EOT key, because llama.cpp finds it by its text when it loads the file and stops there
+(tested), and the file stays byte for byte what llama.cpp's converter writes
+(bench/llama_cpp_convert.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ else:  # pragma: no cover
 # gguf.TokenType, which is also SentencePiece's piece type numbering.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # Control tokens that end a turn in chat models; the first present that is not the EOS becomes the EOT.
-END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,6 @@ def load_vocab(folder: Path, vocab_size: int | None, *, pre_tokenizer: str | Non
     add_prefix = tok_config.get("add_prefix_space")
     if isinstance(add_prefix, bool):
         vocab.add_space_prefix = add_prefix
-    _add_end_of_turn(vocab)
     return vocab
 
 
@@ -175,7 +175,35 @@ def _special_vocab(folder: Path, n_vocab: int, *, merges: bool) -> Any:
 
     # gguf-py logs a warning for every quirk it meets; Cattery reports what matters itself.
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
-    return gguf.SpecialVocab(folder, load_merges=merges, n_vocab=n_vocab)
+    special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=n_vocab)
+    _byte_level_adds_nothing(folder, special)
+    return special
+
+
+def _byte_level_adds_nothing(folder: Path, special: Any) -> None:
+    """A ByteLevel post-processor adds no BOS or EOS, as llama.cpp's own gguf-py reads it.
+
+    The gguf-py that llama.cpp converts with (newer than the one on PyPI) writes
+    add_bos/add_eos = false for a tokenizer.json whose post-processor is ByteLevel
+    (GPT-2 style, the bundled SmolLM2), whatever tokenizer_config.json says, unless a
+    template processor beside it says otherwise; without this the file differs from
+    llama.cpp's by one key.
+    """
+    try:
+        post = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("post_processor") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    types = {p.get("type") for p in post.get("processors", [post]) if isinstance(p, dict)}
+    if "ByteLevel" not in types:
+        return
+    adds = dict(special.add_special_token)
+    if types & {"TemplateProcessing", "RobertaProcessing"}:
+        adds.setdefault("bos", False)
+        adds.setdefault("eos", False)
+        special.add_special_token = adds
+    else:
+        rest = {k: v for k, v in adds.items() if k not in ("bos", "eos")}
+        special.add_special_token = {"bos": False, "eos": False, **rest}
 
 
 def _sentencepiece_vocab(folder: Path, vocab_size: int | None, tok_config: dict[str, Any]) -> GGUFVocab:
@@ -304,19 +332,3 @@ def _bpe_vocab(
     if not special.merges:
         raise CheckpointError(f"{path}: the BPE tokenizer has no merges")
     return GGUFVocab("gpt2", name, tokens, types, None, special, pre_hash=digest)
-
-
-def _add_end_of_turn(vocab: GGUFVocab) -> None:
-    """Record an end-of-turn control token (`<|eot_id|>`, …) as EOT when the EOS is something else.
-
-    Llama-3-Instruct checkpoints whose tokenizer_config.json names `<|end_of_text|>` as EOS
-    otherwise give a GGUF that never stops at the end of a reply.
-    """
-    ids = vocab.special.special_token_ids
-    if "eot" in ids:
-        return
-    for text in END_OF_TURN:
-        token_id = vocab.token_id(text)
-        if token_id is not None and vocab.types[token_id] == CONTROL and token_id != ids.get("eos"):
-            ids["eot"] = token_id
-            return

@@ -210,8 +210,10 @@ def test_round_trip_at_f32_is_exact(
     for a, b in zip(ours.tensors, original.tensors, strict=True):
         assert a.shape == b.shape and a.type_name == "F32"
         assert np.array_equal(ours.f32(a), original.f32(b)), a.name
-    # every key the original has, with its value; the converter adds key/value length (head_dim)
-    assert set(ours.keys()) - set(original.keys()) == {"llama.attention.key_length", "llama.attention.value_length"}
+    # every key the original has, with its value; today's converter adds key/value length (head_dim)
+    # and, for a ByteLevel post-processor, add_eos_token = false
+    extra = {"llama.attention.key_length", "llama.attention.value_length", "tokenizer.ggml.add_eos_token"}
+    assert set(ours.keys()) - set(original.keys()) == extra and ours.get("tokenizer.ggml.add_eos_token") is False
     assert set(original.keys()) <= set(ours.keys())
     for key in original:
         if key != "general.file_type":
@@ -486,6 +488,7 @@ def test_bpe_special_tokens_and_eos_from_tokenizer_config(bpe_model: Path, tmp_p
     g = GGUFFile.open(tmp_path / "bpe.gguf")
     assert g.get("tokenizer.ggml.eos_token_id") == 2 and g.get("tokenizer.ggml.bos_token_id") == 1
     assert g.get("tokenizer.ggml.add_bos_token") is False and g.get("tokenizer.ggml.pre") == "smollm"
+    assert g.get("tokenizer.ggml.add_eos_token") is False  # a ByteLevel post-processor adds nothing (llama.cpp)
     assert g.get("tokenizer.chat_template").startswith("{% for message in messages %}")
 
 
@@ -511,8 +514,11 @@ def test_unknown_pre_tokenizer_stops_with_its_hash_and_can_be_named(bpe_model: P
         convert(bpe_model, out, pre_tokenizer="no-such-thing")
 
 
-def test_llama3_style_end_of_turn_becomes_eot(bpe_model: Path, tmp_path: Path) -> None:
-    """A Llama-3-Instruct-like tokenizer whose EOS is the end of text: <|eot_id|> is written as EOT, so it stops."""
+def test_llama3_style_end_of_turn_stops(bpe_model: Path, tmp_path: Path) -> None:
+    """A Llama-3-Instruct-like tokenizer whose EOS is the end of text: <|eot_id|> ends a turn.
+
+    As llama.cpp's converter, no EOT key is written: llama.cpp finds the token by its text.
+    """
     from app.engine.native import VocabModel
 
     data = json.loads((bpe_model / "tokenizer.json").read_text())
@@ -528,7 +534,7 @@ def test_llama3_style_end_of_turn_becomes_eot(bpe_model: Path, tmp_path: Path) -
     (bpe_model / "tokenizer_config.json").write_text(json.dumps(tok_config))
     convert(bpe_model, tmp_path / "l3.gguf")
     g = GGUFFile.open(tmp_path / "l3.gguf")
-    assert g.get("tokenizer.ggml.eos_token_id") == 0 and g.get("tokenizer.ggml.eot_token_id") == 3
+    assert g.get("tokenizer.ggml.eos_token_id") == 0 and g.get("tokenizer.ggml.eot_token_id") is None
     v = VocabModel(tmp_path / "l3.gguf")
     try:
         assert v.is_eog(3) and v.is_eog(0)
