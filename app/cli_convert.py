@@ -54,8 +54,7 @@ class ProgressPrinter:
             self._open = False
 
 
-def progress_printer(label: str, unit: str = "tensors") -> ProgressPrinter:
-    return ProgressPrinter(label, unit)
+progress_printer = ProgressPrinter
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

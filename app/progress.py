@@ -9,7 +9,7 @@ command line and the Workshop screen show the same line, made here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from app.units import fmt_size
@@ -17,6 +17,23 @@ from app.units import fmt_size
 
 class Progress(Protocol):
     def __call__(self, done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> None: ...
+
+
+class TensorCounter:
+    """Reports tensors as they are done, with the bytes they add up to, to a `Progress` (or none)."""
+
+    def __init__(self, progress: Progress | None, sizes: Sequence[int]) -> None:
+        self.progress = progress
+        self.sizes = sizes
+        self.total_bytes = sum(sizes)
+        self.done = 0
+        self.nbytes = 0
+
+    def step(self, what: str) -> None:
+        self.nbytes += self.sizes[self.done]
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.sizes), what, self.nbytes, self.total_bytes)
 
 
 def fmt_duration(seconds: float) -> str:
@@ -36,7 +53,8 @@ class Meter:
         self._step: tuple[int, int] = (0, 0)
         self._last = 0
 
-    def fraction(self, done: int, total: int, nbytes: int = 0, total_bytes: int = 0) -> float:
+    @staticmethod
+    def fraction(done: int, total: int, nbytes: int = 0, total_bytes: int = 0) -> float:
         if total_bytes > 0:
             return min(1.0, nbytes / total_bytes)
         return min(1.0, done / total) if total > 0 else 1.0

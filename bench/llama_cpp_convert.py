@@ -75,36 +75,15 @@ def reference_python(cache: Path) -> Path:
     return python
 
 
-def llama3_like(work: Path, bundled: Path) -> Path:
-    """A random llama with the bundled BPE tokenizer made Llama-3-Instruct-like: the end
-    of text as EOS and <|eot_id|> as the end of a turn (a BOS template would change the
-    pre-tokenizer's hash to one neither converter knows)."""
-    import json
-
-    from tests.hf_fixtures import random_llama
-
-    folder = random_llama(work / "llama3-bpe", hidden=32, ffn=32, n_head=2, n_kv_head=1, n_layer=1, bpe_from=bundled)
-    data = json.loads((folder / "tokenizer.json").read_text())
-    for entry in data["added_tokens"]:
-        if entry["id"] == 3:
-            entry["content"] = "<|eot_id|>"
-    vocab = data["model"]["vocab"]
-    vocab["<|eot_id|>"] = vocab.pop("<repo_name>")
-    (folder / "tokenizer.json").write_text(json.dumps(data))
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["added_tokens_decoder"]["3"]["content"] = "<|eot_id|>"
-    config["eos_token"] = "<|endoftext|>"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
-
-
 def fixtures(work: Path) -> dict[str, Path]:
-    from tests.hf_fixtures import random_llama, unpacked_bundled
+    from tests.hf_fixtures import llama3_end_of_turn, random_llama, unpacked_bundled
 
     bundled = unpacked_bundled(work)
     return {
         "bundled SmolLM2 (BPE, GQA, tied)": bundled,
-        "Llama-3-like BPE (eot)": llama3_like(work, bundled),
+        "Llama-3-like BPE (eot)": llama3_end_of_turn(
+            random_llama(work / "llama3-bpe", hidden=32, ffn=32, n_head=2, n_kv_head=1, n_layer=1, bpe_from=bundled)
+        ),
         "SentencePiece, GQA": random_llama(work / "sp-gqa", seed=1),
         "SentencePiece, MHA, tied": random_llama(work / "sp-mha-tied", n_kv_head=4, tied=True, seed=2),
         "linear RoPE ×2": random_llama(work / "rope-linear", rope_scaling={"type": "linear", "factor": 2.0}, seed=3),

@@ -37,7 +37,6 @@ else:  # pragma: no cover
 
 # gguf.TokenType, which is also SentencePiece's piece type numbering.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# Control tokens that end a turn in chat models; the first present that is not the EOS becomes the EOT.
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def load_vocab(folder: Path, vocab_size: int | None, *, pre_tokenizer: str | Non
     return vocab
 
 
-def _special_vocab(folder: Path, n_vocab: int, *, merges: bool) -> Any:
+def _special_vocab(folder: Path, n_vocab: int, *, merges: bool, post_processor: dict[str, Any] | None) -> Any:
     import logging
 
     import gguf
@@ -176,11 +175,23 @@ def _special_vocab(folder: Path, n_vocab: int, *, merges: bool) -> Any:
     # gguf-py logs a warning for every quirk it meets; Cattery reports what matters itself.
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
     special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=n_vocab)
-    _byte_level_adds_nothing(folder, special)
+    _byte_level_adds_nothing(post_processor or {}, special)
     return special
 
 
-def _byte_level_adds_nothing(folder: Path, special: Any) -> None:
+def _post_processor(folder: Path) -> dict[str, Any] | None:
+    """tokenizer.json's post-processor, for a SentencePiece folder that has one beside its model."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        post = json.loads(path.read_text(encoding="utf-8")).get("post_processor")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return post if isinstance(post, dict) else None
+
+
+def _byte_level_adds_nothing(post: dict[str, Any], special: Any) -> None:
     """A ByteLevel post-processor adds no BOS or EOS, as llama.cpp's own gguf-py reads it.
 
     The gguf-py that llama.cpp converts with (newer than the one on PyPI) writes
@@ -189,10 +200,6 @@ def _byte_level_adds_nothing(folder: Path, special: Any) -> None:
     template processor beside it says otherwise; without this the file differs from
     llama.cpp's by one key.
     """
-    try:
-        post = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("post_processor") or {}
-    except (OSError, ValueError, AttributeError):
-        return
     types = {p.get("type") for p in post.get("processors", [post]) if isinstance(p, dict)}
     if "ByteLevel" not in types:
         return
@@ -256,7 +263,7 @@ def _sentencepiece_vocab(folder: Path, vocab_size: int | None, tok_config: dict[
             text = text.replace("▁", " ")
             types[token_id] = USER_DEFINED
         tokens[token_id], scores[token_id] = text.encode("utf-8"), -1000.0
-    special = _special_vocab(folder, len(tokens), merges=False)
+    special = _special_vocab(folder, len(tokens), merges=False, post_processor=_post_processor(folder))
     return GGUFVocab("llama", "default", tokens, types, scores, special, notes=notes)
 
 
@@ -328,7 +335,8 @@ def _bpe_vocab(
         else:
             types.append(NORMAL)
         tokens.append(text.encode("utf-8"))
-    special = _special_vocab(folder, len(tokens), merges=True)
+    post = data.get("post_processor")
+    special = _special_vocab(folder, len(tokens), merges=True, post_processor=post if isinstance(post, dict) else None)
     if not special.merges:
         raise CheckpointError(f"{path}: the BPE tokenizer has no merges")
     return GGUFVocab("gpt2", name, tokens, types, None, special, pre_hash=digest)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import CatteryError
-from app.progress import Progress
+from app.progress import Progress, TensorCounter
 from app.resources import require_disk
 from converters.checkpoint import Checkpoint, CheckpointError
 
@@ -205,22 +205,19 @@ def _write_tensors(writer: Any, plan: list[Any], progress: Progress | None) -> N
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-write") as io:
         pending: Future[None] | None = None
-        total_bytes, written = sum(p.nbytes for p in plan), 0
+        counter = TensorCounter(progress, [p.nbytes for p in plan])
         for i, p in enumerate(plan):
             data = p.data()
             if data.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not a user error
                 raise RuntimeError(f"{p.name}: {data.nbytes} bytes, planned {p.nbytes}")
             if pending is not None:
                 pending.result()
-                written += plan[i - 1].nbytes
-                if progress is not None:
-                    progress(i, len(plan), plan[i - 1].name, written, total_bytes)
+                counter.step(plan[i - 1].name)
             pending = io.submit(write, data, i == len(plan) - 1)
             del data
         if pending is not None:
             pending.result()
-            if progress is not None:
-                progress(len(plan), len(plan), plan[-1].name, total_bytes, total_bytes)
+            counter.step(plan[-1].name)
 
 
 def _check_disk(out: Path, need: int) -> None:

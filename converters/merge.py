@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
-from app.progress import Progress
+from app.progress import Progress, TensorCounter
 from app.resources import require_disk, require_memory
 from app.units import fmt_size
 from converters.checkpoint import ShardedWriter
@@ -141,15 +141,13 @@ def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> N
         if model.recipe.text is not None:
             (tmp / "merge_recipe.toml").write_text(model.recipe.text, encoding="utf-8")
         plan = [model.tensors[n] for n in names]
-        total_bytes, written = sum(t.nbytes for t in plan), 0
+        counter = TensorCounter(progress, [t.nbytes for t in plan])
         with ShardedWriter(tmp, plan, max_shard=model.recipe.shard_size, metadata={"merged_by": "cattery"}) as w:
-            for i, name in enumerate(names):
+            for name in names:
                 x = model.f32(name)
                 w.write(name, x)
                 del x
-                written += plan[i].nbytes
-                if progress:
-                    progress(i + 1, len(names), name, written, total_bytes)
+                counter.step(name)
             w.close()
         _replace(tmp, final)
     except OSError as exc:

@@ -15,7 +15,6 @@ the same metadata, byte for byte.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -27,15 +26,16 @@ import yaml
 
 from converters.merge_recipe import Recipe
 
-_TYPE_SUFFIX = re.compile(r"\.(f32|f16|bf16|q8_0|auto)$", re.I)
-
 
 def merged_name(recipe: Recipe, out: Path) -> str:
     """The recipe's name, else the output's: a folder's name, a GGUF's stem without its type."""
     if recipe.name:
         return recipe.name.strip()
-    stem = out.name[: -len(".gguf")] if out.name.lower().endswith(".gguf") else out.name
-    return _TYPE_SUFFIX.sub("", stem) or stem
+    if out.suffix.lower() != ".gguf":
+        return out.name
+    from converters.quantize import output_stem
+
+    return output_stem(out)
 
 
 def model_id(folder: Path) -> str:

@@ -256,6 +256,11 @@ def estimate(
     return QuantEstimate(qt, plan, size, source.n_params, source.size)
 
 
+def input_sizes(source: SourceModel) -> dict[str, int]:
+    """Each input tensor's bytes by name: what progress counts as llama.cpp goes through them."""
+    return {t.name: tensor_bytes(t.ggml_type, t.shape) for t in source.tensors}
+
+
 # -- checks before starting -----------------------------------------------------------
 
 
@@ -566,8 +571,7 @@ def quantize(
     tmp_out = workdir / out.name
     start = time.monotonic()
     try:
-        sizes = {t.name: tensor_bytes(t.ggml_type, t.shape) for t in source.tensors}
-        reason = _run_native(src, tmp_out, native, workdir, progress, sizes)
+        reason = _run_native(src, tmp_out, native, workdir, progress, input_sizes(source))
         if reason:
             raise CatteryError(f"{src}: llama.cpp could not quantize it to {qt.name}: {reason}")
         if not tmp_out.exists():
@@ -657,7 +661,7 @@ def quantize_command(args: argparse.Namespace, progress: Progress | None = None)
     folder = outs[0].parent
     require_disk(folder, sum(e.size for e in estimates), "the outputs" if len(outs) > 1 else outs[0].name)
     per_file = len(source.tensors)
-    src_bytes = sum(tensor_bytes(t.ggml_type, t.shape) for t in source.tensors)
+    src_bytes = sum(input_sizes(source).values())
     for i, (qt, out) in enumerate(zip(qtypes, outs, strict=True)):
         # one running count over all the files, so a progress bar fills once
         step = None

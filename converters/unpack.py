@@ -22,7 +22,7 @@ import numpy as np
 
 from app.atomic import write_text_atomic
 from app.errors import CatteryError
-from app.progress import Progress
+from app.progress import Progress, TensorCounter
 from converters.gguf_read import GGUFFile
 
 DTYPES = ("F32", "F16", "BF16")
@@ -90,9 +90,9 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tokenizer(g, src_gguf, out_dir, config)
-    total_bytes, written = sum(p.nbytes for p in plan), 0
+    counter = TensorCounter(progress, [p.nbytes for p in plan])
     with ShardedWriter(out_dir, plan, metadata={"format": "pt"}) as w:
-        for i, name in enumerate(names):
+        for name in names:
             data = g.f32(infos[name])
             if name.endswith(("q_proj.weight", "q_proj.bias")):
                 data = unpermute(data, n_head)
@@ -100,9 +100,7 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
                 data = unpermute(data, n_kv)
             w.write(name, data)
             del data
-            written += plan[i].nbytes
-            if progress is not None:
-                progress(i + 1, len(names), name, written, total_bytes)
+            counter.step(name)
         w.close()
     write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     _write_generation_config(g, out_dir)

