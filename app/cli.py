@@ -268,9 +268,16 @@ def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
         sampler=sampler,
         new_chat=args.new,
     )
+    from app.terminal import raw_stream
     from app.tui.run import run_app
 
-    return run_app(ws, launch)
+    # The app draws on the terminal itself and strips what it shows; it gets the real streams.
+    wrapped = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = raw_stream(sys.stdout), raw_stream(sys.stderr)
+    try:
+        return run_app(ws, launch)
+    finally:
+        sys.stdout, sys.stderr = wrapped
 
 
 def cmd_formats(args: argparse.Namespace) -> int:
@@ -730,18 +737,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["chat", *argv]
-    args = parser.parse_args(argv)
+    from app.terminal import VisibleStream
+
+    streams = sys.stdout, sys.stderr
+    # Everything a command prints may hold text from outside (names, chat text, replies):
+    # its control characters are shown, never obeyed. The full-screen app owns the
+    # terminal itself (app/tui/run.py).
+    sys.stdout, sys.stderr = VisibleStream(sys.stdout), VisibleStream(sys.stderr)
+    try:
+        args = parser.parse_args(argv)
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every way it can fail turned into one line on stderr and a non-zero exit."""
+    import os
+
+    from app.errors import disk_error
+
     try:
         return int(args.func(args) or 0)
     except CatteryError as exc:
-        print(f"cattery: error: {exc}", file=sys.stderr)
+        print(f"cattery: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except MemoryError:
+        print("cattery: error: out of memory (the input is too large for this machine)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A full disk, a read-only or missing folder: the environment, not a bug.
+        print(f"cattery: error: {_one_line(str(disk_error(exc)))}", file=sys.stderr)
+        return 2
+    except Exception:
+        # A bug. Tests (CATTERY_DEBUG=1) see the real exception; a user sees one line
+        # and where the whole story was written.
+        if os.environ.get("CATTERY_DEBUG"):
+            raise
+        print(f"cattery: internal error: {_log_crash()}", file=sys.stderr)
+        return 70
 
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")).strip()
+
+
+def _log_crash() -> str:
+    """Append the current exception's traceback to the log; the line to show the user."""
+    import datetime
+    import traceback
+
+    from app.paths import get_paths
+
+    exc = sys.exc_info()[1]
+    summary = f"{type(exc).__name__}: {_one_line(str(exc))[:200]}"
+    try:
+        log = get_paths().log_dir / "cattery.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"\n{datetime.datetime.now().isoformat(timespec='seconds')} internal error\n")
+            f.write(traceback.format_exc())
+    except OSError:
+        return f"{summary} (the log could not be written)"
+    return f"{summary} (please report it; details in {log})"
 
 if __name__ == "__main__":
     raise SystemExit(main())

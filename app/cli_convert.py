@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.terminal import rewrite_line
+
 
 class ProgressPrinter:
     """A progress callback for converters: one line on stderr, redrawn in a terminal.
@@ -36,7 +38,7 @@ class ProgressPrinter:
 
             width = shutil.get_terminal_size((100, 24)).columns - 1
             text = f"{self.label}: {self.meter.line(done, total, what, nbytes, total_bytes)}"[:width]
-            sys.stderr.write(f"\r{text:<{width}}")
+            rewrite_line(sys.stderr, f"{text:<{width}}")
             self._open = True
             if fraction >= 1:
                 self.end_line()

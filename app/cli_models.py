@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
+from app.terminal import rewrite_line
 from app.units import fmt_range, fmt_size
 
 
@@ -254,8 +255,7 @@ class ProgressLine:
         left = f"{int(eta // 60)}:{int(eta % 60):02d} left" if eta is not None else ""
         text = f"{self.label}  {fmt_size(p.done)} / {fmt_size(p.total)} ({pct}%)  {fmt_size(p.speed)}/s  {left}"
         if self.tty:
-            sys.stderr.write("\r" + text[:160].ljust(100))
-            sys.stderr.flush()
+            rewrite_line(sys.stderr, text[:160].ljust(100))
             self.shown = True
         elif pct >= self.last_pct + 10 or pct == 100:
             self.last_pct = pct

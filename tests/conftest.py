@@ -26,6 +26,9 @@ os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("HF_TOKEN", None)
+# A bug reaching the CLI's last-resort handler raises as it is (in this process and in every
+# `cattery` child), so tests see the real exception rather than "internal error".
+os.environ["CATTERY_DEBUG"] = "1"
 
 
 @pytest.fixture(scope="session")

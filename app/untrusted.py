@@ -1,0 +1,180 @@
+"""Parsing data from outside with bounds on depth, size and values.
+
+Cards, lorebooks, chat files, checkpoints' JSON, recipes and settings all arrive from
+strangers. Python's parsers are fine for honest input but have three weak spots this
+module closes once for every door:
+
+- depth: `json.loads` accepts ~1000 levels and leaves the recursion to whoever walks
+  the result next (normalising, copying, dumping), which then dies with RecursionError;
+  every structure is checked here, iteratively, against `MAX_DEPTH`;
+- numbers: `NaN`, `Infinity` and `1e400` (which JSON turns into inf) are refused, so a
+  card's `insertion_order` can never poison a sort later;
+- YAML aliases: a few hundred bytes of nested aliases expand to gigabytes, so aliases
+  are refused outright (no card format needs them).
+
+Every failure is an `InputError` whose one line names the source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Far below Python's recursion limit (1000), far above any honest card, chat, config
+# or recipe (the deepest seen: ~8 levels in a tokenizer.json).
+MAX_DEPTH = 64
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_structure(obj: Any, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False) -> Any:
+    """Refuse structures nested deeper than `max_depth`, and NaN or infinite floats.
+
+    Iterative, so it cannot itself overflow the stack. Returns `obj` for chaining.
+    """
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            if isinstance(item, float) and not allow_nonfinite and not math.isfinite(item):
+                raise InputError(f"{source}: holds a number that is not finite ({item})")
+            continue
+        if depth > max_depth:
+            raise InputError(f"{source}: nested more than {max_depth} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(
+    text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False
+) -> Any:
+    """`json.loads` with the depth and number checks; any failure is one `InputError` line."""
+    try:
+        obj = json.loads(text, parse_constant=None if allow_nonfinite else _refuse_constant)
+    except RecursionError:
+        raise InputError(f"{source}: nested more than {max_depth} levels deep") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{source}: not UTF-8 text") from None
+    except ValueError as exc:  # JSONDecodeError, too-long integers, NaN/Infinity
+        raise InputError(f"{source}: not valid JSON: {_first_line(exc)}") from None
+    return check_structure(obj, source, max_depth=max_depth, allow_nonfinite=allow_nonfinite)
+
+
+def parse_toml(text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """`tomllib.loads` with the depth check; bytes that are not UTF-8 are refused by name."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        obj = tomllib.loads(text)
+    except RecursionError:
+        raise InputError(f"{source}: nested more than {max_depth} levels deep") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{source}: not valid TOML: {_first_line(exc)}") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise InputError(f"{source}: not valid TOML: {_first_line(exc)}") from None
+    # TOML allows inf and nan; settings and recipes never want them.
+    return check_structure(obj, source, max_depth=max_depth)
+
+
+def _no_alias_loader() -> type:
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """SafeLoader that refuses aliases: the only way a small YAML file becomes a huge object."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise InputError(f"uses a YAML alias (line {event.start_mark.line + 1}), which cards never need")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+def parse_yaml(text: str, source: str, *, max_depth: int = MAX_DEPTH) -> Any:
+    """`yaml.safe_load` without aliases, with the depth and number checks."""
+    import yaml
+
+    try:
+        obj = yaml.load(text, Loader=_no_alias_loader())  # noqa: S506 - a SafeLoader subclass
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{source}: nested more than {max_depth} levels deep") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: not valid YAML: {_first_line(exc)}") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise InputError(f"{source}: not valid YAML: {_first_line(exc)}") from None
+    return check_structure(obj, source, max_depth=max_depth)
+
+
+def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
+    """A whole file, refused before reading when it is larger than any honest one."""
+    try:
+        with path.open("rb") as f:
+            size = Path(path).stat().st_size
+            if size > max_bytes:
+                raise InputError(f"{path}: {size:,} bytes, more than a {what} can be ({max_bytes:,})")
+            data = f.read(max_bytes + 1)
+    except IsADirectoryError:
+        raise InputError(f"{path}: a folder, not a {what}") from None
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > max_bytes:  # a pipe or a file that grew while read
+        raise InputError(f"{path}: more than a {what} can be ({max_bytes:,} bytes)")
+    return data
+
+
+def read_text_bounded(path: Path, max_bytes: int, what: str = "file") -> str:
+    data = read_bounded(path, max_bytes, what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def require(value: Any, kind: type | tuple[type, ...], source: str, key: str) -> Any:
+    """`value` if it is of `kind` (bool is not an int here), else one line naming the key."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise InputError(f"{source}: {key} should be {_article(names)}, not {_describe(value)}")
+    return value
+
+
+def _article(names: str) -> str:
+    return ("an " if names[:1] in "aeiou" else "a ") + names
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
