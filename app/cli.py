@@ -96,7 +96,10 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
 def _workspace() -> Any:
     from app.session.workspace import Workspace
 
-    return Workspace()
+    ws = Workspace()
+    for warning in ws.settings.warnings:  # values of the settings file that were not used, and why
+        print(f"warning: {warning}", file=sys.stderr)
+    return ws
 
 
 def _load_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -753,8 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The command, with every way it can fail turned into one line on stderr and a non-zero exit."""
-    import os
-
+    from app.crash import debugging, report_crash
     from app.errors import disk_error
 
     try:
@@ -774,37 +776,18 @@ def _run(args: argparse.Namespace) -> int:
         # A full disk, a read-only or missing folder: the environment, not a bug.
         print(f"cattery: error: {_one_line(str(disk_error(exc)))}", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as exc:
         # A bug. Tests (CATTERY_DEBUG=1) see the real exception; a user sees one line
         # and where the whole story was written.
-        if os.environ.get("CATTERY_DEBUG"):
+        if debugging():
             raise
-        print(f"cattery: internal error: {_log_crash()}", file=sys.stderr)
+        print(f"cattery: internal error: {report_crash(exc)}", file=sys.stderr)
         return 70
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split("\n")).strip()
 
-
-def _log_crash() -> str:
-    """Append the current exception's traceback to the log; the line to show the user."""
-    import datetime
-    import traceback
-
-    from app.paths import get_paths
-
-    exc = sys.exc_info()[1]
-    summary = f"{type(exc).__name__}: {_one_line(str(exc))[:200]}"
-    try:
-        log = get_paths().log_dir / "cattery.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a", encoding="utf-8") as f:
-            f.write(f"\n{datetime.datetime.now().isoformat(timespec='seconds')} internal error\n")
-            f.write(traceback.format_exc())
-    except OSError:
-        return f"{summary} (the log could not be written)"
-    return f"{summary} (please report it; details in {log})"
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,7 +15,9 @@ from typing import IO, Any
 # C0 controls but tab and newline, DEL, C1 controls, and the Unicode formatting
 # characters that reorder or hide text (bidi overrides and isolates, line/paragraph
 # separators, BOM/zero-width no-break inside text).
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_RANGES = ((0x00, 0x08), (0x0B, 0x1F), (0x7F, 0x9F), (0x2028, 0x202E), (0x2066, 0x2069), (0xFEFF, 0xFEFF))
+CONTROL_CODEPOINTS: frozenset[int] = frozenset(c for low, high in _RANGES for c in range(low, high + 1))
+_CONTROLS = re.compile("[" + "".join(f"\\u{low:04x}-\\u{high:04x}" for low, high in _RANGES) + "]")
 
 
 def _escape(match: re.Match[str]) -> str:

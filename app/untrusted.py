@@ -66,9 +66,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_json(
-    text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False
-) -> Any:
+def parse_json(text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False) -> Any:
     """`json.loads` with the depth and number checks; any failure is one `InputError` line."""
     try:
         obj = json.loads(text, parse_constant=None if allow_nonfinite else _refuse_constant)
@@ -120,7 +118,7 @@ def parse_yaml(text: str, source: str, *, max_depth: int = MAX_DEPTH) -> Any:
     import yaml
 
     try:
-        obj = yaml.load(text, Loader=_no_alias_loader())  # noqa: S506 - a SafeLoader subclass
+        obj = yaml.load(text, Loader=_no_alias_loader())
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None
     except RecursionError:

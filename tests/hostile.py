@@ -84,7 +84,7 @@ def run_bounded(
                 out = Outcome("refused", str(exc), error_type=type(exc).__name__)
             except MemoryError:
                 out = Outcome("memory", "MemoryError", error_type="MemoryError")
-            except BaseException as exc:  # noqa: BLE001 - everything else is the finding
+            except BaseException as exc:
                 out = Outcome("bug", traceback.format_exc()[-3000:], error_type=type(exc).__name__)
             out.seconds = time.monotonic() - t0
             try:
@@ -94,7 +94,7 @@ def run_bounded(
                 data = pickle.dumps(out)
             with os.fdopen(write_fd, "wb") as w:
                 w.write(data)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             code = 3
         finally:
             os._exit(code)

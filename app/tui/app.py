@@ -28,6 +28,7 @@ from app.session.chat import ChatSession, hash_model, open_session, start_sessio
 from app.session.launch import Launch
 from app.session.workspace import Workspace
 from app.tui.keys import bindings, key_table, keymap_from_settings
+from app.tui.safe_text import strip_controls_everywhere
 from app.tui.widgets.status_bar import ModelStatus
 
 log = logging.getLogger("cattery.tui")
@@ -65,6 +66,7 @@ class CatteryApp(App[None]):
 
     def __init__(self, workspace: Workspace, launch: Launch | None = None, *, engine: Engine | None = None) -> None:
         type(self).MODES = _screens()
+        strip_controls_everywhere()
         super().__init__()
         self.ws = workspace
         self.launch = launch or Launch()
@@ -89,6 +91,24 @@ class CatteryApp(App[None]):
             )
 
     # -- start and stop ----------------------------------------------------------------
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A bug: the person gets one line and the log's path, not a screen of traceback.
+
+        Textual would print a traceback with locals (which may hold chat text) after
+        leaving; tests (CATTERY_DEBUG=1) still get Textual's own handling, which re-raises.
+        """
+        from app.crash import debugging, report_crash
+
+        if debugging():
+            super()._handle_exception(error)
+            return
+        from rich.text import Text
+
+        self._return_code = 70
+        line = f"cattery: internal error: {report_crash(error)}"
+        self._exit_renderables.append(Text(line, no_wrap=True, overflow="ignore"))
+        self._close_messages_no_wait()
 
     def on_mount(self) -> None:
         theme = str(self.ws.settings.get("ui", "theme", "textual-dark"))
