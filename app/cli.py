@@ -450,13 +450,9 @@ def cmd_cards_rm(args: argparse.Namespace) -> int:
 
 def _read_history(path: str) -> list[Any]:
     from app.prompt.segments import Message
+    from app.untrusted import parse_json, read_bounded
 
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CatteryError(f"{path}: cannot read: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise CatteryError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    data = parse_json(read_bounded(Path(path), 64 << 20, "chat history"), path)
     if not isinstance(data, list):
         raise CatteryError(f"{path}: expected a JSON list of messages")
     out = []

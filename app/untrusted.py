@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,25 +41,48 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def check_structure(obj: Any, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False) -> Any:
-    """Refuse structures nested deeper than `max_depth`, and NaN or infinite floats.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-    Iterative, so it cannot itself overflow the stack. Returns `obj` for chaining.
+
+def _mend(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def check_structure(obj: Any, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False) -> Any:
+    """Refuse structures nested deeper than `max_depth`, and NaN or infinite floats; mend text.
+
+    Iterative, so it cannot itself overflow the stack. A lone surrogate (half an emoji,
+    as JavaScript leaves when it cuts a string) becomes U+FFFD in place: refusing a whole
+    chat for one broken character would be worse, and keeping it would fail later, when
+    the text is encoded for the tokenizer or the database. Returns `obj` for chaining.
     """
+    if isinstance(obj, str):
+        return _mend(obj)
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            if isinstance(item, float) and not allow_nonfinite and not math.isfinite(item):
-                raise InputError(f"{source}: holds a number that is not finite ({item})")
-            continue
-        if depth > max_depth:
-            raise InputError(f"{source}: nested more than {max_depth} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+            if depth > max_depth:
+                raise InputError(f"{source}: nested more than {max_depth} levels deep")
+            for key in [k for k in item if isinstance(k, str) and _SURROGATE.search(k)]:
+                item[_mend(key)] = item.pop(key)
+            for key, value in item.items():
+                if isinstance(value, str):
+                    if _SURROGATE.search(value):
+                        item[key] = _mend(value)
+                else:
+                    stack.append((value, depth + 1))
+        elif isinstance(item, list):
+            if depth > max_depth:
+                raise InputError(f"{source}: nested more than {max_depth} levels deep")
+            for i, value in enumerate(item):
+                if isinstance(value, str):
+                    if _SURROGATE.search(value):
+                        item[i] = _mend(value)
+                else:
+                    stack.append((value, depth + 1))
+        elif isinstance(item, float) and not allow_nonfinite and not math.isfinite(item):
+            raise InputError(f"{source}: holds a number that is not finite ({item})")
     return obj
 
 

@@ -261,3 +261,11 @@ def test_the_bounds_helper_tells_the_outcomes() -> None:
     assert run_bounded(buggy).kind == "bug"
     assert run_bounded(lambda: 1 + 1).kind == "ok"
     assert assert_bounded(lambda: (_ for _ in ()).throw(InputError("x: bad"))).kind == "refused"
+
+
+def test_lone_surrogates_are_mended_not_kept() -> None:
+    """Half an emoji (JavaScript cuts strings by UTF-16 units) becomes U+FFFD; a whole one stays."""
+    data = parse_json('{"na\\ud800me": ["a\\udc00b", {"t": "\\ud83d\\ude00 ok \\ud83d"}], "s": "\\ud800"}', "x")
+    assert data == {"na\ufffdme": ["a\ufffdb", {"t": "\U0001f600 ok \ufffd"}], "s": "\ufffd"}
+    json.dumps(data).encode("utf-8")  # encodable everywhere now
+    assert parse_json('"\\udfff"', "x") == "\ufffd"

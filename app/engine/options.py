@@ -16,8 +16,32 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CTX_ALIGN = 256
+MAX_CTX = 1 << 24  # 16M tokens: beyond every model's trained context; bounds the arithmetic on it
+MAX_BATCH = 1 << 16  # llama.cpp sizes compute buffers from it
+MAX_THREADS = 1024
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FlashAttn = Literal["auto", "on", "off"]
+MAX_REPLY_TOKENS = 1 << 20  # far beyond any context; keeps a hostile value from meaning "forever"
+MAX_GRAMMAR_CHARS = 1 << 20
+
+
+def _number(name: str, value: Any, *, integer: bool) -> Any:
+    """`value` as an int (or float), refusing text, booleans, NaN and infinities in one line.
+
+    Settings files and presets are TOML written by people: `top_k = 40.0` is taken as 40,
+    `temperature = "hot"` is refused by name rather than failing inside llama.cpp.
+    """
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CatteryError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CatteryError(f"{name} must be a finite number, got {value}")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise CatteryError(f"{name} must be a whole number, got {value}")
+        return int(value)
+    return value
 
 
 def round_ctx(n_ctx: int) -> int:
@@ -68,14 +92,30 @@ class LoadOptions:
     warmup: bool = True
 
     def validate(self) -> None:
+        for name in ("ctx", "gpu_layers", "threads", "threads_batch", "batch"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _number(name, value, integer=True))
+        for name in ("rope_freq_base", "rope_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _number(name, value, integer=False))
+        for name in ("mmap", "mlock", "check_memory", "warmup"):
+            if not isinstance(getattr(self, name), bool):
+                raise CatteryError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("cache_type_k", "cache_type_v", "flash_attn"):
+            if not isinstance(getattr(self, name), str):
+                raise CatteryError(f"{name} must be text, got {getattr(self, name)!r}")
         if self.ctx is not None and self.ctx < 0:
             raise CatteryError(f"--ctx must be positive, got {self.ctx}")
-        if self.batch < 1:
-            raise CatteryError(f"--batch must be at least 1, got {self.batch}")
+        if self.ctx is not None and self.ctx > MAX_CTX:
+            raise CatteryError(f"--ctx must be at most {MAX_CTX}, got {self.ctx}")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise CatteryError(f"--batch must be between 1 and {MAX_BATCH}, got {self.batch}")
         for name in ("threads", "threads_batch"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise CatteryError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            if value is not None and not 1 <= value <= MAX_THREADS:
+                raise CatteryError(f"--{name.replace('_', '-')} must be between 1 and {MAX_THREADS}, got {value}")
         for name in ("cache_type_k", "cache_type_v"):
             value = getattr(self, name).lower()
             if value not in KV_CACHE_TYPES:
@@ -138,6 +178,18 @@ class SamplerSettings:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> None:
+        """Types first (values arrive from settings files, presets and saved chats, not only argparse),
+        then ranges; every problem is one line naming the sampler."""
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "grammar", "seed", "ban_eos"):
+                continue
+            setattr(self, f.name, _number(f.name, getattr(self, f.name), integer=f.type in ("int", int)))
+        if self.seed is not None:
+            self.seed = _number("seed", self.seed, integer=True)
+        if not isinstance(self.ban_eos, bool):
+            raise CatteryError(f"ban_eos must be true or false, got {self.ban_eos!r}")
+        if self.grammar is not None and not isinstance(self.grammar, str):
+            raise CatteryError(f"grammar must be GBNF text, got {type(self.grammar).__name__}")
         checks = [
             (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
@@ -146,10 +198,17 @@ class SamplerSettings:
             (self.repeat_penalty > 0, f"repeat_penalty must be > 0, got {self.repeat_penalty}"),
             (self.repeat_last_n >= -1, f"repeat_last_n must be >= -1, got {self.repeat_last_n}"),
             (self.mirostat in (0, 1, 2), f"mirostat must be 0, 1 or 2, got {self.mirostat}"),
-            (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
+            (
+                1 <= self.max_tokens <= MAX_REPLY_TOKENS,
+                f"max_tokens must be in [1, {MAX_REPLY_TOKENS}], got {self.max_tokens}",
+            ),
             (
                 self.seed is None or 0 <= self.seed < 0xFFFFFFFF,
                 f"seed must be in [0, 4294967294], got {self.seed}",
+            ),
+            (
+                self.grammar is None or len(self.grammar) <= MAX_GRAMMAR_CHARS,
+                f"grammar longer than {MAX_GRAMMAR_CHARS} characters",
             ),
         ]
         for ok, message in checks:

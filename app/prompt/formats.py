@@ -12,17 +12,10 @@ speakers' names.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from app.errors import CatteryError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 GGUF = "gguf"  # the model's own chat template: not a file, rendered by Jinja
 FALLBACK = "chatml"
@@ -59,6 +52,7 @@ class PromptFormat:
 
 
 _FIELDS = {f.name for f in fields(PromptFormat)} - {"name", "source"}
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(PromptFormat)}
 
 
 def format_dir() -> Path:
@@ -67,18 +61,32 @@ def format_dir() -> Path:
     return asset_path("formats")
 
 
+MAX_FORMAT_BYTES = 1 << 20  # a format is a few hundred bytes of prefixes; a megabyte is not one
+
+
 def load_format_file(path: Path) -> PromptFormat:
+    """A format from its TOML file, each key checked against its type (the user's own folder
+    holds imported presets and hand edits: a number where text goes is one line, not a crash later)."""
+    from app.untrusted import parse_toml, read_bounded
+
     try:
-        with path.open("rb") as f:
-            data: dict[str, Any] = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CatteryError(f"{path}: cannot read the format: {exc}") from None
+        data = parse_toml(read_bounded(path, MAX_FORMAT_BYTES, "prompt format"), str(path))
+    except CatteryError as exc:
+        raise CatteryError(f"cannot read the format: {exc}") from None
     unknown = set(data) - _FIELDS
     if unknown:
         raise CatteryError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
-    for key in ("match", "stop"):
-        if key in data:
-            data[key] = tuple(data[key])
+    for key, value in data.items():
+        kind = _FIELD_TYPES[key]
+        if kind == "tuple[str, ...]":
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise CatteryError(f"{path}: {key} must be a list of strings")
+            data[key] = tuple(value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise CatteryError(f"{path}: {key} must be true or false")
+        elif not isinstance(value, str):
+            raise CatteryError(f"{path}: {key} must be a string")
     if data.get("bos", "model") not in ("model", "never"):
         raise CatteryError(f'{path}: bos must be "model" or "never"')
     return PromptFormat(name=path.stem, source=path, **data)

@@ -32,7 +32,9 @@ class Message:
         if not isinstance(data.get("content"), str):
             raise ValueError("content must be a string")
         name = data.get("name")
-        return cls(role, data["content"], str(name) if name else None)
+        if name is not None and not isinstance(name, str):
+            raise ValueError("name must be a string")
+        return cls(role, data["content"], name or None)
 
 
 @dataclass(frozen=True)
