@@ -4,11 +4,15 @@
 the merges) on disk; `unpack` needs them whole, and gguf-py's `GGUFReader` builds a
 numpy view per array item (seconds for a 49k vocabulary). Here a long array is read
 in one pass: strings with a small loop over one buffer, numbers with one `frombuffer`.
+
+The file may come from anyone: the header is read with the same bounds as for loading a
+model, a long array read whole is capped at `MAX_ARRAY_ITEMS`, and the typed accessors
+(`text`, `integer`, `number`, `flag`, `strings`, `numbers`) give the converters each value
+checked for type and range, or one line naming the file and the key.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,24 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.gguf_header import ArrayRef, GGUFFormatError, GGUFHeader, TensorInfo, read_header
+from app.engine.gguf_fields import U32_MAX, Fields
+from app.engine.gguf_header import ArrayRef, GGUFFormatError, GGUFHeader, TensorInfo, read_array, read_header
 from app.errors import CatteryError
 
-# GGUF value type codes → numpy item types.
-_NUMERIC = {
-    0: "<u1",
-    1: "<i1",
-    2: "<u2",
-    3: "<i2",
-    4: "<u4",
-    5: "<i4",
-    6: "<f4",
-    7: "?",
-    10: "<u8",
-    11: "<i8",
-    12: "<f8",
-}
-_STRING = 8
+# Entries of one long array read whole: the largest vocabularies and merge lists have ~300k.
+MAX_ARRAY_ITEMS = 1 << 20
 DEQUANT_BLOCKS = 1 << 15  # blocks per dequantization call (1M values for 32-value blocks)
 
 
@@ -43,20 +35,34 @@ class GGUFFile:
     header: GGUFHeader
     _values: dict[str, Any] = field(default_factory=dict, repr=False)
     _map: np.memmap | None = field(default=None, repr=False)
+    _fields: Fields | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: Path) -> GGUFFile:
         path = Path(path)
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block for ever
+            raise CatteryError(f"{path}: not a regular file")
         try:
             with path.open("rb") as f:
-                header = read_header(f)
+                header = read_header(f, str(path))
+            size = path.stat().st_size
         except FileNotFoundError:
             raise CatteryError(f"{path}: no such file") from None
-        except (OSError, GGUFFormatError) as exc:
-            raise CatteryError(f"{path}: not a readable GGUF file ({exc})") from None
-        if header.data_end > path.stat().st_size:
+        except GGUFFormatError as exc:
+            problem = str(exc).removeprefix(f"{path}: ")
+            raise GGUFFormatError(f"{path}: not a readable GGUF file ({problem})") from None
+        except OSError as exc:
+            raise CatteryError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
+        if header.data_end > size:
             raise CatteryError(f"{path}: truncated (its tensors end past the end of the file)")
         return cls(path, header)
+
+    @property
+    def fields(self) -> Fields:
+        """Typed reads of the metadata (for per-layer arrays long enough to be left on disk, see get)."""
+        if self._fields is None:
+            self._fields = Fields(self.header)
+        return self._fields
 
     def keys(self) -> list[str]:
         return list(self.header.fields)
@@ -77,30 +83,41 @@ class GGUFFile:
         return self._values[key]
 
     def _read_array(self, ref: ArrayRef) -> list[Any]:
-        with self.path.open("rb") as f:
-            f.seek(ref.offset)
-            if ref.item_type in _NUMERIC:
-                dtype = np.dtype(_NUMERIC[ref.item_type])
-                return np.frombuffer(f.read(dtype.itemsize * ref.count), dtype=dtype).tolist()
-            if ref.item_type != _STRING:
-                raise CatteryError(f"{self.path}: nested arrays in the metadata are not supported")
-            # Strings: an 8-byte length then the bytes, `count` times. Read a generous
-            # buffer once and walk it; refill when a string runs past its end.
-            out: list[str] = []
-            buf = f.read(1 << 20)
-            pos = 0
-            unpack = struct.Struct("<Q").unpack_from
-            for _ in range(ref.count):
-                if pos + 8 > len(buf):
-                    buf = buf[pos:] + f.read(1 << 20)
-                    pos = 0
-                (n,) = unpack(buf, pos)
-                if pos + 8 + n > len(buf):
-                    buf = buf[pos:] + f.read(max(n + 8, 1 << 20))
-                    pos = 0
-                out.append(buf[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace"))
-                pos += 8 + n
-            return out
+        try:
+            with self.path.open("rb") as f:
+                return read_array(f, ref, MAX_ARRAY_ITEMS, str(self.path))
+        except OSError as exc:
+            raise CatteryError(f"{self.path}: cannot read: {exc.strerror or type(exc).__name__}") from None
+
+    # -- typed reads: each value checked where a converter takes it ------------------------------
+
+    def text(self, key: str, default: str | None = None, *, required_type: bool = True) -> str | None:
+        value = self.fields.text(key, required_type=required_type)
+        return default if value is None else value
+
+    def integer(self, key: str, default: int | None = None, *, lo: int = 0, hi: int = U32_MAX) -> int | None:
+        value = self.fields.integer(key, lo, hi)
+        return default if value is None else value
+
+    def number(self, key: str, default: float | None = None, *, lo: float, hi: float) -> float | None:
+        value = self.fields.number(key, lo, hi)
+        return default if value is None else value
+
+    def flag(self, key: str, default: bool | None = None) -> bool | None:
+        value = self.fields.flag(key)
+        return default if value is None else value
+
+    def strings(self, key: str) -> list[str] | None:
+        """An array of strings read whole (a vocabulary, merges), or None."""
+        if self.fields.strings(key) is None:
+            return None
+        return list(self.get(key))
+
+    def numbers(self, key: str, item_types: set[int], should: str) -> list[Any] | None:
+        """An array of numbers of one of `item_types` read whole (scores, token types), or None."""
+        if self.fields.array(key, item_types, should) is None:
+            return None
+        return list(self.get(key))
 
     @property
     def tensors(self) -> list[TensorInfo]:

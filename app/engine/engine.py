@@ -141,7 +141,7 @@ class Engine:
         from app.engine import native
 
         native.LOG.install(self._log_file)
-        warnings: list[str] = []
+        warnings: list[str] = list(info.warnings)  # what the file got wrong and llama.cpp lets go
         n_ctx = choose_ctx(info, options, default_ctx)
         warnings += context_warnings(info, n_ctx, options)
         offload = native.offload_supported()

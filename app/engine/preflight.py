@@ -7,6 +7,7 @@ loads fine and then writes nonsense.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from app.engine.metadata import ModelInfo
@@ -43,7 +44,8 @@ def trained_context_limit(info: ModelInfo, rope_scale: float | None) -> int | No
     if rope_scale is None:
         return info.context_length
     file_factor = info.rope_scaling_factor if info.rope_scaling_type == "linear" else None
-    return int(info.context_length * rope_scale / (file_factor or 1.0))
+    limit = info.context_length * rope_scale / (file_factor or 1.0)
+    return int(limit) if math.isfinite(limit) else None
 
 
 def choose_ctx(info: ModelInfo, options: LoadOptions, default: int = DEFAULT_CTX) -> int:
