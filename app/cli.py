@@ -401,7 +401,11 @@ def _card_from_ref(ref: str) -> Any:
     from app.cards.read import read_card
 
     path = Path(ref).expanduser()
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a name too long to be a path is a card's name
+        is_file = False
+    if is_file:
         return read_card(path)
     return _card_library().find(ref).load()
 
@@ -523,7 +527,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def _chat_id(ws: Any, ref: str) -> int:
-    if not ref.isdigit() or not ws.store.has_chat(int(ref)):
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int) and short enough for SQLite's integers.
+    if not (ref.isascii() and ref.isdigit() and len(ref) <= 18) or not ws.store.has_chat(int(ref)):
         raise CatteryError(f"{ref}: no chat with that id (`cattery chats list`)")
     return int(ref)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+
+from app.errors import CatteryError
 
 MIGRATIONS: list[str] = [
     # 1: chats, messages, swipes (every alternative of a message, with where it came from)
@@ -53,13 +56,50 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database up to the newest schema; each step commits with its version number."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
-            f"the chat database is schema {version}, newer than this Cattery ({len(MIGRATIONS)})"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-    return len(MIGRATIONS)
+def _statements(script: str) -> list[str]:
+    """A migration script split into statements (`executescript` would commit the open transaction)."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, source: str = "the chat database") -> int:
+    """Bring the database up to the newest schema, all steps in one write transaction.
+
+    Several Cattery processes may open a new database at the same moment: each takes
+    the write lock (BEGIN IMMEDIATE, waiting up to the busy timeout) and reads the
+    version again inside it, so only the first one creates the tables.
+    """
+    newest = len(MIGRATIONS)
+    version = _version(conn)
+    if version == newest:  # the usual case: no lock taken
+        return newest
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _version(conn)
+        if version > newest:
+            raise CatteryError(f"{source}: the chat database is schema {version}, newer than this Cattery ({newest})")
+        if version < 0:
+            raise CatteryError(f"{source}: not a Cattery chats database (schema {version})")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return newest

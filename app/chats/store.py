@@ -9,6 +9,7 @@ transaction whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.chats.dberrors import is_busy, on_read_only_filesystem, sqlite_errors, translate
 from app.chats.schema import migrate
-from app.errors import CatteryError
+from app.errors import CatteryError, disk_error
 
 
 @dataclass
@@ -61,29 +63,57 @@ class ChatSummary:
     last_message: str
 
 
+@dataclass
+class NewMessage:
+    """A message to store with all its alternatives at once (an imported chat's).
+
+    The provenances are JSON text already: an import holds a whole file's messages in
+    memory before it stores them, and text takes a fraction of the room of the objects.
+    """
+
+    role: str
+    swipes: list[str]
+    name: str | None = None
+    active: int = 0
+    provenance: str = "{}"  # of the first alternative
+    swipe_provenance: str = "{}"  # of the others
+
+
+# Seconds to wait for another process's write transaction before saying the database is busy.
+BUSY_TIMEOUT = 10.0
+
+
 class ChatStore:
-    def __init__(self, path: Path) -> None:
+    """The chat database. Every failure that is not a bug is a one-line `CatteryError`
+    (busy, full, read-only, damaged: app/chats/dberrors.py), with the transaction rolled back."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA foreign_keys = ON")
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            migrate(self.conn)
-        except sqlite3.DatabaseError as exc:
-            raise CatteryError(f"{path}: the chat database cannot be opened: {exc}") from None
         self.lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, "keep the chats") from None
+        with sqlite_errors(path):
+            try:
+                self.conn = _open(path, busy_timeout)
+            except sqlite3.Error:
+                # On a read-only filesystem SQLite cannot make the WAL's shared-memory file, so
+                # even reading fails; nobody can change the file there, so it is read as immutable:
+                # the chats can still be listed and exported, and a change says "read-only".
+                if not (on_read_only_filesystem(path.parent) and path.is_file()):
+                    raise
+                self.conn = _open(path, busy_timeout, read_only=True)
 
     def close(self) -> None:
         with self.lock:
             self.conn.close()
 
     def _tx(self) -> Any:
-        return _Transaction(self.conn, self.lock)
+        return _Transaction(self.conn, self.lock, self.path)
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        with self.lock:
+        with self.lock, sqlite_errors(self.path):
             return self.conn.execute(sql, params).fetchall()
 
     # -- chats --------------------------------------------------------------------
@@ -114,7 +144,7 @@ class ChatStore:
             raise CatteryError(f"no chat with id {chat_id}")
         keys = ("id", "title", "card_ref", "card_name", "user_name", "created_at", "updated_at", "extra")
         out = dict(zip(keys, rows[0], strict=True))
-        out["extra"] = json.loads(out["extra"] or "{}")
+        out["extra"] = _json_dict(out["extra"])
         return out
 
     def has_chat(self, chat_id: int) -> bool:
@@ -129,7 +159,7 @@ class ChatStore:
             row = c.execute("SELECT extra FROM chats WHERE id = ?", (chat_id,)).fetchone()
             if row is None:
                 return
-            extra = {**json.loads(row[0] or "{}"), **values}
+            extra = {**_json_dict(row[0]), **values}
             c.execute("UPDATE chats SET extra = ? WHERE id = ?", (json.dumps(extra), chat_id))
 
     def latest_chat(self, card_ref: str | None) -> int | None:
@@ -169,7 +199,7 @@ class ChatStore:
 
     def messages(self, chat_id: int) -> list[StoredMessage]:
         out: dict[int, StoredMessage] = {}
-        with self.lock:
+        with self.lock, sqlite_errors(self.path):
             for r in self.conn.execute(
                 "SELECT id, position, role, name, active_swipe, created_at FROM messages WHERE chat_id = ? "
                 "ORDER BY position",
@@ -181,7 +211,10 @@ class ChatStore:
                 "JOIN messages m ON m.id = s.message_id WHERE m.chat_id = ? ORDER BY s.message_id, s.idx",
                 (chat_id,),
             ):
-                out[r[1]].swipes.append(Swipe(r[0], r[2], r[3], r[4], json.loads(r[5])))
+                out[r[1]].swipes.append(Swipe(r[0], r[2], r[3], r[4], _json_dict(r[5])))
+        for m in out.values():  # a row edited by hand or by another tool: never an index out of range
+            if not 0 <= m.active < len(m.swipes):
+                m.active = max(0, len(m.swipes) - 1)
         return list(out.values())
 
     def add_message(
@@ -330,6 +363,40 @@ class ChatStore:
                     )
         return new_id
 
+    def insert_chat(
+        self,
+        title: str,
+        messages: list[NewMessage],
+        *,
+        card_ref: str | None = None,
+        card_name: str | None = None,
+        user_name: str | None = None,
+    ) -> int:
+        """A whole chat in one transaction: all of it is stored, or (on any failure) none of it."""
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at, extra) "
+                "VALUES (?,?,?,?,?,?,'{}')",
+                (title, card_ref, card_name, user_name, now, now),
+            )
+            chat_id = int(cur.lastrowid or 0)
+            for position, m in enumerate(messages):
+                mid = c.execute(
+                    "INSERT INTO messages (chat_id, position, role, name, active_swipe, created_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (chat_id, position, m.role, m.name, m.active, now),
+                ).lastrowid
+                c.executemany(
+                    "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance) "
+                    "VALUES (?,?,?,'done',?,?)",
+                    (
+                        (mid, idx, text, now, m.provenance if idx == 0 else m.swipe_provenance)
+                        for idx, text in enumerate(m.swipes)
+                    ),
+                )
+            return chat_id
+
     def _position(self, message_id: int) -> int:
         rows = self._read("SELECT position FROM messages WHERE id = ?", (message_id,))
         if not rows:
@@ -397,24 +464,91 @@ class ChatStore:
             return cur.rowcount
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT under the store's lock, rolled back on any error."""
+def _open(path: Path, busy_timeout: float, *, read_only: bool = False) -> sqlite3.Connection:
+    target = path.resolve().as_uri() + "?mode=ro&immutable=1" if read_only else str(path)
+    conn = sqlite3.connect(target, uri=read_only, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    # Text another tool wrote as invalid UTF-8 reads as U+FFFD, not as a failure of every read.
+    conn.text_factory = _decode
+    try:
+        if not read_only:
+            _set_wal(conn, busy_timeout)
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn, str(path))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """WAL mode, waiting for other openers as the busy timeout says.
+
+    SQLite answers a journal-mode change with "database is locked" at once, without
+    its busy handler, while another connection opens the same new file; several
+    Cattery processes starting together would otherwise fail on their first run.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _json_dict(text: Any) -> dict[str, Any]:
+    """A JSON object column; {} for anything else (a row written by another tool, or damaged)."""
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT under the store's lock, rolled back on any error.
+
+    SQLite's own failures (busy, full, read-only, damaged) leave as one-line errors.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
         self.conn = conn
         self.lock = lock
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            with sqlite_errors(self.path):
+                self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
             self.lock.release()
             raise
         return self.conn
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
         try:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except sqlite3.Error as commit_failed:  # e.g. the disk filled up writing the log
+                    exc = commit_failed
+            if self.conn.in_transaction:  # SQLite rolls some failures back itself
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                mine = translate(exc, self.path)
+                if mine is not None:
+                    raise mine from None
+                if exc_type is None:
+                    raise exc
         finally:
             self.lock.release()

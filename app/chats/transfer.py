@@ -9,68 +9,179 @@ messages.
 from __future__ import annotations
 
 import json
+import stat
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from app.atomic import write_text_atomic
-from app.chats.store import ChatStore
-from app.errors import CatteryError
+from app.chats.store import ChatStore, NewMessage
+from app.errors import InputError
+from app.untrusted import parse_json
 
-MAX_CHAT_FILE = 256 * 1024 * 1024
+# The bounds of an imported chat file. The longest honest SillyTavern chats seen are
+# tens of MB (thousands of messages, each with a few swipes); the bounds sit above
+# those and keep a whole import inside 5 s and 256 MB (bench/hostile.py measures the
+# worst cases from tests/hostile_cases_chats.py).
+MAX_CHAT_FILE = 32 * 1024 * 1024
+MAX_LINE = 8 * 1024 * 1024  # one message with all its swipes
+MAX_MESSAGES = 50_000
+MAX_LINES = 2 * MAX_MESSAGES  # blank ones included
+MAX_SWIPES = 1_000  # alternatives of one message
+MAX_NAME = 1_000  # characters in a name
+MAX_LINE_VALUES = 1_000_000  # JSON values (counted from above) in one line
+MAX_ALTERNATIVES = 200_000  # swipes in the whole file: rows to store
 
 
 def _st_date(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def import_st_chat(store: ChatStore, path: Path, card_ref: str | None = None) -> int:
+def _read_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each non-empty line, within the bounds, one at a time."""
     source = str(path)
     try:
-        if path.stat().st_size > MAX_CHAT_FILE:
-            raise CatteryError(f"{source}: larger than {MAX_CHAT_FILE // 2**20} MiB")
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise CatteryError(f"{source}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CatteryError(f"{source}: not UTF-8 text") from None
-    rows: list[dict[str, Any]] = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CatteryError(f"{source}: line {n} is not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise CatteryError(f"{source}: line {n} is not a JSON object")
-        rows.append(obj)
-    if not rows or "mes" in rows[0]:
-        raise CatteryError(f"{source}: not a SillyTavern chat file (no header line)")
-    header, messages = rows[0], rows[1:]
-    for n, m in enumerate(messages, start=2):
-        if not isinstance(m.get("mes"), str):
-            raise CatteryError(f"{source}: message on line {n} has no text ('mes')")
-    char = str(header.get("character_name") or "")
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the open, a device never end
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise InputError(f"{source}: {what}, not a chat file")
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{source}: no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise InputError(f"{source}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    count = total = 0
+    with f:
+        n = 0
+        while True:
+            try:
+                raw = f.readline(MAX_LINE + 1)
+            except OSError as exc:
+                raise InputError(f"{source}: cannot read: {exc.strerror or type(exc).__name__}") from None
+            if not raw:
+                break
+            n += 1
+            if n > MAX_LINES:  # blank lines too: 32 MiB of newlines is 33 million of them
+                raise InputError(f"{source}: more than {MAX_LINES:,} lines")
+            total += len(raw)
+            if total > MAX_CHAT_FILE:
+                raise InputError(f"{source}: larger than a chat file can be ({MAX_CHAT_FILE // 2**20} MiB)")
+            if len(raw) > MAX_LINE:
+                raise InputError(f"{source}: line {n} is longer than a message can be ({MAX_LINE // 2**20} MiB)")
+            # Each value parsed costs ~70 bytes however short its text ("{}," is a whole dict):
+            # commas and brackets count the values from above, before any is made.
+            if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_LINE_VALUES:
+                raise InputError(f"{source}: line {n} holds more than {MAX_LINE_VALUES:,} values")
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a BOM
+            if not raw.strip():
+                continue
+            count += 1
+            if count > MAX_MESSAGES + 1:  # the header, then the messages
+                raise InputError(f"{source}: more than {MAX_MESSAGES:,} messages")
+            where = f"{source}: line {n}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+            try:
+                obj = parse_json(text, where)
+            except InputError as exc:  # one wording for every way a line fails as JSON
+                detail = str(exc).removeprefix(f"{where}: ").removeprefix("not valid JSON: ")
+                raise InputError(f"{where} is not JSON ({detail})") from None
+            yield n, obj
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"text of {len(value):,} characters" if len(value) > 40 else f"text {value!r}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _field(obj: dict[str, Any], key: str, kinds: tuple[type, ...], expected: str, where: str) -> Any:
+    """`obj[key]` when it is of `kinds` (None when missing or null), else one line naming it."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise InputError(f"{where}: {key} should be {expected}, not {_describe(value)}")
+    return value
+
+
+def _name(obj: dict[str, Any], key: str, where: str) -> str | None:
+    value = _field(obj, key, (str,), "text", where)
+    if value is not None and len(value) > MAX_NAME:
+        raise InputError(f"{where}: {key} is {len(value):,} characters, longer than a name can be ({MAX_NAME:,})")
+    return value
+
+
+def _message(obj: Any, where: str) -> NewMessage:
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: not a JSON object")
+    mes = obj.get("mes")
+    if not isinstance(mes, str):
+        raise InputError(f"{where}: the message has no text ('mes')")
+    name = _name(obj, "name", where)
+    is_user = _field(obj, "is_user", (bool,), "true or false", where)
+    is_system = _field(obj, "is_system", (bool,), "true or false", where)
+    swipes = _field(obj, "swipes", (list,), "a list of texts", where) or [mes]
+    if len(swipes) > MAX_SWIPES:
+        raise InputError(f"{where}: {len(swipes):,} swipes, more than a message can have ({MAX_SWIPES:,})")
+    for i, text in enumerate(swipes):
+        if not isinstance(text, str):
+            raise InputError(f"{where}: swipe {i} should be text, not {_describe(text)}")
+    active = _field(obj, "swipe_id", (int,), "a whole number", where)
+    active = active if active is not None and 0 <= active < len(swipes) else 0
+    extra = _field(obj, "extra", (dict,), "an object", where) or {}
+    swipes = list(swipes)
+    swipes[active] = mes  # `mes` wins over a stale swipe list
+    role = "system" if is_system else ("user" if is_user else "assistant")
+    rest = {k: v for k, v in obj.items() if k not in ("mes", "swipes", "swipe_id")}  # kept as it came
+    return NewMessage(role, swipes, name, active, _dumps({"sillytavern": rest}), _dumps({"sillytavern_extra": extra}))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def read_st_chat(path: Path) -> tuple[dict[str, Any], list[NewMessage]]:
+    """(the header, the messages) of a SillyTavern chat file, every field checked; nothing stored."""
+    source = str(path)
+    lines = _read_lines(path)
+    first, header = next(lines, (0, None))
+    if not isinstance(header, dict) or "mes" in header:
+        raise InputError(f"{source}: not a SillyTavern chat file (no header line)")
+    names = {key: _name(header, key, f"{source}: line {first}") for key in ("user_name", "character_name")}
+    messages: list[NewMessage] = []
+    alternatives = 0
+    for line, obj in lines:
+        messages.append(_message(obj, f"{source}: line {line}"))
+        alternatives += len(messages[-1].swipes)
+        if alternatives > MAX_ALTERNATIVES:
+            raise InputError(f"{source}: more than {MAX_ALTERNATIVES:,} swipes in all")
+    return names, messages
+
+
+def import_st_chat(store: ChatStore, path: Path, card_ref: str | None = None) -> int:
+    """Store a SillyTavern chat file as a new chat: the whole file is checked first, then
+    stored in one transaction, so a bad line or a full disk leaves no half-imported chat."""
+    names, messages = read_st_chat(path)
+    char = names["character_name"] or ""
     title = f"{char} (imported)" if char else path.stem
-    chat_id = store.create_chat(title, card_ref, char or None, str(header.get("user_name") or "") or None)
-    for m in messages:
-        role = "system" if m.get("is_system") else ("user" if m.get("is_user") else "assistant")
-        swipes = m.get("swipes") if isinstance(m.get("swipes"), list) and m.get("swipes") else [m["mes"]]
-        swipes = [s if isinstance(s, str) else "" for s in swipes]
-        extra = m.get("extra") if isinstance(m.get("extra"), dict) else {}
-        provenance = {"sillytavern": {k: v for k, v in m.items() if k not in ("mes", "swipes", "swipe_id")}}
-        mid = store.add_message(chat_id, role, swipes[0], name=m.get("name"), provenance=provenance)
-        for text in swipes[1:]:
-            store.add_swipe(mid, text, provenance={"sillytavern_extra": extra})
-        active = m.get("swipe_id", 0)
-        active = active if isinstance(active, int) and 0 <= active < len(swipes) else 0
-        if len(swipes) > 1:
-            store.select_swipe(mid, active)
-        if swipes[active] != m["mes"]:  # `mes` wins over a stale swipe list
-            store.edit_message(mid, m["mes"])
-    return chat_id
+    return store.insert_chat(
+        title, messages, card_ref=card_ref, card_name=char or None, user_name=names["user_name"] or None
+    )
 
 
 def export_st_chat(store: ChatStore, chat_id: int, path: Path) -> None:

@@ -113,7 +113,7 @@ class Workspace:
     def store(self) -> ChatStore:
         from app.chats.store import ChatStore
 
-        return ChatStore(self.paths.chats_db)
+        return ChatStore(self.paths.chats_db, busy_timeout=float(self.settings.get("chats", "busy_timeout", 10.0)))
 
     @cached_property
     def cards(self) -> CardLibrary:
@@ -129,8 +129,8 @@ class Workspace:
         """Write the settings file; the error line when it cannot be written."""
         try:
             self.settings.save()
-        except OSError as exc:
-            return f"cannot save {self.settings.path}: {exc.strerror}"
+        except CatteryError as exc:  # a full disk, a read-only folder, a file now broken by hand
+            return str(exc)
         return None
 
     # -- models ----------------------------------------------------------------------
