@@ -17,7 +17,6 @@ import copy
 import functools
 import os
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +26,7 @@ from app.assets import asset_path
 from app.atomic import write_text_atomic
 from app.errors import CatteryError, DiskError, SettingsError
 from app.settings_schema import check_settings
-from app.untrusted import MAX_DEPTH, check_structure, parse_toml, read_bounded
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from app.untrusted import parse_toml, read_bounded
 
 # An honest settings file is a few KB (a long system prompt, a few dozen remapped
 # keys); a megabyte is already absurd, and parsing it stays well inside the bounds.
@@ -48,21 +42,10 @@ def _defaults() -> dict[str, Any]:
 
 
 def parse_settings(data: bytes, source: str) -> dict[str, Any]:
-    """TOML with the depth bound, as `app.untrusted.parse_toml`, but letting `inf` and `nan`
-    through to the schema: one bad number costs its key a warning, not the whole file."""
+    """TOML with the depth bound, letting `inf` and `nan` through to the schema: one bad
+    number costs its key a warning, not the whole file."""
     try:
-        text = data.decode("utf-8-sig")  # a BOM from a Windows editor is not a mistake
-    except UnicodeDecodeError as exc:
-        raise SettingsError(f"{source}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        obj = tomllib.loads(text)
-    except RecursionError:
-        raise SettingsError(f"{source}: nested more than {MAX_DEPTH} levels deep") from None
-    except ValueError as exc:  # TOMLDecodeError, an integer too long to convert
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise SettingsError(f"{source}: not valid TOML: {lines[0]}") from None
-    try:
-        return check_structure(obj, source, allow_nonfinite=True)  # type: ignore[no-any-return]
+        return parse_toml(data, source, allow_nonfinite=True)
     except CatteryError as exc:
         raise SettingsError(str(exc)) from None
 

@@ -103,23 +103,27 @@ def parse_json(text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH, al
     return check_structure(obj, source, max_depth=max_depth, allow_nonfinite=allow_nonfinite)
 
 
-def parse_toml(text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
-    """`tomllib.loads` with the depth check; bytes that are not UTF-8 are refused by name."""
+def parse_toml(
+    text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False
+) -> dict[str, Any]:
+    """`tomllib.loads` with the depth check; bytes that are not UTF-8 are refused by name.
+
+    TOML itself allows `inf` and `nan`; they are refused unless `allow_nonfinite` (settings
+    let them through to their schema, so one bad number costs one key, not the file).
+    A UTF-8 byte-order mark, which some editors write, is not a mistake.
+    """
     if isinstance(text, bytes):
         try:
-            text = text.decode("utf-8")
+            text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InputError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     try:
-        obj = tomllib.loads(text)
+        obj = tomllib.loads(text.removeprefix("\ufeff"))
     except RecursionError:
         raise InputError(f"{source}: nested more than {max_depth} levels deep") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, an integer too long to convert
         raise InputError(f"{source}: not valid TOML: {_first_line(exc)}") from None
-    except ValueError as exc:  # e.g. an integer too long to convert
-        raise InputError(f"{source}: not valid TOML: {_first_line(exc)}") from None
-    # TOML allows inf and nan; settings and recipes never want them.
-    return check_structure(obj, source, max_depth=max_depth)
+    return check_structure(obj, source, max_depth=max_depth, allow_nonfinite=allow_nonfinite)
 
 
 def _no_alias_loader() -> type:
@@ -155,20 +159,38 @@ def parse_yaml(text: str, source: str, *, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
-    """A whole file, refused before reading when it is larger than any honest one."""
+    """A whole regular file, refused before reading when it is larger than any honest one.
+
+    Opened without blocking and checked with fstat, so a FIFO (which would wait for a
+    writer forever) or a device (which may never end) is refused rather than read.
+    """
+    import os
+    import stat
+
     try:
-        with path.open("rb") as f:
-            size = Path(path).stat().st_size
-            if size > max_bytes:
-                raise InputError(f"{path}: {size:,} bytes, more than a {what} can be ({max_bytes:,})")
-            data = f.read(max_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except IsADirectoryError:
         raise InputError(f"{path}: a folder, not a {what}") from None
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
-    if len(data) > max_bytes:  # a pipe or a file that grew while read
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{path}: a folder, not a {what}")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path}: not a regular file (a pipe or a device), not a {what}")
+        if st.st_size > max_bytes:
+            raise InputError(f"{path}: {st.st_size:,} bytes, more than a {what} can be ({max_bytes:,})")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # a file that grew while it was read
         raise InputError(f"{path}: more than a {what} can be ({max_bytes:,} bytes)")
     return data
 

@@ -269,3 +269,18 @@ def test_lone_surrogates_are_mended_not_kept() -> None:
     assert data == {"na\ufffdme": ["a\ufffdb", {"t": "\U0001f600 ok \ufffd"}], "s": "\ufffd"}
     json.dumps(data).encode("utf-8")  # encodable everywhere now
     assert parse_json('"\\udfff"', "x") == "\ufffd"
+
+
+def test_read_bounded_refuses_pipes_and_devices_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "card.json"
+    os.mkfifo(fifo)
+    out = assert_refused(read_bounded, fifo, 100, "card", seconds=2, match="not a regular file")
+    assert out.seconds < 1
+    assert_refused(read_bounded, Path("/dev/zero"), 100, "card", seconds=2, match="not a regular file")
+
+
+def test_toml_byte_order_mark_and_nonfinite_when_allowed() -> None:
+    assert parse_toml(b"\xef\xbb\xbfa = 1", "s.toml") == {"a": 1}
+    assert parse_toml("a = inf", "s.toml", allow_nonfinite=True)["a"] == float("inf")
