@@ -62,13 +62,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _size_on_disk(path: Path) -> int:
     """A split model's size is all of its parts'."""
-    from app.hub.names import SPLIT_RE
+    from app.hub.library import model_files
 
-    m = SPLIT_RE.match(path.name)
-    if not m:
-        return path.stat().st_size
-    parts = path.parent.glob(f"{m.group('stem')}-*-of-{m.group('count')}.gguf")
-    return sum(p.stat().st_size for p in parts)
+    return sum(p.stat().st_size for p in model_files(path) if p.exists())
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -172,12 +168,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_files(args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
     from app.engine.preflight import choose_ctx
     from app.hub.fit import fit, machine_memory
     from app.hub.names import unique_quants
-    from app.hub.remote import HubError, remote_model_info, repo_models
+    from app.hub.remote import remote_headers, repo_models
 
     ws = _workspace()
     commit, models, files = repo_models(args.repo, args.revision)
@@ -192,15 +186,7 @@ def cmd_files(args: argparse.Namespace) -> int:
     ram, vram = machine_memory()
     options = ws.load_options({"ctx": args.ctx})
 
-    def read(model: Any) -> tuple[Any, Any]:
-        try:
-            info = remote_model_info(args.repo, model.first.path, revision=commit, size=model.first.size)
-        except (HubError, CatteryError) as exc:
-            return model, exc
-        return model, info
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(read, models))
+    results = remote_headers(args.repo, commit, models)
     unique = unique_quants(models)
     rows = []
     for model, info in results:
@@ -269,11 +255,11 @@ class ProgressLine:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from app.hub.download import download, plan_download
-    from app.hub.names import parse_ref
+    from app.hub.names import parse_ref, shown
 
     ref = parse_ref(args.ref)
     if ref is None:
-        raise CatteryError(f"{args.ref}: not a hub name (owner/repo, owner/repo:Q4_K_M or owner/repo:file.gguf)")
+        raise CatteryError(f"{shown(args.ref)}: not a hub name (owner/repo, owner/repo:Q4_K_M or owner/repo:file.gguf)")
     plan = plan_download(ref, args.revision)
     print(f"{plan.label}: {len(plan.files)} file(s), {fmt_size(plan.size)}", file=sys.stderr)
     bar = ProgressLine(plan.label)

@@ -6,6 +6,14 @@ hub's own headers: `X-Repo-Commit`, `ETag`/`X-Linked-Etag` (the SHA-256 of LFS f
 `X-Linked-Size`, ranges (206), `X-Error-Code` for missing and gated repos. Faults can be
 switched on per file: drop the connection after N bytes, corrupt the bytes, refuse.
 
+It can also LIE, for the hostile-input tests (issue 13), each lie behind an option that is
+off by default: a file's entry in the listing with keys replaced (`HubFile.listed`: a bad
+SHA-256, a negative or string size), bytes served other than the file's (`HubFile.served`:
+longer or shorter than declared), a body that never ends (`HubFile.endless`), a repo's info
+with keys replaced or a raw body of any bytes, even an endless stream (`HubRepo.listed`,
+`HubRepo.raw_info`), hostile `X-Repo-Commit` and ETag headers, and a raw search answer
+(`HubServer.raw_search`). Hostile file names need no option: add a file by that name.
+
 Endpoints: GET /api/models (search), GET /api/models/{repo}[/revision/{rev}] (info, with
 `blobs`), GET /api/models/{repo}/tree/{rev}[/{path}], POST /api/models/{repo}/paths-info/{rev},
 HEAD/GET /{repo}/resolve/{rev}/{path}.
@@ -18,6 +26,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,10 +37,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".model")
 
 
+# A raw answer: bytes, or a function giving the chunks of a body of no declared length
+# (sent until it ends, or for ever; the connection is closed after it).
+RawBody = bytes | Callable[[], Iterable[bytes]]
+
+
 @dataclass
 class HubFile:
     path: str
     data: bytes
+    listed: dict[str, Any] = field(default_factory=dict)  # lie: keys replaced in the file's listing entry
+    served: bytes | None = None  # lie: these bytes are sent instead of the file's
+    endless: bool = False  # lie: after the bytes, more bytes, for ever
 
     @property
     def size(self) -> int:
@@ -65,6 +82,10 @@ class HubRepo:
     last_modified: str = "2026-11-01T12:00:00.000Z"
     tags: list[str] = field(default_factory=list)
     gated: bool = False
+    listed: dict[str, Any] = field(default_factory=dict)  # lie: keys replaced in the repo's info
+    raw_info: RawBody | None = None  # lie: the info answer is these bytes
+    commit_header: str | None = None  # lie: X-Repo-Commit of its files
+    etag_header: str | None = None  # lie: ETag and X-Linked-Etag of its files
 
     @property
     def sha(self) -> str:
@@ -103,8 +124,9 @@ class HubRepo:
                 s.update(size=f.size, blobId=f.git_oid)
                 if f.lfs:
                     s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
+            s.update(f.listed)
             siblings.append(s)
-        return {**self.summary(), "sha": self.sha, "siblings": siblings, "disabled": False}
+        return {**self.summary(), "sha": self.sha, "siblings": siblings, "disabled": False, **self.listed}
 
 
 @dataclass
@@ -117,14 +139,26 @@ class Fault:
     times: int = 1
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up part way (as Cattery does on a body that runs on) is no error here."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, HubRepo] = {}
         self.token = "hf_test_token"
         self.faults: dict[tuple[str, str], Fault] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.raw_search: RawBody | None = None  # lie: the search answer is these bytes
+        self.raw_headers: dict[str, str] = {}  # lie: headers of every raw answer (Content-Encoding…)
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = _QuietServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -166,6 +200,7 @@ class HubServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
@@ -181,6 +216,23 @@ class HubServer:
                 self.end_headers()
                 if self.command != "HEAD" and body:
                     self.wfile.write(body)
+
+            def _raw(self, body: RawBody) -> None:
+                """A lie's answer: fixed bytes, or chunks until they end (or the client goes)."""
+                if isinstance(body, bytes):
+                    return self._send(200, body, {"Content-Type": "application/json", **server.raw_headers})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                for k, v in server.raw_headers.items():
+                    self.send_header(k, v)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for chunk in body():
+                        self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _json(self, data: Any, status: int = 200) -> None:
                 self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
@@ -250,6 +302,8 @@ class HubServer:
                 self._error(404, "EntryNotFound", "no such endpoint")
 
             def _search(self, query: dict[str, list[str]]) -> None:
+                if server.raw_search is not None:
+                    return self._raw(server.raw_search)
                 words = (query.get("search") or [""])[0].lower()
                 filters = query.get("filter", [])
                 found = [
@@ -265,6 +319,8 @@ class HubServer:
 
             def _info(self, repo_id: str, rev: str, blobs: bool) -> None:
                 repo = self._repo(repo_id)
+                if repo is not None and repo.raw_info is not None:
+                    return self._raw(repo.raw_info)
                 if repo is not None and self._revision(repo, rev):
                     self._json(repo.info(blobs))
 
@@ -293,31 +349,35 @@ class HubServer:
                 f = repo.files.get(file_path)
                 if f is None:
                     return self._error(404, "EntryNotFound", f"{file_path} does not exist")
+                etag = repo.etag_header or (f.sha256 if f.lfs else f.git_oid)
                 headers = {
-                    "X-Repo-Commit": repo.sha,
-                    "ETag": f'"{f.sha256 if f.lfs else f.git_oid}"',
+                    "X-Repo-Commit": repo.commit_header or repo.sha,
+                    "ETag": f'"{etag}"',
                     "Accept-Ranges": "bytes",
                     "Content-Type": "application/octet-stream",
                 }
                 if f.lfs:
-                    headers["X-Linked-Etag"] = f'"{f.sha256}"'
+                    headers["X-Linked-Etag"] = f'"{repo.etag_header or f.sha256}"'
                     headers["X-Linked-Size"] = str(f.size)
-                start, end = 0, f.size - 1
+                data = f.data if f.served is None else f.served
+                start, end = 0, len(data) - 1
                 status = 200
                 rng = self.headers.get("Range")
                 if rng:
                     m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
                     if m:
                         start = int(m.group(1))
-                        end = min(int(m.group(2)), f.size - 1) if m.group(2) else f.size - 1
-                        if start >= f.size:
-                            return self._send(416, b"", {"Content-Range": f"bytes */{f.size}"})
+                        end = min(int(m.group(2)), len(data) - 1) if m.group(2) else len(data) - 1
+                        if start >= len(data) and not f.endless:
+                            return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
                         status = 206
-                        headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
-                body = f.data[start : end + 1]
+                        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                body = data[start : end + 1]
                 if self.command == "HEAD":
                     headers["Content-Length"] = str(f.size)
                     return self._send(200, b"", headers)
+                if f.endless:
+                    return self._endless(status, headers, body)
                 fault = server._take_fault(repo_id, file_path)
                 if fault is not None and fault.corrupt:
                     mid = len(body) // 2
@@ -342,6 +402,21 @@ class HubServer:
                         self.close_connection = True
                     return
                 self.wfile.write(body)
+
+            def _endless(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                """The bytes asked for, then more, for ever: no length, until the client goes."""
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    self.wfile.write(body)
+                    while True:
+                        self.wfile.write(b"\x00" * 65536)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
         return Handler
 

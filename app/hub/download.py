@@ -1,18 +1,20 @@
-"""Downloading models into the standard Hugging Face cache, resumably and verified.
+"""Downloading models into the standard Hugging Face cache, resumably, verified and bounded.
 
 Files land where `huggingface_hub` puts them (`models--owner--repo/blobs`, `snapshots`,
-`refs`), so what other tools downloaded is found and reused, and they find ours.
-Two things `hf_hub_download` does not do are done here (see DESIGN.md's pitfalls):
+`refs`; app.hub.cache), so what other tools downloaded is found and reused, and they find ours.
+Three things `hf_hub_download` does not do are done here (see DESIGN.md's pitfalls):
 
-- resume across runs: a large file is fetched into `blobs/<sha256>.cattery-partial`,
-  which is kept when the download stops for any reason (a dropped connection, a
-  killed process, Ctrl-C) and continued with a `Range` request next time;
-- verify: the bytes are hashed as they arrive and compared with the SHA-256 of the
-  hub's LFS metadata; a file that does not match is deleted, never put in the cache.
+- resume across runs: a file is fetched into `blobs/<digest>.cattery-partial`, which is
+  kept when the download stops for any reason (a dropped connection, a killed process,
+  Ctrl-C) and continued with a `Range` request next time;
+- verify: the bytes are hashed as they arrive and compared with the SHA-256 of the hub's
+  LFS metadata (or the git blob id of a small file); a file that does not match is deleted,
+  never put in the cache;
+- bound: no more than the size the listing declares is ever written; a body that runs on
+  past it is refused (and deleted) at the first byte too many.
 
-The transfer itself is huggingface_hub's `http_get` (its headers, retries within a call,
-the server ignoring a Range); putting the finished blob in place is `hf_hub_download`,
-which finds the blob present and only writes the snapshot link and the ref.
+The listing's names and digests were checked before a plan is made (app.hub.answers), and
+the cache checks every folder it writes into (app.hub.cache).
 """
 
 from __future__ import annotations
@@ -24,15 +26,42 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from app.checkpoint_files import CHECKPOINT_FILES, PICKLE_SUFFIXES
-from app.errors import CatteryError
+from app.errors import CatteryError, DiskError, disk_error
+from app.hub.cache import (
+    PARTIAL_SUFFIX,
+    blob_name,
+    blobs_dir,
+    cache_dir,
+    cached_path,
+    link_snapshot,
+    repo_cache,
+    write_ref,
+)
+from app.hub.cache import partial_path as _partial_path
+from app.hub.http import HubRefusal, Unpacker, resolve_url, stream
 from app.hub.names import GGUFModel, HubRef, RemoteFile, unique_quants
-from app.hub.remote import HubError, hub_errors, offline, repo_models
+from app.hub.remote import HubError, check_revision, offline, repo_models
 from app.resources import require_disk
 
-PARTIAL_SUFFIX = ".cattery-partial"
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "DownloadCancelled",
+    "Plan",
+    "Progress",
+    "cache_dir",
+    "cached_path",
+    "choose_model",
+    "download",
+    "partial_path",
+    "plan_download",
+    "repo_cache",
+]
+
+RETRIES = 5  # failed attempts in a row (no new bytes) before a download gives up for this run
+SHORT_ANSWERS = 5  # answers that end early without an error, in all, before it gives up
 
 
 class DownloadCancelled(CatteryError):
@@ -92,6 +121,7 @@ def _names(repo: str, models: list[GGUFModel]) -> str:
 
 
 def plan_download(ref: HubRef, revision: str | None = None) -> Plan:
+    check_revision(ref.repo, revision)
     commit, models, files = repo_models(ref.repo, revision)
     if models and ref.selector != "safetensors":
         model = choose_model(ref.repo, models, ref.selector)
@@ -123,58 +153,14 @@ def plan_download(ref: HubRef, revision: str | None = None) -> Plan:
 # -- the cache -------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def repo_cache(repo: str) -> Path:
-    from huggingface_hub.file_download import repo_folder_name
-
-    return cache_dir() / repo_folder_name(repo_id=repo, repo_type="model")
-
-
-def cached_path(repo: str, path: str, revision: str | None = None) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, path, revision=revision)
-    return Path(found) if isinstance(found, str) else None
-
-
-def partial_path(repo: str, f: RemoteFile) -> Path:
-    return repo_cache(repo) / "blobs" / f"{f.sha256}{PARTIAL_SUFFIX}"
+def partial_path(repo: str, f: RemoteFile, commit: str = "") -> Path:
+    """Where the download of `f` is kept until it is checked: named after its digest, or (a
+    small file the hub gave no blob id for) after a hash of its commit and name."""
+    digest = f.sha256 or f.blob_id or hashlib.sha256(f"{commit}/{f.path}".encode()).hexdigest()
+    return _partial_path(repo, digest)
 
 
 # -- downloading ---------------------------------------------------------------------------
-
-
-class _HashingWriter:
-    """The partial file, hashing what is written; http_get may rewind it (a server that ignored Range)."""
-
-    def __init__(self, f: BinaryIO, hasher: Any) -> None:
-        self.f = f
-        self.hasher = hasher
-        self.rewound = False
-
-    def write(self, data: bytes) -> int:
-        n = self.f.write(data)
-        self.hasher.update(data)
-        return n
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.rewound = True
-        return self.f.seek(offset, whence)
-
-    def truncate(self, size: int | None = None) -> int:
-        self.rewound = True
-        return self.f.truncate(size)
-
-    def flush(self) -> None:
-        self.f.flush()
 
 
 def _hash_file(path: Path, hasher: Any) -> None:
@@ -212,22 +198,6 @@ class _Meter:
             speed = (self.done - d0) / (now - t0) if now > t0 else 0.0
             self.callback(Progress(self.file, self.done, self.plan.size, speed, self.started))
 
-    def bar_class(self) -> type:
-        from huggingface_hub.utils import tqdm as hf_tqdm
-
-        meter = self
-
-        class _Bar(hf_tqdm):  # type: ignore[misc, valid-type]
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                kwargs["disable"] = True
-                super().__init__(*args, **kwargs)
-
-            def update(self, n: float | None = 1) -> bool | None:
-                meter.add(int(n or 0))
-                return None
-
-        return _Bar
-
 
 def download(
     plan: Plan,
@@ -236,25 +206,27 @@ def download(
     cancel: threading.Event | None = None,
 ) -> list[Path]:
     """Fetch every file of the plan not in the cache yet; the local paths, in the plan's order."""
-    from huggingface_hub.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # its retry notes would break the progress line; errors come as ours
     cached = {f.path: cached_path(plan.repo, f.path, plan.commit) for f in plan.files}
     missing = [f for f in plan.files if cached[f.path] is None]
     if missing and offline():
         raise HubError(f"{plan.label}: not in the cache, and offline (HF_HUB_OFFLINE is set)")
-    have = {f.path: _partial_size(plan.repo, f) for f in missing}
+    have = {f.path: _partial_size(plan, f) for f in missing}
     need = sum(f.size - have[f.path] for f in missing)
     require_disk(cache_dir(), need, f"{plan.label} in the cache")
     done = plan.size - need
     meter = _Meter(plan, done, progress, cancel)
     for f in missing:
         meter.file = f.path
-        if f.sha256:
-            _fetch_lfs(plan, f, meter)
-        else:
-            _finish(plan, f)  # a small git file: huggingface_hub fetches it whole
-            meter.add(f.size)
+        blob = _Transfer(plan, f, meter).run()
+        try:
+            link_snapshot(plan.repo, plan.commit, f.path, blob)
+        except OSError as exc:
+            raise disk_error(exc, "put the download in the Hugging Face cache") from None
+    if missing:
+        try:
+            write_ref(plan.repo, plan.revision, plan.commit)
+        except OSError as exc:
+            raise disk_error(exc, "write the branch's ref in the Hugging Face cache") from None
     return [cached_path(plan.repo, f.path, plan.commit) or _not_cached(plan, f) for f in plan.files]
 
 
@@ -262,84 +234,154 @@ def _not_cached(plan: Plan, f: RemoteFile) -> Path:
     raise CatteryError(f"{plan.repo}/{f.path}: downloaded but not found in the cache")
 
 
-def _partial_size(repo: str, f: RemoteFile) -> int:
-    if not f.sha256:
+def _partial_size(plan: Plan, f: RemoteFile) -> int:
+    p = partial_path(plan.repo, f, plan.commit)
+    if p.is_symlink() or not p.is_file():
         return 0
-    p = partial_path(repo, f)
-    size = p.stat().st_size if p.is_file() else 0
+    size = p.stat().st_size
     return size if size <= f.size else 0
 
 
-def _fetch_lfs(plan: Plan, f: RemoteFile, meter: _Meter) -> None:
-    from huggingface_hub import constants, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+class _Transfer:
+    """One file into its partial file: appended, hashed as it arrives, never past the declared
+    size; continued with a Range after a dropped connection; checked, then renamed to its blob."""
 
-    assert f.sha256 is not None
-    partial = partial_path(plan.repo, f)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    have = partial.stat().st_size if partial.is_file() else 0
-    if have > f.size:  # not ours to continue: start over
-        partial.unlink()
-        have = 0
-    hasher = hashlib.sha256()
-    if have:
-        _hash_file(partial, hasher)
-    url = hf_hub_url(plan.repo, f.path, revision=plan.commit, endpoint=constants.ENDPOINT)
-    try:
-        with partial.open("ab") as out:
-            writer = _HashingWriter(out, hasher)
-            with hub_errors(f"{plan.repo}/{f.path}"):
-                try:
-                    http_get(
-                        url,
-                        writer,  # type: ignore[arg-type]
-                        resume_size=have,
-                        headers=build_hf_headers(),
-                        expected_size=f.size,
-                        displayed_filename=f.path,
-                        tqdm_class=meter.bar_class(),
-                    )
-                except (DownloadCancelled, OSError):
+    def __init__(self, plan: Plan, f: RemoteFile, meter: _Meter) -> None:
+        self.plan = plan
+        self.f = f
+        self.meter = meter
+        self.what = f"{plan.repo}/{f.path}"
+        self.partial = partial_path(plan.repo, f, plan.commit)
+        self.hasher = self._new_hasher()
+        self.have = 0
+
+    def _new_hasher(self) -> Any:
+        if self.f.sha256:
+            return hashlib.sha256()
+        h = hashlib.sha1()  # a git blob id: SHA-1 of "blob <size>\0" and the bytes
+        h.update(b"blob %d\0" % self.f.size)
+        return h
+
+    def run(self) -> Path:
+        try:
+            blobs = blobs_dir(self.plan.repo)
+            digest = self.f.sha256 or self.f.blob_id
+            if digest:
+                blob = blobs / blob_name(digest)
+                if not blob.is_symlink() and blob.is_file() and blob.stat().st_size == self.f.size:
+                    self.meter.add(self.f.size)  # the same bytes are there already, under another name
+                    return blob
+            with os.fdopen(self._open_partial(), "ab") as out:
+                self._receive(out)
+            return self._check_and_keep(blobs)
+        except OSError as exc:  # a full disk, a read-only cache: one line, what arrived is kept
+            raise self._disk_full(exc) from None
+
+    def _open_partial(self) -> int:
+        if self.partial.is_symlink():  # not ours: never written through
+            self.partial.unlink()
+        self.have = self.partial.stat().st_size if self.partial.is_file() else 0
+        if self.have > self.f.size:  # not ours to continue: start over
+            self.partial.unlink()
+            self.have = 0
+        if self.have:
+            _hash_file(self.partial, self.hasher)
+        return os.open(self.partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+
+    def _disk_full(self, exc: OSError) -> DiskError:
+        try:
+            kept = self.partial.stat().st_size if self.partial.is_file() else 0
+        except OSError:
+            kept = 0
+        reason = exc.strerror or type(exc).__name__
+        return DiskError(f"{self.partial.parent}: cannot write ({reason}); {kept / 1e6:.1f} MB kept for a resume")
+
+    def _receive(self, out: Any) -> None:
+        """Answers until the declared size is there: a dropped connection is retried from where
+        it stopped (RETRIES in a row without new bytes), an answer that ends early is asked again
+        (SHORT_ANSWERS in all); giving up keeps what arrived, for the next run."""
+        import httpx2
+
+        failures = short = 0
+        while self.have < self.f.size:
+            if offline():
+                raise HubError(f"{self.what}: offline (HF_HUB_OFFLINE is set), the hub is not asked")
+            before = self.have
+            try:
+                self._answer(out)
+            except httpx2.TransportError as exc:
+                failures = 1 if self.have > before else failures + 1
+                if failures >= RETRIES:
+                    raise HubError(
+                        f"{self.what}: the connection failed ({type(exc).__name__}); {self.have / 1e6:.1f} of "
+                        f"{self.f.size / 1e6:.1f} MB are kept: run the same command again to resume"
+                    ) from None
+                time.sleep(1)
+                continue
+            except (httpx2.HTTPError, httpx2.InvalidURL, httpx2.StreamError) as exc:
+                raise HubError(f"{self.what}: cannot reach the hub ({type(exc).__name__})") from None
+            except HubRefusal as exc:
+                if exc.status != 416 or not self.have:
                     raise
-                except Exception as exc:
-                    if type(exc).__module__.startswith(("httpx", "httpcore")):
-                        kept = partial.stat().st_size
-                        raise HubError(
-                            f"{plan.repo}/{f.path}: the connection failed ({type(exc).__name__}); "
-                            f"{kept / 1e6:.1f} of {f.size / 1e6:.1f} MB are kept: run the same command again to resume"
-                        ) from None
-                    raise
-    except OSError as exc:
-        kept = partial.stat().st_size if partial.is_file() else 0
-        raise CatteryError(
-            f"{partial.parent}: cannot write ({exc.strerror or exc}); {kept / 1e6:.1f} MB kept for a resume"
-        ) from None
-    if writer.rewound:
-        hasher = hashlib.sha256()
-        _hash_file(partial, hasher)
-    size = partial.stat().st_size
-    got = hasher.hexdigest()
-    if size != f.size or got != f.sha256:
-        partial.unlink(missing_ok=True)
-        what = (
-            f"{size} bytes instead of {f.size}"
-            if size != f.size
-            else f"SHA-256 {got[:12]}… instead of {f.sha256[:12]}…"
+                short = SHORT_ANSWERS  # no bytes past what arrived: the hub's file is shorter than it says
+            else:
+                short += self.have < self.f.size  # the answer ended early, without an error
+            if short >= SHORT_ANSWERS:
+                raise HubError(
+                    f"{self.what}: the hub sent {self.have:,} of the {self.f.size:,} bytes its listing declares; "
+                    "what arrived is kept: run the same command again to resume"
+                )
+
+    def _answer(self, out: Any) -> None:
+        """One GET from where the partial file ends, appended to it."""
+        url = resolve_url(self.plan.repo, self.plan.commit, self.f.path)
+        headers = {"Range": f"bytes={self.have}-"} if self.have else {}
+        with stream(url, self.what, headers=headers) as r:
+            if self.have and r.status_code != 206:  # the server ignored the Range: start over
+                out.truncate(0)
+                self.meter.add(-self.have)
+                self.have = 0
+                self.hasher = self._new_hasher()
+            elif self.have:
+                first = r.headers.get("Content-Range", "").removeprefix("bytes").strip().partition("-")[0]
+                if first != str(self.have):
+                    raise HubError(f"{self.what}: the hub sent a range other than the one asked for")
+            room = self.f.size - self.have
+            unpack = Unpacker(r.headers.get("Content-Encoding", ""), self.what, room)
+            for chunk in r.iter_raw():
+                data = unpack.feed(chunk)
+                if unpack.out > room:
+                    self._too_long(out)
+                if data:
+                    out.write(data)
+                    self.hasher.update(data)
+                    self.have += len(data)
+                    self.meter.add(len(data))
+
+    def _too_long(self, out: Any) -> None:
+        out.close()
+        self.partial.unlink(missing_ok=True)
+        raise HubError(
+            f"{self.what}: the hub sent more than the {self.f.size:,} bytes its listing declares; "
+            "nothing past that was written, and what arrived was deleted"
         )
-        raise CatteryError(
-            f"{plan.repo}/{f.path}: the downloaded file does not match the hub's SHA-256 ({what}); "
-            "it was deleted: run the command again"
-        )
-    blob = partial.with_name(f.sha256)
-    os.replace(partial, blob)
-    _finish(plan, f)
 
-
-def _finish(plan: Plan, f: RemoteFile) -> None:
-    """Let huggingface_hub put the file in the cache: with the blob present it only links it."""
-    from huggingface_hub import constants, hf_hub_download
-
-    with hub_errors(f"{plan.repo}/{f.path}"):
-        # writes refs/<revision> too, so other tools find the file by the branch name
-        hf_hub_download(plan.repo, f.path, revision=plan.revision, endpoint=constants.ENDPOINT)
+    def _check_and_keep(self, blobs: Path) -> Path:
+        size = self.partial.stat().st_size
+        got = self.hasher.hexdigest()
+        want = self.f.sha256 or self.f.blob_id or got
+        if size != self.f.size or got != want:
+            self.partial.unlink(missing_ok=True)
+            kind = "SHA-256" if self.f.sha256 else "git blob id"
+            what = (
+                f"{size} bytes instead of {self.f.size}"
+                if size != self.f.size
+                else f"{kind} {got[:12]}… instead of {want[:12]}…"
+            )
+            raise HubError(
+                f"{self.what}: the downloaded file does not match the hub's {kind} ({what}); "
+                "it was deleted: run the command again"
+            )
+        blob = blobs / blob_name(got)
+        os.replace(self.partial, blob)
+        return blob

@@ -144,25 +144,61 @@ def resolve_model(ref: str | None, model_dirs: Iterable[Path]) -> Path:
 
 
 def model_files(path: Path) -> list[Path]:
-    """The file, or every part of a split model given its first part."""
+    """The file, or every part of a split model given one of its parts.
+
+    The parts are found by comparing names, not by a glob: a name from the hub may hold `[`,
+    `*` or `?`, and a glob made from it could match (and `remove_model` delete) other files.
+    """
     from app.hub.names import SPLIT_RE
 
     m = SPLIT_RE.match(path.name)
     if not m:
         return [path]
-    return sorted(path.parent.glob(f"{m.group('stem')}-*-of-{m.group('count')}.gguf"))
+    stem, count = m.group("stem"), m.group("count")
+    parts = []
+    for p in path.parent.iterdir():
+        found = SPLIT_RE.match(p.name)
+        if found and found.group("stem") == stem and found.group("count") == count:
+            parts.append(p)
+    return sorted(parts)
+
+
+def _cache_blob(link: Path, target: Path) -> bool:
+    """Whether `link` is a snapshot link of the HF cache and `target` a blob of the same repo:
+    only then is the target Cattery's to delete. A link a person made in a models folder
+    points at their own file, which stays."""
+    blobs = target.parent
+    snapshots = blobs.parent / "snapshots"
+    return blobs.name == "blobs" and snapshots.is_dir() and link.parent.resolve().is_relative_to(snapshots.resolve())
+
+
+def _require_gguf(path: Path) -> None:
+    """`models rm` takes a path too: it deletes models, never whatever file a path names."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if magic != b"GGUF":
+        raise ModelFileError(f"{path}: not a GGUF file; `cattery models rm` deletes only models")
 
 
 def remove_model(path: Path) -> int:
     """Delete a model's files; in the HF cache, its snapshot links and the blobs no other snapshot
     uses. The bytes freed."""
+    parts = model_files(path)
+    for part in parts:
+        _require_gguf(part)
     freed = 0
-    for part in model_files(path):
+    for part in parts:
         target = part.resolve()
         if part.is_symlink():  # the HF cache: snapshots/<commit>/<file> -> ../../blobs/<hash>
+            ours = _cache_blob(part, target)
             part.unlink()
-            repo_root = target.parent.parent
-            still_used = any(p.is_symlink() and p.resolve() == target for p in (repo_root / "snapshots").rglob("*"))
+            if not ours:
+                continue
+            snapshots = target.parent.parent / "snapshots"
+            still_used = any(p.is_symlink() and p.resolve() == target for p in snapshots.rglob("*"))
             if not still_used and target.is_file():
                 freed += target.stat().st_size
                 target.unlink()

@@ -1,5 +1,5 @@
-"""Talking to the Hugging Face hub through `huggingface_hub`: search, a repo's files, a remote
-GGUF's header read by range requests, with the hub's errors turned into one clear line.
+"""Talking to the Hugging Face hub: search, a repo's files, a remote GGUF's header read by range
+requests, each answer bounded and checked (app.hub.http, app.hub.answers) and each failure one line.
 
 `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` are huggingface_hub's own and are respected
 as it reads them; Cattery adds nothing of its own to the connection.
@@ -7,150 +7,185 @@ as it reads them; Cattery adds nothing of its own to the connection.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import struct
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from app.errors import CatteryError
-from app.hub.names import GGUFModel, RemoteFile, group_gguf
+from app.hub.answers import RepoHit, parse_listing, parse_search
+from app.hub.http import (
+    HEADER_BLOCK,
+    HubError,
+    RangeFile,
+    endpoint,
+    first_line,
+    get_json,
+    hub_errors,
+    offline,
+    resolve_url,
+)
+from app.hub.names import GGUFModel, RemoteFile, group_gguf, path_problem, repo_problem, revision_problem, shown
 
 if TYPE_CHECKING:
     from app.engine.metadata import ModelInfo
 
-HEADER_BLOCK = 2 * 1024 * 1024  # range requests read the remote header in blocks of this size
+__all__ = [
+    "HEADER_BLOCK",
+    "HubError",
+    "RepoHit",
+    "check_repo",
+    "check_revision",
+    "hub_errors",
+    "offline",
+    "remote_headers",
+    "remote_model_info",
+    "repo_files",
+    "repo_models",
+    "search",
+]
+
+MAX_LISTING_BYTES = 8 * 1024 * 1024  # ~40,000 files of an honest listing; ~120 MB once parsed at worst
+MAX_SEARCH_BYTES = 4 * 1024 * 1024  # 1,000 hits (the hub's largest page) take ~0.5 MB
+MAX_SIZES_BYTES = 512 * 1024  # a listing read only for a search hit's size range (honest: ~10 kB)
+SIZES_WORKERS = 6  # listings read at once for the size ranges: ~8 MB each at worst once parsed
+SIZES_SECONDS = 3.0  # size ranges are a decoration: the hits not sized by then show none
+MAX_QUERY_CHARS = 200
+MAX_SEARCH_LIMIT = 1000  # the hub's own page size
+MAX_SIZED_HITS = 100  # search hits whose size range is looked up
+MAX_HEADER_READS = 64  # a repo's models whose headers `models files` reads
+HEADER_WORKERS = 4  # at once: each may hold a few MB of blocks while it parses
 
 
-class HubError(CatteryError):
-    """The hub said no, or could not be reached."""
+def check_repo(repo: str) -> str:
+    problem = repo_problem(repo)
+    if problem:
+        raise HubError(f"{shown(repo)}: not a repo on the hub: {problem}")
+    return repo
 
 
-def offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _api() -> Any:
-    from huggingface_hub import HfApi
-
-    return HfApi()
-
-
-@contextlib.contextmanager
-def hub_errors(what: str) -> Iterator[None]:
-    """The hub's exceptions as one line each, naming what was asked for."""
-    from huggingface_hub import errors
-
-    if offline():
-        raise HubError(f"{what}: offline (HF_HUB_OFFLINE is set), the hub is not asked")
-    try:
-        yield
-    except errors.GatedRepoError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", 401)
-        if status == 403:
-            raise HubError(
-                f"{what}: gated, and HF_TOKEN has no access to it: accept its terms on the hub with that account"
-            ) from None
-        raise HubError(
-            f"{what}: gated: accept its terms on the hub and set HF_TOKEN to a token of that account"
-        ) from None
-    except errors.RepositoryNotFoundError:
-        raise HubError(f"{what}: no such repo on the hub (a private one needs HF_TOKEN)") from None
-    except errors.RevisionNotFoundError:
-        raise HubError(f"{what}: no such revision") from None
-    except errors.RemoteEntryNotFoundError:
-        raise HubError(f"{what}: no such file in the repo") from None
-    except errors.OfflineModeIsEnabled:
-        raise HubError(f"{what}: offline (HF_HUB_OFFLINE is set)") from None
-    except errors.HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", "?")
-        if status == 401:
-            raise HubError(f"{what}: the hub refused HF_TOKEN (401): check the token") from None
-        if status == 403:
-            raise HubError(f"{what}: forbidden (403): HF_TOKEN has no access") from None
-        raise HubError(f"{what}: the hub answered {status}") from None
-    except OSError as exc:  # connection refused, DNS, timeouts (httpx errors are OSError-like)
-        raise HubError(f"{what}: cannot reach the hub ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:
-        if type(exc).__module__.startswith(("httpx", "httpcore")):
-            raise HubError(f"{what}: cannot reach the hub ({type(exc).__name__})") from None
-        raise
+def check_revision(repo: str, revision: str | None) -> str | None:
+    if revision is not None:
+        problem = revision_problem(revision)
+        if problem:
+            raise HubError(f"{repo}: revision {shown(revision)}: {problem}")
+    return revision
 
 
 # -- search --------------------------------------------------------------------------
 
 
-@dataclass
-class RepoHit:
-    id: str
-    downloads: int
-    likes: int
-    last_modified: datetime | None
-    gated: bool
-    smallest: int | None = None  # the smallest and largest GGUF model in it, in bytes
-    largest: int | None = None
-    models: int = 0
-
-
 def search(query: str, limit: int = 20, *, sizes: bool = True) -> list[RepoHit]:
     """GGUF repos whose id contains the words, most downloaded first (the hub matches ids only)."""
-    with hub_errors(f"search {query!r}"):
-        found = list(_api().list_models(search=query, filter="gguf", sort="downloads", limit=limit))
-    hits = [
-        RepoHit(
-            m.id,
-            int(m.downloads or 0),
-            int(m.likes or 0),
-            m.last_modified,
-            bool(m.gated),
-        )
-        for m in found
-    ]
+    what = f"search {query[:60]!r}"
+    if len(query) > MAX_QUERY_CHARS:
+        raise HubError(f"{what}: longer than {MAX_QUERY_CHARS} characters (the hub matches repo names)")
+    if not 1 <= limit <= MAX_SEARCH_LIMIT:
+        raise HubError(f"{what}: a limit of {limit}; the hub gives 1 to {MAX_SEARCH_LIMIT} at a time")
+    params = {"search": query, "filter": "gguf", "sort": "downloads", "limit": limit}
+    data = get_json(f"{endpoint()}/api/models", what, params=params, max_bytes=MAX_SEARCH_BYTES)
+    hits = parse_search(data, what, limit)
     if sizes and hits:
-        # One listing per repo for its size range, a few at a time.
-        def size_range(hit: RepoHit) -> None:
-            try:
-                _, models, _ = repo_models(hit.id)
-            except HubError:
-                return
-            if models:
-                hit.smallest = min(m.size for m in models)
-                hit.largest = max(m.size for m in models)
-                hit.models = len(models)
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(size_range, hits))
+        _size_ranges(hits[:MAX_SIZED_HITS])
     return hits
+
+
+def _size_range(repo: str) -> tuple[int, int, int] | None:
+    """(smallest, largest, how many) of a repo's GGUF models; None when it cannot be listed."""
+    try:
+        _, models, _ = repo_models(repo, max_bytes=MAX_SIZES_BYTES)
+    except HubError:
+        return None
+    if not models:
+        return None
+    sizes = [m.size for m in models]
+    return min(sizes), max(sizes), len(sizes)
+
+
+def _size_ranges(hits: list[RepoHit]) -> None:
+    """One listing per hit, a few at a time, for as long as SIZES_SECONDS allow; a hit whose
+    listing is not read by then (or cannot be) just shows no sizes."""
+    from concurrent.futures import wait
+
+    pool = ThreadPoolExecutor(max_workers=SIZES_WORKERS)
+    futures = {pool.submit(_size_range, hit.id): hit for hit in hits}
+    done, _ = wait(futures, timeout=SIZES_SECONDS)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for future in done:
+        found = future.result()
+        if found is not None:
+            hit = futures[future]
+            hit.smallest, hit.largest, hit.models = found
 
 
 # -- a repo's files --------------------------------------------------------------------
 
 
-def repo_files(repo: str, revision: str | None = None) -> tuple[str, list[RemoteFile]]:
-    """(the commit, every file with its size and LFS SHA-256)."""
-    with hub_errors(repo):
-        info = _api().model_info(repo, revision=revision, files_metadata=True)
-    files = [RemoteFile(s.rfilename, int(s.size or 0), (s.lfs.sha256 if s.lfs else None)) for s in info.siblings or []]
-    return str(info.sha), files
+def repo_files(
+    repo: str, revision: str | None = None, *, max_bytes: int = MAX_LISTING_BYTES
+) -> tuple[str, list[RemoteFile]]:
+    """(the commit, every file with its size and digests), every name checked."""
+    check_repo(repo)
+    check_revision(repo, revision)
+    url = f"{endpoint()}/api/models/{repo}"
+    if revision is not None:
+        url += f"/revision/{quote(revision, safe='')}"
+    data = get_json(url, repo, params={"blobs": "true"}, max_bytes=max_bytes)
+    return parse_listing(data, repo)
 
 
-def repo_models(repo: str, revision: str | None = None) -> tuple[str, list[GGUFModel], list[RemoteFile]]:
+def repo_models(
+    repo: str, revision: str | None = None, *, max_bytes: int = MAX_LISTING_BYTES
+) -> tuple[str, list[GGUFModel], list[RemoteFile]]:
     """(the commit, the GGUF models, every file)."""
-    commit, files = repo_files(repo, revision)
+    commit, files = repo_files(repo, revision, max_bytes=max_bytes)
     return commit, group_gguf(files), files
 
 
-def remote_model_info(repo: str, path: str, *, revision: str | None = None, size: int | None = None) -> ModelInfo:
-    """A remote GGUF's header, read with range requests (a few MB of a file of many GB)."""
-    from huggingface_hub import HfFileSystem
+# -- a remote GGUF's header ---------------------------------------------------------------
 
+# What a header parser may raise on bytes it did not expect, besides its own error.
+_HEADER_FAULTS = (ValueError, struct.error, OverflowError, EOFError, IndexError, KeyError, RecursionError)
+
+
+def remote_model_info(repo: str, path: str, *, revision: str | None = None, size: int | None = None) -> ModelInfo:
+    """A remote GGUF's header, read with range requests (a few MB of a file of many GB, never
+    more than app.hub.http.MAX_HEADER_BYTES); whatever goes wrong is one line."""
     from app.engine.metadata import model_info_from
 
-    fs = HfFileSystem()
+    check_repo(repo)
+    check_revision(repo, revision)
+    problem = path_problem(path)
+    if problem:
+        raise HubError(f"{repo}: file name {shown(path)}: {problem}")
     where = f"{repo}/{path}"
-    with hub_errors(where), fs.open(where, "rb", revision=revision, block_size=HEADER_BLOCK) as f:
-        return model_info_from(f, Path(path), size if size is not None else int(f.size))
+    with hub_errors(where):
+        f = RangeFile(resolve_url(repo, revision or "main", path), where, size)
+        try:
+            return model_info_from(f, Path(path), size if size is not None else f.total())  # type: ignore[arg-type]
+        except HubError:
+            raise
+        except CatteryError as exc:  # the header parser's line names the file: with its repo, here
+            text = str(exc)
+            raise HubError(f"{repo}/{text}" if text.startswith(f"{path}:") else f"{where}: {text}") from None
+        except _HEADER_FAULTS as exc:
+            raise HubError(f"{where}: the header is not readable ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def remote_headers(
+    repo: str, commit: str, models: list[GGUFModel], *, limit: int = MAX_HEADER_READS
+) -> list[tuple[GGUFModel, ModelInfo | CatteryError]]:
+    """Each model's header (or the one-line error that came instead), a few at a time; past
+    `limit` models, the rest are not read (a listing of thousands would take thousands of requests)."""
+
+    def read(model: GGUFModel) -> tuple[GGUFModel, ModelInfo | CatteryError]:
+        try:
+            return model, remote_model_info(repo, model.first.path, revision=commit, size=model.first.size)
+        except CatteryError as exc:
+            return model, exc
+
+    with ThreadPoolExecutor(max_workers=HEADER_WORKERS) as pool:
+        results = list(pool.map(read, models[:limit]))
+    skipped = HubError(f"{repo}: header not read (Cattery reads the first {limit} models of a repo)")
+    return results + [(m, skipped) for m in models[limit:]]
