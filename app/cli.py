@@ -93,7 +93,8 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
 # -- building blocks from arguments and settings -------------------------------------
 
 
-def _workspace() -> Any:
+def open_workspace() -> Any:
+    """The workspace for a command, with the settings file's problems printed as warnings."""
     from app.session.workspace import Workspace
 
     ws = Workspace()
@@ -188,7 +189,7 @@ def _recipe(args: argparse.Namespace, ws: Any, system: str | None, chat_seed: in
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    ws = _workspace()
+    ws = open_workspace()
     sampler = ws.sampler(args.preset, _sampler_overrides(args))
     if args.tui or (not args.plain and sys.stdin.isatty() and sys.stdout.isatty()):
         return _run_tui(args, ws, sampler)
@@ -313,7 +314,7 @@ def cmd_formats_lint(args: argparse.Namespace) -> int:
     from app.prompt.builder import PromptBuilder, choose_format
     from app.prompt.lint import lint
 
-    ws = _workspace()
+    ws = open_workspace()
     info = vocab = tokenizer = None
     if args.model:
         from app.engine.native import VocabModel
@@ -476,7 +477,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from app.engine.preflight import choose_ctx
     from app.prompt.builder import choose_format
 
-    ws = _workspace()
+    ws = open_workspace()
     settings = ws.settings
     history = _read_history(args.history) if args.history else []
     # A leading system message is the system prompt (unless --system overrides it).
@@ -536,7 +537,7 @@ def _chat_id(ws: Any, ref: str) -> int:
 def cmd_chats_list(args: argparse.Namespace) -> int:
     import time
 
-    ws = _workspace()
+    ws = open_workspace()
     card_ref = ws.resolve_character(args.card)[0] if args.card else None
     rows = ws.store.list_chats(card_ref)
     if args.json:
@@ -567,7 +568,7 @@ def cmd_chats_list(args: argparse.Namespace) -> int:
 def cmd_chats_export(args: argparse.Namespace) -> int:
     from app.chats.transfer import export_markdown, export_st_chat
 
-    ws = _workspace()
+    ws = open_workspace()
     chat_id = _chat_id(ws, args.chat)
     out = Path(args.output).expanduser()
     to = args.to or ("md" if out.suffix.lower() in (".md", ".markdown") else "jsonl")
@@ -582,7 +583,7 @@ def cmd_chats_export(args: argparse.Namespace) -> int:
 def cmd_chats_import(args: argparse.Namespace) -> int:
     from app.chats.transfer import import_st_chat
 
-    ws = _workspace()
+    ws = open_workspace()
     card_ref = ws.resolve_character(args.card)[0] if args.card else None
     failed = 0
     for file in args.files:
@@ -602,7 +603,7 @@ def cmd_chats_import(args: argparse.Namespace) -> int:
 
 
 def cmd_chats_rm(args: argparse.Namespace) -> int:
-    ws = _workspace()
+    ws = open_workspace()
     chat_id = _chat_id(ws, args.chat)
     title = ws.store.chat(chat_id)["title"]
     ws.store.delete_chat(chat_id)

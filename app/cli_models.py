@@ -30,9 +30,9 @@ def _fmt_rope(info: Any) -> str:
 
 
 def _workspace() -> Any:
-    from app.session.workspace import Workspace
+    from app.cli import open_workspace
 
-    return Workspace()
+    return open_workspace()
 
 
 # -- the library ---------------------------------------------------------------------------
@@ -83,6 +83,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise
         info, where = _remote_info(ref)  # not here yet: read its header on the hub
     choice = choose_format(None, info)
+    for warning in info.warnings:  # what llama.cpp would only fall back on, in this file's header
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps({**info.as_dict(), "prompt_format": choice.name, "where": where}, indent=2, default=str))
         return 0

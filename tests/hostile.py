@@ -145,12 +145,17 @@ def assert_refused(fn: Callable[..., Any], *args: Any, match: str = "", what: st
 
 def assert_one_line_failure(proc: Any, *, match: str = "") -> str:
     """A `cattery` run (tests.conftest.run_cattery) that failed as a user mistake should:
-    non-zero, one `cattery: error:` line on stderr, no traceback, no internal error."""
+    non-zero, end with one `cattery: error:` line on stderr, no traceback, no internal error.
+
+    Lines before it are allowed (warnings, what a download was about to fetch); a second
+    error line is not.
+    """
     err = proc.stderr.strip()
-    lines = [line for line in err.splitlines() if not line.startswith("warning:")]
+    lines = err.splitlines()
     assert proc.returncode not in (0, 70), f"exit {proc.returncode}: {err[-2000:]}"
     assert "Traceback" not in err and "internal error" not in err, err[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("cattery: error:"), err[-2000:]
+    errors = [line for line in lines if line.startswith("cattery: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err[-2000:]
     if match:
-        assert match.lower() in lines[0].lower(), f"{lines[0]!r} does not mention {match!r}"
-    return lines[0]
+        assert match.lower() in errors[0].lower(), f"{errors[0]!r} does not mention {match!r}"
+    return errors[0]
