@@ -284,3 +284,21 @@ def test_read_bounded_refuses_pipes_and_devices_without_blocking(tmp_path: Path)
 def test_toml_byte_order_mark_and_nonfinite_when_allowed() -> None:
     assert parse_toml(b"\xef\xbb\xbfa = 1", "s.toml") == {"a": 1}
     assert parse_toml("a = inf", "s.toml", allow_nonfinite=True)["a"] == float("inf")
+
+
+def test_a_model_folder_is_walked_within_bounds(tmp_path: Path, model_path: Path, monkeypatch) -> None:
+    """`dirs = ["/"]` or a folder of a million files must not make resolving a model crawl the disk."""
+    import shutil
+
+    from app.hub import library
+
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    shutil.copy(model_path, deep / "found.gguf")
+    (tmp_path / "loop").symlink_to(tmp_path)  # a link back up is not followed
+    assert [e.name for e in library.library_entries([tmp_path]) if e.source != "bundled"] == ["found"]
+    monkeypatch.setattr(library, "MAX_WALK_DEPTH", 1)
+    assert [e for e in library.library_entries([tmp_path]) if e.source != "bundled"] == []
+    monkeypatch.setattr(library, "MAX_WALK_DEPTH", 6)
+    out = run_bounded(library.library_entries, [Path("/")], seconds=10)
+    assert out.kind == "ok", out

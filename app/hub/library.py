@@ -22,9 +22,40 @@ class LibraryEntry:
     source: str  # "bundled" or the folder it was found in
 
 
+# A model folder is walked this deep and this far, no further: `dirs = ["/"]` or a folder
+# with a million files must not make every command that resolves a model crawl the disk.
+MAX_WALK_DEPTH = 6
+MAX_WALK_ENTRIES = 50_000
+
+
 def _gguf_files(folder: Path) -> Iterator[Path]:
-    if folder.is_dir():
-        yield from sorted(p for p in folder.rglob("*.gguf") if p.is_file())
+    """The `.gguf` files under `folder` (links to folders not followed), within the walk's bounds."""
+    import os
+
+    if not folder.is_dir():
+        return
+    found: list[Path] = []
+    seen = 0
+    pending = [(str(folder), 0)]
+    while pending and seen < MAX_WALK_ENTRIES:
+        top, depth = pending.pop()
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    seen += 1
+                    if seen > MAX_WALK_ENTRIES:
+                        break
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if depth < MAX_WALK_DEPTH:
+                                pending.append((entry.path, depth + 1))
+                        elif entry.name.endswith(".gguf") and entry.is_file():
+                            found.append(Path(entry.path))
+                    except OSError:
+                        continue
+        except OSError:  # unreadable, vanished: not a model folder we can use
+            continue
+    yield from sorted(found)
 
 
 def library_entries(model_dirs: Iterable[Path]) -> list[LibraryEntry]:
