@@ -9,23 +9,44 @@ budget keeps the highest-priority entries; the survivors are ordered by insertio
 order (lower first). V3's `use_regex` keys are regular expressions, and the
 decorators `@@activate`, `@@dont_activate` and `@@depth N` at the start of an
 entry's content override the rest.
+
+A lorebook is a stranger's file, read again for every turn of a chat, so reading it
+checks every value once (numbers finite and clamped, text where text goes) and a scan
+is bounded: a regular expression key gets `REGEX_TIMEOUT` on a text (and is dropped
+for good once it needs more: `(a+)+$` on a line of a's is exponential), and a whole
+activation `SCAN_SECONDS`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from app.cards.errors import MAX_JSON_TEXT, CardError
+from app.cards.errors import MAX_JSON_TEXT, MAX_LIST_ITEMS, MAX_NAME, MAX_TEXT_FIELD, CardError
+from app.cards.parse import load_json, read_file
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SCAN_DEPTH = 4
 MAX_RECURSION = 5
+MAX_SCAN_DEPTH = 1000  # messages; SillyTavern's own slider stops at 1000
+MAX_ORDER = 10**9  # insertion_order and priority are clamped to ±this
+MAX_TOKEN_BUDGET = 10**7
+MAX_KEY = 4096  # characters in one key (a regular expression key may be long)
+MAX_BOOK_KEYS = 100_000  # keys and secondary keys of all entries of one book
+REGEX_TIMEOUT = 0.1  # seconds one regular expression key may search one text
+SCAN_SECONDS = 1.0  # one activation, all books; honest books take milliseconds
 LOGIC = {0: "and_any", 1: "not_all", 2: "not_any", 3: "and_all"}  # SillyTavern's selectiveLogic numbers
 _REGEX_KEY = re.compile(r"^/(.+)/([a-z]*)$", re.DOTALL)
+_DEPTH_ARG = re.compile(r"[0-9]{1,9}")
+_NUMBER = re.compile(r"[+-]?[0-9]{1,18}(\.[0-9]{0,9})?")
 
 
 @dataclass
@@ -58,69 +79,151 @@ class Lorebook:
     recursive: bool = False
 
 
+# -- reading: every value checked once ---------------------------------------------------
+
+
 def _decorators(entry: LoreEntry) -> LoreEntry:
+    if not entry.content.startswith("@@"):
+        return entry
     lines = entry.content.split("\n")
-    while lines and lines[0].startswith("@@"):
-        word, _, arg = lines.pop(0)[2:].partition(" ")
+    start = 0
+    while start < len(lines) and lines[start].startswith("@@"):
+        word, _, arg = lines[start][2:].partition(" ")
+        start += 1
         if word == "activate":
             entry.force_on = True
         elif word == "dont_activate":
             entry.force_off = True
-        elif word == "depth" and arg.strip().isdigit():
-            entry.depth = int(arg.strip())
-    entry.content = "\n".join(lines)
+        elif word == "depth" and _DEPTH_ARG.fullmatch(arg.strip()):
+            entry.depth = min(int(arg.strip()), MAX_SCAN_DEPTH)
+    if start:
+        entry.content = "\n".join(lines[start:])
     return entry
 
 
-def _strings(value: Any, source: str, what: str) -> list[str]:
+def _keys(value: Any, source: str, what: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [k.strip() for k in value.split(",") if k.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CardError(source, f"lorebook entry {what} must be a list of text")
-    return [v for v in value if v.strip()]
+        if value.count(",") >= MAX_LIST_ITEMS:
+            raise CardError(source, f"{what} has more than the {MAX_LIST_ITEMS:,} keys allowed")
+        items = [k.strip() for k in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = value
+    else:
+        raise CardError(source, f"{what} must be a list of text")
+    if len(items) > MAX_LIST_ITEMS:
+        raise CardError(source, f"{what} has {len(items):,} keys, more than the {MAX_LIST_ITEMS:,} allowed")
+    for key in items:
+        if len(key) > MAX_KEY:
+            raise CardError(source, f"{what} has a key of {len(key):,} characters (at most {MAX_KEY:,})")
+    return [k for k in items if k.strip()]
 
 
-def _int(value: Any, default: int) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+def _text(value: Any, source: str, what: str, limit: int = MAX_TEXT_FIELD) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise CardError(source, f"{what} must be text, not {_kind(value)}")
+    if len(value) > limit:
+        raise CardError(source, f"{what} is {len(value):,} characters long (at most {limit:,})")
+    return value
+
+
+def _number(value: Any, source: str, what: str, default: int, low: int, high: int) -> int:
+    """A whole number clamped to [low, high]; absent (or a yes/no) is the default."""
+    if value is None or isinstance(value, bool):
+        return default
+    if isinstance(value, str):  # some tools write "100"
+        if not value.strip():
+            return default
+        if not _NUMBER.fullmatch(value.strip()):
+            raise CardError(source, f"{what} must be a number, not {value[:40]!r}")
+        value = float(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CardError(source, f"{what} must be a finite number, not {value}")
+        value = int(max(min(value, float(high)), float(low)))
+    if not isinstance(value, int):
+        raise CardError(source, f"{what} must be a number, not {_kind(value)}")
+    return max(low, min(high, value))
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "true/false"}.get(type(value), type(value).__name__)
+
+
+def _logic(value: Any, source: str, what: str) -> str:
+    return LOGIC.get(_number(value, source, f"{what}: selectiveLogic", 0, -MAX_ORDER, MAX_ORDER), "and_any")
+
+
+def _uid(value: Any, source: str, what: str) -> str:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value)
+        if len(text) <= MAX_NAME:
+            return text
+    raise CardError(source, f"{what}: its id must be a short text or a number, not {_kind(value)}")
+
+
+def _entries_count(entries: Any, source: str) -> None:
+    if len(entries) > MAX_LIST_ITEMS:
+        raise CardError(source, f"the lorebook has {len(entries):,} entries, more than the {MAX_LIST_ITEMS:,} allowed")
+
+
+def _book(name: Any, entries: list[LoreEntry], source: str, **kw: Any) -> Lorebook:
+    total = sum(len(e.keys) + len(e.secondary_keys) for e in entries)
+    if total > MAX_BOOK_KEYS:
+        raise CardError(source, f"the lorebook has {total:,} keys, more than the {MAX_BOOK_KEYS:,} allowed")
+    return Lorebook(name=_text(name, source, "the lorebook's name", MAX_NAME), entries=entries, **kw)
 
 
 def book_from_spec(book: dict[str, Any], source: str) -> Lorebook:
     """A V2 `character_book` or the `data` of a V3 `lorebook_v3`."""
+    if not isinstance(book, dict):
+        raise CardError(source, "a lorebook must be an object")
+    raw_entries = book.get("entries")
+    if raw_entries is None:
+        raw_entries = []
+    if not isinstance(raw_entries, list):
+        raise CardError(source, "a lorebook's entries must be a list")
+    _entries_count(raw_entries, source)
     entries = []
-    for i, raw in enumerate(book.get("entries") or []):
+    for i, raw in enumerate(raw_entries):
         if not isinstance(raw, dict):
             raise CardError(source, f"lorebook entry {i} is not an object")
+        what = f"lorebook entry {i}"
         ext = raw.get("extensions") if isinstance(raw.get("extensions"), dict) else {}
-        content = raw.get("content", "")
-        if not isinstance(content, str):
-            raise CardError(source, f"lorebook entry {i}: content must be text")
         entries.append(
             _decorators(
                 LoreEntry(
-                    uid=str(raw.get("id", i)),
-                    keys=_strings(raw.get("keys"), source, "keys"),
-                    secondary_keys=_strings(raw.get("secondary_keys"), source, "secondary_keys"),
-                    content=content,
+                    uid=_uid(i if raw.get("id") is None else raw["id"], source, what),
+                    keys=_keys(raw.get("keys"), source, f"{what} keys"),
+                    secondary_keys=_keys(raw.get("secondary_keys"), source, f"{what} secondary_keys"),
+                    content=_text(raw.get("content"), source, f"{what}: content"),
                     enabled=raw.get("enabled", True) is not False,
                     constant=bool(raw.get("constant")),
                     selective=bool(raw.get("selective")),
-                    logic=LOGIC.get(_int(ext.get("selectiveLogic"), 0), "and_any"),
+                    logic=_logic(ext.get("selectiveLogic"), source, what),
                     case_sensitive=bool(raw.get("case_sensitive")),
-                    insertion_order=_int(raw.get("insertion_order"), 100),
-                    priority=_int(raw.get("priority"), 10),
+                    insertion_order=_number(
+                        raw.get("insertion_order"), source, f"{what}: insertion_order", 100, -MAX_ORDER, MAX_ORDER
+                    ),
+                    priority=_number(raw.get("priority"), source, f"{what}: priority", 10, -MAX_ORDER, MAX_ORDER),
                     position="after_char" if raw.get("position") == "after_char" else "before_char",
                     use_regex=bool(raw.get("use_regex")),
-                    name=str(raw.get("name") or raw.get("comment") or ""),
+                    name=_text(raw.get("name") or raw.get("comment"), source, f"{what}: name", MAX_TEXT_FIELD),
                 )
             )
         )
-    return Lorebook(
-        name=str(book.get("name") or ""),
-        entries=entries,
-        scan_depth=_int(book.get("scan_depth"), 0) or None,
-        token_budget=_int(book.get("token_budget"), 0) or None,
+    return _book(
+        book.get("name"),
+        entries,
+        source,
+        scan_depth=_number(book.get("scan_depth"), source, "the lorebook's scan_depth", 0, 0, MAX_SCAN_DEPTH) or None,
+        token_budget=_number(book.get("token_budget"), source, "the lorebook's token_budget", 0, 0, MAX_TOKEN_BUDGET)
+        or None,
         recursive=bool(book.get("recursive_scanning")),
     )
 
@@ -130,48 +233,39 @@ def book_from_world_info(obj: dict[str, Any], source: str, name: str = "") -> Lo
     raw_entries = obj.get("entries")
     if not isinstance(raw_entries, dict):
         raise CardError(source, "a World Info file needs an 'entries' object")
+    _entries_count(raw_entries, source)
     entries = []
     for uid, raw in raw_entries.items():
+        what = f"World Info entry {uid[:40]}"
         if not isinstance(raw, dict):
-            raise CardError(source, f"World Info entry {uid} is not an object")
-        content = raw.get("content", "")
-        if not isinstance(content, str):
-            raise CardError(source, f"World Info entry {uid}: content must be text")
+            raise CardError(source, f"{what} is not an object")
+        order = _number(raw.get("order"), source, f"{what}: order", 100, -MAX_ORDER, MAX_ORDER)
         entries.append(
             _decorators(
                 LoreEntry(
-                    uid=str(raw.get("uid", uid)),
-                    keys=_strings(raw.get("key"), source, "key"),
-                    secondary_keys=_strings(raw.get("keysecondary"), source, "keysecondary"),
-                    content=content,
+                    uid=_uid(uid if raw.get("uid") is None else raw["uid"], source, what),
+                    keys=_keys(raw.get("key"), source, f"{what} key"),
+                    secondary_keys=_keys(raw.get("keysecondary"), source, f"{what} keysecondary"),
+                    content=_text(raw.get("content"), source, f"{what}: content"),
                     enabled=not raw.get("disable", False),
                     constant=bool(raw.get("constant")),
                     selective=bool(raw.get("selective")),
-                    logic=LOGIC.get(_int(raw.get("selectiveLogic"), 0), "and_any"),
+                    logic=_logic(raw.get("selectiveLogic"), source, what),
                     case_sensitive=bool(raw.get("caseSensitive")),
-                    insertion_order=_int(raw.get("order"), 100),
-                    priority=_int(raw.get("order"), 100),
+                    insertion_order=order,
+                    priority=order,
                     position="after_char" if raw.get("position") == 1 else "before_char",
-                    depth=_int(raw.get("scanDepth"), 0) or None,
-                    name=str(raw.get("comment") or ""),
+                    depth=_number(raw.get("scanDepth"), source, f"{what}: scanDepth", 0, 0, MAX_SCAN_DEPTH) or None,
+                    name=_text(raw.get("comment"), source, f"{what}: comment", MAX_TEXT_FIELD),
                 )
             )
         )
-    return Lorebook(name=name or str(obj.get("name") or ""), entries=entries)
+    return _book(name or obj.get("name"), entries, source)
 
 
 def read_lorebook(path: Path) -> Lorebook:
     source = str(path)
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise CardError(source, f"cannot read: {exc.strerror}") from None
-    if len(text) > MAX_JSON_TEXT:
-        raise CardError(source, f"larger than the {MAX_JSON_TEXT // 2**20} MiB a lorebook may be")
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CardError(source, f"not valid JSON ({exc})") from None
+    obj = load_json(read_file(path, source, MAX_JSON_TEXT, "a lorebook"), source, "the lorebook")
     if not isinstance(obj, dict):
         raise CardError(source, "a lorebook must be a JSON object")
     if obj.get("spec") == "lorebook_v3":
@@ -186,24 +280,84 @@ def read_lorebook(path: Path) -> Lorebook:
     raise CardError(source, "not a lorebook (no entries)")
 
 
-def _key_hits(key: str, text: str, entry: LoreEntry) -> bool:
-    m = _REGEX_KEY.match(key)
-    if entry.use_regex or m:
-        pattern, flags = (m.group(1), m.group(2)) if m else (key, "")
-        options = re.IGNORECASE if ("i" in flags or not entry.case_sensitive) else 0
+# -- scanning: bounded in time whatever the keys ------------------------------------------
+
+
+_COMPILED: dict[tuple[str, int], Any] = {}  # pattern, flags → compiled, or None (invalid or too slow)
+_COMPILED_MAX = 20_000
+
+
+def _pattern(pattern: str, flags: int) -> Any:
+    import regex
+
+    key = (pattern, flags)
+    if key not in _COMPILED:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
         try:
-            return re.search(pattern, text, options) is not None
-        except re.error:
-            return False
-    if entry.case_sensitive:
-        return key in text
-    return key.lower() in text.lower()
+            _COMPILED[key] = regex.compile(pattern, flags)
+        except (regex.error, ValueError, OverflowError, RecursionError, MemoryError):
+            _COMPILED[key] = None  # SillyTavern too treats a broken pattern as no match
+    return _COMPILED[key]
 
 
-def _secondary_ok(entry: LoreEntry, text: str) -> bool:
+class _Text:
+    """A text to scan, lower-cased at most once however many keys look at it."""
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+
+    @cached_property
+    def lower(self) -> str:
+        return self.raw.lower()
+
+
+class _Scan:
+    """One activation's texts and clock."""
+
+    def __init__(self, messages: Sequence[str], deadline: float) -> None:
+        self.messages = messages
+        self.deadline = deadline
+        self._recent: dict[int, _Text] = {}
+        self.out_of_time = False
+
+    def recent(self, depth: int) -> _Text:
+        if depth not in self._recent:
+            self._recent[depth] = _Text("\n".join(self.messages[-depth:]))
+        return self._recent[depth]
+
+    def late(self) -> bool:
+        if not self.out_of_time and time.monotonic() > self.deadline:
+            self.out_of_time = True
+            log.warning("lorebook scan stopped after %.1f s: entries not reached stay off", SCAN_SECONDS)
+        return self.out_of_time
+
+    def key_hits(self, key: str, text: _Text, entry: LoreEntry) -> bool:
+        m = _REGEX_KEY.match(key) if key[:1] == "/" else None
+        if entry.use_regex or m:
+            import regex
+
+            source, letters = (m.group(1), m.group(2)) if m else (key, "")
+            flags = regex.IGNORECASE if ("i" in letters or not entry.case_sensitive) else 0
+            compiled = _pattern(source, flags)
+            if compiled is None:
+                return False
+            seconds = min(REGEX_TIMEOUT, max(0.001, self.deadline - time.monotonic()))
+            try:
+                return compiled.search(text.raw, concurrent=True, timeout=seconds) is not None
+            except TimeoutError:
+                _COMPILED[(source, flags)] = None  # never again: the same text comes back every turn
+                log.warning("lorebook key %r took more than %.2f s and is ignored from now on", key[:80], seconds)
+                return False
+        if entry.case_sensitive:
+            return key in text.raw
+        return key.lower() in text.lower
+
+
+def _secondary_ok(scan: _Scan, entry: LoreEntry, text: _Text) -> bool:
     if not entry.selective or not entry.secondary_keys:
         return True
-    hits = [_key_hits(k, text, entry) for k in entry.secondary_keys]
+    hits = [scan.key_hits(k, text, entry) for k in entry.secondary_keys]
     return {
         "and_any": any(hits),
         "and_all": all(hits),
@@ -223,38 +377,48 @@ def activate(
     books: Sequence[Lorebook], messages: Sequence[str], *, count_tokens: Callable[[str], int] | None = None
 ) -> list[Activation]:
     """The entries the last messages switch on, within each book's budget, in insertion order."""
+    scan = _Scan(messages, time.monotonic() + SCAN_SECONDS)
     result: list[Activation] = []
     for book in books:
         depth = book.scan_depth or DEFAULT_SCAN_DEPTH
-        active: dict[str, Activation] = {}
-        extra = ""
+        active: dict[int, Activation] = {}  # by position: two entries may share an id
+        extra = _Text("")
+        both: dict[int, _Text] = {}
         for _ in range(MAX_RECURSION if book.recursive else 1):
             new = False
-            for entry in book.entries:
-                if entry.uid in active or not entry.enabled or entry.force_off:
+            for index, entry in enumerate(book.entries):
+                if index in active or not entry.enabled or entry.force_off:
                     continue
                 why = None
                 if entry.force_on:
                     why = "decorator"
                 elif entry.constant:
                     why = "constant"
-                else:
-                    recent = "\n".join(messages[-(entry.depth or depth) :])
+                elif not scan.late():
+                    entry_depth = entry.depth or depth
+                    recent = scan.recent(entry_depth)
                     for text, label in ((recent, "key"), (extra, "recursion")):
-                        hit = next((k for k in entry.keys if text and _key_hits(k, text, entry)), None)
-                        if hit is not None and _secondary_ok(entry, recent + "\n" + extra):
+                        hit = next((k for k in entry.keys if text.raw and scan.key_hits(k, text, entry)), None)
+                        if hit is None:
+                            continue
+                        if entry_depth not in both:
+                            both[entry_depth] = _Text(recent.raw + "\n" + extra.raw)
+                        if _secondary_ok(scan, entry, both[entry_depth]):
                             why = f"key {hit!r}" if label == "key" else f"recursion on {hit!r}"
                             break
                 if why:
-                    active[entry.uid] = Activation(entry, book.name, why)
+                    active[index] = Activation(entry, book.name, why)
                     new = True
             if not new:
                 break
-            extra = "\n".join(a.entry.content for a in active.values())
+            extra = _Text("\n".join(a.entry.content for a in active.values()))
+            both.clear()
         chosen = sorted(active.values(), key=lambda a: -a.entry.priority)
         if book.token_budget and count_tokens is not None:
             kept, used = [], 0
             for a in chosen:
+                if used >= book.token_budget:
+                    break
                 n = count_tokens(a.entry.content)
                 if used + n <= book.token_budget:
                     kept.append(a)

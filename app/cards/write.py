@@ -9,33 +9,32 @@ import zipfile
 from typing import Any
 
 from app.cards.card import Card
+from app.cards.images import as_png, blank_png
 from app.cards.png_chunks import PNG_SIGNATURE, with_text_chunks
 
 AVATAR_PATH = "assets/icon/images/main.png"
+PRETTY_UP_TO = 1024 * 1024  # bytes of compact JSON; indenting a larger, deeper one can multiply its size
 
 
 def json_bytes(obj: dict[str, Any]) -> bytes:
+    compact = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    if len(compact) > PRETTY_UP_TO:
+        return compact.encode("utf-8")
     return json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8")
 
 
-def _b64(obj: dict[str, Any]) -> str:
-    return base64.b64encode(json.dumps(obj, ensure_ascii=False).encode("utf-8")).decode("ascii")
+def _b64(obj: dict[str, Any]) -> bytes:
+    return base64.b64encode(json.dumps(obj, ensure_ascii=False).encode("utf-8"))
 
 
 def avatar_png(card: Card) -> bytes:
     """The card's own image as PNG: kept byte for byte when it is one, converted when not,
     a plain default when the card has none."""
-    from PIL import Image
-
     if card.avatar and card.avatar.startswith(PNG_SIGNATURE):
         return card.avatar
-    buf = io.BytesIO()
     if card.avatar:
-        with Image.open(io.BytesIO(card.avatar)) as im:
-            im.save(buf, "PNG")
-    else:
-        Image.new("RGB", (400, 600), (70, 62, 98)).save(buf, "PNG")
-    return buf.getvalue()
+        return as_png(card.avatar, card.name, "the card's image")
+    return blank_png()
 
 
 def to_png(card: Card) -> bytes:
@@ -45,7 +44,10 @@ def to_png(card: Card) -> bytes:
 
 def to_charx(card: Card) -> bytes:
     v3 = card.to_v3()
-    files = dict(card.files)
+    # card.json and the icon's place are the writer's: a file of the same name (a hand-edited
+    # library copy) would be a second entry that readers refuse.
+    taken = {"card.json", AVATAR_PATH.casefold()}
+    files = {path: data for path, data in card.files.items() if path.casefold() not in taken}
     if card.avatar is not None:
         files[AVATAR_PATH] = avatar_png(card)
         assets = [a for a in v3["data"]["assets"] if not (a.get("type") == "icon" and a.get("name") == "main")]
