@@ -787,8 +787,12 @@ def _run(args: argparse.Namespace) -> int:
         return 70
 
 
+MAX_ERROR_CHARS = 600  # an error quoting a hostile name stays one readable line
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split("\n")).strip()
+    line = " ".join(text.split("\n")).strip()
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
 
 
 if __name__ == "__main__":

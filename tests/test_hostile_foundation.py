@@ -302,3 +302,21 @@ def test_a_model_folder_is_walked_within_bounds(tmp_path: Path, model_path: Path
     monkeypatch.setattr(library, "MAX_WALK_DEPTH", 6)
     out = run_bounded(library.library_entries, [Path("/")], seconds=10)
     assert out.kind == "ok", out
+
+
+@pytest.mark.parametrize("ref", ["library:../../etc", "bundled:../../x", "library:", "library:a/b", "bundled:a\\b"])
+def test_a_stored_character_reference_never_leads_outside(ref: str, tmp_path: Path) -> None:
+    from app.cards.library import CardLibrary
+    from app.session.characters import resolve_character
+
+    (tmp_path / "etc").mkdir()
+    with pytest.raises(CatteryError, match="not a character reference"):
+        resolve_character(ref, CardLibrary(tmp_path / "cards"))
+
+
+def test_a_long_error_is_cut_to_one_readable_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(_: argparse.Namespace) -> int:
+        raise CatteryError("x" * 10_000 + ": no such card")
+
+    code, out = _run_func(fail, capsys)
+    assert code == 2 and out.count("\n") == 1 and len(out) < 700 and out.rstrip().endswith("…")

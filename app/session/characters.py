@@ -91,6 +91,10 @@ def load_ref(ref: str, path: Path | None = None) -> Card:
     raise CatteryError(f"{ref}: not a character reference")
 
 
+def _one_folder_name(text: str) -> bool:
+    return bool(text) and text not in (".", "..") and "/" not in text and "\\" not in text and "\0" not in text
+
+
 def resolve_character(ref: str | None, library: CardLibrary) -> tuple[str | None, Card | None]:
     """(stable reference, card) for what a user typed or a chat stored; (None, None) for no character."""
     from app.cards.read import read_card
@@ -98,6 +102,10 @@ def resolve_character(ref: str | None, library: CardLibrary) -> tuple[str | None
     if ref is None or ref.strip().lower() in NONE_REFS:
         return None, None
     kind, _, rest = ref.partition(":")
+    if kind in ("bundled", "library") and not _one_folder_name(rest):
+        # A chat's stored reference names one folder or file of ours; anything else (an
+        # imported or tampered database) must not lead outside the cards folder.
+        raise CatteryError(f"{ref[:80]!r}: not a character reference")
     if kind == "bundled":
         return ref, load_ref(ref)
     if kind == "library":
@@ -111,7 +119,11 @@ def resolve_character(ref: str | None, library: CardLibrary) -> tuple[str | None
             raise CatteryError(f"{rest}: this chat's card file is gone")
         return ref, read_card(path)
     path = Path(ref).expanduser()
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # too long to be a path, or a NUL in it: a name, then
+        is_file = False
+    if is_file:
         return f"file:{path.resolve()}", read_card(path)
     with contextlib.suppress(CatteryError):
         entry = library.find(ref)
@@ -120,4 +132,5 @@ def resolve_character(ref: str | None, library: CardLibrary) -> tuple[str | None
     for entry in bundled_entries():
         if wanted in (entry.path.stem, entry.name.lower()):
             return entry.ref, entry.load()
-    raise CatteryError(f"{ref}: no such card (not a file, not in the library, not a bundled card)")
+    shown = ref if len(ref) <= 120 else ref[:117] + "…"
+    raise CatteryError(f"{shown}: no such card (not a file, not in the library, not a bundled card)")
