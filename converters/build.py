@@ -44,29 +44,24 @@ merge's peak memory; either short is one clear refusal.
 from __future__ import annotations
 
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.errors import CatteryError
+from app.errors import CatteryError, InputError
 from app.progress import Progress
 from app.resources import require_disk
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from converters.partials import clean_leftovers, hold_folder
+from converters.recipe_checks import GGUF_OPTIONS, gguf_options, is_folder, path_value, plain_name, read_recipe
 
 KEYS = {"name", "sources", "merge", "gguf", "quantize", "chat"}
 DISK_SLACK = 256 * 1000**2
 
 
-class BuildError(CatteryError):
-    pass
+class BuildError(InputError):
+    """A build recipe that cannot be run as written: one line naming the file and the key."""
 
 
 @dataclass
@@ -85,33 +80,46 @@ class BuildRecipe:
     format: str | None = None
 
 
+MAX_SOURCES = 64
+MAX_QUANT_TYPES = 32
+TABLE_KEYS = {"gguf": (*GGUF_OPTIONS, "source", "keep"), "quantize": ("types", "imatrix"), "chat": ("format",)}
+
+
 def load_build(path: Path) -> BuildRecipe:
+    """The recipe, every value checked before anything is downloaded, merged or written."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BuildError(f"{path}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BuildError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BuildError(f"{path}: not valid TOML: {exc}") from None
+    _text, data = read_recipe(path, BuildError)
     unknown = sorted(set(data) - KEYS)
     if unknown:
-        raise BuildError(f"{path}: unknown key {unknown[0]!r} (expected {', '.join(sorted(KEYS))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise BuildError(f"{path}: unknown key {unknown[0][:40]!r} (expected {', '.join(sorted(KEYS))})")
+    if "name" not in data:
         raise BuildError(f'{path}: name = "…" is needed (a plain name: the folder of the results)')
+    name = plain_name(data["name"], f"{path}: name", BuildError)
     sources = data.get("sources", {})
     if not isinstance(sources, dict) or not sources or not all(isinstance(v, str) for v in sources.values()):
         raise BuildError(f'{path}: [sources] needs at least one name = "folder or owner/repo"')
-    gguf = data.get("gguf", {})
-    quant = data.get("quantize", {})
-    chat = data.get("chat", {})
-    for table, key in ((gguf, "gguf"), (quant, "quantize"), (chat, "chat")):
+    if len(sources) > MAX_SOURCES:
+        raise BuildError(f"{path}: [sources] lists more than {MAX_SOURCES} sources")
+    for key, value in sources.items():
+        _check_source(path, key, value)
+    tables = {}
+    for key, allowed in TABLE_KEYS.items():
+        table = data.get(key, {})
         if not isinstance(table, dict):
             raise BuildError(f"{path}: [{key}] must be a table")
+        extra = sorted(k for k in table if k not in allowed)
+        if extra:
+            raise BuildError(f"{path}: [{key}] has an unknown key {extra[0][:40]!r} (expected {', '.join(allowed)})")
+        tables[key] = table
+    gguf, quant, chat = tables["gguf"], tables["quantize"], tables["chat"]
+    gguf_options({k: v for k, v in gguf.items() if k in GGUF_OPTIONS}, f"{path}: [gguf]", BuildError)
+    keep = gguf.get("keep", False)
+    if not isinstance(keep, bool):
+        raise BuildError(f"{path}: [gguf] keep must be true or false")
     merge = data.get("merge")
     source = gguf.get("source")
+    if source is not None and (not isinstance(source, str) or source not in sources):
+        raise BuildError(f'{path}: [gguf] source = "name" must name one of [sources]')
     if merge is None:
         if source is None and len(sources) == 1:
             source = next(iter(sources))
@@ -119,10 +127,12 @@ def load_build(path: Path) -> BuildRecipe:
             raise BuildError(f'{path}: without [merge], [gguf] source = "name" says which source to convert')
     elif not isinstance(merge, dict):
         raise BuildError(f"{path}: [merge] must be a table")
+    else:
+        _check_merge(path, merge, sources)
     types = quant.get("types", [])
     if isinstance(types, str):
         types = [types]
-    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types) or len(types) > MAX_QUANT_TYPES:
         raise BuildError(f"{path}: [quantize] types must be a list of type names")
     from converters.quant_types import lookup
 
@@ -130,6 +140,8 @@ def load_build(path: Path) -> BuildRecipe:
         lookup(t)  # an unknown type is refused before anything starts
     fmt = chat.get("format")
     if fmt is not None:
+        if not isinstance(fmt, str):
+            raise BuildError(f"{path}: [chat] format must be the name of a prompt format")
         from app.prompt.formats import GGUF, get_format
 
         if fmt != GGUF:
@@ -137,18 +149,49 @@ def load_build(path: Path) -> BuildRecipe:
     imatrix = quant.get("imatrix")
     return BuildRecipe(
         path=path,
-        name=name.strip(),
+        name=name,
         sources=dict(sources),
         merge=merge,
         source=source,
-        outtype=str(gguf.get("outtype", "f16")),
+        outtype=str(gguf.get("outtype", "f16")).lower(),
         pre_tokenizer=gguf.get("pre_tokenizer"),
         chat_format=gguf.get("chat_format"),
-        keep_gguf=bool(gguf.get("keep", False)),
+        keep_gguf=keep,
         quant_types=list(types),
-        imatrix=(path.parent / imatrix) if imatrix else None,
+        imatrix=path_value(imatrix, f"{path}: [quantize] imatrix", BuildError, path.parent) if imatrix else None,
         format=fmt,
     )
+
+
+def _check_source(path: Path, key: str, value: str) -> None:
+    """A source is a folder (its path checked as text) or owner/repo; which one, decided as `_is_local` decides."""
+    where = f"{path}: source {key[:40]}"
+    local = path_value(value, where, BuildError, path.parent)
+    if is_folder(local) or value.startswith((".", "/", "~")):
+        return
+    from app.hub.names import parse_ref
+
+    try:
+        ref = parse_ref(value)
+    except (CatteryError, ValueError):
+        ref = None
+    if ref is None:
+        raise BuildError(f"{where} = {value[:80]!r} is neither a folder nor owner/repo")
+
+
+def _check_merge(path: Path, merge: dict[str, Any], sources: dict[str, str]) -> None:
+    """The [merge] table parsed now, before any download, with every model named checked against
+    [sources] (the folders themselves are known only once the sources are local)."""
+    from converters.merge_recipe import parse_recipe
+
+    def resolve(value: str) -> Path:
+        if value not in sources:
+            local = path_value(value, f"{path} [merge]", BuildError, path.parent)
+            if not is_folder(local):
+                raise BuildError(f"{path}: [merge] names {value[:80]!r}, which is not in [sources]")
+        return path.parent  # a folder that exists: the real one is checked when the merge runs
+
+    parse_recipe(dict(merge), path.parent, source=f"{path} [merge]", resolve=resolve)
 
 
 @dataclass
@@ -216,6 +259,7 @@ def run_build(
     stage = on_stage or (lambda _text: None)
     notes: list[str] = []
     final_dir = Path(models_dir) / recipe.name
+    clean_leftovers(final_dir)  # what a killed build of this recipe left
     if final_dir.exists() and any(final_dir.iterdir()) and not force:
         raise BuildError(f"{final_dir}: already has results of this recipe; remove them or pass --force")
 
@@ -251,7 +295,8 @@ def run_build(
         folders[name] = paths[0].parent
 
     final_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.", dir=final_dir))
+    held = hold_folder(final_dir, recipe.name, unique=True)
+    work = held.path
     made: list[Path] = []
     try:
         # 3. The GGUF: a merge written straight into it, or a source converted.
@@ -309,6 +354,7 @@ def run_build(
             finals.append(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        held.release()
     return BuildResult(final_dir, finals, notes, time.monotonic() - start)
 
 

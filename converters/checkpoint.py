@@ -30,79 +30,28 @@ from typing import Any
 import numpy as np
 
 from app.checkpoint_files import PICKLE_SUFFIXES, TOKENIZER_FILES
-from app.errors import CatteryError
+from converters.errors import CheckpointError
+from converters.safetensors_header import DTYPES, MAX_HEADER, TensorRef, read_header, read_tensors, tensors_of
+from converters.untrusted_files import check_name_text, own_file, read_json
 
-DTYPES: dict[str, np.dtype[Any]] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),  # stored as raw 16-bit words; `as_float32` widens them
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-MAX_HEADER = 100 * 1024 * 1024
-
-
-class CheckpointError(CatteryError):
-    pass
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    name: str
-    file: Path
-    dtype: str  # safetensors' name: F32, F16, BF16, …
-    shape: tuple[int, ...]
-    offset: int  # from the start of the file
-    nbytes: int
-
-    @property
-    def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """(the JSON header, where the data starts) of a safetensors file."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise CheckpointError(f"{path}: not a safetensors file (too short)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER:
-                raise CheckpointError(f"{path}: not a safetensors file (header of {n} bytes)")
-            header = json.loads(f.read(n))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the safetensors header is not an object")
-    return header, 8 + n
-
-
-def tensors_of(path: Path) -> list[TensorRef]:
-    header, start = read_header(path)
-    size = path.stat().st_size
-    out = []
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (a, b) = meta["dtype"], tuple(int(d) for d in meta["shape"]), meta["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed entry") from None
-        if dtype not in DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has an unsupported type {dtype}")
-        if start + b > size or a > b:
-            raise CheckpointError(f"{path}: truncated: tensor {name!r} ends past the end of the file")
-        out.append(TensorRef(name, path, dtype, shape, start + int(a), int(b) - int(a)))
-    return out
+__all__ = [
+    "DTYPES",
+    "MAX_HEADER",
+    "PICKLE_SUFFIXES",
+    "TOKENIZER_FILES",
+    "Checkpoint",
+    "CheckpointError",
+    "ShardedWriter",
+    "TensorPlan",
+    "TensorRef",
+    "as_float32",
+    "read_header",
+    "tensors_of",
+    "to_dtype",
+]
+MAX_SHARDS = 4096  # an honest 405B model has 191
+MAX_TENSORS = 100_000  # an honest llama has ~1,200; checking one costs ~15 µs and holding it ~300 bytes
+MAX_HEADER_TOTAL = 64 * 1024 * 1024  # bytes of headers read for one checkpoint: ~1 s of parsing
 
 
 def as_float32(ref: TensorRef, data: np.ndarray) -> np.ndarray:
@@ -121,42 +70,39 @@ class Checkpoint:
 
     @classmethod
     def open(cls, folder: Path) -> Checkpoint:
+        """Read and check everything but the weights' values: config.json is an object, every file is the
+        folder's own, the index names only files beside it, every header is sound, no tensor is in two files."""
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: not a folder (a checkpoint is a folder with config.json)")
         config_path = folder / "config.json"
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CheckpointError(f"{folder}: no config.json (a Hugging Face checkpoint needs one)") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{config_path}: not readable JSON ({exc})") from None
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-            if pickled:
-                raise CheckpointError(
-                    f"{folder}: only pickled weights ({pickled[0]}): Cattery never unpickles files; "
-                    "convert them to safetensors first, or download a safetensors version"
-                )
-            raise CheckpointError(f"{folder}: no .safetensors files")
-        index = folder / "model.safetensors.index.json"
-        wanted: set[Path] | None = None
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
-            wanted = {folder / f for f in set(weight_map.values())}
-            missing = sorted(p.name for p in wanted if not p.is_file())
-            if missing:
-                raise CheckpointError(f"{folder}: the index names shards that are missing: {', '.join(missing)}")
+        if own_file(config_path, folder, required=False) is None:
+            raise CheckpointError(f"{folder}: no config.json (a Hugging Face checkpoint needs one)")
+        config = read_json(config_path, folder)
+        for name in CHECKED_FILES:  # a link out of the folder is refused even where it is read later
+            own_file(folder / name, folder, required=False)
+        files = _weight_files(folder)
+        wanted = _index_files(folder, files)
         tensors: dict[str, TensorRef] = {}
+        header_bytes = 0
         for f in files:
-            if wanted is not None and f not in wanted:
+            if wanted is not None and f.name not in wanted:
                 continue
-            for ref in tensors_of(f):
+            own_file(f, folder)
+            refs, data_start = read_tensors(f)
+            header_bytes += data_start
+            if header_bytes > MAX_HEADER_TOTAL:
+                raise CheckpointError(f"{folder}: its safetensors headers hold more than {MAX_HEADER_TOTAL:,} bytes")
+            for ref in refs:
+                if ref.name in tensors:
+                    raise CheckpointError(
+                        f"{folder}: tensor {ref.name} is in both {tensors[ref.name].file.name} and {f.name}"
+                    )
                 tensors[ref.name] = ref
+            if len(tensors) > MAX_TENSORS:
+                raise CheckpointError(
+                    f"{folder}: more than {MAX_TENSORS:,} tensors, more than any model Cattery converts"
+                )
         return cls(folder, config, tensors)
 
     def __contains__(self, name: str) -> bool:
@@ -182,7 +128,8 @@ class Checkpoint:
         return as_float32(self.tensors[name], self.raw(name))
 
     def tokenizer_files(self) -> list[Path]:
-        return [self.folder / n for n in TOKENIZER_FILES if (self.folder / n).is_file()]
+        """The tokenizer files there are, each the folder's own (a merge copies them into its output)."""
+        return [p for n in TOKENIZER_FILES if (p := own_file(self.folder / n, self.folder, required=False))]
 
     def close(self) -> None:
         """Nothing stays open between tensors; kept so a Checkpoint is a context manager."""
@@ -192,6 +139,53 @@ class Checkpoint:
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+
+CHECKED_FILES = ("model.safetensors.index.json", *TOKENIZER_FILES, "README.md")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files, or one line saying why there are none (pickles are never read)."""
+    files: list[Path] = []
+    for p in folder.glob("*.safetensors"):
+        files.append(p)
+        if len(files) > MAX_SHARDS:
+            raise CheckpointError(f"{folder}: more than {MAX_SHARDS} safetensors files")
+    if not files:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise CheckpointError(
+                f"{folder}: only pickled weights ({pickled[0]}): Cattery never unpickles files; "
+                "convert them to safetensors first, or download a safetensors version"
+            )
+        raise CheckpointError(f"{folder}: no .safetensors files")
+    return sorted(files)
+
+
+def _index_files(folder: Path, files: list[Path]) -> set[str] | None:
+    """The shard names model.safetensors.index.json lists (None without an index): plain names of files
+    beside it, never a path (`../x`, `/x`) that would reach out of the folder."""
+    index = folder / "model.safetensors.index.json"
+    if own_file(index, folder, required=False) is None:
+        return None
+    data = read_json(index, folder)
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: not a safetensors index (no weight_map object)")
+    wanted: set[str] = set()
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{index}: the file of {tensor[:80]!r} is {type(name).__name__}, not a file name")
+        wanted.add(name)
+    for name in wanted:
+        check_name_text(name, str(index), "shard name", max_len=255)
+        if name != Path(name).name or "\\" in name or name in (".", "..") or not name.endswith(".safetensors"):
+            raise CheckpointError(f"{index}: {name[:80]!r} is not the name of a .safetensors file beside it")
+    have = {f.name for f in files}
+    missing = sorted(wanted - have)
+    if missing:
+        raise CheckpointError(f"{folder}: the index names shards that are missing: {', '.join(missing[:5])}")
+    return wanted
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -256,8 +250,11 @@ class ShardedWriter:
         max_shard: int = 5 * 1024**3,
         metadata: dict[str, str] | None = None,
     ) -> None:
+        from converters.partials import clean_leftovers
+
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(self.folder)  # shards a killed run left behind
         self.plan = list(plan)
         self.metadata = {"format": "pt", **(metadata or {})}
         shards: list[list[TensorPlan]] = [[]]
@@ -296,9 +293,12 @@ class ShardedWriter:
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-        tmp = self.folder / f".{self.names[self._shard]}.partial"
+        from converters.partials import lock, partial_name
+
+        tmp = self.folder / partial_name(self.names[self._shard])
         self._tmp.append(tmp)
         self._file = tmp.open("wb")
+        lock(self._file.fileno())  # held until the shard is complete: a later run leaves it alone
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._remaining = list(tensors)
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from converters.checkpoint import CheckpointError
+from converters.config_check import check_hparams, check_types, rope_table
+from converters.errors import CheckpointError
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "LLaMAForCausalLM")
 
@@ -49,7 +50,14 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_ctx", "n_positions", "max_length"
 
 
 def hparams(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """config.json with AutoConfig's defaults filled in, and `rope` (type, theta, parameters) made explicit."""
+    """config.json with AutoConfig's defaults filled in, and `rope` (type, theta, parameters) made explicit.
+
+    Every field is typed and bounded first (converters/config_check.py): the values go into
+    fixed-width GGUF fields, divisions and allocations.
+    """
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: config.json should be a JSON object")
+    check_types(config, where)
     archs = config.get("architectures") or []
     arch = archs[0] if archs else None
     model_type = config.get("model_type")
@@ -62,16 +70,8 @@ def hparams(config: dict[str, Any], where: str) -> dict[str, Any]:
     hp = {**_DEFAULTS[family], **{k: v for k, v in config.items() if v is not None}}
     if "text_config" in config:
         raise CheckpointError(f"{where}: a multimodal checkpoint (text_config); only text models can be converted")
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-        if not isinstance(hp[key], int) or hp[key] <= 0:
-            raise CheckpointError(f"{where}: {key} must be a positive whole number, not {hp[key]!r}")
     hp.setdefault("num_key_value_heads", hp["num_attention_heads"])
-    if hp["num_attention_heads"] % hp["num_key_value_heads"]:
-        raise CheckpointError(
-            f"{where}: {hp['num_attention_heads']} heads cannot share {hp['num_key_value_heads']} KV heads"
-        )
-    hp.setdefault("head_dim", hp["hidden_size"] // hp["num_attention_heads"])
-    rope = dict(hp.get("rope_parameters") or hp.get("rope_scaling") or {})
+    rope = rope_table(hp, where)
     if "rope_type" not in rope and "type" in rope:
         rope["rope_type"] = rope["type"]
     if "rope_theta" not in rope:
@@ -81,6 +81,7 @@ def hparams(config: dict[str, Any], where: str) -> dict[str, Any]:
         if key in hp:
             hp["context_length"] = hp[key]
             break
+    check_hparams(hp, config, where)
     return hp
 
 
@@ -160,15 +161,27 @@ def write_general(writer: Any, card_dir: Path | None, name: str | None, total_pa
     """general.* as the converter writes them: gguf-py's `Metadata` reads the model card (README.md front
     matter), config.json's `_name_or_path` and the folder's name. Returns the model's name."""
     import logging
+    import struct
 
     import gguf
 
+    from converters.card_check import check_card_folder, check_metadata
+
+    if card_dir is not None:
+        check_card_folder(card_dir)
     logging.getLogger("metadata").setLevel(logging.ERROR)
-    meta = gguf.Metadata.load(None, card_dir, name, total_params)
-    if meta.name is None:
-        meta.name = card_dir.name if card_dir is not None else "model"
-    if meta.size_label is None and total_params > 0:
-        meta.size_label = gguf.size_label(total_params, total_params, 0, 0)
-    writer.add_type(gguf.GGUFType.MODEL)
-    meta.set_gguf_meta_model(writer)
-    return meta.name
+    try:
+        meta = gguf.Metadata.load(None, card_dir, name, total_params)
+        if meta.name is None:
+            meta.name = card_dir.name if card_dir is not None else "model"
+        if meta.size_label is None and total_params > 0:
+            meta.size_label = gguf.size_label(total_params, total_params, 0, 0)
+        check_metadata(meta, card_dir)
+        writer.add_type(gguf.GGUFType.MODEL)
+        meta.set_gguf_meta_model(writer)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, UnicodeError, struct.error) as exc:
+        raise CheckpointError(
+            f"{card_dir}: the model card (README.md) or generation_config.json holds a value llama.cpp's "
+            f"metadata cannot take ({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None
+    return str(meta.name)

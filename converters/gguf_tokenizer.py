@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
-from converters.checkpoint import CheckpointError
+from converters.errors import CheckpointError
+from converters.tokenizer_check import TokenizerFiles, read_tokenizer_files
+from converters.untrusted_files import read_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,33 +140,38 @@ class GGUFVocab:
         self.special.add_to_gguf(writer, quiet=True)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
 def load_vocab(folder: Path, vocab_size: int | None, *, pre_tokenizer: str | None = None) -> GGUFVocab:
-    """The tokenizer in `folder`: tokenizer.model first (as llama.cpp's converter prefers), else tokenizer.json."""
+    """The tokenizer in `folder`: tokenizer.model first (as llama.cpp's converter prefers), else tokenizer.json.
+
+    Every file is checked first (converters/tokenizer_check.py); the native libraries run
+    in a contained child (converters/contained.py).
+    """
     folder = Path(folder)
-    config_path = folder / "tokenizer_config.json"
-    tok_config = _read_json(config_path) if config_path.is_file() else {}
-    if (folder / "tokenizer.model").is_file():
-        vocab = _sentencepiece_vocab(folder, vocab_size, tok_config)
-    elif (folder / "tokenizer.json").is_file():
-        vocab = _bpe_vocab(folder, vocab_size, tok_config, pre_tokenizer)
+    files = read_tokenizer_files(folder)
+    if files.sentencepiece is not None:
+        vocab = _sentencepiece_vocab(files, vocab_size)
+    elif files.tokenizer_json is not None:
+        vocab = _bpe_vocab(files, vocab_size, pre_tokenizer)
     elif (folder / "tekken.json").is_file():
         raise CheckpointError(f"{folder}: a Mistral tekken.json tokenizer without tokenizer.json is not supported")
     else:
         raise CheckpointError(f"{folder}: no tokenizer (tokenizer.model or tokenizer.json)")
-    add_prefix = tok_config.get("add_prefix_space")
+    add_prefix = files.config.get("add_prefix_space")
     if isinstance(add_prefix, bool):
         vocab.add_space_prefix = add_prefix
     return vocab
+
+
+def _utf8(text: str, source: Path) -> bytes:
+    """A token's text as GGUF stores it; JSON can spell a lone surrogate (\\ud800), which has no UTF-8."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"{source}: token {text[:40]!r} is not valid Unicode text") from None
+
+
+# What gguf-py's SpecialVocab raises on files that are well-formed JSON of unexpected shapes.
+_DATA_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, UnicodeError, RecursionError)
 
 
 def _special_vocab(folder: Path, n_vocab: int, *, merges: bool, post_processor: dict[str, Any] | None) -> Any:
@@ -172,23 +179,25 @@ def _special_vocab(folder: Path, n_vocab: int, *, merges: bool, post_processor: 
 
     import gguf
 
+    class SpecialVocab(gguf.SpecialVocab):  # type: ignore[misc]
+        def _set_special_token(self, typ: str, tid: Any) -> None:
+            # transformers writes pad_token_id = -1 for "none" in old Llama configs; gguf-py raises on it
+            if isinstance(tid, int) and tid < 0:
+                return
+            super()._set_special_token(typ, tid)
+
     # gguf-py logs a warning for every quirk it meets; Cattery reports what matters itself.
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
-    special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=n_vocab)
+    try:
+        special = SpecialVocab(folder, load_merges=merges, n_vocab=n_vocab)
+    except _DATA_ERRORS as exc:
+        raise CheckpointError(f"{folder}: the tokenizer files are malformed ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{folder}: cannot read the tokenizer files ({exc.strerror or exc})") from None
+    if not all(isinstance(m, str) for m in special.merges):
+        raise CheckpointError(f"{folder}: the tokenizer's merges are malformed")
     _byte_level_adds_nothing(post_processor or {}, special)
     return special
-
-
-def _post_processor(folder: Path) -> dict[str, Any] | None:
-    """tokenizer.json's post-processor, for a SentencePiece folder that has one beside its model."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        return None
-    try:
-        post = json.loads(path.read_text(encoding="utf-8")).get("post_processor")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return post if isinstance(post, dict) else None
 
 
 def _byte_level_adds_nothing(post: dict[str, Any], special: Any) -> None:
@@ -213,23 +222,18 @@ def _byte_level_adds_nothing(post: dict[str, Any], special: Any) -> None:
         special.add_special_token = {"bos": False, "eos": False, **rest}
 
 
-def _sentencepiece_vocab(folder: Path, vocab_size: int | None, tok_config: dict[str, Any]) -> GGUFVocab:
+def _sentencepiece_pieces(model: bytes, n: int) -> tuple[int, list[bytes], list[float], list[int]]:
+    """(pieces in the model, then the first n pieces' text, score and type): runs in a contained child."""
     from sentencepiece import SentencePieceProcessor
 
-    path = folder / "tokenizer.model"
     sp = SentencePieceProcessor()
     try:
-        sp.LoadFromSerializedProto(path.read_bytes())
+        sp.LoadFromSerializedProto(model)
     except (OSError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a SentencePiece model ({exc})") from None
-    n = vocab_size or sp.vocab_size()
-    tokens = [f"[PAD{i}]".encode() for i in range(n)]
-    scores = [-10000.0] * n
-    types = [UNUSED] * n
-    notes: list[str] = []
-    if sp.vocab_size() > n:
-        notes.append(f"tokenizer.model has {sp.vocab_size()} pieces, the model {n}: the extra pieces are left out")
-    for i in range(min(n, sp.vocab_size())):
+        raise CheckpointError(f"not a SentencePiece model ({exc})") from None
+    count = sp.vocab_size()
+    tokens, scores, types = [], [], []
+    for i in range(min(n, count)):
         kind = NORMAL
         if sp.IsUnknown(i):
             kind = UNKNOWN
@@ -239,80 +243,126 @@ def _sentencepiece_vocab(folder: Path, vocab_size: int | None, tok_config: dict[
             kind = UNUSED
         elif sp.IsByte(i):
             kind = BYTE
-        tokens[i] = sp.IdToPiece(i).encode("utf-8")
-        scores[i] = sp.GetScore(i)
-        types[i] = kind
-    added_path = folder / "added_tokens.json"
-    if added_path.is_file():
-        for text, token_id in _read_json(added_path).items():
-            if isinstance(token_id, int) and 0 <= token_id < n:
-                tokens[token_id], scores[token_id], types[token_id] = text.encode("utf-8"), -1000.0, USER_DEFINED
-    for key, entry in (tok_config.get("added_tokens_decoder") or {}).items():
-        try:
-            token_id, text = int(key), str(entry["content"])
-        except (ValueError, KeyError, TypeError):
-            raise CheckpointError(
-                f"{folder / 'tokenizer_config.json'}: malformed added_tokens_decoder entry {key!r}"
-            ) from None
+        tokens.append(sp.IdToPiece(i).encode("utf-8"))
+        scores.append(float(sp.GetScore(i)))
+        types.append(kind)
+    return count, tokens, scores, types
+
+
+def _sentencepiece_vocab(files: TokenizerFiles, vocab_size: int | None) -> GGUFVocab:
+    from converters.contained import cpu_budget, run_contained
+
+    folder = files.folder
+    assert files.sentencepiece is not None
+    path = files.sentencepiece
+    model = read_bytes(path, folder, what="SentencePiece model")
+    if vocab_size is None:  # only for a caller without a config: the model's own count
+        vocab_size, *_ = run_contained(
+            _sentencepiece_pieces, model, 0, what=str(path), cpu_seconds=cpu_budget(len(model))
+        )
+    n = int(vocab_size)
+    try:
+        count, pieces, piece_scores, piece_types = run_contained(
+            _sentencepiece_pieces, model, n, what=str(path), cpu_seconds=cpu_budget(len(model))
+        )
+    except CheckpointError as exc:
+        message = str(exc)
+        raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    tokens = [f"[PAD{i}]".encode() for i in range(n)]
+    scores = [-10000.0] * n
+    types = [UNUSED] * n
+    tokens[: len(pieces)], scores[: len(pieces)], types[: len(pieces)] = pieces, piece_scores, piece_types
+    notes: list[str] = []
+    if count > n:
+        notes.append(f"tokenizer.model has {count} pieces, the model {n}: the extra pieces are left out")
+    for text, token_id in (files.added_tokens or {}).items():
+        if 0 <= token_id < n:
+            tokens[token_id], scores[token_id], types[token_id] = (
+                _utf8(text, folder / "added_tokens.json"),
+                -1000.0,
+                USER_DEFINED,
+            )
+    for token_id, entry in files.decoder_entries():
+        text = entry["content"]
         if not 0 <= token_id < n:
-            notes.append(f"added token {text!r} has id {token_id}, outside the vocabulary of {n}: left out")
+            notes.append(f"added token {text[:40]!r} has id {token_id}, outside the vocabulary of {n}: left out")
             continue
         if entry.get("special") or looks_special(text):
             types[token_id] = CONTROL
         else:
             text = text.replace("▁", " ")
             types[token_id] = USER_DEFINED
-        tokens[token_id], scores[token_id] = text.encode("utf-8"), -1000.0
-    special = _special_vocab(folder, len(tokens), merges=False, post_processor=_post_processor(folder))
+        tokens[token_id], scores[token_id] = _utf8(text, files.config_path), -1000.0
+    post = (files.tokenizer_json or {}).get("post_processor")
+    special = _special_vocab(folder, len(tokens), merges=False, post_processor=post if isinstance(post, dict) else None)
     return GGUFVocab("llama", "default", tokens, types, scores, special, notes=notes)
 
 
-def _bpe_vocab(
-    folder: Path, vocab_size: int | None, tok_config: dict[str, Any], pre_tokenizer: str | None
-) -> GGUFVocab:
+def _bpe_analyse(text: str, normalize: list[str]) -> tuple[str, dict[str, int], dict[str, str]]:
+    """(check-string hash, vocabulary with added tokens, each text of `normalize` as the tokenizer normalizes
+    it) from tokenizer.json's text: the `tokenizers` library's part, run in a contained child."""
     from tokenizers import Tokenizer
 
-    path = folder / "tokenizer.json"
-    data = _read_json(path)
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as exc:  # the tokenizers library raises a bare Exception for bad files
+        raise CheckpointError(f"the tokenizers library cannot read it ({exc})") from None
+    digest = pre_tokenizer_hash(tok)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    normalized = {
+        t: tok.decode(tok.encode(t, add_special_tokens=False).ids, skip_special_tokens=False) for t in normalize
+    }
+    return digest, vocab, normalized
+
+
+def _bpe_vocab(files: TokenizerFiles, vocab_size: int | None, pre_tokenizer: str | None) -> GGUFVocab:
+    from converters.contained import cpu_budget, run_contained
+
+    path = files.folder / "tokenizer.json"
+    data = files.tokenizer_json
+    assert data is not None
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise CheckpointError(f"{path}: a {model.get('type')} tokenizer; only BPE tokenizers are supported")
+        raise CheckpointError(f"{path}: a {str(model.get('type'))[:40]} tokenizer; only BPE tokenizers are supported")
     if model.get("byte_fallback"):
         raise CheckpointError(
             f"{path}: a SentencePiece-style BPE tokenizer (byte fallback) without tokenizer.model; "
             "add the model's tokenizer.model to the folder"
         )
-    try:
-        tok = Tokenizer.from_str(json.dumps(data))
-    except Exception as exc:  # the tokenizers library raises a bare Exception for bad files
-        raise CheckpointError(f"{path}: the tokenizers library cannot read it ({exc})") from None
-
-    digest = pre_tokenizer_hash(tok)
     table = pre_tokenizers()
+    if pre_tokenizer and pre_tokenizer not in table.names:
+        raise CatteryError(
+            f"--pre-tokenizer {pre_tokenizer}: not a pre-tokenizer llama.cpp knows "
+            f"(one of {', '.join(sorted(set(table.names)))})"
+        )
+    added: dict[str, dict[str, Any]] = {}
+    for _token_id, entry in files.decoder_entries():
+        added[entry["content"]] = entry
+    for entry in data.get("added_tokens") or []:
+        added[entry["content"]] = entry
+    normalize = [t for t, e in added.items() if not e.get("normalized", not e.get("special", False))]
+    n_tokens = len(model.get("vocab") or {})
+    if vocab_size and n_tokens > vocab_size:  # refused before the tokenizers library builds them all
+        raise CheckpointError(f"{path}: {n_tokens:,} tokens, more than the model's vocabulary of {vocab_size:,}")
+    try:
+        text = files.tokenizer_text.decode("utf-8-sig")
+        digest, vocab, normalized = run_contained(
+            _bpe_analyse, text, normalize, what=str(path), cpu_seconds=cpu_budget(len(text))
+        )
+    except CheckpointError as exc:
+        message = str(exc)
+        raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     name = table.by_hash(digest)
     if pre_tokenizer:
-        if pre_tokenizer not in table.names:
-            raise CatteryError(
-                f"--pre-tokenizer {pre_tokenizer}: not a pre-tokenizer llama.cpp knows "
-                f"(one of {', '.join(sorted(set(table.names)))})"
-            )
         name = pre_tokenizer
     elif name is None:
         raise CheckpointError(
             f"{path}: BPE pre-tokenizer not recognized (check-string hash {digest}); "
             "if you know which one it is, name it with --pre-tokenizer NAME"
         )
-
-    vocab = tok.get_vocab(with_added_tokens=True)
     n = vocab_size or len(vocab)
-    if max(vocab.values()) >= n:
+    if vocab and max(vocab.values()) >= n:
         raise CheckpointError(f"{path}: token id {max(vocab.values())} is outside the model's vocabulary of {n}")
-    added: dict[str, dict[str, Any]] = {}
-    for entry in tok_config.get("added_tokens_decoder", {}).values():
-        if isinstance(entry, dict) and "content" in entry:
-            added[entry["content"]] = entry
-    for entry in data.get("added_tokens") or []:
-        added[entry["content"]] = entry
     reverse = {i: t for t, i in vocab.items()}
     tokens: list[bytes] = []
     types: list[int] = []
@@ -324,9 +374,9 @@ def _bpe_vocab(
             continue
         if text in added:
             entry = added[text]
-            if not entry.get("normalized", not entry.get("special", False)):
+            if text in normalized:
                 # llama.cpp takes CONTROL and USER_DEFINED tokens as already normalized
-                text = tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False)
+                text = normalized[text]
             if entry.get("special") or looks_special(text):
                 types.append(CONTROL)
             else:
@@ -334,9 +384,11 @@ def _bpe_vocab(
                 types.append(USER_DEFINED)
         else:
             types.append(NORMAL)
-        tokens.append(text.encode("utf-8"))
+        tokens.append(_utf8(text, path))
     post = data.get("post_processor")
-    special = _special_vocab(folder, len(tokens), merges=True, post_processor=post if isinstance(post, dict) else None)
+    special = _special_vocab(
+        files.folder, len(tokens), merges=True, post_processor=post if isinstance(post, dict) else None
+    )
     if not special.merges:
         raise CheckpointError(f"{path}: the BPE tokenizer has no merges")
     return GGUFVocab("gpt2", name, tokens, types, None, special, pre_hash=digest)

@@ -105,17 +105,28 @@ def convert_source(
     """
     import gguf
 
+    from converters.config_check import check_shapes
     from converters.gguf_metadata import hparams, llama3_rope_factors, write_general, write_params
     from converters.gguf_tensors import PlannedTensor, file_type, plan_tensors, resolve_outtype
     from converters.gguf_tokenizer import load_vocab
+    from converters.partials import clean_leftovers, hold_file
 
     started = time.monotonic()
     out = Path(out)
     tokenizer_dir = Path(tokenizer_dir)
     where = str(getattr(source, "folder", tokenizer_dir))
     hp = hparams(source.config, where)
-    outtype = resolve_outtype(outtype.lower(), source)
+    # the config against the tensors before anything is sized by it (the vocabulary above all)
+    check_shapes(hp, {n: tuple(source.tensors[n].shape) for n in source.names()}, where)
+    outtype = resolve_outtype(outtype.lower() if isinstance(outtype, str) else outtype, source)
+    plan = plan_tensors(source, hp, outtype, where)
+    embd = next(p for p in plan if p.name == "token_embd.weight")
     vocab = load_vocab(tokenizer_dir, hp["vocab_size"], pre_tokenizer=pre_tokenizer)
+    if embd.shape[0] != len(vocab):
+        raise CheckpointError(
+            f"{where}: the embeddings have {embd.shape[0]} rows but the tokenizer and config give "
+            f"{len(vocab)} tokens (vocab_size {hp['vocab_size']})"
+        )
     template_from = "tokenizer_config.json" if vocab.special.chat_template else None
     if chat_format:
         from app.prompt.formats import get_format
@@ -124,21 +135,16 @@ def convert_source(
         vocab.special.chat_template = chat_template(get_format(chat_format))
         template_from = f"Cattery's {chat_format} format"
 
-    plan = plan_tensors(source, hp, outtype, where)
     factors = llama3_rope_factors(hp)
     if factors is not None:  # generated tensors come first, as in llama.cpp's converter
         rope = PlannedTensor("rope_freqs.weight", factors.shape, int(gguf.GGMLQuantizationType.F32), lambda: factors)
         plan.insert(0, rope)
-    embd = next(p for p in plan if p.name == "token_embd.weight")
-    if embd.shape[0] != len(vocab):
-        raise CheckpointError(
-            f"{where}: the embeddings have {embd.shape[0]} rows but the tokenizer and config give "
-            f"{len(vocab)} tokens (vocab_size {hp['vocab_size']})"
-        )
     total = sum(p.nbytes for p in plan)
     _check_disk(out, total)
+    clean_leftovers(out.parent)  # what a killed conversion into this folder left
 
-    tmp = out.with_name(f".{out.name}.partial")
+    held = hold_file(out.parent, out.name)
+    tmp = held.path
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     try:
         for p in plan:
@@ -160,9 +166,10 @@ def convert_source(
         _write_tensors(writer, plan, progress)
         writer.close()
         os.replace(tmp, out)
+        held.release()
     except BaseException:
         writer.close()
-        tmp.unlink(missing_ok=True)
+        held.remove()
         raise
     types = Counter(gguf.GGMLQuantizationType(p.qtype).name for p in plan)
     return ConvertReport(

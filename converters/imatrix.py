@@ -41,6 +41,9 @@ class ImportanceMatrix:
 
 def read_imatrix(path: Path) -> ImportanceMatrix:
     """Either format, told apart by the GGUF magic; one-line errors for anything else."""
+    path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise CatteryError(f"{path}: not a regular file")
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -60,53 +63,76 @@ def read_imatrix(path: Path) -> ImportanceMatrix:
 
 
 def _read_gguf(path: Path) -> ImportanceMatrix:
+    """Through Cattery's own GGUF reader (converters/gguf_read.py), which bounds what a hostile header
+    can make it allocate; gguf-py's reader builds objects for every array item a header claims."""
+    from converters.gguf_read import GGUFFile
+
+    g = GGUFFile.open(path)
+    try:
+        return _gguf_entries(g, path)
+    finally:
+        g.close()
+
+
+def _gguf_entries(g: Any, path: Path) -> ImportanceMatrix:
     import gguf
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as exc:
-        raise CatteryError(f"{path}: not a readable GGUF file: {exc}") from None
-    kind = _field(reader, "general.type")
+    kind = g.get("general.type")
     sums: dict[str, Any] = {}
     counts: dict[str, Any] = {}
-    for tensor in reader.tensors:
+    for tensor in g.tensors:
         if tensor.name.endswith(".in_sum2"):
             sums[tensor.name.removesuffix(".in_sum2")] = tensor
         elif tensor.name.endswith(".counts"):
             counts[tensor.name.removesuffix(".counts")] = tensor
     if not sums or (kind is not None and kind != "imatrix"):
-        what = f"a GGUF of type {kind!r}" if kind else "a GGUF file without .in_sum2 tensors"
+        what = f"a GGUF of type {str(kind)[:40]!r}" if kind else "a GGUF file without .in_sum2 tensors"
         raise CatteryError(f"{path}: not an importance matrix ({what}); make one with llama.cpp's llama-imatrix")
     out = ImportanceMatrix(path, "gguf")
     for name in sorted(sums):
         if name not in counts:
             raise CatteryError(f"{path}: entry {name} has sums but no counts")
-        s = np.asarray(sums[name].data, dtype=np.float32)
-        c = np.asarray(counts[name].data, dtype=np.float32).reshape(-1)
+        for t in (sums[name], counts[name]):
+            if t.ggml_type not in (int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQuantizationType.F16)):
+                raise CatteryError(f"{path}: entry {t.name} is not stored as F32")
+        s = np.asarray(g.f32(sums[name]), dtype=np.float32)
+        c = np.asarray(g.f32(counts[name]), dtype=np.float32).reshape(-1)
         n_mat = c.size
         if n_mat == 0 or s.size % n_mat:
             raise CatteryError(f"{path}: entry {name} has {s.size} sums for {n_mat} counts")
         rows = s.reshape(n_mat, -1)
         safe = np.where(c > 0, c, 1.0).astype(np.float32)[:, None]
-        values = np.where(c[:, None] > 0, rows / safe, np.float32(1.0))
+        with np.errstate(all="ignore"):
+            values = np.where(c[:, None] > 0, rows / safe, np.float32(1.0))
         out.entries[name] = np.ascontiguousarray(values.reshape(-1), dtype=np.float32)
-    chunks = _field(reader, "imatrix.chunk_count")
+    chunks = g.get("imatrix.chunk_count")
+    if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int)):
+        raise CatteryError(f"{path}: imatrix.chunk_count should be a whole number")
     out.chunks = int(chunks) if chunks is not None else None
-    datasets = _field(reader, "imatrix.datasets")
+    datasets = g.get("imatrix.datasets")
     if isinstance(datasets, list):
-        out.datasets = [str(d) for d in datasets]
+        out.datasets = [str(d)[:1000] for d in datasets[:100]]
     elif isinstance(datasets, str):
-        out.datasets = [datasets]
+        out.datasets = [datasets[:1000]]
     return out
 
 
-def _field(reader: Any, key: str) -> Any:
-    f = reader.fields.get(key)
-    return None if f is None else f.contents()
+MAX_DAT = 1 << 30  # the legacy format of a 405B model's matrix is ~80 MB; an MoE's a few hundred
 
 
 def _read_dat(path: Path) -> ImportanceMatrix:
-    data = path.read_bytes()
+    import mmap
+
+    size = path.stat().st_size
+    if size > MAX_DAT:
+        raise CatteryError(f"{path}: {size:,} bytes, more than an importance matrix can be ({MAX_DAT:,})")
+    if size < 4:
+        raise CatteryError(f"{path}: not an importance matrix (neither GGUF nor llama.cpp's legacy .dat format)")
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _dat_entries(path, data)
+
+
+def _dat_entries(path: Path, data: Any) -> ImportanceMatrix:
     pos = 0
 
     def take(fmt: str, what: str) -> Any:
@@ -126,18 +152,18 @@ def _read_dat(path: Path) -> ImportanceMatrix:
         length = take("<i", f"entry {i + 1}")
         if not 0 < length <= 4096 or pos + length > len(data):
             raise CatteryError(f"{path}: not an importance matrix (entry {i + 1} has a bad name length)")
-        name = data[pos : pos + length].decode("utf-8", errors="replace")
+        name = bytes(data[pos : pos + length]).decode("utf-8", errors="replace")
         pos += length
-        ncall, nval = take("<ii", f"entry {name}")
+        ncall, nval = take("<ii", f"entry {name[:80]}")
         if nval < 1 or pos + 4 * nval > len(data):
-            raise CatteryError(f"{path}: entry {name}: {nval} values do not fit in the file")
+            raise CatteryError(f"{path}: entry {name[:80]}: {nval} values do not fit in the file")
         values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
-        out.entries[name] = values / np.float32(ncall) if ncall > 0 else values.copy()
+        out.entries[name] = values / np.float32(ncall) if ncall > 0 else values
     if pos + 4 <= len(data):
         out.chunks = take("<i", "the chunk count")
         if pos + 4 <= len(data):
             length = take("<i", "the dataset name")
-            if 0 < length <= len(data) - pos:
-                out.datasets = [data[pos : pos + length].decode("utf-8", errors="replace")]
+            if 0 < length <= min(len(data) - pos, 4096):
+                out.datasets = [bytes(data[pos : pos + length]).decode("utf-8", errors="replace")]
     return out

@@ -27,6 +27,8 @@ from converters.checkpoint import ShardedWriter
 from converters.merge_card import card_folder, merged_config, merged_name, write_card
 from converters.merge_plan import MergedModel
 from converters.merge_recipe import Recipe, load_recipe
+from converters.partials import clean_leftovers, hold_folder, partial_name
+from converters.recipe_checks import check_gguf_values
 
 MEMORY_SLACK = 300 * 1000**2  # Python, numpy and the libraries, beyond the tensors themselves
 
@@ -85,13 +87,23 @@ def merge(
         # a GGUF's size depends on its type: the converter checks the disk itself
         _check_resources(out, 0 if to_gguf else model.total_bytes, peak_memory(model))
         if to_gguf:
-            options = {k: v for k, v in {**recipe.gguf, **(gguf or {})}.items() if v is not None}
-            conversion = _write_gguf(model, out, options, progress)
+            conversion = _write_gguf(model, out, gguf_settings(recipe, gguf), progress)
         else:
             _write_folder(model, out, progress)
     finally:
         model.close()
     return MergeResult(out, len(model.tensors), model.total_bytes, model.notes, conversion)
+
+
+def gguf_settings(recipe: Recipe, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe's [gguf] table, with each option the caller gave (not None) in its place.
+
+    A command line passes every option, None where the user gave none: those must not
+    erase what the recipe says.
+    """
+    chosen = {k: v for k, v in (given or {}).items() if v is not None}
+    check_gguf_values(chosen, "GGUF options", CatteryError)
+    return {k: v for k, v in {**recipe.gguf, **chosen}.items() if v is not None}
 
 
 def _inputs(recipe: Recipe) -> list[Path]:
@@ -117,7 +129,7 @@ def _check_resources(out: Path, disk: int, memory: int) -> None:
 def _replace(tmp: Path, out: Path) -> None:
     """Put the finished output in place, replacing what was there (only asked for with --force)."""
     if out.is_dir() and not out.is_symlink():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(partial_name(out.name, "old"))  # found and removed by a later run if this one dies
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -129,11 +141,12 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> None:
     final = out.resolve()
-    tmp = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     names = model.names()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(final.parent)  # what a killed merge into this folder left
+    held = hold_folder(final.parent, final.name)
+    tmp = held.path
     try:
-        tmp.mkdir(parents=True)
         (tmp / "config.json").write_text(json.dumps(merged_config(model.config), indent=2) + "\n", encoding="utf-8")
         for f in model.tokenizer_files():
             shutil.copyfile(f, tmp / f.name)
@@ -150,11 +163,12 @@ def _write_folder(model: MergedModel, out: Path, progress: Progress | None) -> N
                 counter.step(name)
             w.close()
         _replace(tmp, final)
+        held.release()
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        held.remove()
         raise CatteryError(f"{out}: cannot write: {exc.strerror or exc}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        held.remove()
         raise
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from app.errors import CatteryError
 from converters.merge_recipe import Recipe
 
 
@@ -46,7 +47,9 @@ def model_id(folder: Path) -> str:
         return repo.removeprefix("models--").replace("--", "/", 1)
     config = _read_json(folder / "config.json")
     name = config.get("_name_or_path")
-    if isinstance(name, str) and name.count("/") == 1 and not Path(name).is_absolute() and not Path(name).exists():
+    if not isinstance(name, str) or len(name) > 200 or any(ord(c) < 32 for c in name):
+        return folder.name
+    if name.count("/") == 1 and not Path(name).is_absolute() and not Path(name).exists():
         return name
     return folder.name
 
@@ -59,7 +62,7 @@ def card_text(recipe: Recipe, name: str) -> str:
     front: dict[str, Any] = {"name": name}
     base_card = _front_matter(recipe.base / "README.md")
     for key in ("license", "license_name", "license_link", "language"):
-        if key in base_card:
+        if _is_text(base_card.get(key)):  # only what the GGUF's general.* can hold: text, or a list of it
             front[key] = base_card[key]
     front["base_model"] = [model_id(p) for p in recipe.models()]
     front["tags"] = ["merge", "cattery"]
@@ -90,24 +93,34 @@ def card_folder(recipe: Recipe, name: str, config: dict[str, Any], generation_co
         yield folder
 
 
+def _is_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= 1000
+    return isinstance(value, list) and len(value) <= 200 and all(isinstance(v, str) and len(v) <= 200 for v in value)
+
+
 def _front_matter(card: Path) -> dict[str, Any]:
+    """The base model card's front matter, read as the converter reads it, without YAML aliases and
+    within bounds; a card that is not one (or is hostile) gives nothing rather than stopping the merge."""
+    from app.untrusted import parse_yaml
+    from converters.card_check import MAX_FRONT_MATTER, front_matter
+    from converters.untrusted_files import read_bytes
+
     try:
-        text = card.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    try:
-        data = yaml.safe_load(text[3:end]) if end > 0 else None
-    except yaml.YAMLError:
+        text = read_bytes(card, card.parent, what="model card").decode("utf-8")
+        yaml_text = front_matter(text)
+        if yaml_text is None or len(yaml_text) > MAX_FRONT_MATTER:
+            return {}
+        data = parse_yaml(yaml_text, str(card))
+    except (CatteryError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    from converters.untrusted_files import read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return dict(read_json(path, path.parent))
+    except CatteryError:
         return {}
-    return data if isinstance(data, dict) else {}

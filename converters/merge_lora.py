@@ -17,7 +17,6 @@ DoRA adapters and LoRA biases change more than W + ΔW; they are refused rather 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 
 from converters.checkpoint import PICKLE_SUFFIXES, Checkpoint, CheckpointError, tensors_of
 from converters.merge_io import read_f32
+from converters.untrusted_files import own_file, read_json
 
 PREFIX = "base_model.model."
 _LORA = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
@@ -74,21 +74,18 @@ class LoraAdapter:
     def open(cls, folder: Path) -> LoraAdapter:
         folder = Path(folder)
         config_path = folder / "adapter_config.json"
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CheckpointError(f"{folder}: no adapter_config.json (not a PEFT adapter folder)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{config_path}: not readable JSON ({exc})") from None
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{config_path}: not a JSON object")
-        peft_type = str(config.get("peft_type", "LORA")).upper()
-        if peft_type != "LORA":
-            raise CheckpointError(f"{config_path}: a {peft_type} adapter; only LoRA adapters can be merged")
+        if own_file(config_path, folder, required=False) is None:
+            raise CheckpointError(f"{folder}: no adapter_config.json (not a PEFT adapter folder)")
+        config = read_json(config_path, folder)
+        peft_type = config.get("peft_type", "LORA")
+        if not isinstance(peft_type, str):
+            raise CheckpointError(f"{config_path}: peft_type should be a name, not {type(peft_type).__name__}")
+        if peft_type.upper() != "LORA":
+            raise CheckpointError(f"{config_path}: a {peft_type[:40]} adapter; only LoRA adapters can be merged")
         if config.get("use_dora"):
             raise CheckpointError(f"{config_path}: a DoRA adapter (use_dora); only plain LoRA can be merged")
         weights_file = folder / "adapter_model.safetensors"
-        if not weights_file.is_file():
+        if own_file(weights_file, folder, required=False) is None:
             pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickled:
                 raise CheckpointError(
@@ -98,7 +95,7 @@ class LoraAdapter:
             raise CheckpointError(f"{folder}: no adapter_model.safetensors")
         tensors = {ref.name: ref for ref in tensors_of(weights_file)}
         weights = Checkpoint(folder, config, tensors)
-        modules, replacements = _read_keys(weights_file, config, tensors)
+        modules, replacements = _read_keys(weights_file, adapter_settings(config, config_path), tensors)
         return cls(folder, config, weights, modules, replacements)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -117,15 +114,74 @@ class LoraAdapter:
         return read_f32(self.weights, self.replacements[target])
 
 
+@dataclass(frozen=True)
+class AdapterSettings:
+    """adapter_config.json's numbers, typed: what every module's scale is made of."""
+
+    r: int
+    alpha: float
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    rslora: bool
+    fan_in_fan_out: bool
+
+
+MAX_RANK = 1 << 16
+MAX_PATTERNS = 4096
+
+
+def _flag(config: dict[str, Any], key: str, source: Path) -> bool:
+    value = config.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{source}: {key} should be true or false, not {str(value)[:40]}")
+    return value
+
+
+def _rank(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RANK:
+        raise CheckpointError(f"{where} should be a rank from 1 to {MAX_RANK}, not {str(value)[:40]}")
+    return value
+
+
+def _alpha(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or abs(value) > 1e6:
+        raise CheckpointError(f"{where} should be a number, not {str(value)[:40]}")
+    return float(value)
+
+
+def adapter_settings(config: dict[str, Any], source: Path) -> AdapterSettings:
+    """r, lora_alpha, the patterns and the flags of adapter_config.json, each of the type PEFT gives it."""
+    patterns: list[dict[str, Any]] = []
+    for key in ("rank_pattern", "alpha_pattern"):
+        table = config.get(key) or {}
+        if not isinstance(table, dict) or len(table) > MAX_PATTERNS:
+            raise CheckpointError(f"{source}: {key} should map module patterns to numbers")
+        patterns.append(table)
+    return AdapterSettings(
+        r=_rank(config.get("r", 8), f"{source}: r"),
+        alpha=_alpha(config.get("lora_alpha", 8), f"{source}: lora_alpha"),
+        rank_pattern={k: _rank(v, f"{source}: rank_pattern[{k[:40]!r}]") for k, v in patterns[0].items()},
+        alpha_pattern={k: _alpha(v, f"{source}: alpha_pattern[{k[:40]!r}]") for k, v in patterns[1].items()},
+        rslora=_flag(config, "use_rslora", source),
+        fan_in_fan_out=_flag(config, "fan_in_fan_out", source),
+    )
+
+
+def _match_patterns(
+    rank_patterns: list[str], alpha_patterns: list[str], modules: list[str], source: Path
+) -> dict[str, tuple[str | None, str | None]]:
+    """Each module's rank and alpha pattern. Runs contained: the patterns are a stranger's regular
+    expressions, and Python's `re` cannot be stopped inside a catastrophic backtrack."""
+    return {m: (pattern_key(rank_patterns, m, source), pattern_key(alpha_patterns, m, source)) for m in modules}
+
+
 def _read_keys(
-    source: Path, config: dict[str, Any], tensors: dict[str, Any]
+    source: Path, settings: AdapterSettings, tensors: dict[str, Any]
 ) -> tuple[dict[str, LoraModule], dict[str, str]]:
-    r_default = config.get("r", 8)
-    alpha_default = config.get("lora_alpha", 8)
-    rank_pattern = dict(config.get("rank_pattern") or {})
-    alpha_pattern = dict(config.get("alpha_pattern") or {})
-    rslora = bool(config.get("use_rslora", False))
-    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+    rank_pattern, alpha_pattern = settings.rank_pattern, settings.alpha_pattern
+    rslora, fan_in_fan_out = settings.rslora, settings.fan_in_fan_out
     pairs: dict[str, dict[str, str]] = {}
     embedding: dict[str, bool] = {}
     replacements: dict[str, str] = {}
@@ -148,10 +204,22 @@ def _read_keys(
     for module, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise CheckpointError(f"{source}: {module} has lora_{next(iter(ab))} but not its pair")
-        r_key = pattern_key(list(rank_pattern), module, source)
-        a_key = pattern_key(list(alpha_pattern), module, source)
-        rank = int(rank_pattern[r_key]) if r_key is not None else int(r_default)
-        alpha = float(alpha_pattern[a_key]) if a_key is not None else float(alpha_default)
+    keys: dict[str, tuple[str | None, str | None]] = {m: (None, None) for m in pairs}
+    if rank_pattern or alpha_pattern:
+        from converters.contained import run_contained
+
+        keys = run_contained(
+            _match_patterns,
+            list(rank_pattern),
+            list(alpha_pattern),
+            list(pairs),
+            source,
+            what=str(source.with_name("adapter_config.json")),
+        )
+    for module, ab in pairs.items():
+        r_key, a_key = keys[module]
+        rank = rank_pattern[r_key] if r_key is not None else settings.r
+        alpha = alpha_pattern[a_key] if a_key is not None else settings.alpha
         a_shape, b_shape = tensors[ab["A"]].shape, tensors[ab["B"]].shape
         if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
             raise CheckpointError(f"{source}: {module}: lora A {a_shape} and B {b_shape} do not fit together")

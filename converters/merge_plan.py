@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from converters.checkpoint import TOKENIZER_FILES, Checkpoint, CheckpointError, TensorPlan
+from converters.config_check import check_shapes
+from converters.gguf_metadata import hparams
 from converters.merge_io import FLOAT_TYPES, read_f32
 from converters.merge_lora import LoraAdapter
 from converters.merge_methods import blockmerge_ratios, blockmerge_vocab_, lerp_, slerp_, weighted_sum_
@@ -340,6 +342,9 @@ class MergedModel:
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         models = {p: Checkpoint.open(p) for p in recipe.models()}
+        for path, ck in models.items():  # each input is a sound llama whose config matches its tensors
+            hp = hparams(ck.config, str(path))
+            check_shapes(hp, {n: r.shape for n, r in ck.tensors.items()}, str(path))
         base = models[recipe.base]
         self.base = base
         n_layers = base.config.get("num_hidden_layers")
@@ -407,7 +412,10 @@ class MergedModel:
         return x
 
     def tokenizer_files(self) -> list[Path]:
-        return [self.folder / n for n in TOKENIZER_FILES if (self.folder / n).is_file()]
+        """The tokenizer files of the folder they come from, each its own (they are copied into the output)."""
+        from converters.untrusted_files import own_file
+
+        return [p for n in TOKENIZER_FILES if (p := own_file(self.folder / n, self.folder, required=False))]
 
     @property
     def total_bytes(self) -> int:

@@ -65,12 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.errors import CatteryError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from app.errors import InputError
+from converters.recipe_checks import gguf_options, is_folder, path_value, plain_name, read_recipe
 
 METHODS = ("lora", "linear", "gradient", "slerp")
 DTYPES = {"f32": "F32", "float32": "F32", "f16": "F16", "float16": "F16", "bf16": "BF16", "bfloat16": "BF16"}
@@ -79,8 +75,14 @@ DEFAULT_SHARD = 5 * 1000**3
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
-class RecipeError(CatteryError):
-    pass
+MAX_STEPS = 256
+MAX_LIST = 4096  # values, layers, models or filter cases in one setting
+MAX_VALUE = 1e6  # a weight beyond this only overflows float32 tensors
+MAX_SHARD = 1 << 50
+
+
+class RecipeError(InputError):
+    """A recipe that cannot be run as written: one line naming the file and the key."""
 
 
 # -- values --------------------------------------------------------------------------------
@@ -206,16 +208,7 @@ class Recipe:
 
 def load_recipe(path: Path, *, resolve: Callable[[str], Path] | None = None) -> Recipe:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+    text, data = read_recipe(path, RecipeError)
     recipe = parse_recipe(data, path.parent, source=str(path), resolve=resolve)
     recipe.text = text
     return recipe
@@ -239,10 +232,13 @@ def parse_recipe(
     def folder(value: Any, key: str, kind: str = "model") -> Path:
         if not isinstance(value, str) or not value:
             raise RecipeError(f"{where(key)}: expected the path of a {kind} folder")
-        path = resolve(value) if resolve else (Path(root) / Path(value).expanduser())
-        if not path.is_dir():
-            raise RecipeError(f"{where(key)}: {value}: no such folder ({path})")
+        path = resolve(value) if resolve else path_value(value, where(key), RecipeError, root)
+        if not is_folder(path):
+            raise RecipeError(f"{where(key)}: {value[:80]}: no such folder ({str(path)[:200]})")
         return path
+
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a table of keys")
 
     unknown = sorted(set(data) - {"base", "dtype", "shard_size", "tokenizer", "steps", "gguf", "name"})
     if unknown:
@@ -260,26 +256,25 @@ def parse_recipe(
         dtype = DTYPES[raw.lower()]
     shard = _size(data.get("shard_size", DEFAULT_SHARD), where("shard_size"))
     tokenizer = folder(data["tokenizer"], "tokenizer") if "tokenizer" in data else None
-    gguf = data.get("gguf", {})
-    if not isinstance(gguf, dict) or any(k not in GGUF_KEYS for k in gguf):
-        bad = next((k for k in gguf if k not in GGUF_KEYS), "") if isinstance(gguf, dict) else ""
-        raise RecipeError(f"{where('gguf')}: unknown key {bad!r} (expected {', '.join(GGUF_KEYS)})")
+    gguf = gguf_options(data.get("gguf", {}), where("gguf"), RecipeError)
     raw_steps = data.get("steps", [])
     if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
         raise RecipeError(f"{where('steps')}: expected [[steps]] tables")
     if not raw_steps:
         raise RecipeError(f"{source}: no steps (add [[steps]] tables: {', '.join(METHODS)})")
+    if len(raw_steps) > MAX_STEPS:
+        raise RecipeError(f"{where('steps')}: more than {MAX_STEPS} steps")
     steps = [_parse_step(s, f"steps[{i + 1}]", where, folder) for i, s in enumerate(raw_steps)]
     name = data.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise RecipeError(f"{where('name')}: expected the model's name")
-    return Recipe(source, base, steps, dtype, shard, tokenizer, dict(gguf), name)
+    if name is not None:
+        name = plain_name(name, where("name"), RecipeError, slash=True)
+    return Recipe(source, base, steps, dtype, shard, tokenizer, gguf, name)
 
 
 def _parse_step(raw: dict[str, Any], key: str, where: Callable[[str], str], folder: Callable[..., Path]) -> Step:
     method = raw.get("method")
-    if method not in METHODS:
-        raise RecipeError(f"{where(key)}: method {method!r} is not one of {', '.join(METHODS)}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise RecipeError(f"{where(key)}: method {_short(method)} is not one of {', '.join(METHODS)}")
     key = f"{key} ({method})"
 
     def allow(*keys: str) -> None:
@@ -302,7 +297,7 @@ def _parse_step(raw: dict[str, Any], key: str, where: Callable[[str], str], fold
     if method == "linear":
         allow("models", "weights", "normalize", "layers")
         models = need("models")
-        if not isinstance(models, list) or not models:
+        if not isinstance(models, list) or not models or len(models) > MAX_LIST:
             raise RecipeError(f"{where(key)}: models must be a list of folders")
         paths = tuple(folder(m, f"{key}.models[{i + 1}]") for i, m in enumerate(models))
         weights = need("weights")
@@ -325,7 +320,7 @@ def _parse_step(raw: dict[str, Any], key: str, where: Callable[[str], str], fold
         values = need("values")
         if not isinstance(values, list) or not values:
             raise RecipeError(f'{where(key)}: values must be a list of numbers (mode = "tensor")')
-        numbers = tuple(_number(v, where(f"{key}.values")) for v in values)
+        numbers = _numbers(values, where(f"{key}.values"))
         layer_only, no_layers = raw.get("layer_only", False), raw.get("no_layers", False)
         if not isinstance(layer_only, bool) or not isinstance(no_layers, bool):
             raise RecipeError(f"{where(key)}: layer_only and no_layers are true or false")
@@ -335,13 +330,24 @@ def _parse_step(raw: dict[str, Any], key: str, where: Callable[[str], str], fold
         if flt is not None and (not isinstance(flt, str) or not flt):
             raise RecipeError(f'{where(key)}: filter must be a piece of a tensor name, like "mlp"')
         return TensorGradientStep(model, numbers, layer_only, no_layers, flt)
-    raise RecipeError(f'{where(key)}: mode {mode!r} is not "layer" (mergekit) or "tensor" (BlockMerge_Gradient)')
+    raise RecipeError(f'{where(key)}: mode {_short(mode)} is not "layer" (mergekit) or "tensor" (BlockMerge_Gradient)')
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _number(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise RecipeError(f"{where}: expected a number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or abs(v) > MAX_VALUE:
+        raise RecipeError(f"{where}: expected a number (at most {MAX_VALUE:g} either way), got {_short(v)}")
     return float(v)
+
+
+def _numbers(v: list[Any], where: str) -> tuple[float, ...]:
+    if len(v) > MAX_LIST:
+        raise RecipeError(f"{where}: more than {MAX_LIST} values")
+    return tuple(_number(x, where) for x in v)
 
 
 def _value(v: Any, where: str, step_layers: Any = None) -> Value:
@@ -350,19 +356,19 @@ def _value(v: Any, where: str, step_layers: Any = None) -> Value:
     if isinstance(v, list):
         if not v:
             raise RecipeError(f"{where}: an empty list")
-        values = tuple(_number(x, where) for x in v)
+        values = _numbers(v, where)
         return _gradient(values, step_layers, where) if step_layers is not None else Gradient(values)
     if isinstance(v, dict) and set(v) == {"values", "layers"}:
         if not isinstance(v["values"], list) or not v["values"]:
             raise RecipeError(f"{where}: values must be a list of numbers")
-        return _gradient(tuple(_number(x, where) for x in v["values"]), v["layers"], where)
+        return _gradient(_numbers(v["values"], where), v["layers"], where)
     raise RecipeError(f"{where}: expected a number, a list of numbers or {{values = [...], layers = [...]}}")
 
 
 def _gradient(values: tuple[float, ...], layers: Any, where: str) -> Gradient:
     if not isinstance(layers, list) or len(layers) != len(values):
         raise RecipeError(f"{where}: layers must list one layer per value ({len(values)})")
-    at = tuple(_number(x, where) for x in layers)
+    at = _numbers(layers, where)
     if any(b <= a for a, b in itertools.pairwise(at)):
         raise RecipeError(f"{where}: layers must increase")
     return Gradient(values, at)
@@ -371,6 +377,8 @@ def _gradient(values: tuple[float, ...], layers: Any, where: str) -> Gradient:
 def _setting(v: Any, where: str, step: dict[str, Any]) -> Setting:
     step_layers = step.get("layers")
     if isinstance(v, list) and v and all(isinstance(c, dict) for c in v):
+        if len(v) > MAX_LIST:
+            raise RecipeError(f"{where}: more than {MAX_LIST} cases")
         cases = []
         for i, case in enumerate(v):
             extra = sorted(set(case) - {"filter", "value"})
@@ -385,10 +393,13 @@ def _setting(v: Any, where: str, step: dict[str, Any]) -> Setting:
 
 
 def _size(v: Any, where: str) -> int:
-    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-        return v
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", v.lower())
+    size: float = 0
+    if isinstance(v, int) and not isinstance(v, bool):
+        size = v
+    elif isinstance(v, str) and len(v) <= 40:
+        m = re.fullmatch(r"\s*(\d{1,15}(?:\.\d{1,15})?)\s*([kmg]i?b|b)?\s*", v.lower())
         if m:
-            return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
-    raise RecipeError(f'{where}: expected a size like "5GB" or "2000MiB", got {v!r}')
+            size = float(m.group(1)) * _UNITS[m.group(2) or ""]
+    if not 1 <= size <= MAX_SHARD:
+        raise RecipeError(f'{where}: expected a size like "5GB" or "2000MiB", got {_short(v)}')
+    return int(size)

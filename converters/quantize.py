@@ -9,11 +9,12 @@ converters/quant_types.py), progress from llama.cpp's own per-tensor log lines,
 llama.cpp's log kept off the terminal with its failure turned into one line, and an
 output that appears under its final name only when complete.
 
-llama.cpp writes into a private folder beside the output; the file is renamed into
-place when llama_model_quantize returns success. An error, or Ctrl-C, removes the
-folder. llama.cpp itself cannot be stopped mid-file: after an interruption its thread
-finds its folder gone, fails to write and stops; if the process exits first, the
-operating system ends it.
+llama.cpp writes into a private folder beside the output (named and locked as
+converters/partials.py says, so that one a killed run leaves is removed by the next);
+the file is renamed into place when llama_model_quantize returns success. An error,
+or Ctrl-C, removes the folder. llama.cpp itself cannot be stopped mid-file: after an
+interruption its thread finds its folder gone, fails to write and stops; if the
+process exits first, the operating system ends it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -38,6 +38,7 @@ from app.errors import CatteryError, ModelFileError
 from app.progress import Progress
 from app.resources import require_disk
 from converters.imatrix import ImportanceMatrix, read_imatrix
+from converters.partials import clean_leftovers, hold_folder
 from converters.quant_types import (
     ModelShape,
     QuantType,
@@ -77,12 +78,6 @@ def _split_files(path: Path, count: int) -> list[Path]:
     return [path.with_name(f"{m.group(1)}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
-def _scalar(value: Any) -> int:
-    if isinstance(value, list):
-        return int(value[0]) if value else 0
-    return int(value or 0)
-
-
 def _kv_size(key: str, value: Any) -> int:
     """Bytes of one metadata entry (key, type, value) for the scalar and string keys quantizing adds."""
     body = 8 + len(value.encode()) if isinstance(value, str) else 4
@@ -90,41 +85,49 @@ def _kv_size(key: str, value: Any) -> int:
 
 
 def read_source(path: Path) -> SourceModel:
-    from app.engine.gguf_header import GGUFFormatError, read_header
-    from app.engine.metadata import check_gguf_magic
+    from app.engine.gguf_fields import Fields
+    from app.engine.gguf_header import read_header
+    from app.engine.metadata import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, MAX_HEADS, check_gguf_magic, check_loadable
 
     check_gguf_magic(path)
     try:
         with path.open("rb") as f:
-            header = read_header(f)
-        files = [path]
-        split_count = int(header.get("split.count") or 1)
+            header = read_header(f, str(path))
+            fields = Fields(header, f)
+            split_count = fields.integer("split.count", 0, 65535) or 1  # a u16 in llama.cpp
+            files = _split_files(path, split_count) if split_count > 1 else [path]
+            arch = fields.text("general.architecture") or ""
+            if not arch:
+                raise ModelFileError(
+                    f"{path}: no general.architecture in its metadata: not a model llama.cpp can quantize"
+                )
+            # llama.cpp's quantizer loads the hyperparameters as a model load does: the same checks first
+            tokens = fields.strings("tokenizer.ggml.tokens")
+            check_loadable(fields, arch, len(tokens) if tokens is not None else None)
+
+            # per-layer head counts: layer 0's, as llama.cpp's quantizer takes them (hparams.n_gqa())
+            def heads(key: str) -> int:
+                return fields.integer(f"{arch}.{key}", 0, MAX_HEADS, per_layer=True, pick=lambda v: v[0]) or 0
+
+            n_head = heads("attention.head_count")
+            shape = ModelShape(
+                arch=arch,
+                n_layer=fields.integer(f"{arch}.block_count", 0, LLAMA_MAX_LAYERS) or 0,
+                n_head=n_head,
+                n_head_kv=heads("attention.head_count_kv") or n_head,
+                n_expert=fields.integer(f"{arch}.expert_count", 0, LLAMA_MAX_EXPERTS) or 0,
+            )
         tensors = list(header.tensors)
         infos = header.data_offset
-        if split_count > 1:
-            files = _split_files(path, split_count)
-            for other in files[1:]:
-                if not other.exists():
-                    raise ModelFileError(f"{other}: this part of the split model is missing")
-                with other.open("rb") as f:
-                    more = read_header(f).tensors
-                tensors += more
-                infos += sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in more)
-    except GGUFFormatError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
+        for other in files[1:]:
+            if not other.exists():
+                raise ModelFileError(f"{other}: this part of the split model is missing")
+            with other.open("rb") as f:
+                more = read_header(f, str(other)).tensors
+            tensors += more
+            infos += sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in more)
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
-    arch = str(header.get("general.architecture") or "")
-    if not arch:
-        raise ModelFileError(f"{path}: no general.architecture in its metadata: not a model llama.cpp can quantize")
-    n_head = _scalar(header.get(f"{arch}.attention.head_count"))
-    shape = ModelShape(
-        arch=arch,
-        n_layer=_scalar(header.get(f"{arch}.block_count")),
-        n_head=n_head,
-        n_head_kv=_scalar(header.get(f"{arch}.attention.head_count_kv")) or n_head,
-        n_expert=_scalar(header.get(f"{arch}.expert_count")),
-    )
     entries = [TensorEntry(t.name, tuple(int(d) for d in t.shape), t.type_name) for t in tensors]
     # llama.cpp adds these two keys and drops the split ones
     for key, value in (("general.quantization_version", 0), ("general.file_type", 0)):
@@ -564,10 +567,12 @@ def quantize(
         imatrix=imat,
     )
     ensure_backend()
+    clean_leftovers(out.parent)  # what a killed quantization into this folder left
     try:
-        workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+        held = hold_folder(out.parent, out.name, unique=True)
     except OSError as exc:
         raise CatteryError(f"{out.parent}: cannot write there: {exc.strerror}") from None
+    workdir = held.path
     tmp_out = workdir / out.name
     start = time.monotonic()
     try:
@@ -579,6 +584,7 @@ def quantize(
         os.replace(tmp_out, out)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        held.release()
     seconds = time.monotonic() - start
     return QuantReport(
         src=src,

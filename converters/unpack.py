@@ -21,11 +21,22 @@ from typing import Any
 import numpy as np
 
 from app.atomic import write_text_atomic
+from app.engine.gguf_header import ARRAY, FLOAT32, INT32, STRING, quoted
+from app.engine.metadata import (
+    LLAMA_MAX_LAYERS,
+    MAX_FEED_FORWARD,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_ROPE_BASE,
+    MAX_ROPE_FACTOR,
+    MIN_ROPE_BASE,
+)
 from app.errors import CatteryError
 from app.progress import Progress, TensorCounter
 from converters.gguf_read import GGUFFile
 
 DTYPES = ("F32", "F16", "BF16")
+MAX_WIDTH = MAX_FEED_FORWARD  # embedding and feed-forward sizes
 TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad", "mask")
@@ -52,10 +63,12 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
     if dtype is not None and dtype.upper() not in DTYPES:
         raise CatteryError(f"unknown weight type {dtype!r} (one of {', '.join(DTYPES)})")
     g = GGUFFile.open(src_gguf)
-    arch = g.get("general.architecture")
+    arch = g.text("general.architecture")
     if arch != "llama":
-        raise CatteryError(f"{src_gguf}: a {arch} model; only llama-architecture GGUF files can be unpacked")
-    if g.get("split.count", 1) > 1:
+        raise CatteryError(
+            f"{src_gguf}: a {quoted(str(arch))} model; only llama-architecture GGUF files can be unpacked"
+        )
+    if (g.integer("split.count", 1, hi=65535) or 1) > 1:
         raise CatteryError(f"{src_gguf}: one part of a split GGUF; merge the parts first (llama-gguf-split --merge)")
     if out_dir.exists() and any(out_dir.glob("*.safetensors")):
         raise CatteryError(f"{out_dir}: already holds a checkpoint; unpack into an empty folder")
@@ -74,6 +87,7 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
         infos[to_hf[t.name]] = t
     if "lm_head.weight" not in infos:
         config["tie_word_embeddings"] = True
+    _check_head_rows(src_gguf, infos, n_head, n_kv)
 
     def out_type(info: Any) -> str:
         if len(info.shape) < 2:
@@ -103,7 +117,7 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
             counter.step(name)
         w.close()
     write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    _write_generation_config(g, out_dir)
+    _write_generation_config(g, out_dir, config)
     _write_model_card(g, out_dir)
     g.close()
     return out_dir
@@ -114,72 +128,96 @@ def _short_float(x: float) -> float:
     return float(repr(np.float32(x)).removeprefix("np.float32(").removesuffix(")"))
 
 
+def _check_head_rows(src: Path, infos: dict[str, Any], n_head: int, n_kv: int) -> None:
+    """Q and K rows are regrouped by head: their count must split into the heads the metadata claims."""
+    for name, info in infos.items():
+        heads = n_head if name.endswith(("q_proj.weight", "q_proj.bias")) else n_kv
+        if name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")):
+            rows = info.shape[-1] if info.shape else 1
+            if rows % (2 * heads):
+                raise CatteryError(f"{src}: tensor {name} has {rows} rows, which do not split into {heads} heads")
+
+
 def _config(g: GGUFFile, src: Path) -> dict[str, Any]:
-    def need(key: str) -> Any:
-        value = g.get(f"llama.{key}")
+    def need(key: str, lo: int = 1, hi: int = MAX_WIDTH) -> int:
+        value = g.integer(f"llama.{key}", lo=lo, hi=hi)
         if value is None:
             raise CatteryError(f"{src}: no llama.{key} in its metadata")
         return value
 
-    n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
-    n_kv = int(g.get("llama.attention.head_count_kv", n_head))
-    head_dim = int(g.get("llama.attention.key_length", n_embd // n_head))
-    tokens = g.get("tokenizer.ggml.tokens")
-    vocab_size = int(g.get("llama.vocab_size", len(tokens) if tokens else 0))
+    n_embd, n_head = need("embedding_length"), need("attention.head_count", hi=MAX_HEADS)
+    n_kv = g.integer("llama.attention.head_count_kv", n_head, lo=1, hi=MAX_HEADS) or n_head
+    head_dim = g.integer("llama.attention.key_length", n_embd // n_head, lo=1, hi=MAX_HEAD_DIM) or 1
+    tokens = g.fields.strings("tokenizer.ggml.tokens")
+    vocab_size = g.integer("llama.vocab_size", len(tokens) if tokens else 0)
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": n_embd,
-        "intermediate_size": int(need("feed_forward_length")),
-        "num_hidden_layers": int(need("block_count")),
+        "intermediate_size": need("feed_forward_length"),
+        "num_hidden_layers": need("block_count", hi=LLAMA_MAX_LAYERS),
         "num_attention_heads": n_head,
         "num_key_value_heads": n_kv,
         "head_dim": head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": int(g.get("llama.context_length", 2048)),
-        "rms_norm_eps": _short_float(g.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": _short_float(g.get("llama.rope.freq_base", 10000.0)),
+        "max_position_embeddings": g.integer("llama.context_length", 2048, lo=1),
+        "rms_norm_eps": _short_float(g.number("llama.attention.layer_norm_rms_epsilon", 1e-5, lo=0.0, hi=1.0) or 0.0),
+        "rope_theta": _short_float(
+            g.number("llama.rope.freq_base", 10000.0, lo=MIN_ROPE_BASE, hi=MAX_ROPE_BASE) or 1.0
+        ),
         "vocab_size": vocab_size,
         "tie_word_embeddings": False,
         "attention_bias": any(t.name.endswith("attn_q.bias") for t in g.tensors),
         "mlp_bias": False,
     }
-    rope_dim = g.get("llama.rope.dimension_count")
-    if rope_dim is not None and int(rope_dim) != head_dim:
+    rope_dim = g.integer("llama.rope.dimension_count", hi=MAX_HEAD_DIM)
+    if rope_dim is not None and rope_dim != head_dim:
         raise CatteryError(f"{src}: partial RoPE ({rope_dim} of {head_dim} dimensions) has no llama equivalent")
     scaling = _rope_scaling(g, src, config)
     if scaling:
         config["rope_scaling"] = scaling
     # SpecialVocab falls back to these ids for special tokens that are not added tokens
-    for kind in SPECIAL_KINDS:
-        token_id = g.get(_GGUF_SPECIAL_KEYS[kind])
-        if token_id is not None:
-            config[f"{kind}_token_id"] = int(token_id)
+    for kind, token_id in _special_ids(g, src, len(tokens) if tokens else 0).items():
+        config[f"{kind}_token_id"] = token_id
     return config
 
 
+def _special_ids(g: GGUFFile, src: Path, n_tokens: int) -> dict[str, int]:
+    """The special tokens' ids, each one a token of the vocabulary (or one line saying it is not)."""
+    out: dict[str, int] = {}
+    for kind in SPECIAL_KINDS:
+        key = _GGUF_SPECIAL_KEYS[kind]
+        token_id = g.integer(key, lo=-(1 << 63), hi=(1 << 64) - 1)
+        if token_id is None:
+            continue
+        if not 0 <= token_id < n_tokens:
+            raise CatteryError(f"{src}: {key} is {token_id:,}, not a token of the {n_tokens:,} in the vocabulary")
+        out[kind] = token_id
+    return out
+
+
 def _rope_scaling(g: GGUFFile, src: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    kind = g.get("llama.rope.scaling.type")
-    factor = g.get("llama.rope.scaling.factor")
+    kind = g.text("llama.rope.scaling.type")
+    factor = g.number("llama.rope.scaling.factor", lo=0.0, hi=MAX_ROPE_FACTOR)
     if kind == "linear" and factor:
         return {"type": "linear", "rope_type": "linear", "factor": _short_float(factor)}
     if kind == "yarn" and factor:
         out: dict[str, Any] = {"type": "yarn", "rope_type": "yarn", "factor": _short_float(factor)}
-        orig = g.get("llama.rope.scaling.original_context_length")
+        orig = g.integer("llama.rope.scaling.original_context_length", lo=1)
         if orig is not None:
-            out["original_max_position_embeddings"] = int(orig)
+            out["original_max_position_embeddings"] = orig
         for key, name in (
             ("yarn_ext_factor", "extrapolation_factor"),
             ("yarn_attn_factor", "attention_factor"),
             ("yarn_beta_fast", "beta_fast"),
             ("yarn_beta_slow", "beta_slow"),
         ):
-            value = g.get(f"llama.rope.scaling.{key}")
+            value = g.number(f"llama.rope.scaling.{key}", lo=-1e6, hi=1e6)
             if value is not None:
                 out[name] = _short_float(value)
         return out
     if kind not in (None, "none"):
-        raise CatteryError(f"{src}: RoPE scaling {kind!r} cannot be written as a Hugging Face config")
+        raise CatteryError(f"{src}: RoPE scaling {quoted(kind)} cannot be written as a Hugging Face config")
     freqs = next((t for t in g.tensors if t.name == "rope_freqs.weight"), None)
     if freqs is not None:
         return _llama3_scaling(g.f32(freqs), config["head_dim"], config["rope_theta"], src)
@@ -194,6 +232,10 @@ def _llama3_scaling(factors: np.ndarray, dim: int, base: float, src: Path) -> di
     original context of 8192 that Llama 3.1 uses), found from two blended entries.
     """
     factors = factors.astype(np.float64).ravel()
+    if len(factors) != dim // 2 or not np.isfinite(factors).all() or (factors <= 0).any():
+        raise CatteryError(
+            f"{src}: rope_freqs.weight should hold {dim // 2} positive finite factors (one per frequency)"
+        )
     factor = float(factors.max())
     out = {
         "rope_type": "llama3",
@@ -217,17 +259,25 @@ def _llama3_scaling(factors: np.ndarray, dim: int, base: float, src: Path) -> di
     return out
 
 
-def _write_generation_config(g: GGUFFile, out_dir: Path) -> None:
+def _write_generation_config(g: GGUFFile, out_dir: Path, config: dict[str, Any]) -> None:
     gen: dict[str, Any] = {"_from_model_config": True}
     for kind in ("bos", "eos", "pad"):
-        token_id = g.get(_GGUF_SPECIAL_KEYS[kind])
-        if token_id is not None:
-            gen[f"{kind}_token_id"] = int(token_id)
+        if f"{kind}_token_id" in config:  # checked against the vocabulary by _config
+            gen[f"{kind}_token_id"] = config[f"{kind}_token_id"]
     for key, name in (("sampling.temp", "temperature"), ("sampling.top_k", "top_k"), ("sampling.top_p", "top_p")):
-        value = g.get(f"general.{key}")
+        if name == "top_k":
+            value: Any = g.integer(f"general.{key}")
+        else:
+            value = g.number(f"general.{key}", lo=0.0, hi=1e6)
+            value = None if value is None else _short_float(value)
         if value is not None:
-            gen[name] = _short_float(value) if isinstance(value, float) else value
+            gen[name] = value
     write_text_atomic(out_dir / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+
+
+def _names(g: GGUFFile, key: str) -> list[str] | None:
+    """A descriptive list (languages, tags): left out, rather than refused, when it is not strings."""
+    return g.strings(key) if g.header.types.get(key) == (ARRAY, STRING) else None
 
 
 def _write_model_card(g: GGUFFile, out_dir: Path) -> None:
@@ -236,15 +286,15 @@ def _write_model_card(g: GGUFFile, out_dir: Path) -> None:
 
     card: dict[str, Any] = {}
     for key in ("name", "author", "version", "organization", "finetune", "basename", "size_label", "license"):
-        value = g.get(f"general.{key}")
+        value = g.text(f"general.{key}", required_type=False)
         if value:
             card[key] = value
-    languages = g.get("general.languages")
+    languages = _names(g, "general.languages")
     if languages:
-        card["language"] = list(languages)
-    tags = g.get("general.tags")
+        card["language"] = languages
+    tags = _names(g, "general.tags")
     if tags:
-        card["tags"] = list(tags)
+        card["tags"] = tags
     front = yaml.safe_dump(card, allow_unicode=True, sort_keys=False) if card else ""
     title = card.get("name", out_dir.name)
     text = f"---\n{front}---\n\n# {title}\n\nUnpacked from a GGUF file by `cattery unpack`.\n"
@@ -255,26 +305,26 @@ def _write_model_card(g: GGUFFile, out_dir: Path) -> None:
 
 
 def _write_tokenizer(g: GGUFFile, src: Path, out_dir: Path, config: dict[str, Any]) -> None:
-    model = g.get("tokenizer.ggml.model")
-    tokens: list[str] = g.get("tokenizer.ggml.tokens") or []
+    model = g.text("tokenizer.ggml.model")
+    tokens: list[str] = g.strings("tokenizer.ggml.tokens") or []
     if not tokens:
         raise CatteryError(f"{src}: no vocabulary in the file (tokenizer.ggml.tokens)")
-    types: list[int] = g.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
-    special = {k: int(g.get(key)) for k, key in _GGUF_SPECIAL_KEYS.items() if g.get(key) is not None}
+    types: list[int] = _per_token(g, src, "tokenizer.ggml.token_type", {INT32}, len(tokens)) or [NORMAL] * len(tokens)
+    special = _special_ids(g, src, len(tokens))
     tok_config: dict[str, Any] = {}
     for kind in ("bos", "eos"):
-        flag = g.get(f"tokenizer.ggml.add_{kind}_token")
+        flag = g.flag(f"tokenizer.ggml.add_{kind}_token")
         if flag is not None:
-            tok_config[f"add_{kind}_token"] = bool(flag)
-    prefix = g.get("tokenizer.ggml.add_space_prefix")
+            tok_config[f"add_{kind}_token"] = flag
+    prefix = g.flag("tokenizer.ggml.add_space_prefix")
     if prefix is not None:
-        tok_config["add_prefix_space"] = bool(prefix)
+        tok_config["add_prefix_space"] = prefix
     if model == "gpt2":
         _write_bpe(g, src, out_dir, tokens, types, special)
         added = [i for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED)]
         tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     elif model == "llama":
-        scores: list[float] = g.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+        scores: list[float] = _per_token(g, src, "tokenizer.ggml.scores", {FLOAT32}, len(tokens)) or [0.0] * len(tokens)
         _write_sentencepiece(g, out_dir, tokens, types, scores, special)
         # llama.cpp's converter gives the tokens it found in added_tokens_decoder a score of -1000
         added = [
@@ -282,7 +332,7 @@ def _write_tokenizer(g: GGUFFile, src: Path, out_dir: Path, config: dict[str, An
         ]
         tok_config["tokenizer_class"] = "LlamaTokenizer"
     else:
-        raise CatteryError(f"{src}: tokenizer {model!r} cannot be unpacked (SentencePiece and BPE can)")
+        raise CatteryError(f"{src}: tokenizer {quoted(str(model))} cannot be unpacked (SentencePiece and BPE can)")
     tok_config["added_tokens_decoder"] = {
         str(i): {
             "content": tokens[i],
@@ -298,7 +348,7 @@ def _write_tokenizer(g: GGUFFile, src: Path, out_dir: Path, config: dict[str, An
         tok_config[f"{kind}_token"] = tokens[token_id]
     tok_config["clean_up_tokenization_spaces"] = False
     tok_config["model_max_length"] = config["max_position_embeddings"]
-    template = g.get("tokenizer.chat_template")
+    template = g.text("tokenizer.chat_template", required_type=False)
     if template:
         tok_config["chat_template"] = template
     write_text_atomic(out_dir / "tokenizer_config.json", json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
@@ -306,19 +356,31 @@ def _write_tokenizer(g: GGUFFile, src: Path, out_dir: Path, config: dict[str, An
     write_text_atomic(out_dir / "special_tokens_map.json", json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
 
 
+def _per_token(g: GGUFFile, src: Path, key: str, item_types: set[int], n_tokens: int) -> list[Any] | None:
+    """A per-token array (types, scores): of the type llama.cpp reads, one entry per token."""
+    kind = "i32 integers" if item_types == {INT32} else "f32 numbers"
+    values = g.numbers(key, item_types, f"an array of {kind}")
+    if values is not None and len(values) != n_tokens:
+        raise CatteryError(f"{src}: {key} has {len(values):,} entries for a vocabulary of {n_tokens:,} tokens")
+    if values is not None and item_types == {FLOAT32} and not all(math.isfinite(v) for v in values):
+        raise CatteryError(f"{src}: {key} holds a number that is not finite")
+    return values
+
+
 def _write_bpe(
     g: GGUFFile, src: Path, out_dir: Path, tokens: list[str], types: list[int], special: dict[str, int]
 ) -> None:
     from converters.gguf_tokenizer import pre_tokenizers
 
-    pre_name = g.get("tokenizer.ggml.pre", "default")
+    pre_name = g.text("tokenizer.ggml.pre", "default") or "default"
     pre = pre_tokenizers().get(pre_name)
     if pre is None or pre.tokenizer_json is None:
         known = [e.name for e in pre_tokenizers().entries if e.tokenizer_json is not None]
         raise CatteryError(
-            f"{src}: BPE pre-tokenizer {pre_name!r} cannot be rebuilt as tokenizer.json (known: {', '.join(known)})"
+            f"{src}: BPE pre-tokenizer {quoted(pre_name)} cannot be rebuilt as tokenizer.json "
+            f"(known: {', '.join(known)})"
         )
-    merges = g.get("tokenizer.ggml.merges") or []
+    merges = g.strings("tokenizer.ggml.merges") or []
     vocab = {t: i for i, t in enumerate(tokens) if not (types[i] == UNUSED and t == f"[PAD{i}]")}
     added = [
         {
@@ -335,7 +397,7 @@ def _write_bpe(
     ]
     byte_level = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
     post: dict[str, Any] = byte_level
-    add_bos = g.get("tokenizer.ggml.add_bos_token")
+    add_bos = g.flag("tokenizer.ggml.add_bos_token")
     if add_bos and "bos" in special:
         bos = tokens[special["bos"]]
         post = {
@@ -411,7 +473,7 @@ def _write_sentencepiece(
     for number, kind in ((46, "bos"), (47, "eos"), (48, "pad")):
         if kind in special:
             trainer += _field(number, tokens[special[kind]].encode("utf-8"))
-    add_prefix = g.get("tokenizer.ggml.add_space_prefix", True)
+    add_prefix = g.flag("tokenizer.ggml.add_space_prefix", True)
     normalizer = (
         _field(1, b"identity")
         + _varint_field(3, int(bool(add_prefix)))
