@@ -34,6 +34,19 @@ else:  # pragma: no cover
 # Far below Python's recursion limit (1000), far above any honest card, chat, config
 # or recipe (the deepest seen: ~8 levels in a tokenizer.json).
 MAX_DEPTH = 64
+# What a JSON text may cost once parsed, in `json_cost` units (~85 bytes of Python objects
+# each at worst, so ~170 MB): Llama 3's tokenizer.json, the largest honest file read, costs ~1.25M.
+MAX_JSON_COST = 2_000_000
+
+
+def json_cost(text: str | bytes) -> int:
+    """An upper bound on what a JSON text will cost once parsed, counted at C speed from its
+    separators before anything is made: a value per comma or opening bracket, an object member
+    (a new key and a hash-table slot) as three. `{},` is three bytes but a whole dict, so the
+    size of a file alone bounds nothing. Separators inside strings only make it overestimate."""
+    if isinstance(text, str):
+        return text.count(",") + text.count("[") + text.count("{") + 2 * text.count(":") + 1
+    return text.count(b",") + text.count(b"[") + text.count(b"{") + 2 * text.count(b":") + 1
 
 
 def _first_line(exc: BaseException) -> str:
@@ -90,8 +103,17 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_json(text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH, allow_nonfinite: bool = False) -> Any:
-    """`json.loads` with the depth and number checks; any failure is one `InputError` line."""
+def parse_json(
+    text: str | bytes,
+    source: str,
+    *,
+    max_depth: int = MAX_DEPTH,
+    allow_nonfinite: bool = False,
+    max_cost: int = MAX_JSON_COST,
+) -> Any:
+    """`json.loads` with the cost, depth and number checks; any failure is one `InputError` line."""
+    if json_cost(text) > max_cost:
+        raise InputError(f"{source}: holds more than {max_cost:,} values, more than any honest file")
     try:
         obj = json.loads(text, parse_constant=None if allow_nonfinite else _refuse_constant)
     except RecursionError:

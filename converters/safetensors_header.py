@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from app.untrusted import json_cost
 from converters.errors import CheckpointError
-from converters.untrusted_files import MAX_JSON_ITEMS, check_name_text, json_cost
+from converters.untrusted_files import MAX_JSON_ITEMS, check_name_text
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "F64": np.dtype("<f8"),

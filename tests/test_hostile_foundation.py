@@ -320,3 +320,11 @@ def test_a_long_error_is_cut_to_one_readable_line(capsys: pytest.CaptureFixture[
 
     code, out = _run_func(fail, capsys)
     assert code == 2 and out.count("\n") == 1 and len(out) < 700 and out.rstrip().endswith("…")
+
+
+def test_json_cost_is_counted_before_parsing() -> None:
+    """`{},` is three bytes but a whole dict: the cost bound refuses a small file of them at once."""
+    text = "[" + "{}," * 3_000_000 + "{}]"
+    out = assert_refused(parse_json, text, "x.json", match="values", seconds=2, memory_mb=64)
+    assert out.seconds < 0.5
+    assert parse_json("[" + "{}," * 1000 + "{}]", "x.json", max_cost=3000)

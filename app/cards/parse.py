@@ -16,7 +16,7 @@ from typing import Any
 
 from app.cards.errors import MAX_JSON_TEXT, MAX_JSON_VALUES, MAX_YAML_TEXT, CardError
 from app.errors import InputError
-from app.untrusted import MAX_DEPTH, check_structure, parse_yaml
+from app.untrusted import MAX_DEPTH, check_structure, json_cost, parse_yaml
 
 
 def read_file(path: Path, source: str, limit: int, what: str) -> bytes:
@@ -56,21 +56,13 @@ def _problem(exc: InputError, source: str) -> str:
     return text[len(source) + 2 :] if text.startswith(f"{source}: ") else text
 
 
-def most_values(text: bytes | str) -> int:
-    """An upper bound on the values in a JSON text, at C speed: each container holds one
-    more value than it has commas, so values <= commas + containers + 1 (commas and
-    brackets inside strings only make the bound looser)."""
-    if isinstance(text, str):
-        return text.count(",") + text.count("[") + text.count("{") + 1
-    return text.count(b",") + text.count(b"[") + text.count(b"{") + 1
-
-
 def load_json(text: bytes | str, source: str, what: str = "the file", *, limit: int = MAX_JSON_TEXT) -> Any:
     import json
 
     if len(text) > limit:
         raise CardError(source, f"{what} is larger than {limit // 2**20} MiB")
-    if most_values(text) > MAX_JSON_VALUES * max(1, limit // MAX_JSON_TEXT):
+    # json_cost counts an object member as three: twice the values' bound is the same limit on lists.
+    if json_cost(text) > 2 * MAX_JSON_VALUES * max(1, limit // MAX_JSON_TEXT):
         raise CardError(source, f"{what} holds more than {MAX_JSON_VALUES:,} values (numbers, texts, lists)")
     try:
         if isinstance(text, bytes):  # JSON is UTF-8 (RFC 8259); json.loads would also guess UTF-16 and -32

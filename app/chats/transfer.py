@@ -19,7 +19,7 @@ from typing import Any
 from app.atomic import write_text_atomic
 from app.chats.store import ChatStore, NewMessage
 from app.errors import InputError
-from app.untrusted import parse_json
+from app.untrusted import json_cost, parse_json
 
 # The bounds of an imported chat file. The longest honest SillyTavern chats seen are
 # tens of MB (thousands of messages, each with a few swipes); the bounds sit above
@@ -31,7 +31,7 @@ MAX_MESSAGES = 50_000
 MAX_LINES = 2 * MAX_MESSAGES  # blank ones included
 MAX_SWIPES = 1_000  # alternatives of one message
 MAX_NAME = 1_000  # characters in a name
-MAX_LINE_VALUES = 1_000_000  # JSON values (counted from above) in one line
+MAX_LINE_VALUES = 1_000_000  # JSON values in one line (json_cost counts a list item once, a member three times)
 MAX_ALTERNATIVES = 200_000  # swipes in the whole file: rows to store
 
 
@@ -70,8 +70,8 @@ def _read_lines(path: Path) -> Iterator[tuple[int, Any]]:
             if len(raw) > MAX_LINE:
                 raise InputError(f"{source}: line {n} is longer than a message can be ({MAX_LINE // 2**20} MiB)")
             # Each value parsed costs ~70 bytes however short its text ("{}," is a whole dict):
-            # commas and brackets count the values from above, before any is made.
-            if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_LINE_VALUES:
+            # its separators bound the cost from above, before any value is made.
+            if json_cost(raw) > 2 * MAX_LINE_VALUES:
                 raise InputError(f"{source}: line {n} holds more than {MAX_LINE_VALUES:,} values")
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a BOM
