@@ -10,11 +10,11 @@ from typing import Any
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from app.cli import open_workspace
     from app.cli_convert import progress_printer
-    from app.session.workspace import Workspace
     from converters.build import load_build, run_build
 
-    ws = Workspace()
+    ws = open_workspace()
     recipe = load_build(Path(args.recipe))
     stages: list[Any] = []
 

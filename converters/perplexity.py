@@ -235,17 +235,15 @@ def perplexity(
     )
 
 
+# A perplexity text is a corpus sample (wikitext-2's test set is 1.3 MB); 256 MB is hours of
+# evaluation on a CPU, and reading more would only fill the memory.
+MAX_EVAL_TEXT = 256 << 20
+
+
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CatteryError(f"{path}: text file not found") from None
-    except IsADirectoryError:
-        raise CatteryError(f"{path}: is a folder, not a text file") from None
-    except UnicodeDecodeError as exc:
-        raise CatteryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise CatteryError(f"{path}: cannot read: {exc.strerror}") from None
+    from app.untrusted import read_text_bounded
+
+    return read_text_bounded(path, MAX_EVAL_TEXT, "text file")
 
 
 def eval_command(args: argparse.Namespace) -> int:
