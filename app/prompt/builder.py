@@ -12,6 +12,7 @@ from typing import Any
 
 from app.engine.metadata import ModelInfo
 from app.errors import CatteryError
+from app.prompt.chat_template import Budget
 from app.prompt.formats import FALLBACK, GGUF, PromptFormat, get_format, guess_format
 from app.prompt.segments import Message, Rendered, Speakers, render_format, render_template
 from app.prompt.tokens import SegmentTokenizer
@@ -151,6 +152,7 @@ class PromptBuilder:
         # how lorebook entries reach the prompt without the prompt package knowing about cards.
         self.dynamic = dynamic
         self._late = ""
+        self._budget: Budget | None = None  # time shared by a chat template's renders in one build
 
     @property
     def stop(self) -> list[str]:
@@ -167,6 +169,8 @@ class PromptBuilder:
             bos_token=self.info.bos_token or "",
             eos_token=self.info.eos_token or "",
             examples=self.examples,
+            model=self.info.path.name,
+            budget=self._budget,
         )
 
     def _post_text(self) -> str:
@@ -182,7 +186,7 @@ class PromptBuilder:
         if self.fmt is not None:
             return render_format(self.fmt, None, [Message("system", text)], self.speakers).turns[0]
         assert self.info is not None and self.info.chat_template
-        from app.prompt.chat_template import TemplateRenderError, render_chat_template
+        from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError, render_chat_template
 
         def render(messages: list[dict[str, str]]) -> str:
             return render_chat_template(
@@ -191,12 +195,16 @@ class PromptBuilder:
                 bos_token=self.info.bos_token or "",  # type: ignore[union-attr]
                 eos_token=self.info.eos_token or "",  # type: ignore[union-attr]
                 add_generation_prompt=False,
+                model=self.info.path.name,  # type: ignore[union-attr]
+                budget=self._budget,
             )
 
         probe = [{"role": "user", "content": "x"}]
         try:
             before = render(probe)
             after = render([*probe, {"role": "system", "content": self.post_history}])
+        except TemplateUnsafeError:
+            raise
         except TemplateRenderError:
             return self.post_history + "\n"
         return after[len(before) :] if after.startswith(before) else self.post_history + "\n"
@@ -221,6 +229,7 @@ class PromptBuilder:
     ) -> BuiltPrompt:
         state = state if state is not None else WindowState()
         history = list(history)
+        self._budget = Budget()
         if self.dynamic is not None:
             self.system, self._late = self.dynamic(history)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from app.prompt.chat_template import TemplateRenderError, render_chat_template
+from app.prompt.chat_template import Budget, TemplateRenderError, TemplateUnsafeError, render_chat_template
 from app.prompt.formats import PromptFormat
 
 ROLES = ("system", "user", "assistant")
@@ -100,24 +100,41 @@ def render_template(
     bos_token: str,
     eos_token: str,
     examples: Sequence[Sequence[Message]] = (),
+    model: str = "",
+    budget: Budget | None = None,
 ) -> Rendered:
-    """Segments from a GGUF chat template, found by rendering one message more at a time."""
+    """Segments from a GGUF chat template, found by rendering one message more at a time.
+
+    The renders share one time `budget` (see `Budget`), and a template the sandbox
+    stopped (`TemplateUnsafeError`) is not tried again with other messages.
+    """
+    budget = budget if budget is not None else Budget()
 
     def render(messages: list[dict[str, str]], gen: bool = False) -> str:
         return render_chat_template(
-            template, messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=gen
+            template,
+            messages,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            add_generation_prompt=gen,
+            model=model,
+            budget=budget,
         )
 
     notes: list[str] = []
     head: list[dict[str, str]] = []
     try:
         pinned = render([])  # e.g. a template that always writes {{ bos_token }} first
+    except TemplateUnsafeError:
+        raise
     except TemplateRenderError:
         pinned = ""
     if system:
         head = [{"role": "system", "content": system}]
         try:
             pinned = render(head)
+        except TemplateUnsafeError:
+            raise
         except TemplateRenderError:
             # No system role in this template: fold the system text into the first user message.
             notes.append("the chat template has no system role; the system prompt opens the first user message")
