@@ -76,7 +76,15 @@ def test_escape_stops_a_reply_and_keeps_it_as_stopped(cattery_home: Path, engine
             chat.query_one(ChatInput).text = "Tell me a very long story."
             await pilot.press("enter")
             await wait_until(pilot, lambda: chat.turn is not None, what="the turn")
-            await wait_until(pilot, lambda: len(views(app)[-1].body.source) > 20 if views(app) else False)
+            # The reply's own view (not yet a stored message, so not in views()) has some text:
+            # the user's message alone would satisfy a check on the last stored view.
+            await wait_until(
+                pilot,
+                lambda: (
+                    chat.target is not None and chat.target.role == "assistant" and len(chat.target.shown_text) > 20
+                ),
+                what="some of the reply",
+            )
             await pilot.press("escape")
             await wait_idle(pilot, app)
             assert "(stopped)" in str(views(app)[-1].query_one(".speaker").render())
@@ -98,13 +106,17 @@ def test_regenerate_swipe_back_and_swipe_past_the_last_writes_a_new_one(cattery_
             await wait_idle(pilot, app)
             assert len(app.session.messages) == 2
             await pilot.press("alt+left")
-            await pilot.pause(0.3)
-            assert app.session.messages[-1].active == 0
-            assert views(app)[-1].body.source == first and "‹ 1/2 ›" in str(
-                views(app)[-1].query_one(".speaker").render()
+            await wait_until(
+                pilot,
+                lambda: (
+                    app.session.messages[-1].active == 0
+                    and views(app)[-1].body.source == first
+                    and "‹ 1/2 ›" in str(views(app)[-1].query_one(".speaker").render())
+                ),
+                what="the first alternative",
             )
             await pilot.press("alt+right")  # to the second
-            await pilot.pause(0.2)
+            await wait_until(pilot, lambda: app.session.messages[-1].active == 1, what="the second alternative")
             await pilot.press("alt+right")  # past the last: a third is written
             await wait_until(pilot, lambda: len(app.session.messages[-1].swipes) == 3)
             await wait_idle(pilot, app)
@@ -121,14 +133,13 @@ def test_the_greetings_are_the_first_messages_alternatives(cattery_home: Path, e
 
     async def run() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause(0.3)
+            await wait_until(pilot, lambda: len(views(app)) == 1, what="the greeting")
             [greeting] = views(app)
             assert "keyboard" in greeting.body.source and "‹ 1/2 ›" in str(greeting.query_one(".speaker").render())
             await pilot.press("alt+right")
-            await pilot.pause(0.3)
-            assert "physics papers" in views(app)[0].body.source
+            await wait_until(pilot, lambda: "physics papers" in views(app)[0].body.source, what="the second greeting")
             await pilot.press("alt+right")  # no user message yet: nothing is generated past the last greeting
-            await pilot.pause(0.3)
+            await pilot.pause(0.5)  # (nothing to wait for: nothing may happen)
             assert chat_screen(app).busy is None and len(app.session.messages[0].swipes) == 2
 
     asyncio.run(run())
@@ -154,19 +165,17 @@ def test_select_edit_delete_and_delete_after(cattery_home: Path, engine) -> None
             area = app.screen.query_one("#editor")
             area.text = "An edited reply."
             await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
+            await wait_until(pilot, lambda: views(app)[1].body.source == "An edited reply.", what="the edit")
             assert app.session.messages[1].text == "An edited reply."
-            assert views(app)[1].body.source == "An edited reply."
             views(app)[3].focus()
             await pilot.press("d")  # one message: no question asked
-            await pilot.pause(0.3)
+            await wait_until(pilot, lambda: len(views(app)) == 3, what="the delete")
             assert [m.text for m in app.session.messages][:3] == ["One", "An edited reply.", "Two"]
-            assert len(views(app)) == 3
             views(app)[1].focus()
             await pilot.press("D")  # this and the one after: asked first
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             await pilot.press("y")
-            await pilot.pause(0.3)
+            await wait_until(pilot, lambda: len(app.session.messages) == 1, what="the delete after")
             assert [m.text for m in app.session.messages] == ["One"]
             assert [v.body.source for v in views(app)] == ["One"]
 
@@ -207,8 +216,9 @@ def test_branch_copy_details_continue_and_impersonate(cattery_home: Path, engine
             # Branch from the first message: a new chat, shown at once, the old one untouched.
             views(app)[0].focus()
             await pilot.press("b")
-            await pilot.pause(0.3)
-            assert app.session.chat_id != original and len(app.session.messages) == 1
+            await wait_until(pilot, lambda: app.session.chat_id != original, what="the branch")
+            await wait_until(pilot, lambda: len(views(app)) == 1, what="the branch shown")
+            assert len(app.session.messages) == 1
             assert len(views(app)) == 1
 
     asyncio.run(run())
@@ -228,10 +238,11 @@ def test_quit_and_reopen_returns_to_the_chat_as_it_was(cattery_home: Path, engin
             await wait_until(pilot, lambda: len(first.session.messages[-1].swipes) == 2)
             await wait_idle(pilot, first)
             await pilot.press("alt+left")
-            await pilot.pause(0.2)
+            await wait_until(pilot, lambda: first.session.messages[-1].active == 0, what="the swipe back")
             box = chat_screen(first).query_one(ChatInput)
             box.text = "a half-written thought"
-            await pilot.pause(1.2)  # the draft is saved as it is typed
+            # The draft is saved as it is typed (after a pause in typing), before quitting.
+            await wait_until(pilot, lambda: first.session.draft == "a half-written thought", what="the draft")
             await pilot.press("ctrl+q")
         return first.session.chat_id
 
@@ -240,7 +251,12 @@ def test_quit_and_reopen_returns_to_the_chat_as_it_was(cattery_home: Path, engin
 
     async def reopen() -> None:
         async with again.run_test(size=SIZE) as pilot:
-            await pilot.pause(0.5)
+            await wait_until(pilot, lambda: again.session is not None and len(views(again)) == 3, what="the chat")
+            await wait_until(
+                pilot,
+                lambda: chat_screen(again).query_one(ChatInput).text == "a half-written thought",
+                what="the draft",
+            )
             assert again.session.chat_id == chat_id and again.session.char_name == "Mochi"
             shown = views(again)
             assert [v.role for v in shown] == ["assistant", "user", "assistant"]
@@ -255,7 +271,7 @@ def test_messages_out_of_the_window_are_dimmed(cattery_home: Path, engine) -> No
 
     async def run() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause(0.2)
+            await wait_until(pilot, lambda: app.session is not None, what="the chat")
             s = app.session
             long = "word " * 350
             for i in range(6):  # ~2,800 tokens of history: more than the test engine's 2,048 context
@@ -266,10 +282,12 @@ def test_messages_out_of_the_window_are_dimmed(cattery_home: Path, engine) -> No
             chat.sync()
             chat.refresh_preview()
             await wait_until(pilot, lambda: chat.preview is not None and chat.preview.first_kept > 0)
-            await pilot.pause(0.2)
             first_kept = chat.preview.first_kept
-            dimmed = [v.index for v in views(app) if v.has_class("-out")]
-            assert dimmed == list(range(first_kept))
+            await wait_until(
+                pilot,
+                lambda: [v.index for v in views(app) if v.has_class("-out")] == list(range(first_kept)),
+                what="the dimmed messages",
+            )
             assert chat.preview.used <= engine.n_ctx
 
     asyncio.run(run())

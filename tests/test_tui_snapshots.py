@@ -20,6 +20,7 @@ from app.tui.app import CatteryApp
 from tests.tui_helpers import chat_screen, make_app
 
 SIZE = (110, 32)
+SETTLE_S = 90  # deadlines, generous: a loaded machine is slower, never different
 STAMP = 1767350400.0  # 2026-01-02 10:40 UTC
 
 
@@ -74,7 +75,7 @@ async def settled(pilot) -> None:
     app = pilot.app
     chat = chat_screen(app)
     start = time.monotonic()
-    while chat.preview is None and time.monotonic() - start < 30:
+    while chat.preview is None and time.monotonic() - start < SETTLE_S:
         await pilot.pause(0.05)
     await pilot.pause(0.3)
 
@@ -106,7 +107,7 @@ def on_screen(key: str):
         await pilot.press(key)
         start = time.monotonic()
         await pilot.pause(0.2)
-        while not loaded(pilot.app.screen) and time.monotonic() - start < 30:
+        while not loaded(pilot.app.screen) and time.monotonic() - start < SETTLE_S:
             await pilot.pause(0.05)
         await pilot.pause(0.5)
 

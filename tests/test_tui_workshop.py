@@ -39,11 +39,18 @@ def test_quantize_a_library_model_and_load_it(cattery_home: Path, f32_model: Pat
             screen = await goto(pilot, app)
             screen.query_one("#quant-model").value = str(src)
             screen.query_one("#quant-type").value = "Q8_0"
-            await pilot.click("#quantize")
+            # Every progress line the screen draws (polling would miss them all when the job is fast).
             shown: list[str] = []
+            draw = screen._show_progress
+
+            def drawn(*args: object) -> None:
+                draw(*args)
+                shown.append(str(screen.query_one("#work-state").render()))
+
+            screen._show_progress = drawn
+            await pilot.click("#quantize")
 
             def finished() -> bool:
-                shown.append(str(screen.query_one("#work-state").render()))
                 return screen.running is None and screen.result is not None
 
             await wait_until(pilot, finished, timeout=120)

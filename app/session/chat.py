@@ -247,8 +247,8 @@ class ChatSession:
 
     def save_draft(self, text: str) -> None:
         if text != self.extra.get("draft", ""):
-            self.extra["draft"] = text
             self.store.update_chat_extra(self.chat_id, draft=text)
+            self.extra["draft"] = text  # once stored: a draft the store refused is tried again
 
     @property
     def draft(self) -> str:
@@ -263,8 +263,8 @@ class ChatSession:
             "model": str(report.path) if report is not None else None,
         }
         if window != self.extra.get("window"):
-            self.extra["window"] = window
             self.store.update_chat_extra(self.chat_id, window=window)
+            self.extra["window"] = window  # once stored, as the draft
 
     # -- turns -------------------------------------------------------------------------
 

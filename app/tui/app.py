@@ -27,11 +27,14 @@ from app.errors import CatteryError
 from app.session.chat import ChatSession, hash_model, open_session, start_session
 from app.session.launch import Launch
 from app.session.workspace import Workspace
-from app.tui.keys import bindings, key_table, keymap_from_settings
+from app.tui.guard import ENVIRONMENT, error_line, reported
+from app.tui.keys import bindings, key_table, read_keymap
 from app.tui.safe_text import strip_controls_everywhere
 from app.tui.widgets.status_bar import ModelStatus
 
 log = logging.getLogger("cattery.tui")
+
+SHOWN_WARNINGS = 4  # at start, as notifications; the Settings screen lists them all
 
 
 def _screens() -> dict[str, Any]:
@@ -68,6 +71,8 @@ class CatteryApp(App[None]):
         type(self).MODES = _screens()
         strip_controls_everywhere()
         super().__init__()
+        # The line printed on leaving (an error, a crash) stays one line whatever the terminal's width.
+        self.error_console.soft_wrap = True
         self.ws = workspace
         self.launch = launch or Launch()
         self.owns_engine = engine is None
@@ -75,7 +80,10 @@ class CatteryApp(App[None]):
         self.session: ChatSession | None = None
         self._load_cancel = threading.Event()
         settings = workspace.settings
-        self.keymap = keymap_from_settings(dict(settings.section("keys")), str(settings.path))
+        self.keymap, key_warnings = read_keymap(dict(settings.section("keys")), str(settings.path))
+        # What was wrong with settings.toml (each value fell back to its default): shown once mounted.
+        self.settings_warnings: list[str] = [*settings.warnings, *key_warnings]
+        self.start_notes: list[str] = []  # other problems found before the app started (app/tui/run.py)
         self.image_mode = str(settings.get("ui", "images", "auto"))
         self.cursor_blink = bool(settings.get("ui", "cursor_blink", True))
         self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))
@@ -97,6 +105,8 @@ class CatteryApp(App[None]):
 
         Textual would print a traceback with locals (which may hold chat text) after
         leaving; tests (CATTERY_DEBUG=1) still get Textual's own handling, which re-raises.
+        A CatteryError that got this far (a handler that should have caught it) is
+        still the person's to fix: its own line, as the command line prints it.
         """
         from app.crash import debugging, report_crash
 
@@ -105,21 +115,66 @@ class CatteryApp(App[None]):
             return
         from rich.text import Text
 
-        self._return_code = 70
-        line = f"cattery: internal error: {report_crash(error)}"
+        if isinstance(error, CatteryError):
+            self._return_code = error.exit_code
+            line = f"cattery: error: {error_line(error)}"
+        else:
+            self._return_code = 70
+            line = f"cattery: internal error: {report_crash(error)}"
         self._exit_renderables.append(Text(line, no_wrap=True, overflow="ignore"))
         self._close_messages_no_wait()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: Any = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification as plain text: its lines carry names, paths and errors from outside,
+        where `[/]` would stop the app and `[@click=app.quit]` would make a link (app/tui/plain.py)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_mount(self) -> None:
         theme = str(self.ws.settings.get("ui", "theme", "textual-dark"))
         if theme in self.available_themes:
             self.theme = theme
+        self.settings_warnings += self._theme_warning()
         self.set_keymap(self.keymap)
+        self.show_start_warnings()
+        try:
+            self.ws.store  # noqa: B018 - opened here: a database that cannot be used at all is one line
+        except CatteryError as exc:
+            from rich.text import Text
+
+            line = f"cattery: error: {error_line(exc)}"
+            self.exit(return_code=exc.exit_code, message=Text(line, no_wrap=True, overflow="ignore"))
+            return
         self.open_initial_chat()
         if self.model_status.state == "ready":
             self._attach(self.session)
         elif self.launch.load_model:
             self.load_model(self.launch.model, self.launch.load_overrides, self.launch.format)
+
+    def _theme_warning(self) -> list[str]:
+        theme = str(self.ws.settings.get("ui", "theme", "textual-dark"))
+        if theme in self.available_themes:
+            return []
+        where = f"{self.ws.settings.path}: [ui] theme"
+        return [f"{where}: {theme!r} is not a theme here (Ctrl+P lists them); using {self.theme}"]
+
+    def show_start_warnings(self) -> None:
+        """Each problem of settings.toml once, as a warning; past a few, where to read the rest."""
+        for line in self.start_notes:
+            self.notify(line, severity="warning", timeout=15)
+        warnings = self.settings_warnings
+        for line in warnings[:SHOWN_WARNINGS]:
+            self.notify(line, severity="warning", timeout=15)
+        if len(warnings) > SHOWN_WARNINGS:
+            rest = len(warnings) - SHOWN_WARNINGS
+            self.notify(f"and {rest} more problems in the settings file: F6 lists them", severity="warning", timeout=15)
 
     def watch_theme(self, theme: str) -> None:
         if self.is_mounted and theme != self.ws.settings.get("ui", "theme", ""):
@@ -133,12 +188,9 @@ class CatteryApp(App[None]):
         self.engine.cancel()
 
     def save_draft(self) -> None:
-        try:
-            chat = self.get_screen_stack("chat")[0] if "chat" in self._screen_stacks else None
-        except Exception:
-            chat = None
+        chat = self._chat_screen()
         if chat is not None and hasattr(chat, "save_draft"):
-            chat.save_draft()
+            chat.save_draft()  # a draft that cannot be saved is one line in the log, not a crash at exit
 
     def get_screen_stack(self, mode: str) -> list[Screen[Any]]:
         return list(self._screen_stacks.get(mode, []))
@@ -165,41 +217,42 @@ class CatteryApp(App[None]):
             self.new_chat(card if la.card_explicit else self._default_card())
             return
         chat_id: int | None = None
-        if la.card_explicit:
-            chat_id = store.latest_chat(card)
-        else:
-            last = store.get_state("last_chat")
-            if last and last.isdigit() and store.has_chat(int(last)):
-                chat_id = int(last)
+        with reported(self, severity="warning"):
+            if la.card_explicit:
+                chat_id = store.latest_chat(card)
+            else:
+                last = store.get_state("last_chat")
+                if last and last.isdigit() and store.has_chat(int(last)):
+                    chat_id = int(last)
         if chat_id is not None:
             try:
                 self.set_session(open_session(self.ws, chat_id, **self._session_kwargs()))
                 return
-            except CatteryError as exc:
-                self.notify(f"{exc}; starting a new chat", severity="warning", timeout=10)
+            except ENVIRONMENT as exc:
+                self.notify(f"{error_line(exc)}; starting a new chat", severity="warning", timeout=10)
         self.new_chat(card if la.card_explicit else self._default_card())
 
     def _default_card(self) -> str | None:
         try:
             ref, _ = self.ws.resolve_character(self.ws.default_character())
-        except CatteryError as exc:
-            self.notify(str(exc), severity="warning")
+        except ENVIRONMENT as exc:
+            self.notify(error_line(exc), severity="warning")
             return None
         return ref
 
     def new_chat(self, card_ref: str | None, greeting: int = 0) -> None:
         try:
             session = start_session(self.ws, card_ref, greeting=greeting, **self._session_kwargs())
-        except CatteryError as exc:
-            self.notify(str(exc), severity="error", timeout=10)
+        except ENVIRONMENT as exc:
+            self.notify(error_line(exc), severity="error", timeout=10)
             return
         self.set_session(session)
 
     def open_chat(self, chat_id: int, *, switch: bool = True) -> bool:
         try:
             session = open_session(self.ws, chat_id, **self._session_kwargs())
-        except CatteryError as exc:
-            self.notify(str(exc), severity="error", timeout=10)
+        except ENVIRONMENT as exc:
+            self.notify(error_line(exc), severity="error", timeout=10)
             return False
         self.set_session(session, switch=switch)
         return True
@@ -214,7 +267,9 @@ class CatteryApp(App[None]):
         if chat_screen_draft is not None:
             chat_screen_draft()
         self.session = session
-        self.ws.store.set_state("last_chat", str(session.chat_id))
+        # The chat is open; only reopening it next time is lost.
+        with reported(self, severity="warning", outcome="this chat will not be the one opened next time"):
+            self.ws.store.set_state("last_chat", str(session.chat_id))
         if self.model_status.state == "ready":
             self._attach(session)
         if switch and self.current_mode != "chat":
@@ -254,8 +309,8 @@ class CatteryApp(App[None]):
             merged = {**saved, **{k: v for k, v in (overrides or {}).items() if v is not None}}
             options = self.ws.load_options(merged)
             options.validate()
-        except CatteryError as exc:
-            self.model_status = ModelStatus("failed", None, error=str(exc))
+        except ENVIRONMENT as exc:
+            self.model_status = ModelStatus("failed", None, error=error_line(exc))
             return
         chat = self._chat_screen()
         if chat is not None and chat.busy not in (None, "waiting"):
@@ -291,6 +346,9 @@ class CatteryApp(App[None]):
         except CatteryError as exc:
             message = "loading was cancelled" if self._load_cancel.is_set() else str(exc)
             self.call_from_thread(self._load_failed, path, message)
+            return
+        except OSError as exc:  # a file or folder the load needs (the model, its log) cannot be used
+            self.call_from_thread(self._load_failed, path, error_line(exc, "load the model"))
             return
         except Exception as exc:
             log.exception("loading a model")
@@ -328,7 +386,8 @@ class CatteryApp(App[None]):
     def apply_settings(self) -> None:
         """Use saved settings at once: keys, look, and the open chat's prompt and sampler."""
         settings = self.ws.settings
-        self.keymap = keymap_from_settings(dict(settings.section("keys")), str(settings.path))
+        self.keymap, key_warnings = read_keymap(dict(settings.section("keys")), str(settings.path))
+        self.settings_warnings = [*settings.warnings, *key_warnings, *self._theme_warning()]  # the file as saved
         self.set_keymap(self.keymap)
         self.image_mode = str(settings.get("ui", "images", "auto"))
         self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))

@@ -88,19 +88,136 @@ def action(action_id: str) -> KeyAction:
     raise KeyError(action_id)
 
 
-def keymap_from_settings(keys: dict[str, Any], source: str = "settings") -> dict[str, str]:
-    """The user's remapped keys, checked: an unknown action id is an error naming it."""
+MODIFIERS = frozenset({"ctrl", "alt", "shift", "super", "meta", "hyper"})
+MAX_KEY_WARNINGS = 20  # lines about one [keys] table: enough to fix it, never a screenful
+# No one binds an action to more keys than this; the settings schema allows the same length.
+MAX_KEYS_TEXT = 1000
+MAX_KEYS_PER_ACTION = 32
+
+
+@cache
+def _named_keys() -> frozenset[str]:
+    """Key names Textual reports for a key press (besides single characters)."""
+    from textual.keys import KEY_NAME_REPLACEMENTS, Keys
+
+    names = {k.value.rpartition("+")[2] for k in Keys}
+    names.update(KEY_NAME_REPLACEMENTS.values())
+    return frozenset(n for n in names if len(n) > 1 and not n.startswith("<"))
+
+
+def _key_problem(key: str) -> str | None:
+    """Why Textual would never match `key` (one key, modifiers and all), or None when it is one it can."""
+    from textual.keys import _character_to_key, key_to_character
+
+    if not key:
+        return "an empty key"
+    *mods, name = key.split("+")
+    if not name:
+        return f"{key!r} has no key after its last +"
+    bad = [m for m in mods if m.lower() not in MODIFIERS]
+    if bad:
+        return f"{bad[0]!r} is not a modifier (ctrl, alt, shift, super, meta)"
+    if len({m.lower() for m in mods}) != len(mods):
+        return f"{key!r} repeats a modifier"
+    if len(name) == 1:
+        return None if name.isprintable() and not name.isspace() else f"{name!r} is not a key"
+    lowered = name.lower()
+    if lowered in _named_keys():
+        return None
+    char = key_to_character(lowered)
+    if char is not None and _character_to_key(char) == lowered:
+        return None  # a named character: question_mark, comma, full_stop…
+    return f"{name!r} is not a key name (f1…f24, escape, enter, up, pageup, a, question_mark…)"
+
+
+def parse_keys(value: Any) -> tuple[str | None, str]:
+    """(the keys as Textual takes them, "") or (None, why not) for one [keys] value."""
+    from textual.keys import _character_to_key
+
+    if isinstance(value, list):
+        if len(value) > MAX_KEYS_PER_ACTION or not all(isinstance(v, str) for v in value):
+            return None, f"a list of at most {MAX_KEYS_PER_ACTION} key names, each text"
+        value = ",".join(value)
+    if not isinstance(value, str) or not value.strip():
+        return None, 'not a key name, like "ctrl+r"'
+    if len(value) > MAX_KEYS_TEXT or value.count(",") >= MAX_KEYS_PER_ACTION:
+        return None, f"more than {MAX_KEYS_PER_ACTION} keys or {MAX_KEYS_TEXT} characters for one action"
+    keys = []
+    for raw in value.split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        *mods, name = raw.split("+")
+        # A lone character keeps its case ("D" is shift+d); with a modifier Textual says "ctrl+r".
+        name = name if len(name) == 1 and not mods else name.lower()
+        if len(name) == 1 and name.isprintable() and not name.isspace():
+            name = _character_to_key(name)  # as Textual names it: "?" is question_mark
+        key = "+".join([*(m.lower() for m in mods), name])
+        problem = _key_problem(key)
+        if problem:
+            return None, problem
+        keys.append(key)
+    if not keys:
+        return None, 'not a key name, like "ctrl+r"'
+    return ",".join(dict.fromkeys(keys)), ""
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """Outside text inside a one-line warning: short, every control character (newlines too) visible."""
+    from app.terminal import visible
+
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return visible(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
+def read_keymap(keys: dict[str, Any], source: str = "settings") -> tuple[dict[str, str], list[str]]:
+    """The user's remapped keys that can be used, and one warning line for each that cannot.
+
+    A typo in settings.toml costs that one key (its default stays), never the app:
+    an unknown action id or a key Textual would never report is left out and named.
+    """
     known = {a.id for actions in key_table().values() for a in actions}
     out: dict[str, str] = {}
+    warnings: list[str] = []
+    unsaid = 0
+
+    def warn(line: str) -> None:
+        nonlocal unsaid
+        if len(warnings) < MAX_KEY_WARNINGS:
+            warnings.append(line)
+        else:
+            unsaid += 1
+
     for key_id, value in keys.items():
+        where = f"{source}: [keys] {_shown(str(key_id))}"
         if key_id not in known:
-            raise SettingsError(f"{source}: [keys] has no action {key_id!r} (F1 in the app lists them)")
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        if not isinstance(value, str) or not value.strip():
-            raise SettingsError(f'{source}: [keys] {key_id} must be a key name, like "ctrl+r"')
-        out[key_id] = ",".join(k.strip() for k in value.split(",") if k.strip())
-    return out
+            warn(f"{where}: no such action (F1 lists them); ignored")
+            continue
+        parsed, why = parse_keys(value)
+        if parsed is None:
+            warn(f"{where}: {_shown(why, 120)}; the default key ({action(key_id).keys}) is kept")
+            continue
+        out[key_id] = parsed
+    if unsaid:
+        warnings.append(f"{source}: [keys]: and {unsaid:,} more problems like these")
+    return out, warnings
+
+
+def keymap_from_settings(keys: dict[str, Any], source: str = "settings") -> dict[str, str]:
+    """The usable part of a [keys] table (`read_keymap` says what was left out and why)."""
+    return read_keymap(keys, source)[0]
+
+
+def check_keys(action_id: str, value: str) -> str:
+    """Keys typed for one action (the Settings screen): the keys as Textual takes them, or a one-line error."""
+    try:
+        action(action_id)
+    except KeyError:
+        raise SettingsError(f"[keys] has no action {_shown(action_id)!r} (F1 lists them)") from None
+    parsed, why = parse_keys(value)
+    if parsed is None:
+        raise SettingsError(f"keys for {action_id}: {_shown(why, 120)}")
+    return parsed
 
 
 def keys_of(action_id: str, keymap: dict[str, str]) -> str:

@@ -27,11 +27,14 @@ class Piece(Message):
 
 
 class TurnDone(Message):
-    def __init__(self, serial: int, outcome: Outcome | None, error: str | None = None) -> None:
+    """The turn ended. `unsaved`: the text of a reply the chat store would not take (it stays on screen)."""
+
+    def __init__(self, serial: int, outcome: Outcome | None, error: str | None = None, unsaved: str = "") -> None:
         super().__init__()
         self.serial = serial
         self.outcome = outcome
         self.error = error
+        self.unsaved = unsaved
 
 
 class PreviewReady(Message):
@@ -39,3 +42,23 @@ class PreviewReady(Message):
         super().__init__()
         self.chat_id = chat_id
         self.preview = preview
+
+
+class ChatsMoved(Message):
+    """A chat import or export ended (Chats screen): what to say, and the chat imported, if any."""
+
+    def __init__(self, line: str, *, error: bool = False, chat_id: int | None = None) -> None:
+        super().__init__()
+        self.line = line
+        self.error = error
+        self.chat_id = chat_id
+
+
+class CardImported(Message):
+    """A card import ended (Characters screen): the new entry's reference, or the error line."""
+
+    def __init__(self, ref: str | None, line: str, *, error: bool = False) -> None:
+        super().__init__()
+        self.ref = ref
+        self.line = line
+        self.error = error

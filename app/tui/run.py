@@ -10,9 +10,34 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import IO
 
+from app.errors import disk_error
 from app.session.launch import Launch
 from app.session.workspace import Workspace
+
+
+def _open_logs(folder: Path) -> tuple[IO[str], str | None]:
+    """The file fd 2 goes to while the app runs, and why it is /dev/null if the log folder cannot be written.
+
+    A read-only or full home must not stop the app before it starts: llama.cpp's chatter
+    is then dropped instead of logged, and the app says so.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stderr_log = (folder / "stderr.log").open("a")
+    except OSError as exc:
+        return open(os.devnull, "a"), f"{disk_error(exc, 'write the logs')}; logging is off for this run"
+    try:
+        logging.basicConfig(
+            filename=folder / "cattery.log",
+            level=logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+    except OSError as exc:
+        return stderr_log, f"{disk_error(exc, 'write the log')}; the app's own log is off for this run"
+    return stderr_log, None
 
 
 def run_app(ws: Workspace, launch: Launch) -> int:
@@ -23,17 +48,18 @@ def run_app(ws: Workspace, launch: Launch) -> int:
     prepare_pictures(str(ws.settings.get("ui", "images", "auto")))
     from app.tui.app import CatteryApp
 
-    ws.paths.log_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        filename=ws.paths.log_dir / "cattery.log",
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    log, problem = _open_logs(ws.paths.log_dir)
     saved = os.dup(2)
     terminal = open(saved, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     old_streams = sys.stderr, sys.__stderr__
-    app = CatteryApp(ws, launch)
-    with (ws.paths.log_dir / "stderr.log").open("a") as log:
+    if problem:  # llama.cpp's own log cannot be written either: the engine runs without one
+        from app.engine.engine import Engine
+
+        app = CatteryApp(ws, launch, engine=Engine(log_file=None))
+        app.start_notes.append(problem)
+    else:
+        app = CatteryApp(ws, launch)
+    with log:
         os.dup2(log.fileno(), 2)
         sys.stderr = sys.__stderr__ = terminal
         try:

@@ -14,8 +14,10 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, ListItem, ListView, Markdown, OptionList, Static
 
 from app.cards.card import Card
-from app.errors import CatteryError
+from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
+from app.tui.messages import CardImported
+from app.tui.plain import plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
 from app.tui.widgets.avatar import Avatar
 
@@ -62,6 +64,12 @@ def card_markdown(card: Card, user: str = "User") -> str:
     return "\n\n".join(parts) or "*This card has no description.*"
 
 
+def _chat_count(chats: int | None) -> str:
+    if chats is None:
+        return "chats unknown"
+    return f"{chats} chat" + ("s" if chats != 1 else "") if chats else "no chats yet"
+
+
 class CharacterItem(ListItem):
     def __init__(self, character: Character, image_mode: str) -> None:
         super().__init__()
@@ -74,15 +82,15 @@ class CharacterItem(ListItem):
         with Horizontal(classes="char-row"):
             yield Avatar(c.entry.name, card.avatar if card is not None else None, mode=self.image_mode)
             with Vertical(classes="char-row-text"):
-                yield Label(c.entry.name, classes="char-name")
+                yield Label(plain(c.entry.name), classes="char-name")
                 if card is None:
-                    yield Label(c.error or "cannot be read", classes="error-line")
+                    yield Label(plain(c.error or "cannot be read"), classes="error-line")
                 else:
                     d = card.data
                     by = f"by {d['creator']} · " if d.get("creator") else ""
-                    yield Label(f"{by}{c.entry.source}", classes="muted")
+                    yield Label(plain(f"{by}{c.entry.source}"), classes="muted")
                     if d.get("tags"):
-                        yield Label(", ".join(d["tags"][:6]), classes="muted")
+                        yield Label(plain(", ".join(d["tags"][:6])), classes="muted")
 
 
 class CharactersScreen(Screen[None]):
@@ -118,8 +126,9 @@ class CharactersScreen(Screen[None]):
                     yield Button("Import a card…", id="import")
                     yield Button("Remove", variant="error", id="remove")
                 yield Static("Greeting for a new chat", classes="pane-title")
-                yield OptionList(id="greetings")
-                yield Markdown("", id="char-text")
+                yield OptionList(id="greetings", markup=False)
+                # A stranger's card: its links are shown, never opened by a click.
+                yield Markdown("", id="char-text", open_links=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -136,11 +145,18 @@ class CharactersScreen(Screen[None]):
     def refresh_list(self, select: str | None = None) -> None:
         """Read every card off the main thread: a big library takes a moment."""
         out: list[Character] = []
-        for entry in self.cattery.ws.characters():
+        try:
+            entries = self.cattery.ws.characters()
+        except ENVIRONMENT as exc:  # the library folder cannot be read: the bundled cards are still listed
+            self.app.notify(error_line(exc, "read the card library"), severity="error", timeout=10)
+            from app.session.characters import bundled_entries
+
+            entries = bundled_entries()
+        for entry in entries:
             try:
                 out.append(Character(entry, entry.load()))
-            except CatteryError as exc:
-                out.append(Character(entry, None, str(exc)))
+            except ENVIRONMENT as exc:
+                out.append(Character(entry, None, error_line(exc, "read the card")))
         self.app.call_from_thread(self._show_list, out, select)
 
     def _show_list(self, characters: list[Character], select: str | None) -> None:
@@ -212,22 +228,26 @@ class CharactersScreen(Screen[None]):
         card = character.card
         remove.disabled = character.entry.source != "library"
         if card is None:
-            title.update(character.entry.name)
-            meta.update(character.error or "")
+            title.update(plain(character.entry.name))
+            meta.update(plain(character.error or ""))
             text.update("")
             return
         slot.mount(Avatar(card.name, card.avatar, mode=self.cattery.image_mode, big=True))
         d = card.data
-        title.update(card.name + (f" ({d['nickname']})" if d.get("nickname") and d["nickname"] != card.name else ""))
-        chats = len(self.cattery.ws.store.list_chats(character.entry.ref))
+        nickname = f" ({d['nickname']})" if d.get("nickname") and d["nickname"] != card.name else ""
+        title.update(plain(card.name + nickname))
+        try:
+            chats: int | None = len(self.cattery.ws.store.list_chats(character.entry.ref))
+        except ENVIRONMENT:  # the chats database cannot be read: the card is shown all the same
+            chats = None
         facts = [
             f"by {d['creator']}" if d.get("creator") else "",
             f"version {d['character_version']}" if d.get("character_version") else "",
             {"bundled": "comes with Cattery", "library": "in your library"}.get(character.entry.source, ""),
-            f"{chats} chat" + ("s" if chats != 1 else "") if chats else "no chats yet",
+            _chat_count(chats),
         ]
         tags = ", ".join(d.get("tags") or [])
-        meta.update(" · ".join(f for f in facts if f) + (f"\ntags: {tags}" if tags else ""))
+        meta.update(plain(" · ".join(f for f in facts if f) + (f"\ntags: {tags}" if tags else "")))
         from app.cards.macros import MacroContext, expand
 
         user = self.cattery.ws.settings.get("persona", "name", "User")
@@ -258,7 +278,9 @@ class CharactersScreen(Screen[None]):
         c = self.current
         if c is None or c.card is None:
             return
-        latest = self.cattery.ws.store.latest_chat(c.entry.ref)
+        latest = None
+        with reported(self):
+            latest = self.cattery.ws.store.latest_chat(c.entry.ref)
         if latest is not None and self.cattery.open_chat(latest):
             return
         self.action_new_chat()
@@ -277,20 +299,29 @@ class CharactersScreen(Screen[None]):
 
         self.app.push_screen(AskScreen("Import a character card", placeholder="~/Downloads/card.png", path=True), done)
 
+    @work(thread=True, exclusive=True, group="card-import", exit_on_error=False)
     def import_card(self, path: str) -> None:
+        """Read, check and store a card (a big PNG takes a moment) off the UI thread."""
         from pathlib import Path
 
         from app.cards.read import read_card
 
-        source = Path(path)
         try:
+            source = Path(path).expanduser()
             card = read_card(source)
-            entry = self.cattery.ws.cards.add(card, str(source.resolve()))
-        except CatteryError as exc:
-            self.notify(str(exc), severity="error", timeout=10)
+            entry = self.cattery.ws.cards.add(card, str(source.absolute()))
+        except ENVIRONMENT as exc:
+            self.post_message(CardImported(None, f"not imported: {error_line(exc, 'read the card')}", error=True))
             return
-        self.notify(f"imported {card.name}")
-        self.refresh_list(f"library:{entry.slug}")
+        except ValueError as exc:  # a NUL in the typed path
+            self.post_message(CardImported(None, f"{path!r}: not imported: {exc}", error=True))
+            return
+        self.post_message(CardImported(f"library:{entry.slug}", f"imported {card.name}"))
+
+    def on_card_imported(self, event: CardImported) -> None:
+        self.notify(event.line, severity="error" if event.error else "information", timeout=10 if event.error else 5)
+        if event.ref is not None:
+            self.refresh_list(event.ref)
 
     def action_delete_card(self) -> None:
         c = self.current
@@ -299,7 +330,10 @@ class CharactersScreen(Screen[None]):
 
         def go(yes: bool | None) -> None:
             if yes:
-                self.cattery.ws.cards.remove(c.entry.ref.partition(":")[2])
+                with reported(self, outcome="not removed") as removed:
+                    self.cattery.ws.cards.remove(c.entry.ref.partition(":")[2])
+                if not removed.ok:
+                    return
                 self.notify(f"removed {c.entry.name} (its chats are kept)")
                 self.current = None
                 self.refresh_list()

@@ -21,8 +21,10 @@ from textual.timer import Timer
 from textual.widgets import Button, Footer, ProgressBar, Static
 
 from app.errors import CatteryError
+from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
 from app.tui.messages import Piece, PreviewReady, TurnDone, TurnStarted
+from app.tui.plain import plain
 from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
 from app.tui.widgets.chat_input import ChatInput
 from app.tui.widgets.message_view import MessageView, ReplyStream
@@ -97,6 +99,7 @@ class ChatScreen(Screen[None]):
         self.tokens_per_second: float | None = None
         self.note = ""
         self._draft_timer: Timer | None = None
+        self._draft_error: str | None = None  # said once, not at every pause in typing
 
     @property
     def cattery(self) -> CatteryApp:
@@ -136,6 +139,8 @@ class ChatScreen(Screen[None]):
             return
         if self.shown_chat != session.chat_id:
             self.show_chat(session)
+        else:
+            self._update_title()  # renamed (Chats screen)
 
     def show_chat(self, session: ChatSession) -> None:
         self.shown_chat = session.chat_id
@@ -179,7 +184,7 @@ class ChatScreen(Screen[None]):
         s = self.session
         if s is not None:
             who = s.char_name if s.recipe.card is not None else "no character"
-            self.query_one("#chat-title", Static).update(f" {who} · {s.title}")
+            self.query_one("#chat-title", Static).update(plain(f" {who} · {s.title}"))
 
     def _make_view(self, session: ChatSession, index: int, m: StoredMessage | None, role: str = "") -> MessageView:
         role = role or (m.role if m is not None else "assistant")
@@ -226,7 +231,8 @@ class ChatScreen(Screen[None]):
         wanted = msgs[self.first_shown :]
         wanted_ids = {m.id for m in wanted}
         by_id = {v.message_id: v for v in self.views if v.message_id is not None}
-        placeholders = [v for v in self.views if v.message_id is None]
+        placeholders = [v for v in self.views if v.message_id is None and not v.unsaved]
+        unsaved = sorted((v for v in self.views if v.unsaved), key=lambda v: v.after)
         for v in self.views:
             if v.message_id is not None and v.message_id not in wanted_ids:
                 v.remove()
@@ -234,17 +240,20 @@ class ChatScreen(Screen[None]):
         kept: list[MessageView] = []
         for offset, m in enumerate(wanted):
             index = self.first_shown + offset
+            while unsaved and unsaved[0].after <= index:  # a reply that was not saved stays where it was written
+                kept.append(unsaved.pop(0))
             view = by_id.get(m.id) or (placeholders.pop(0) if placeholders else None)
             if view is None:
                 view = self._make_view(s, index, m)
                 if kept:
                     box.mount(view, after=kept[-1])
                 else:
-                    first = next((v for v in self.views if v.message_id in wanted_ids), None)
+                    first = next((v for v in self.views if v.message_id in wanted_ids or v.unsaved), None)
                     box.mount(view, before=first) if first is not None else box.mount(view)
             else:
                 view.show(index, m)
             kept.append(view)
+        kept.extend(unsaved)
         for p in placeholders:
             p.remove()
         self.views = kept
@@ -311,10 +320,13 @@ class ChatScreen(Screen[None]):
         if self.busy is not None:
             self.notify("a reply is being written: Esc stops it", severity="warning")
             return
-        s.add_user(event.text)
+        with reported(self, outcome="not sent (the message stays in the box)") as saved:
+            s.add_user(event.text)
+        if not saved.ok:
+            return  # the message stays in the box, to send again
         area = self.query_one(ChatInput)
         area.text = ""
-        s.save_draft("")
+        self.save_draft()
         self.sync()
         await self.request_turn("reply")
 
@@ -348,7 +360,7 @@ class ChatScreen(Screen[None]):
         if kind == "impersonate":
             return None
         if kind == "reply":
-            view = next((v for v in self.views if v.message_id is None), None)
+            view = next((v for v in self.views if v.message_id is None and not v.unsaved), None)
             if view is None:
                 view = self._make_view(s, len(s.messages), None, "assistant")
                 self.views.append(view)
@@ -394,9 +406,16 @@ class ChatScreen(Screen[None]):
             error = f"{type(exc).__name__}: {exc}"
         try:
             outcome = session.finish(turn)  # committed here, the moment the reply ends
-        except Exception as exc:
-            log.exception("saving a reply")
-            self.post_message(TurnDone(serial, None, f"the reply could not be saved: {exc}"))
+        except Exception as exc:  # a busy, full or read-only database; or a bug: the text is kept either way
+            if isinstance(exc, ENVIRONMENT):
+                why = error_line(exc, "save the reply")
+            else:
+                log.exception("saving a reply")
+                why = f"{type(exc).__name__}: {exc}"
+            text = turn.generation.text
+            text = (turn.prefix + text).rstrip() if turn.kind == "continue" else text.strip()
+            note = f"the reply could not be saved ({why}); it stays on screen until you leave this chat"
+            self.post_message(TurnDone(serial, None, note, unsaved=text if turn.kind != "impersonate" else ""))
             return
         self.post_message(TurnDone(serial, outcome, error))
 
@@ -439,10 +458,31 @@ class ChatScreen(Screen[None]):
                 area.move_cursor(area.document.end)
             area.focus()
         else:
+            if event.unsaved:
+                await self._keep_unsaved(event.unsaved)
             self.sync()
         self.target = None
         self._show_status()
         self.refresh_preview()
+
+    async def _keep_unsaved(self, text: str) -> None:
+        """A reply the store would not take stays on screen, marked "not saved", below the chat.
+
+        A new reply's own view is kept as it is; a regenerated or continued one gets a
+        view of its own, and the message it was written into shows its saved text again.
+        """
+        s = self.session
+        if s is None:
+            return
+        after = len(s.messages)
+        view = self.target
+        if view is not None and view.message_id is None and not view.unsaved:
+            view.mark_unsaved(text, after)
+            return
+        view = self._make_view(s, after, None, "assistant")
+        view.mark_unsaved(text, after)
+        self.views.append(view)
+        await self.query_one("#messages", VerticalScroll).mount(view)
 
     # -- chat actions (keys and the command palette) ------------------------------------
 
@@ -481,7 +521,7 @@ class ChatScreen(Screen[None]):
             self.cattery.new_chat(s.card_ref)
 
     def action_select_messages(self) -> None:
-        real = [v for v in self.views if v.message_id is not None]
+        real = [v for v in self.views if v.message_id is not None or v.unsaved]
         if real:
             real[-1].focus()
             real[-1].scroll_visible()
@@ -506,7 +546,11 @@ class ChatScreen(Screen[None]):
         title = f"{s.speaker(index)}, message {index + 1}" + (
             f", alternative {m.active + 1} of {len(m.swipes)}" if len(m.swipes) > 1 else ""
         )
-        self.app.push_screen(TextScreen(title, describe_provenance(prov, m.state)))
+        try:
+            text = describe_provenance(prov, m.state)
+        except (TypeError, ValueError, OverflowError, OSError):  # a row another tool wrote: shown as it is
+            text = json.dumps(prov, ensure_ascii=False, default=str)[:4000]
+        self.app.push_screen(TextScreen(title, text))
 
     @on(ChatInput.SelectLast)
     def select_last(self) -> None:
@@ -520,17 +564,32 @@ class ChatScreen(Screen[None]):
 
     def save_draft(self) -> None:
         s = self.session
-        if s is not None and self.busy != "impersonate":
+        if s is None or self.busy == "impersonate":
+            return
+        try:
             s.save_draft(self.query_one(ChatInput).text)
+        except ENVIRONMENT as exc:  # the text stays in the box; only keeping it for next time failed
+            line = error_line(exc, "save the draft")
+            log.info("draft not saved: %s", line)
+            if line != self._draft_error and self.is_attached:
+                self.notify(f"the draft could not be saved: {line}", severity="warning", timeout=8)
+            self._draft_error = line
+            return
+        self._draft_error = None
 
     # -- actions on one message ----------------------------------------------------------
 
     async def on_message_view_action(self, event: MessageView.Action) -> None:
         event.stop()
         view = event.view
-        if view.message_id is None:
-            return
         name = event.name
+        if view.unsaved and name in ("copy", "back", "move"):
+            pass  # a reply that was not saved can still be copied
+        elif view.unsaved:
+            self.notify("this reply was not saved: only copying it (c) works", severity="warning")
+            return
+        elif view.message_id is None:
+            return
         if name == "move":
             self._move(view, event.step)
         elif name == "back":
@@ -566,7 +625,7 @@ class ChatScreen(Screen[None]):
         await self.on_message_view_action(MessageView.Action(view, name, step))
 
     def _move(self, view: MessageView, step: int) -> None:
-        real = [v for v in self.views if v.message_id is not None]
+        real = [v for v in self.views if v.message_id is not None or v.unsaved]
         pos = real.index(view) + step if view in real else len(real) - 1
         if pos >= len(real):
             self.query_one(ChatInput).focus()
@@ -582,7 +641,10 @@ class ChatScreen(Screen[None]):
         s = self.session
         if s is None or self.busy is not None:
             return
-        moved = s.select_swipe(index, step)
+        with reported(self, outcome="the alternative shown was not changed") as done:
+            moved = s.select_swipe(index, step)
+        if not done.ok:
+            return
         if moved is None:
             m = s.messages[index]
             last = index == len(s.messages) - 1
@@ -600,11 +662,16 @@ class ChatScreen(Screen[None]):
             if text is None or s is not self.session or index >= len(s.messages):
                 return
             if text != s.messages[index].text:
-                s.edit(index, text)
+                with reported(self, outcome="the edit was not saved") as saved:
+                    s.edit(index, text)
+                if not saved.ok:  # the edit is not lost: the editor opens again with it
+                    self.app.push_screen(EditScreen(title, text), done)
+                    return
                 self.sync()
                 self.refresh_preview()
 
-        self.app.push_screen(EditScreen(f"Edit {s.speaker(index)}'s message", s.messages[index].text), done)
+        title = f"Edit {s.speaker(index)}'s message"
+        self.app.push_screen(EditScreen(title, s.messages[index].text), done)
 
     def delete(self, index: int, and_after: bool = False) -> None:
         s = self.session
@@ -614,7 +681,10 @@ class ChatScreen(Screen[None]):
         def go(yes: bool | None) -> None:
             if not yes or s is not self.session or index >= len(s.messages):
                 return
-            gone = s.delete(index, and_after=and_after)
+            with reported(self, outcome="nothing was deleted") as deleted:
+                gone = s.delete(index, and_after=and_after)
+            if not deleted.ok:
+                return
             self.sync()
             self.refresh_preview()
             self.notify(f"deleted {gone} message" + ("s" if gone != 1 else ""))
@@ -634,6 +704,9 @@ class ChatScreen(Screen[None]):
     def branch(self, index: int) -> None:
         s = self.session
         assert s is not None
-        new_id = s.branch(index)
+        with reported(self, outcome="no branch was made") as made:
+            new_id = s.branch(index)
+        if not made.ok:
+            return
         self.cattery.open_chat(new_id)
         self.notify(f"a new chat from message {index + 1}: {s.title} (branch)")

@@ -1,5 +1,9 @@
 """Chats: every chat (with this character, or all), with the last message and the date; resume,
-rename, delete, export (SillyTavern JSONL or Markdown) and import SillyTavern chat files."""
+rename, delete, export (SillyTavern JSONL or Markdown) and import SillyTavern chat files.
+
+Imports and exports read and write files of any size up to the chat store's bounds,
+so they run in a thread worker that posts what happened; the table stays usable.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from app.errors import CatteryError
+from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
+from app.tui.messages import ChatsMoved
+from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
 
 if TYPE_CHECKING:
@@ -25,14 +32,30 @@ if TYPE_CHECKING:
 
 def when(ts: float) -> str:
     now = time.time()
-    if now - ts < 86400 and time.localtime(ts).tm_mday == time.localtime(now).tm_mday:
-        return time.strftime("today %H:%M", time.localtime(ts))
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    try:
+        if now - ts < 86400 and time.localtime(ts).tm_mday == time.localtime(now).tm_mday:
+            return time.strftime("today %H:%M", time.localtime(ts))
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    except (OverflowError, OSError, ValueError, TypeError):  # a date another tool wrote into the database
+        return "?"
 
 
 def one_line(text: str, width: int = 60) -> str:
     flat = " ".join(text.split())
     return flat[:width] + ("…" if len(flat) > width else "")
+
+
+def write_problem(target: Path, exc: OSError) -> str:
+    """Why `target` could not be written, said about the path the person typed (an OSError names a temp file)."""
+    try:
+        if target.is_dir():
+            return "that is a folder; give a file name"
+        for folder in target.parents:  # the nearest part of the path that exists
+            if folder.exists():
+                return f"{folder} is a file, not a folder" if not folder.is_dir() else exc.strerror or str(exc)
+    except OSError as again:  # a name too long to look at
+        return again.strerror or str(again)
+    return exc.strerror or str(exc)
 
 
 def file_name(title: str) -> str:
@@ -83,10 +106,13 @@ class ChatsScreen(Screen[None]):
         store = self.cattery.ws.store
         ref = self._card_ref()
         every = self.show_all or ref is None
-        rows = store.list_chats(None if every else ref)
+        with reported(self) as listed:
+            rows = store.list_chats(None if every else ref)
+        if not listed.ok:
+            return  # the table keeps what it showed
         s = self.cattery.session
         who = s.char_name if s is not None else "this character"
-        self.query_one("#chats-title", Static).update("All chats" if every else f"Chats with {who}")
+        self.query_one("#chats-title", Static).update(plain("All chats" if every else f"Chats with {who}"))
         table = self.query_one("#chat-table", DataTable)
         current = s.chat_id if s is not None else None
         table.clear()
@@ -94,10 +120,10 @@ class ChatsScreen(Screen[None]):
         for r in rows:
             mark = "● " if r.id == current else ""
             table.add_row(
-                mark + r.title,
-                r.card_name or "-",
+                cell(mark + r.title),
+                cell(r.card_name or "-"),
                 str(r.messages),
-                one_line(r.last_message, 48),
+                cell(one_line(r.last_message, 48)),
                 when(r.updated_at),
                 key=str(r.id),
             )
@@ -132,7 +158,11 @@ class ChatsScreen(Screen[None]):
         def done(title: str | None) -> None:
             if not title:
                 return
-            self.cattery.ws.store.rename_chat(chat.id, title)
+            with reported(self, outcome="not renamed") as renamed:
+                self.cattery.ws.store.rename_chat(chat.id, title)
+            if not renamed.ok:  # asked again, with what was typed
+                self.app.push_screen(AskScreen("Rename the chat", title), done)
+                return
             s = self.cattery.session
             if s is not None and s.chat_id == chat.id:
                 s.title = title
@@ -151,7 +181,10 @@ class ChatsScreen(Screen[None]):
                 return
             s = self.cattery.session
             was_open = s is not None and s.chat_id == chat.id
-            self.cattery.ws.store.delete_chat(chat.id)
+            with reported(self, outcome="not deleted") as deleted:
+                self.cattery.ws.store.delete_chat(chat.id)
+            if not deleted.ok:
+                return
             self.notify(f"deleted {chat.title}")
             if was_open:
                 self.cattery.new_chat(chat.card_ref)
@@ -167,23 +200,8 @@ class ChatsScreen(Screen[None]):
         default = str(Path.home() / f"{file_name(chat.title)}.jsonl")
 
         def done(path: str | None) -> None:
-            if not path:
-                return
-            from app.chats.transfer import export_markdown, export_st_chat
-
-            target = Path(path).expanduser()
-            try:
-                if target.suffix.lower() in (".md", ".markdown"):
-                    export_markdown(self.cattery.ws.store, chat.id, target)
-                else:
-                    export_st_chat(self.cattery.ws.store, chat.id, target)
-            except OSError as exc:
-                self.notify(f"{target}: cannot write: {exc.strerror}", severity="error", timeout=10)
-                return
-            except CatteryError as exc:
-                self.notify(str(exc), severity="error", timeout=10)
-                return
-            self.notify(f"exported to {target}")
+            if path:
+                self.export_chat(chat.id, path)
 
         self.app.push_screen(
             AskScreen(
@@ -197,23 +215,60 @@ class ChatsScreen(Screen[None]):
 
     def action_import_chat(self) -> None:
         def done(path: str | None) -> None:
-            if not path:
-                return
-            from app.chats.transfer import import_st_chat
-
-            try:
-                chat_id = import_st_chat(self.cattery.ws.store, Path(path), None)
-                self._link_character(chat_id)
-            except CatteryError as exc:
-                self.notify(str(exc), severity="error", timeout=10)
-                return
-            self.notify("imported; Enter opens it")
-            self.show_all = True
-            self.refresh_table()
+            if path:
+                self.import_chat(path)
 
         self.app.push_screen(
             AskScreen("Import a SillyTavern chat (.jsonl)", placeholder="~/chats/Mochi.jsonl", path=True), done
         )
+
+    # -- files, in a worker ---------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="chat-files", exit_on_error=False)
+    def export_chat(self, chat_id: int, path: str) -> None:
+        from app.chats.transfer import export_markdown, export_st_chat
+
+        target = Path(path).expanduser()
+        try:
+            if target.suffix.lower() in (".md", ".markdown"):
+                export_markdown(self.cattery.ws.store, chat_id, target)
+            else:
+                export_st_chat(self.cattery.ws.store, chat_id, target)
+        except OSError as exc:
+            self.post_message(ChatsMoved(f"not exported to {path}: {write_problem(target, exc)}", error=True))
+            return
+        except CatteryError as exc:  # the chats database could not be read
+            self.post_message(ChatsMoved(f"not exported: {error_line(exc)}", error=True))
+            return
+        except ValueError as exc:  # a NUL in the typed path
+            self.post_message(ChatsMoved(f"{path!r}: not exported: {exc}", error=True))
+            return
+        self.post_message(ChatsMoved(f"exported to {target}"))
+
+    @work(thread=True, exclusive=True, group="chat-files", exit_on_error=False)
+    def import_chat(self, path: str) -> None:
+        """Read, check and store a chat file (seconds for one at the store's bounds) off the UI thread."""
+        from app.chats.transfer import import_st_chat
+
+        try:
+            chat_id = import_st_chat(self.cattery.ws.store, Path(path).expanduser(), None)
+        except ENVIRONMENT as exc:
+            self.post_message(ChatsMoved(f"not imported: {error_line(exc, 'read the chat file')}", error=True))
+            return
+        except ValueError as exc:  # a NUL in the typed path
+            self.post_message(ChatsMoved(f"{path!r}: not imported: {exc}", error=True))
+            return
+        try:
+            self._link_character(chat_id)
+        except ENVIRONMENT as exc:  # imported all the same; only the link to a card is missing
+            self.post_message(ChatsMoved(f"imported, but not linked to its character: {error_line(exc)}", error=True))
+        self.post_message(ChatsMoved("imported; Enter opens it", chat_id=chat_id))
+
+    def on_chats_moved(self, event: ChatsMoved) -> None:
+        self.notify(event.line, severity="error" if event.error else "information", timeout=10 if event.error else 5)
+        if event.chat_id is not None:
+            self.show_all = True
+            self.refresh_table()
 
     def _link_character(self, chat_id: int) -> None:
         """An imported chat belongs to the character of that name, when the library has one."""

@@ -14,6 +14,7 @@ from textual.suggester import Suggester
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from app.tui.keys import bindings
+from app.tui.plain import plain
 
 
 class TitledText:
@@ -32,7 +33,7 @@ class EditScreen(TitledText, ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(plain(self.title_text), classes="dialog-title")
             yield TextArea(self.text, soft_wrap=True, id="editor")
             yield Static("Ctrl+S saves · Esc cancels", classes="hint")
             with Horizontal(classes="buttons"):
@@ -67,7 +68,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, classes="dialog-title")
+            yield Label(plain(self.question), classes="dialog-title")
             with Horizontal(classes="buttons"):
                 yield Button("No", id="no")
                 yield Button(self.yes, variant="error", id="yes")
@@ -121,7 +122,7 @@ class AskScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(plain(self.title_text), classes="dialog-title")
             yield Input(
                 self.value,
                 placeholder=self.placeholder,
@@ -144,7 +145,7 @@ class AskScreen(ModalScreen[str | None]):
         self.dismiss(value)
 
     def show_error(self, text: str) -> None:
-        self.query_one("#ask-error", Static).update(text)
+        self.query_one("#ask-error", Static).update(plain(text))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -157,9 +158,9 @@ class TextScreen(TitledText, ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(plain(self.title_text), classes="dialog-title")
             with VerticalScroll(id="details-text"):
-                yield Static(self.text, markup=False)
+                yield Static(plain(self.text))
             yield Static("Esc closes", classes="hint")
 
     def action_close(self) -> None:

@@ -20,6 +20,7 @@ from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Stati
 
 from app.errors import CatteryError
 from app.tui.keys import bindings
+from app.tui.plain import cell, plain
 from app.units import fmt_size
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class HubScreen(Screen[None]):
     def state(self, text: str, error: bool = False) -> None:
         line = self.query_one("#hub-state", Static)
         line.set_class(error, "error-line")
-        line.update(text)
+        line.update(plain(text))  # repo names and errors come from the hub
 
     # -- search -----------------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class HubScreen(Screen[None]):
                 fmt_size(h.smallest) if h.smallest == h.largest else f"{fmt_size(h.smallest)} – {fmt_size(h.largest)}"
             )
             when = h.last_modified.strftime("%Y-%m-%d") if h.last_modified else "?"
-            table.add_row(h.id + (" (gated)" if h.gated else ""), f"{h.downloads:,}", sizes, when, key=h.id)
+            table.add_row(cell(h.id + (" (gated)" if h.gated else "")), f"{h.downloads:,}", sizes, when, key=h.id)
         self.state(f"{len(hits)} repos for {query!r}" if hits else f"no GGUF repos match {query!r} (names only)")
         if hits:
             table.focus()
@@ -124,7 +125,7 @@ class HubScreen(Screen[None]):
     def repo_selected(self, event: DataTable.RowSelected) -> None:
         repo = str(event.row_key.value)
         self.repo = repo
-        self.query_one("#hub-files-title", Static).update(f"{repo}: reading the models' headers…")
+        self.query_one("#hub-files-title", Static).update(plain(f"{repo}: reading the models' headers…"))
         self.query_one("#hub-files", DataTable).clear()
         self.files(repo)
 
@@ -143,7 +144,7 @@ class HubScreen(Screen[None]):
             commit, models, _ = repo_models(repo)
         except CatteryError as exc:
             self.app.call_from_thread(self.state, str(exc), True)
-            self.app.call_from_thread(self.query_one("#hub-files-title", Static).update, f"{repo}: not readable")
+            self.app.call_from_thread(self.query_one("#hub-files-title", Static).update, plain(f"{repo}: not readable"))
             return
         unique = unique_quants(models)
         self.app.call_from_thread(self._show_models, repo, commit, models, unique)
@@ -177,10 +178,10 @@ class HubScreen(Screen[None]):
             label = m.label(repo, m.quant in unique)
             self.models[label] = m
             parts = f" ({len(m.parts)} parts)" if len(m.parts) > 1 else ""
-            table.add_row(label, fmt_size(m.size) + parts, m.quant or "?", "…", key=label)
+            table.add_row(cell(label), fmt_size(m.size) + parts, cell(m.quant or "?"), "…", key=label)
         count = f"{len(models)} model" + ("" if len(models) == 1 else "s")
         title = f"{repo}: {count}" if models else f"{repo}: no GGUF files"
-        self.query_one("#hub-files-title", Static).update(title)
+        self.query_one("#hub-files-title", Static).update(plain(title))
         self.query_one("#hub-download", Button).disabled = not models
         if models:
             table.focus()
@@ -189,8 +190,8 @@ class HubScreen(Screen[None]):
         if repo != self.repo or label not in self.models:
             return
         table = self.query_one("#hub-files", DataTable)
-        table.update_cell(label, "quant", quant, update_width=True)
-        table.update_cell(label, "fit", text, update_width=True)
+        table.update_cell(label, "quant", cell(quant), update_width=True)
+        table.update_cell(label, "fit", cell(text), update_width=True)
 
     def _chosen(self) -> str | None:
         table = self.query_one("#hub-files", DataTable)

@@ -21,7 +21,9 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar
 
 from app.engine.options import KV_CACHE_TYPES
 from app.errors import CatteryError
+from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
+from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen
 from app.tui.widgets.status_bar import ModelStatus, placement
 from app.units import fmt_size
@@ -166,16 +168,20 @@ class ModelsScreen(Screen[None]):
         from app.engine.metadata import read_model_info
         from app.hub.library import hf_cache_entries
 
-        entries = self.cattery.ws.models()
-        known = {e.path.resolve() for e in entries}
-        entries += [e for e in hf_cache_entries() if e.path.resolve() not in known]
+        try:
+            entries = self.cattery.ws.models()
+            known = {e.path.resolve() for e in entries}
+            entries += [e for e in hf_cache_entries() if e.path.resolve() not in known]
+        except ENVIRONMENT as exc:  # a models folder that cannot be read
+            self.app.notify(error_line(exc, "read the models folder"), severity="error", timeout=10)
+            return
         rows = [ModelRow(e) for e in entries]
         self.app.call_from_thread(self._show_rows, rows)
         for row in rows:
             try:
                 row.info = read_model_info(row.entry.path)
-            except CatteryError as exc:
-                row.error = str(exc)
+            except ENVIRONMENT as exc:
+                row.error = error_line(exc, "read the model")
             self.app.call_from_thread(self._update_row, row)
 
     def _show_rows(self, rows: list[ModelRow]) -> None:
@@ -183,8 +189,11 @@ class ModelsScreen(Screen[None]):
         table.clear()
         self.rows = {r.key: r for r in rows}
         for r in rows:
-            size = fmt_size(r.entry.path.stat().st_size) if r.entry.path.exists() else "?"
-            table.add_row(self._mark(r), r.entry.name, size, "…", "…", "…", r.entry.source, key=r.key)
+            try:
+                size = fmt_size(r.entry.path.stat().st_size)
+            except OSError:  # gone, or unreadable, since it was listed
+                size = "?"
+            table.add_row(self._mark(r), cell(r.entry.name), size, "…", "…", "…", cell(r.entry.source), key=r.key)
         loaded = self.cattery.model_status.path
         target = str(loaded) if loaded is not None and str(loaded) in self.rows else (rows[0].key if rows else None)
         if target is not None:
@@ -213,7 +222,7 @@ class ModelsScreen(Screen[None]):
             table.update_cell(row.key, "ctx", "")
             table.update_cell(row.key, "template", "")
         else:
-            table.update_cell(row.key, "quant", info.file_type or "?", update_width=True)
+            table.update_cell(row.key, "quant", cell(info.file_type or "?"), update_width=True)
             table.update_cell(row.key, "ctx", str(info.context_length or "?"), update_width=True)
             table.update_cell(row.key, "template", "yes" if info.chat_template else "none", update_width=True)
         if self.current is row:
@@ -242,8 +251,8 @@ class ModelsScreen(Screen[None]):
             name = choose_format(fmt, row.info).name if row.info is not None else "?"
         except CatteryError:
             name = "?"
-        self.query_one("#model-title", Static).update(row.entry.name)
-        self.query_one("#model-facts", Static).update(model_facts(row, name))
+        self.query_one("#model-title", Static).update(plain(row.entry.name))
+        self.query_one("#model-facts", Static).update(plain(model_facts(row, name)))
         if first:
             self._fill_form(saved)
 
@@ -308,7 +317,7 @@ class ModelsScreen(Screen[None]):
         try:
             values = self.form_values()
         except CatteryError as exc:
-            state.update(f"[b]{exc}[/b]")
+            state.update(plain(error_line(exc)))
             state.set_class(True, "error-line")
             return
         problem = self.cattery.ws.save_load_settings(row.entry.path, values)
@@ -330,16 +339,18 @@ class ModelsScreen(Screen[None]):
         state.set_class(status.state == "failed", "error-line")
         name = status.path.name if status.path is not None else "no model"
         if status.state == "loading":
-            state.update(f"loading {name}…")
+            state.update(plain(f"loading {name}…"))
         elif status.state == "ready" and status.report is not None:
             r = status.report
             fmt = status.choice.name if status.choice is not None else "?"
             state.update(
-                f"loaded {name}: {placement(r)}, context {r.n_ctx}, {r.threads} threads, format {fmt},"
-                f" {r.load_seconds:.1f} s"
+                plain(
+                    f"loaded {name}: {placement(r)}, context {r.n_ctx}, {r.threads} threads, format {fmt},"
+                    f" {r.load_seconds:.1f} s"
+                )
             )
         elif status.state == "failed":
-            state.update(f"{name}: {status.error}")
+            state.update(plain(f"{name}: {status.error}"))
         else:
             state.update("")
         table = self.query_one("#model-table", DataTable)
@@ -351,7 +362,11 @@ class ModelsScreen(Screen[None]):
             if not path:
                 return
             folder = Path(path).expanduser()
-            if not folder.is_dir():
+            with reported(self, "read the folder") as looked:
+                is_dir = folder.is_dir()  # a name too long, a loop of links: OSError, not False
+            if not looked.ok:
+                return
+            if not is_dir:
                 self.notify(f"{folder}: not a folder", severity="error")
                 return
             ws = self.cattery.ws

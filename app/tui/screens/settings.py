@@ -16,7 +16,8 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Sta
 
 from app.engine.options import SamplerSettings, load_preset, preset_names
 from app.errors import CatteryError
-from app.tui.keys import display, key_table, keymap_from_settings, keys_of
+from app.tui.keys import check_keys, display, key_table, keys_of
+from app.tui.plain import plain
 from app.tui.screens.dialogs import AskScreen
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class SettingsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="settings-body"):
+            # What settings.toml holds that could not be used (each key fell back to its default).
+            yield Static("", id="settings-warnings", classes="warning-line")
             yield Static("Prompt", classes="pane-title")
             yield Static(
                 "System prompt: kept at the start of every chat"
@@ -112,9 +115,20 @@ class SettingsScreen(Screen[None]):
 
     # -- filling and reading the form -------------------------------------------------
 
+    def show_warnings(self) -> None:
+        warnings = self.cattery.settings_warnings
+        box = self.query_one("#settings-warnings", Static)
+        box.display = bool(warnings)
+        head = "Not used from the settings file (the defaults are used instead):"
+        box.update(plain("\n".join([head, *(f"· {w}" for w in warnings)]) if warnings else ""))
+
     def load_values(self) -> None:
         ws = self.cattery.ws
         s = ws.settings
+        self.show_warnings()
+        state = self.query_one("#settings-state", Static)
+        state.set_class(False, "error-line")
+        state.update(plain(f"file: {s.path}"))
         self.query_one("#system", TextArea).text = s.get("chat", "system", "") or ""
         self.query_one("#persona-name", Input).value = s.get("persona", "name", "User")
         self.query_one("#persona-description", TextArea).text = s.get("persona", "description", "")
@@ -122,7 +136,13 @@ class SettingsScreen(Screen[None]):
         select = self.query_one("#preset", Select)
         with select.prevent(Select.Changed):
             select.value = preset if preset in preset_names() else "default"
-        self._fill_sampler(ws.sampler())
+        try:
+            sampler = ws.sampler()
+        except CatteryError as exc:  # values that pass one by one but not together: the preset's are shown
+            sampler = load_preset("default")
+            state.set_class(True, "error-line")
+            state.update(plain(f"{exc}; showing the default preset's values"))
+        self._fill_sampler(sampler)
         self.query_one("#max_tokens", Input).value = str(s.get("chat", "max_tokens", 512))
         theme = self.query_one("#theme", Select)
         theme.value = self.app.theme if self.app.theme in self.app.available_themes else "textual-dark"
@@ -130,7 +150,6 @@ class SettingsScreen(Screen[None]):
         self.query_one("#shown_messages", Input).value = str(s.get("ui", "shown_messages", 60))
         self.keys = dict(self.cattery.keymap)
         self._fill_keys()
-        self.query_one("#settings-state", Static).update(f"file: {s.path}")
 
     def _fill_sampler(self, sampler: SamplerSettings) -> None:
         for key, _, _ in SAMPLER_FIELDS:
@@ -187,11 +206,10 @@ class SettingsScreen(Screen[None]):
             if value is None:
                 return
             try:
-                checked = keymap_from_settings({action_id: value})
+                self.keys[action_id] = check_keys(action_id, value)
             except CatteryError as exc:
                 self.notify(str(exc), severity="error")
                 return
-            self.keys.update(checked)
             self._fill_keys()
 
         self._asking = True
@@ -222,7 +240,7 @@ class SettingsScreen(Screen[None]):
             if shown < 1:
                 raise CatteryError("messages shown: at least 1")
         except (CatteryError, ValueError) as exc:
-            state.update(f"not saved: {exc}")
+            state.update(plain(f"not saved: {exc}"))
             state.set_class(True, "error-line")
             return
         name = self.query_one("#persona-name", Input).value.strip() or "User"
@@ -241,11 +259,12 @@ class SettingsScreen(Screen[None]):
         problem = ws.save_settings()
         state.set_class(bool(problem), "error-line")
         if problem:
-            state.update(f"not saved: {problem}")
+            state.update(plain(f"not saved: {problem}"))
             return
         theme = str(self.query_one("#theme", Select).value)
         if theme != self.app.theme:
             self.app.theme = theme
         self.cattery.apply_settings()
-        state.update(f"saved to {s.path}")
+        self.show_warnings()  # the file as saved, with what was changed by hand meanwhile
+        state.update(plain(f"saved to {s.path}"))
         self.notify("settings saved")

@@ -21,7 +21,9 @@ from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, S
 
 from app.errors import CatteryError
 from app.progress import Meter
+from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
+from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import PathSuggester
 
 if TYPE_CHECKING:
@@ -86,16 +88,19 @@ class WorkshopScreen(Screen[None]):
 
     def refresh_models(self) -> None:
         select = self.query_one("#quant-model", Select)
-        entries = self.cattery.ws.models()
+        with reported(self, "read the models folder") as listed:
+            entries = self.cattery.ws.models()
+        if not listed.ok:
+            return
         current = select.value
-        select.set_options([(f"{e.name}  ({e.source})", str(e.path)) for e in entries])
+        select.set_options([(cell(f"{e.name}  ({e.source})"), str(e.path)) for e in entries])
         if current in {str(e.path) for e in entries}:
             select.value = current
 
     def state(self, text: str, error: bool = False) -> None:
         line = self.query_one("#work-state", Static)
         line.set_class(error, "error-line")
-        line.update(text)
+        line.update(plain(text))  # paths and errors from outside
 
     # -- running ------------------------------------------------------------------------
 
@@ -133,10 +138,12 @@ class WorkshopScreen(Screen[None]):
     def _show_progress(self, done: int, total: int, what: str, nbytes: int, total_bytes: int) -> None:
         pct = int(100 * self.meter.fraction(done, total, nbytes, total_bytes))
         self.query_one("#work-progress", ProgressBar).update(progress=pct)
-        self.query_one("#work-state", Static).update(self.meter.line(done, total, what[:80], nbytes, total_bytes))
+        self.query_one("#work-state", Static).update(
+            plain(self.meter.line(done, total, what[:80], nbytes, total_bytes))
+        )
 
     def _stage(self, text: str) -> None:
-        self.query_one("#work-stage", Static).update(text)
+        self.query_one("#work-stage", Static).update(plain(text))
 
     def _ended(self, result: Path | None, error: str | None) -> None:
         what = self.running
@@ -177,8 +184,8 @@ class WorkshopScreen(Screen[None]):
             for path in result.outputs:
                 if plan.format:
                     ws.save_load_settings(path, {"format": plan.format})
-        except CatteryError as exc:
-            self.app.call_from_thread(self._ended, None, str(exc))
+        except ENVIRONMENT as exc:
+            self.app.call_from_thread(self._ended, None, error_line(exc, "write the model"))
             return
         except Exception as exc:  # on screen, never a crash
             self.app.call_from_thread(self._ended, None, f"{type(exc).__name__}: {exc}")
@@ -204,8 +211,8 @@ class WorkshopScreen(Screen[None]):
                 raise CatteryError(f"{out}: already exists; remove it first (`cattery models rm`)")
             out.parent.mkdir(parents=True, exist_ok=True)
             quantize(src, out, qtype, progress=self._progress)
-        except CatteryError as exc:
-            self.app.call_from_thread(self._ended, None, str(exc))
+        except ENVIRONMENT as exc:
+            self.app.call_from_thread(self._ended, None, error_line(exc, "write the model"))
             return
         except Exception as exc:
             self.app.call_from_thread(self._ended, None, f"{type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ ends, the message shows the whole text in its one widget again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import ClassVar
 
@@ -26,6 +27,7 @@ from textual.widgets.markdown import MarkdownStream
 
 from app.chats.store import StoredMessage
 from app.tui.keys import bindings
+from app.tui.plain import plain
 from app.tui.widgets.avatar import Avatar
 
 SEAL_CHARS = 1200  # a streamed reply moves on to a new piece after this much text
@@ -80,16 +82,22 @@ class ReplyStream:
             await self.stream.stop()
 
 
-def header_text(speaker: str, m: StoredMessage | None, writing: str = "") -> str:
+NOT_SAVED = "(not saved)"
+
+
+def header_text(speaker: str, m: StoredMessage | None, writing: str = "", unsaved: bool = False) -> str:
     parts = [speaker]
     if m is not None and len(m.swipes) > 1:
         parts.append(f"‹ {m.active + 1}/{len(m.swipes)} ›")
-    if writing:
+    if unsaved:
+        parts.append(NOT_SAVED)
+    elif writing:
         parts.append(writing)
     elif m is not None and m.state == "stopped":
         parts.append("(stopped)")
     if m is not None and m.created_at:
-        parts.append(time.strftime("%H:%M", time.localtime(m.created_at)))
+        with contextlib.suppress(OverflowError, OSError, ValueError, TypeError):  # a time another tool wrote
+            parts.append(time.strftime("%H:%M", time.localtime(m.created_at)))
     return "  ".join(parts)
 
 
@@ -122,6 +130,11 @@ class MessageView(Widget, can_focus=True):
         self.avatar = avatar
         self.image_mode = image_mode
         self.writing = ""
+        # A reply the chat store would not take: shown (and copyable) until the chat is left,
+        # below the first `after` stored messages (app/tui/screens/chat.py keeps it there).
+        self.unsaved = False
+        self.unsaved_text = ""
+        self.after = 0
 
     @property
     def message_id(self) -> int | None:
@@ -129,13 +142,26 @@ class MessageView(Widget, can_focus=True):
 
     @property
     def text(self) -> str:
-        return self.message.text if self.message is not None else ""
+        return self.message.text if self.message is not None else self.unsaved_text
 
     def compose(self) -> ComposeResult:
         yield Avatar(self.speaker, self.avatar, mode=self.image_mode)
         with Vertical(classes="body-column"):
-            yield Static(header_text(self.speaker, self.message, self.writing), classes="speaker")
+            yield Static(plain(self._header()), classes="speaker")
             yield MessageBody(self.text)
+
+    def _header(self) -> str:
+        return header_text(self.speaker, self.message, self.writing, self.unsaved)
+
+    def mark_unsaved(self, text: str, after: int) -> None:
+        """This view holds a reply that could not be saved: it stays, marked, and never becomes a stored one."""
+        self.unsaved = True
+        self.unsaved_text = text
+        self.after = after
+        self.writing = ""
+        self.remove_class("-writing")
+        self.add_class("-unsaved")
+        self._update_header()
 
     @property
     def column(self) -> Vertical:
@@ -189,7 +215,7 @@ class MessageView(Widget, can_focus=True):
 
     def _update_header(self) -> None:
         for header in self.query(".speaker").results(Static):  # none yet before the view is composed
-            header.update(header_text(self.speaker, self.message, self.writing))
+            header.update(plain(self._header()))
 
     # The keys only say what was asked; the screen knows the chat.
     def action_edit(self) -> None:
