@@ -8,6 +8,7 @@ as it reads them; Cattery adds nothing of its own to the connection.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -175,9 +176,10 @@ def remote_model_info(repo: str, path: str, *, revision: str | None = None, size
 
 def remote_headers(
     repo: str, commit: str, models: list[GGUFModel], *, limit: int = MAX_HEADER_READS
-) -> list[tuple[GGUFModel, ModelInfo | CatteryError]]:
-    """Each model's header (or the one-line error that came instead), a few at a time; past
-    `limit` models, the rest are not read (a listing of thousands would take thousands of requests)."""
+) -> Iterator[tuple[GGUFModel, ModelInfo | CatteryError]]:
+    """Each model's header (or the one-line error that came instead), a few at a time, in the
+    listing's order as they arrive; past `limit` models, the rest are not read (a listing of
+    thousands would take thousands of requests). The command line and the Hub screen share it."""
 
     def read(model: GGUFModel) -> tuple[GGUFModel, ModelInfo | CatteryError]:
         try:
@@ -186,6 +188,7 @@ def remote_headers(
             return model, exc
 
     with ThreadPoolExecutor(max_workers=HEADER_WORKERS) as pool:
-        results = list(pool.map(read, models[:limit]))
+        yield from pool.map(read, models[:limit])
     skipped = HubError(f"{repo}: header not read (Cattery reads the first {limit} models of a repo)")
-    return results + [(m, skipped) for m in models[limit:]]
+    for model in models[limit:]:
+        yield model, skipped

@@ -133,12 +133,10 @@ class HubScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="hub-files", exit_on_error=False)
     def files(self, repo: str) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         from app.engine.preflight import choose_ctx
         from app.hub.fit import fit, machine_memory
         from app.hub.names import unique_quants
-        from app.hub.remote import remote_model_info, repo_models
+        from app.hub.remote import remote_headers, repo_models
 
         try:
             commit, models, _ = repo_models(repo)
@@ -151,10 +149,11 @@ class HubScreen(Screen[None]):
         ws = self.cattery.ws
         ram, vram = machine_memory()
         options = ws.load_options({})
-
-        def verdict(model: GGUFModel) -> None:
+        # The same bounded reads as `cattery models files`: the first models of the repo, a few at a time.
+        for model, info in remote_headers(repo, commit, models):
             try:
-                info = remote_model_info(repo, model.first.path, revision=commit, size=model.first.size)
+                if isinstance(info, CatteryError):
+                    raise info
                 n_ctx = choose_ctx(info, options, ws.default_ctx)
                 weights = model.size if len(model.parts) > 1 else None
                 f = fit(info, n_ctx, options, ram_free=ram, vram_free=vram, weights=weights)
@@ -163,9 +162,6 @@ class HubScreen(Screen[None]):
             except CatteryError as exc:
                 text, quant = f"header unreadable: {exc}", model.quant or "?"
             self.app.call_from_thread(self._set_verdict, repo, model.label(repo, model.quant in unique), quant, text)
-
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            list(pool.map(verdict, models))
 
     def _show_models(self, repo: str, commit: str, models: list[GGUFModel], unique: set[str]) -> None:
         if repo != self.repo:
