@@ -98,10 +98,20 @@ def initials(name: str) -> str:
     return (words[0][0] + (words[1][0] if len(words) > 1 else "")).upper()
 
 
+# An avatar larger than this is shown as initials: decoding it would take seconds and a
+# few hundred MB on the UI thread (cards may carry pictures up to app.cards' import bound).
+MAX_SHOWN_PIXELS = 16_000_000
+
+
 def _pil_image(data: bytes) -> Any:
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
+    from app.cards.images import FORMATS
+
+    img = Image.open(io.BytesIO(data), formats=("PNG", *FORMATS))  # reads the header, not the pixels
+    if img.size[0] * img.size[1] > MAX_SHOWN_PIXELS:
+        img.close()
+        return None
     img.load()
     return img
 
