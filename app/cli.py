@@ -239,9 +239,7 @@ def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
     """The full-screen app. What the user typed is checked here, so a bad card or a missing
     model is one line on stderr; the model itself loads inside the app, in the background."""
     from app.session.launch import Launch
-    from app.tui.keys import keymap_from_settings
 
-    keymap_from_settings(dict(ws.settings.section("keys")), str(ws.settings.path))
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CatteryError("the full-screen chat needs a terminal; use --plain for pipes and scripts")
     model = _pick_model(ws, args.model)

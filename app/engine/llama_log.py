@@ -33,8 +33,13 @@ class LlamaLog:
         import llama_cpp
 
         if log_file is not None and self._file is None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._file = log_file.open("w", encoding="utf-8", errors="replace")
+            try:
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                self._file = log_file.open("w", encoding="utf-8", errors="replace")
+            except OSError:
+                # A read-only or full log folder must not stop a chat: llama.cpp's lines are
+                # still kept for the error messages (`recent`), just not written to a file.
+                self._file = None
         if self._callback is None:
             self._callback = llama_cpp.llama_log_callback(self._on_log)
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
