@@ -159,3 +159,30 @@ def assert_one_line_failure(proc: Any, *, match: str = "") -> str:
     if match:
         assert match.lower() in errors[0].lower(), f"{errors[0]!r} does not mention {match!r}"
     return errors[0]
+
+
+def mutate_bytes(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """`data` with each edit `(kind, at, value)` applied: 0 overwrites the byte at `at`, 1 inserts
+    `value` there, 2 deletes it, 3 cuts the data there (`at` is taken modulo the length)."""
+    buf = bytearray(data)
+    for kind, at, value in edits:
+        if not buf:
+            buf.append(value)
+            continue
+        at %= len(buf)
+        if kind == 0:
+            buf[at] = value
+        elif kind == 1:
+            buf.insert(at, value)
+        elif kind == 2:
+            del buf[at]
+        else:
+            del buf[at:]
+    return bytes(buf)
+
+
+def byte_edits() -> Any:
+    """The hypothesis strategy for `mutate_bytes`: one to six edits anywhere in a file."""
+    from hypothesis import strategies as st
+
+    return st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6)

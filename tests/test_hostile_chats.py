@@ -29,7 +29,14 @@ from app.errors import CatteryError, DiskError
 from tests import hostile_cases_chats as cases
 from tests.conftest import ROOT, run_cattery
 from tests.fs_limits import in_private_tmpfs, need_private_mounts, with_file_size_limit
-from tests.hostile import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
+from tests.hostile import (
+    assert_bounded,
+    assert_one_line_failure,
+    assert_refused,
+    byte_edits,
+    mutate_bytes,
+    run_bounded,
+)
 
 GOOD = [
     cases.st_line(0, "Welcome.", swipes=["Welcome.", "Hello, traveller."], swipe_id=0, extra={}, gen_id=42),
@@ -524,27 +531,12 @@ def _mutated_import(folder: Path, data: bytes) -> int:
     return _import_all_or_nothing(folder, path)
 
 
-def _byte_mutations(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
-    buf = bytearray(data)
-    for kind, at, value in ops:
-        at %= max(1, len(buf))
-        if kind == 0:
-            buf[at] = value
-        elif kind == 1:
-            buf.insert(at, value)
-        elif kind == 2 and buf:
-            del buf[at]
-        else:
-            buf[at:] = buf[at : at + value]  # truncate
-    return bytes(buf)
-
-
 @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(ops=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
+@given(ops=byte_edits())
 def test_mutated_bytes_are_accepted_or_refused(ops: list[tuple[int, int, int]], tmp_path_factory: Any) -> None:
     folder = tmp_path_factory.mktemp("mut")
     data = (cases.st_file(folder, GOOD)).read_bytes()
-    out = run_bounded(_mutated_import, folder, _byte_mutations(data, ops))
+    out = run_bounded(_mutated_import, folder, mutate_bytes(data, ops))
     assert out.bounded, out
 
 

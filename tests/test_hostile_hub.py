@@ -29,7 +29,15 @@ import app.hub.download
 import app.hub.remote  # noqa: F401
 from app.hub.names import parse_ref, path_problem, revision_problem
 from tests.conftest import run_cattery
-from tests.hostile import Outcome, assert_bounded, assert_one_line_failure, assert_refused, run_bounded
+from tests.hostile import (
+    Outcome,
+    assert_bounded,
+    assert_one_line_failure,
+    assert_refused,
+    byte_edits,
+    mutate_bytes,
+    run_bounded,
+)
 from tests.hostile_cases_hub import (
     SMALL,
     WORST_CASES,
@@ -533,26 +541,7 @@ HOSTILE_VALUES = st.one_of(
 LISTING_KEYS = st.sampled_from(["rfilename", "size", "blobId", "lfs", "sha256", "sha", "siblings", "id"])
 
 
-def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    """Flip, delete or insert bytes at positions (each taken modulo the length)."""
-    out = bytearray(data)
-    for where, op, byte in edits:
-        if not out:
-            out.append(byte)
-            continue
-        i = where % len(out)
-        if op == 0:
-            out[i] ^= byte or 1
-        elif op == 1:
-            del out[i]
-        elif op == 2:
-            out.insert(i, byte)
-        else:
-            del out[i:]
-    return bytes(out)
-
-
-EDITS = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 3), st.integers(0, 255)), min_size=1, max_size=6)
+EDITS = byte_edits()
 
 
 @MUTATIONS
@@ -577,7 +566,7 @@ def test_mutated_listing_fields(lying: HubServer, target: str, key: str, value: 
 def test_mutated_listing_bytes(lying: HubServer, edits: list[tuple[int, int, int]]) -> None:
     repo_id = new_repo_id("mut-bytes")
     repo = gguf_repo(lying, repo_id)
-    repo.raw_info = mutate(json.dumps(repo.info(True)).encode(), edits)
+    repo.raw_info = mutate_bytes(json.dumps(repo.info(True)).encode(), edits)
     bounded(download_ref, repo_id)
 
 
@@ -587,7 +576,7 @@ def test_mutated_search_answers(lying: HubServer, edits: list[tuple[int, int, in
     from app.hub.remote import search
 
     repo = gguf_repo(lying, new_repo_id("mut-search"))
-    lying.raw_search = mutate(json.dumps([repo.summary(), {**repo.summary(), "id": "other/x"}]).encode(), edits)
+    lying.raw_search = mutate_bytes(json.dumps([repo.summary(), {**repo.summary(), "id": "other/x"}]).encode(), edits)
     try:
         bounded(search, "mut-search")
     finally:
@@ -599,7 +588,7 @@ def test_mutated_search_answers(lying: HubServer, edits: list[tuple[int, int, in
 def test_mutated_download_bodies(lying: HubServer, edits: list[tuple[int, int, int]]) -> None:
     repo_id = new_repo_id("mut-body")
     f = gguf_repo(lying, repo_id).files[FILE]
-    f.served = mutate(f.data, edits)
+    f.served = mutate_bytes(f.data, edits)
     out = bounded(download_ref, repo_id)
     assert (out.kind == "ok") == (f.served == f.data), out
     assert all(p.stat().st_size <= SMALL for p in blobs_of(repo_id))
@@ -608,4 +597,4 @@ def test_mutated_download_bodies(lying: HubServer, edits: list[tuple[int, int, i
 @MUTATIONS
 @given(edits=EDITS)
 def test_mutated_remote_headers(lying: HubServer, edits: list[tuple[int, int, int]]) -> None:
-    _remote(lying, mutate(gguf_header(), edits))
+    _remote(lying, mutate_bytes(gguf_header(), edits))

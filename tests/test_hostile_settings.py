@@ -28,7 +28,7 @@ from app.settings_schema import EXPLICIT, MODEL_FILE, SAMPLER, check_settings, r
 from tests import hostile_cases_chats as cases
 from tests.conftest import ROOT, run_cattery
 from tests.fs_limits import in_private_tmpfs, need_private_mounts, with_file_size_limit
-from tests.hostile import assert_one_line_failure, assert_refused, run_bounded
+from tests.hostile import assert_one_line_failure, assert_refused, byte_edits, mutate_bytes, run_bounded
 
 
 def _write(tmp_path: Path, body: str | bytes) -> Path:
@@ -446,25 +446,10 @@ def _settings_from(folder: Path, data: bytes) -> list[str]:
     return use_everything(path)
 
 
-def _mutate(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
-    buf = bytearray(data)
-    for kind, at, value in ops:
-        at %= max(1, len(buf))
-        if kind == 0:
-            buf[at] = value
-        elif kind == 1:
-            buf.insert(at, value)
-        elif kind == 2 and buf:
-            del buf[at]
-        else:
-            buf[at:] = buf[at : at + value]
-    return bytes(buf)
-
-
 @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(ops=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
+@given(ops=byte_edits())
 def test_mutated_bytes(ops: list[tuple[int, int, int]], tmp_path_factory: Any) -> None:
-    out = run_bounded(_settings_from, tmp_path_factory.mktemp("smut"), _mutate(FULL, ops))
+    out = run_bounded(_settings_from, tmp_path_factory.mktemp("smut"), mutate_bytes(FULL, ops))
     assert out.bounded, out
 
 

@@ -42,7 +42,7 @@ from app.tui.widgets.message_view import MessageView
 from tests import hostile_cases_tui as cases
 from tests.hostile import run_bounded
 from tests.test_tui_kill import Terminal
-from tests.tui_helpers import SIZE, chat_screen, greedy, make_app, wait_idle, wait_until
+from tests.tui_helpers import SIZE, chat_screen, greedy, make_app, send, wait_idle, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,16 +102,6 @@ async def answer(pilot: Any, app: Any, text: str) -> None:
     dialog.query_one("#answer").value = text
     await pilot.press("enter")
     await wait_until(pilot, lambda: app.screen is not dialog, what="the dialog to close")
-
-
-async def send(pilot: Any, app: Any, text: str) -> None:
-    chat = chat_screen(app)
-    chat.query_one(ChatInput).text = text
-    chat.query_one(ChatInput).focus()
-    before = len(app.session.messages)
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: len(app.session.messages) >= before + 2, what="the reply")
-    await wait_idle(pilot, app)
 
 
 def hold_write_lock(db: Path) -> sqlite3.Connection:
@@ -686,39 +676,6 @@ def test_cattery_in_a_terminal_with_a_damaged_database_is_one_line(cattery_home:
     assert len(lines) == 1 and "damaged" in lines[0] and "Traceback" not in text
 
 
-class _TerminalIn(Terminal):
-    """Terminal's pty, with the app started by a bash script (here: in a mount namespace of its own)."""
-
-    def __init__(self, script: str, home: Path, size: tuple[int, int] = (110, 32)) -> None:
-        import fcntl
-        import pty
-        import struct
-        import subprocess
-        import sys
-        import termios
-        import threading
-
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
-        env = {**os.environ, "CATTERY_HOME": str(home), "TERM": "xterm-256color", "COLUMNS": str(size[0])}
-        env.pop("TEXTUAL", None)
-        env["PY"] = sys.executable
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-        )
-        os.close(slave)
-        self.master = master
-        self.output = bytearray()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-
 def test_cattery_on_a_read_only_filesystem_shows_the_chat_and_refuses_changes_in_one_line(cattery_home: Path) -> None:
     """For real: the data folder is a tmpfs remounted read-only (EROFS) before the app starts."""
     from tests.fs_limits import need_private_mounts
@@ -737,7 +694,7 @@ def test_cattery_on_a_read_only_filesystem_shows_the_chat_and_refuses_changes_in
         f"mount -o remount,ro {str(data)!r} || exit 97\n"
         'exec "$PY" -m app --card none\n'
     )
-    term = _TerminalIn(script, cattery_home)
+    term = Terminal([], cattery_home, command=["unshare", "--mount", "--propagation", "private", "bash", "-c", script])
     try:
         term.wait_for("SAVED-BEFORE")  # the chat is read and shown
         term.wait_for("SmolLM2-135M-Instruct.Q4_1 · ")  # and the model loaded

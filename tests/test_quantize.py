@@ -637,4 +637,6 @@ def test_eval_command(q4km: Q.QuantReport, cattery_home: Path, work: Path) -> No
     short = work / "short.txt"
     short.write_text("Too short to measure.")
     assert "needs at least" in one_error_line(run_cattery("eval", str(q4km.out), str(short), home=cattery_home))
-    assert "no such file" in one_error_line(run_cattery("eval", str(q4km.out), str(work / "none.txt"), home=cattery_home))
+    assert "no such file" in one_error_line(
+        run_cattery("eval", str(q4km.out), str(work / "none.txt"), home=cattery_home)
+    )

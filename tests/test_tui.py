@@ -12,7 +12,7 @@ from app.chats.store import ChatStore
 from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
 from app.tui.widgets.chat_input import ChatInput
 from app.tui.widgets.message_view import MessageView
-from tests.tui_helpers import SIZE, chat_screen, greedy, make_app, wait_idle, wait_until
+from tests.tui_helpers import SIZE, chat_screen, greedy, make_app, send, wait_idle, wait_until
 
 
 def stored(home: Path) -> list:
@@ -22,16 +22,6 @@ def stored(home: Path) -> list:
         return store.messages(chat_id)
     finally:
         store.close()
-
-
-async def send(pilot, app, text: str) -> None:
-    chat = chat_screen(app)
-    chat.query_one(ChatInput).text = text
-    chat.query_one(ChatInput).focus()
-    before = len(app.session.messages)
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: len(app.session.messages) >= before + 2, what="the reply")
-    await wait_idle(pilot, app)
 
 
 def views(app) -> list[MessageView]:

@@ -27,13 +27,17 @@ from tests.conftest import ROOT
 class Terminal:
     """A pty with the app on its other side; everything the app draws is read and kept."""
 
-    def __init__(self, args: list[str], home: Path, size: tuple[int, int] = (110, 32)) -> None:
+    def __init__(
+        self, args: list[str], home: Path, size: tuple[int, int] = (110, 32), *, command: list[str] | None = None
+    ) -> None:
+        """`cattery ARGS` on the pty; or `command`, which starts it some other way (`$PY` is its Python)."""
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
         env = {**os.environ, "CATTERY_HOME": str(home), "TERM": "xterm-256color", "COLUMNS": str(size[0])}
         env.pop("TEXTUAL", None)
+        env["PY"] = sys.executable
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", *args],
+            command or [sys.executable, "-m", "app", *args],
             stdin=slave,
             stdout=slave,
             stderr=slave,

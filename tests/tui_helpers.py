@@ -46,3 +46,16 @@ async def wait_idle(pilot: Any, app: CatteryApp) -> None:
 
 def chat_screen(app: CatteryApp) -> Any:
     return app.get_screen_stack("chat")[0]
+
+
+async def send(pilot: Any, app: CatteryApp, text: str) -> None:
+    """Type `text` into the chat box, send it, and wait until the reply is written."""
+    from app.tui.widgets.chat_input import ChatInput
+
+    chat = chat_screen(app)
+    chat.query_one(ChatInput).text = text
+    chat.query_one(ChatInput).focus()
+    before = len(app.session.messages)  # type: ignore[union-attr]
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: len(app.session.messages) >= before + 2, what="the reply")  # type: ignore[union-attr]
+    await wait_idle(pilot, app)
