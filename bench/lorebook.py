@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import append_result_row, machine, median, now, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-SERAPHINA = ROOT.parent / "shared" / "fixtures" / "cards" / "Seraphina.png"
+SERAPHINA = ROOT / "tests" / "fixtures" / "cards" / "Seraphina.png"
 USER_LINES = [
     "Thank you for helping me. Where am I?",
     "Is this forest dangerous at night?",

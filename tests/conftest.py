@@ -16,7 +16,9 @@ from app.engine.options import LoadOptions, SamplerSettings
 from app.hub.bundled import find_bundled_model, missing_model_message
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+# Real files from other apps (origin and license in tests/fixtures/README.md): never read from
+# outside the repository, so a lone clone passes.
+FIXTURES = ROOT / "tests" / "fixtures"
 
 # Nothing in a test may reach the internet or the user's own Hugging Face cache: the hub is
 # a closed port on loopback unless a test starts its own (tests/hub_server.py), and the cache

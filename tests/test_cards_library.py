@@ -7,9 +7,9 @@ from pathlib import Path
 
 from app.cards.read import read_card
 from tests.card_files import b64json, png_with_chunks, text_chunk, v3
-from tests.conftest import SHARED, run_cattery
+from tests.conftest import FIXTURES, run_cattery
 
-SERAPHINA = SHARED / "fixtures" / "cards" / "Seraphina.png"
+SERAPHINA = FIXTURES / "cards" / "Seraphina.png"
 
 
 def test_import_list_show_export_rm(cattery_home: Path, tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from tests.card_files import (
     v3,
     ztxt_chunk,
 )
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 
-SERAPHINA = SHARED / "fixtures" / "cards" / "Seraphina.png"
+SERAPHINA = FIXTURES / "cards" / "Seraphina.png"
 
 
 def test_sillytavern_default_card() -> None:

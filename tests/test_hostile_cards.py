@@ -55,7 +55,7 @@ from app.cards.write import json_bytes, to_charx, to_png
 from app.errors import CatteryError
 from app.prompt.segments import Message
 from app.prompt.st_import import import_st_preset
-from tests.conftest import SHARED, run_cattery
+from tests.conftest import FIXTURES, run_cattery
 from tests.hostile import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
 from tests.hostile_cases_cards import (
     WORST_CASES,
@@ -73,9 +73,9 @@ from tests.hostile_cases_cards import (
     zip_bytes,
 )
 
-SERAPHINA = SHARED / "fixtures" / "cards" / "Seraphina.png"
-ELDORIA = SHARED / "fixtures" / "worldinfo" / "Eldoria.json"
-PRESETS = SHARED / "fixtures" / "st-presets" / "instruct"
+SERAPHINA = FIXTURES / "cards" / "Seraphina.png"
+ELDORIA = FIXTURES / "worldinfo" / "Eldoria.json"
+PRESETS = FIXTURES / "st-presets" / "instruct"
 
 
 # -- helpers -------------------------------------------------------------------------------

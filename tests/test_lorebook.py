@@ -10,10 +10,10 @@ import pytest
 from app.cards.errors import CardError
 from app.cards.lorebook import Lorebook, LoreEntry, activate, book_from_spec, read_lorebook
 from app.cards.read import read_card
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 
-SERAPHINA = SHARED / "fixtures" / "cards" / "Seraphina.png"
-ELDORIA = SHARED / "fixtures" / "worldinfo" / "Eldoria.json"
+SERAPHINA = FIXTURES / "cards" / "Seraphina.png"
+ELDORIA = FIXTURES / "worldinfo" / "Eldoria.json"
 
 
 def uids(books, messages, **kw) -> list[str]:

@@ -14,9 +14,9 @@ from app.prompt.lint import lint
 from app.prompt.segments import Message, Speakers
 from app.prompt.st_import import convert_st_instruct, import_st_preset
 from app.prompt.tokens import tokenizer_from
-from tests.conftest import SHARED, run_cattery
+from tests.conftest import FIXTURES, run_cattery
 
-PRESETS = SHARED / "fixtures" / "st-presets" / "instruct"
+PRESETS = FIXTURES / "st-presets" / "instruct"
 HISTORY = [Message("user", "u1"), Message("assistant", "a1"), Message("user", "u2")]
 SPEAKERS = Speakers(user="Anon", char="Cat")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
 from app.tui.widgets.chat_input import ChatInput
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 from tests.tui_helpers import SIZE, chat_screen, make_app, wait_idle, wait_until
 
 if sys.version_info >= (3, 11):
@@ -51,7 +51,7 @@ def test_characters_search_import_and_a_chat_with_the_chosen_greeting(cattery_ho
             assert names == ["Mochi", "The Narrator"]
             # Import a real SillyTavern card from its PNG.
             await pilot.press("ctrl+o")
-            await answer(pilot, app, str(SHARED / "fixtures" / "cards" / "Seraphina.png"))
+            await answer(pilot, app, str(FIXTURES / "cards" / "Seraphina.png"))
             await wait_until(pilot, lambda: len(screen.characters) == 3, what="the import")
             assert screen.current is not None and screen.current.entry.name == "Seraphina"
             # A bad file is one line on screen, nothing imported.
