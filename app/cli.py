@@ -83,6 +83,27 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
         help="active lore entries around the character (card) or right before the reply (end)",
     )
     g.add_argument(
+        "--author-note",
+        metavar="TEXT",
+        help="an Author's Note: inserted near the end of the prompt to steer the chat ({{char}}, {{user}} work); "
+        'saved with the chat in the app; "" removes it',
+    )
+    g.add_argument(
+        "--note-depth",
+        type=int,
+        metavar="N",
+        help="messages from the end the note goes before (0: right before the reply; default 4)",
+    )
+    g.add_argument(
+        "--note-every",
+        type=int,
+        metavar="N",
+        help="insert the note every N user turns (1: always, the default; 0: never)",
+    )
+    g.add_argument(
+        "--note-role", choices=["system", "user", "assistant"], help="the role the note is written in (default system)"
+    )
+    g.add_argument(
         "--card",
         metavar="C",
         help="character: a library name, a card file, a bundled card (mochi, "
@@ -125,13 +146,21 @@ def _sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
+PICK_ANOTHER = "pick another with --model M (`cattery models list` shows the library)"
+
+
 def _pick_model(ws: Any, ref: str | None) -> Path:
-    """The model asked for; a hub name not downloaded yet is downloaded first, with progress."""
+    """The model asked for (the one resolver of every command that takes a model: a path, a library
+    name, or `owner/repo[:QUANT|:file]`, which is downloaded first, with progress); without one, the
+    default or last used model, and a remembered one that is gone is one line saying how to choose."""
     from app.errors import ModelFileError
     from app.hub.names import parse_ref
+    from app.session.workspace import RememberedModelGone
 
     try:
         return ws.pick_model(ref)
+    except RememberedModelGone as exc:
+        raise ModelFileError(f"{exc}; {PICK_ANOTHER}") from None
     except ModelFileError as exc:
         hub = parse_ref(ref) if ref else None
         if hub is None or "not downloaded" not in str(exc):
@@ -150,6 +179,12 @@ def _pick_model(ws: Any, ref: str | None) -> Path:
     finally:
         bar.end()
     return paths[0]
+
+
+def model_argument(ws: Any, ref: str) -> Path:
+    """The file a command's model argument names: a path, a library name, or a hub name (downloaded
+    first). Every command that takes a model resolves it here, so a name that works in one works in all."""
+    return _pick_model(ws, ref)
 
 
 def _load_engine(args: argparse.Namespace, ws: Any) -> Any:
@@ -172,8 +207,11 @@ def _load_engine(args: argparse.Namespace, ws: Any) -> Any:
 # -- commands ------------------------------------------------------------------------
 
 
-def _recipe(args: argparse.Namespace, ws: Any, system: str | None, chat_seed: int) -> tuple[str | None, Any]:
-    """(the card's reference, the prompt recipe) for a chat or `prompt`, from the arguments and settings."""
+def _recipe(
+    args: argparse.Namespace, ws: Any, system: str | None, chat_seed: int, note: Any = None
+) -> tuple[str | None, Any]:
+    """(the card's reference, the prompt recipe) for a chat or `prompt`, from the arguments and settings;
+    `note`: an Author's Note the history came with (a SillyTavern chat file's), under the options given."""
     ref = args.card if args.card is not None else ws.default_character()
     card_ref, card = ws.resolve_character(ref)
     recipe = ws.recipe(
@@ -184,8 +222,31 @@ def _recipe(args: argparse.Namespace, ws: Any, system: str | None, chat_seed: in
         lorebooks=args.lorebook,
         lore_placement=args.lore_placement,
         chat_seed=chat_seed,
+        card_ref=card_ref,
+        note=_note(args, note),
     )
+    for warning in recipe.lore.warnings if recipe.lore is not None else []:  # an attached book that is gone
+        print(f"warning: {warning}", file=sys.stderr)
     return card_ref, recipe
+
+
+def _note_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The Author's Note options given (None: none), checked at once: a bad one is one line before anything loads."""
+    from app.session.authors_note import AuthorsNote, note_from_options
+
+    options = {"text": args.author_note, "depth": args.note_depth, "every": args.note_every, "role": args.note_role}
+    if all(v is None for v in options.values()):
+        return None
+    note_from_options(AuthorsNote("check"), **options)
+    return options
+
+
+def _note(args: argparse.Namespace, base: Any = None) -> Any:
+    """The Author's Note a command builds its prompt with: the options given, over `base` (a saved chat's)."""
+    from app.session.authors_note import note_from_options
+
+    options = _note_options(args)
+    return note_from_options(base, **options) if options else base
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -196,7 +257,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     import secrets
 
     from app.plain_chat import PlainChat
-    from app.prompt.builder import choose_format
     from app.prompt.tokens import tokenizer_from
 
     system = args.system if args.system is not None else ws.settings.get("chat", "system", "")
@@ -205,9 +265,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         report = engine.report
         assert report is not None and engine.info is not None
-        saved_format = ws.saved_load_settings(report.path).get("format")
-        wanted = args.format or saved_format or ws.settings.get("chat", "format", "") or None
-        choice = choose_format(wanted, engine.info)
+        choice = ws.chat_format(report.path, engine.info, args.format)
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
         builder = recipe.builder(choice.name, engine.info, tokenizer_from(engine))
@@ -236,13 +294,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
-    """The full-screen app. What the user typed is checked here, so a bad card or a missing
-    model is one line on stderr; the model itself loads inside the app, in the background."""
-    from app.session.launch import Launch
-
+    """The full-screen app, one per data folder (app/instance.py): a second one is one line
+    saying where the first runs, before anything is loaded or downloaded."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CatteryError("the full-screen chat needs a terminal; use --plain for pipes and scripts")
-    model = _pick_model(ws, args.model)
+    from app.instance import claim_app
+
+    with claim_app(ws.paths.data_dir):
+        return _start_tui(args, ws, sampler)
+
+
+def _start_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
+    """What the user typed is checked here, so a bad card or a missing model is one line on
+    stderr; the model itself loads inside the app, in the background."""
+    from app.session.launch import Launch
+    from app.session.workspace import RememberedModelGone
+
+    try:
+        model: Path | None = _pick_model(ws, args.model) if args.model else ws.pick_model(None)
+    except RememberedModelGone:
+        model = None  # the app opens all the same, and its model line says what is gone
     card_ref = None
     if args.card is not None:
         card_ref, _ = ws.resolve_character(args.card)
@@ -251,10 +322,13 @@ def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
 
         if args.format != GGUF:
             get_format(args.format)
+    lorebooks = []  # absolute: the app resolves them again, from wherever it runs
     for book in args.lorebook or []:
         from app.cards.lorebook import read_lorebook
 
-        read_lorebook(Path(book).expanduser())
+        path = ws.lorebook_path(book)  # a file or a library book, or one line saying there is none
+        read_lorebook(path)
+        lorebooks.append(str(path))
     launch = Launch(
         model=model,
         model_explicit=bool(args.model),
@@ -265,8 +339,9 @@ def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
         system=args.system,
         user=args.user,
         char=args.char,
-        lorebooks=list(args.lorebook or []),
+        lorebooks=lorebooks,
         lore_placement=args.lore_placement,
+        note=_note_options(args),
         sampler=sampler,
         new_chat=args.new,
     )
@@ -308,21 +383,24 @@ def cmd_formats_import(args: argparse.Namespace) -> int:
 
 
 def cmd_formats_lint(args: argparse.Namespace) -> int:
+    """Check a format against a model's tokenizer: by default the format a chat would use with the
+    model a chat would use (its own template, the one saved for it, or the settings')."""
     from app.engine.metadata import read_model_info
-    from app.prompt.builder import PromptBuilder, choose_format
+    from app.prompt.builder import PromptBuilder
     from app.prompt.lint import lint
 
     ws = open_workspace()
+    path = _pick_model(ws, args.model) if args.model else _chat_model(ws)
     info = vocab = tokenizer = None
-    if args.model:
+    if path is not None:
         from app.engine.native import VocabModel
         from app.prompt.tokens import tokenizer_from
 
-        info = read_model_info(_pick_model(ws, args.model))
+        info = read_model_info(path)
         vocab = VocabModel(info.path)
         tokenizer = tokenizer_from(vocab)
     try:
-        choice = choose_format(args.format_name, info)
+        choice = ws.chat_format(path, info, args.format_name)
         builder = PromptBuilder(choice.name, info=info, tokenizer=tokenizer, system="S")
         warnings = lint(builder, tokenizer)
     finally:
@@ -330,8 +408,11 @@ def cmd_formats_lint(args: argparse.Namespace) -> int:
             vocab.close()
     for warning in warnings:
         print(f"warning: {warning}")
-    if not warnings:
-        print(f"format {choice.name}: no problems found" + ("" if info else " (give --model to check tokens)"))
+    what = f"format {choice.name} ({choice.why})" + (f" with {path.name}" if path is not None else "")
+    if warnings:
+        print(f"{what}: {len(warnings)} problem" + ("" if len(warnings) == 1 else "s"))
+    else:
+        print(f"{what}: no problems found" + ("" if info else " (give --model to check tokens)"))
     return 1 if warnings else 0
 
 
@@ -451,13 +532,29 @@ def cmd_cards_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_history(path: str) -> list[Any]:
+ST_HEADER_KEYS = ("user_name", "character_name", "create_date", "chat_metadata")
+
+
+def _read_history(path: str) -> tuple[list[Any], dict[str, Any]]:
+    """(the messages, the speakers' names a SillyTavern file gives) of a history file: a JSON list of
+    {"role", "content", "name"?}, or a SillyTavern chat file (JSONL), as `cattery chats export` writes it,
+    read by the same reader as `chats import`."""
+    from app.chats.transfer import read_st_chat
+    from app.errors import InputError
     from app.prompt.segments import Message
     from app.untrusted import parse_json, read_bounded
 
-    data = parse_json(read_bounded(Path(path), 64 << 20, "chat history"), path)
+    try:
+        data = parse_json(read_bounded(Path(path), 64 << 20, "chat history"), path)
+    except InputError as exc:
+        data = None
+        if not _looks_like_jsonl(Path(path)):
+            raise CatteryError(str(exc)) from None
+    if data is None or (isinstance(data, dict) and any(k in data for k in ST_HEADER_KEYS)):
+        names, stored = read_st_chat(Path(path))
+        return [Message(m.role, m.swipes[m.active], m.name) for m in stored], names
     if not isinstance(data, list):
-        raise CatteryError(f"{path}: expected a JSON list of messages")
+        raise CatteryError(f"{path}: expected a JSON list of messages, or a SillyTavern chat file (JSONL)")
     out = []
     for i, item in enumerate(data):
         if not isinstance(item, dict):
@@ -466,44 +563,113 @@ def _read_history(path: str) -> list[Any]:
             out.append(Message.from_dict(item))
         except ValueError as exc:
             raise CatteryError(f"{path}: message {i}: {exc}") from None
-    return out
+    return out, {}
+
+
+def _looks_like_jsonl(path: Path) -> bool:
+    """Whether the file's first line is a JSON object of its own: a SillyTavern chat file's header."""
+    from app.untrusted import parse_json
+
+    try:
+        with path.open("rb") as f:
+            first = f.readline(1 << 20)
+        return isinstance(parse_json(first, str(path)), dict)
+    except (OSError, CatteryError, ValueError):
+        return False
+
+
+def _prompt_model(ws: Any, args: argparse.Namespace) -> Path | None:
+    """The model whose tokenizer and template the prompt is built for: `-m`; else, for a saved chat or
+    when no `--format` is given, the one a chat would use (the default or last used, else the bundled);
+    with `--format` alone, none (the text only, as the contract of `cattery prompt` says)."""
+    if args.model:
+        return _pick_model(ws, args.model)
+    if args.format and not args.chat:
+        return None
+    return _chat_model(ws)
+
+
+def _chat_model(ws: Any) -> Path | None:
+    """The model a chat would use (default, last used, bundled); None when there is none at all.
+    A remembered model that is gone is an error, as in a chat: never quietly another model's numbers."""
+    from app.session.workspace import RememberedModelGone
+
+    try:
+        return ws.pick_model(None)
+    except RememberedModelGone as exc:
+        raise CatteryError(f"{exc}; {PICK_ANOTHER}") from None
+    except CatteryError:  # no model at all (no bundled one): the prompt's text, without token counts
+        return None
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from app.engine.metadata import read_model_info
-    from app.engine.options import LoadOptions, round_ctx
-    from app.engine.preflight import choose_ctx
-    from app.prompt.builder import choose_format
+    from app.engine.options import round_ctx
+    from app.prompt.window import WindowState
+    from app.session.lore import lore_report
 
     ws = open_workspace()
     settings = ws.settings
-    history = _read_history(args.history) if args.history else []
+    if args.chat and args.history:
+        raise CatteryError("--chat and --history: give one (the saved chat, or a file of messages)")
+    if args.chat and args.card is not None:
+        raise CatteryError("--chat: the chat has its own character; leave out --card")
+    session = None
+    history: list[Any] = []
+    names: dict[str, Any] = {}
+    if args.chat:
+        from app.session.chat import open_session
+
+        session = open_session(
+            ws,
+            _chat_id(ws, args.chat),
+            system=args.system,
+            user=args.user,
+            char=args.char,
+            lorebooks=args.lorebook,
+            lore_placement=args.lore_placement,
+        )
+        history = session.history()
+    elif args.history:
+        history, names = _read_history(args.history)
     # A leading system message is the system prompt (unless --system overrides it).
-    leading = history.pop(0).content if history and history[0].role == "system" else None
+    leading = history.pop(0).content if session is None and history and history[0].role == "system" else None
     system = args.system if args.system is not None else leading
     if system is None:
         system = settings.get("chat", "system", "") or None
-    info = tokenizer = vocab = None
-    if args.model:
-        info = read_model_info(_pick_model(ws, args.model))
-    choice = choose_format(args.format, info)
+    path = _prompt_model(ws, args)
+    info = read_model_info(path) if path is not None else None
+    choice = ws.chat_format(path, info, args.format)
     if choice.warning and not args.json:
         print(f"warning: {choice.warning}", file=sys.stderr)
+    tokenizer = vocab = None
     n_ctx = None
     try:
-        if info is not None:
+        if info is not None and path is not None:
             from app.engine.native import VocabModel
             from app.prompt.tokens import tokenizer_from
 
             vocab = VocabModel(info.path)
             tokenizer = tokenizer_from(vocab)
-            default_ctx = int(settings.get("model", "ctx", 4096) or 4096)
-            n_ctx = round_ctx(args.ctx) if args.ctx else choose_ctx(info, LoadOptions(), default_ctx)
+            n_ctx = round_ctx(args.ctx) if args.ctx else ws.chat_context(path, info)
         reserve = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
-        _, recipe = _recipe(args, ws, system, 0)
+        reserve = min(reserve, (n_ctx or 0) // 2 or reserve)
+        if session is not None:
+            recipe = dataclasses.replace(session.recipe, note=_note(args, session.recipe.note))  # never saved here
+            state = session.saved_window(path, n_ctx)  # where the chat's window stands: the next turn's
+        else:
+            if args.card is None and names.get("character_name"):
+                args.card, args.char = _history_character(ws, names["character_name"], args.char)
+            from app.session.authors_note import AuthorsNote
+
+            _, recipe = _recipe(args, ws, system, 0, AuthorsNote.from_dict(names.get("author_note")))
+            state = WindowState()
         builder = recipe.builder(choice.name, info, tokenizer)
-        built = builder.build(history, n_ctx=n_ctx, reserve=min(reserve, (n_ctx or 0) // 2 or reserve))
-        lore_active = list(getattr(builder.dynamic, "active", []))  # before lint builds a sample prompt
+        built = builder.build(history, n_ctx=n_ctx, reserve=reserve, state=state)
+        lore_active = list(getattr(builder.dynamic, "active", None) or [])  # before lint builds a sample prompt
+        note_due = bool(getattr(builder.dynamic, "note_due", False))
         built.notes += _lint_warnings(builder, tokenizer)
     finally:
         if vocab is not None:
@@ -514,7 +680,10 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     if args.json:
         out = built.as_json()
         out["format_reason"] = choice.why
-        out["lore"] = [{"book": a.book, "id": a.entry.uid, "name": a.entry.name, "why": a.why} for a in lore_active]
+        out["model"] = str(path) if path is not None else None
+        out["chat"] = session.chat_id if session is not None else None
+        out["lore"] = lore_report(lore_active)
+        out["author_note"] = _note_report(recipe.note, note_due, built)
         if not args.token_ids:
             out.pop("token_ids")
         print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -523,6 +692,31 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         if sys.stdout.isatty():
             sys.stdout.write("\n")
     return 0
+
+
+def _history_character(ws: Any, name: str, char: str | None) -> tuple[str, str | None]:
+    """(--card, --char) for a SillyTavern file's character, as `chats import` then opening it would give:
+    the card of that name when there is one, else no card and the file's name for the character."""
+    wanted = name.lower()
+    match = next((e for e in ws.characters() if e.name.lower() == wanted), None)
+    if match is not None:
+        return match.ref, char
+    return "none", char or name
+
+
+def _note_report(note: Any, due: bool, built: Any) -> dict[str, Any] | None:
+    """The Author's Note in `cattery prompt --json`: its settings, and where it went this time."""
+    if note is None:
+        return None
+    where = next((i for i in built.insertions if "author_note" in i.kinds), None)
+    return {
+        **note.to_dict(),
+        "inserted": where is not None,
+        "due": due,
+        "before_message": where.before if where is not None else None,
+        "segment": where.segment if where is not None else None,
+        "folded_into": where.folded_into if where is not None else None,
+    }
 
 
 def _chat_id(ws: Any, ref: str) -> int:
@@ -601,11 +795,27 @@ def cmd_chats_import(args: argparse.Namespace) -> int:
 
 
 def cmd_chats_rm(args: argparse.Namespace) -> int:
+    from app.instance import refuse_if_in_use
+
     ws = open_workspace()
     chat_id = _chat_id(ws, args.chat)
+    refuse_if_in_use(ws.paths.data_dir, ws.store, chat_id, "delete")  # the app would write into a chat that is gone
     title = ws.store.chat(chat_id)["title"]
     ws.store.delete_chat(chat_id)
     print(f"deleted chat {chat_id} ({title})")
+    return 0
+
+
+def cmd_chats_rename(args: argparse.Namespace) -> int:
+    """A title of the person's own: never replaced by the automatic one (app/chats/titles.py)."""
+    from app.chats.titles import clean_title
+
+    ws = open_workspace()
+    chat_id = _chat_id(ws, args.chat)
+    title = clean_title(args.title)
+    old = ws.store.chat(chat_id)["title"]
+    ws.store.rename_chat(chat_id, title)  # the running app shows it within a few seconds
+    print(f"renamed chat {chat_id}: {old} → {title}")
     return 0
 
 
@@ -660,20 +870,29 @@ def build_parser() -> argparse.ArgumentParser:
     fimport.add_argument("--name", help="the new format's name (default: the preset's)")
     fimport.set_defaults(func=cmd_formats_import)
     flint = fsub.add_parser("lint", help="check a format against a model's tokenizer")
-    flint.add_argument("format_name", metavar="F", nargs="?", help="a format (default: the model's)")
-    flint.add_argument("-m", "--model", metavar="M", help="a .gguf path or library name")
+    flint.add_argument("format_name", metavar="F", nargs="?", help="a format (default: the one a chat would use)")
+    flint.add_argument(
+        "-m", "--model", metavar="M", help="a .gguf path or library name (default: the one a chat would use)"
+    )
     flint.set_defaults(func=cmd_formats_lint)
 
     prompt = sub.add_parser(
         "prompt",
         help="print exactly the prompt that would be sent",
-        description="Print exactly the prompt that would be sent. With --model, the window is applied and "
-        "--json reports token counts; without one, token counts are left out.",
+        description="Print exactly the prompt that would be sent. The model is --model, else the one a chat "
+        "would use (default, last used, bundled), with its own template, the window applied and token counts "
+        "in --json; with --format and no --model, the text alone (no model, no token counts).",
     )
     prompt.add_argument("-m", "--model", metavar="M", help="a .gguf path or library name (for its template and tokens)")
     _add_prompt_options(prompt)
     prompt.add_argument(
-        "--history", metavar="FILE", help='JSON list of {"role": "system"|"user"|"assistant", "content": …, "name"?: …}'
+        "--history",
+        metavar="FILE",
+        help='a JSON list of {"role": "system"|"user"|"assistant", "content": …, "name"?: …}, '
+        "or a SillyTavern chat file (JSONL, as `cattery chats export` writes)",
+    )
+    prompt.add_argument(
+        "--chat", metavar="ID", help="a saved chat (`cattery chats list`): the prompt its next reply would send"
     )
     prompt.add_argument("--ctx", type=int, metavar="N", help="context size (default: as the chat would use)")
     prompt.add_argument("--reserve", type=int, metavar="N", help="tokens kept free for the reply (default max_tokens)")
@@ -702,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     crm.add_argument("card", metavar="NAME")
     crm.set_defaults(func=cmd_cards_rm)
 
-    chats = sub.add_parser("chats", help="the saved chats: list, export, import SillyTavern chat files, remove")
+    chats = sub.add_parser("chats", help="the saved chats: list, rename, export, import SillyTavern chat files, remove")
     chsub = chats.add_subparsers(dest="chats_command", metavar="SUBCOMMAND", required=True)
     chlist = chsub.add_parser("list", help="every chat, the most recent first")
     chlist.add_argument("--card", metavar="C", help="only the chats with this character")
@@ -720,13 +939,18 @@ def build_parser() -> argparse.ArgumentParser:
     chrm = chsub.add_parser("rm", help="delete a chat")
     chrm.add_argument("chat", metavar="ID")
     chrm.set_defaults(func=cmd_chats_rm)
+    chrename = chsub.add_parser("rename", help="give a chat a title of your own")
+    chrename.add_argument("chat", metavar="ID")
+    chrename.add_argument("title", metavar="TITLE")
+    chrename.set_defaults(func=cmd_chats_rename)
 
     paths = sub.add_parser("paths", help="where Cattery keeps settings, models, chats and logs")
     paths.add_argument("--json", action="store_true")
     paths.set_defaults(func=cmd_paths)
 
-    from app import cli_build, cli_convert, cli_merge, cli_models, cli_quantize
+    from app import cli_build, cli_convert, cli_lore, cli_merge, cli_models, cli_quantize
 
+    cli_lore.add_parser(sub)
     cli_models.add_parser(sub)
     cli_convert.add_parser(sub)
     cli_quantize.add_parser(sub)

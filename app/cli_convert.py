@@ -59,9 +59,30 @@ class ProgressPrinter:
 progress_printer = ProgressPrinter
 
 
+def _already_gguf(src: str) -> None:
+    """`convert` takes a checkpoint folder; given a GGUF model (a file or a library name), say what does
+    what the user likely wants instead of "not a folder"."""
+    from app.cli import open_workspace
+    from app.errors import CatteryError
+
+    path = Path(src).expanduser()
+    try:
+        if path.is_dir():
+            return
+        found = open_workspace().resolve_model(src) if not path.exists() or path.suffix == ".gguf" else None
+    except (CatteryError, OSError):
+        return
+    if found is not None and found.suffix.lower() == ".gguf":
+        raise CatteryError(
+            f"{src}: a GGUF model already ({found}); convert takes a Hugging Face checkpoint folder: "
+            "`cattery quantize` makes other quants of it, `cattery unpack` turns it back into a checkpoint"
+        )
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from converters.hf_to_gguf import convert
 
+    _already_gguf(args.src)
     report = convert(
         Path(args.src),
         Path(args.output),
@@ -75,9 +96,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
+    from app.cli import model_argument, open_workspace
     from converters.unpack import unpack
 
-    out = unpack(Path(args.src), Path(args.output), progress=progress_printer("unpack"), dtype=args.dtype)
+    src = model_argument(open_workspace(), args.src)
+    out = unpack(src, Path(args.output).expanduser(), progress=progress_printer("unpack"), dtype=args.dtype)
     print(f"wrote {out}")
     return 0
 
@@ -98,8 +121,8 @@ def add_parser(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("unpack", help="GGUF → Hugging Face checkpoint (dequantized), with its tokenizer")
-    p.add_argument("src", metavar="IN.gguf")
-    p.add_argument("-o", "--output", metavar="OUT_DIR", required=True)
+    p.add_argument("src", metavar="M", help="a .gguf path, a library name, or owner/repo[:QUANT|:file]")
+    p.add_argument("-o", "--output", metavar="OUT_DIR", required=True, help="a new (or empty) folder")
     p.add_argument(
         "--dtype",
         choices=["F32", "F16", "BF16"],

@@ -6,19 +6,41 @@ Thin calls into `converters/quantize.py` and `converters/perplexity.py`.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
+def _named(ref: str) -> bool:
+    """Whether a model argument is a name (library or hub) rather than a path to a file."""
+    from pathlib import Path
+
+    try:
+        return not Path(ref).expanduser().is_file()
+    except (OSError, ValueError):
+        return True
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from app.cli import model_argument, open_workspace
     from app.cli_convert import progress_printer
     from converters.quantize import quantize_command
 
+    ws = open_workspace()
+    named = _named(args.src)
+    args.src = str(model_argument(ws, args.src))
+    if named and not args.output:
+        # A model known by name lives in the library, the HF cache or the bundled package: its quants
+        # go into the library (where `models list` shows them), not beside a cache blob or in site-packages.
+        ws.paths.models_dir.mkdir(parents=True, exist_ok=True)
+        args.output = str(ws.paths.models_dir) + os.sep
     return int(quantize_command(args, progress=progress_printer("quantize")) or 0)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from app.cli import model_argument, open_workspace
     from converters.perplexity import eval_command
 
+    args.model_ref = str(model_argument(open_workspace(), args.model_ref))
     return int(eval_command(args) or 0)
 
 
@@ -40,12 +62,13 @@ def add_parser(sub: Any) -> None:
         epilog=_types_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="IN.gguf")
+    p.add_argument("src", metavar="M", help="a .gguf path, a library name, or owner/repo[:QUANT|:file]")
     p.add_argument(
         "-o",
         "--output",
         metavar="OUT.gguf|OUT_DIR",
-        help="the file, or a folder for several --type (default: STEM.TYPE.gguf beside IN.gguf)",
+        help="the file, or a folder for several --type (default: STEM.TYPE.gguf beside the input file; "
+        "for a model given by name, in the models folder)",
     )
     p.add_argument(
         "--type",
@@ -70,7 +93,7 @@ def add_parser(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_quantize)
     p = sub.add_parser("eval", help="perplexity of a model over a text file (as llama.cpp's perplexity tool)")
-    p.add_argument("model_ref", metavar="MODEL")
+    p.add_argument("model_ref", metavar="M", help="a .gguf path, a library name, or owner/repo[:QUANT|:file]")
     p.add_argument("text", metavar="TEXT_FILE")
     p.add_argument("--ctx", type=int, default=512, metavar="N", help="chunk size in tokens (default 512)")
     p.add_argument("--threads", type=int, metavar="N")

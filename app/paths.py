@@ -38,6 +38,10 @@ class Paths:
         return self.data_dir / "cards"
 
     @property
+    def lorebooks_dir(self) -> Path:
+        return self.data_dir / "lorebooks"
+
+    @property
     def llama_log(self) -> Path:
         return self.log_dir / "llama.log"
 
@@ -49,6 +53,7 @@ class Paths:
             "models": self.models_dir,
             "chats": self.chats_db,
             "cards": self.cards_dir,
+            "lorebooks": self.lorebooks_dir,
             "cache": self.cache_dir,
             "logs": self.log_dir,
         }

@@ -27,10 +27,11 @@ HELP = """\
 /system TEXT   set the system prompt (without TEXT: show it)
 /reset         forget the conversation (the system prompt stays)
 /stats         model, placement and the last reply's speed
-/lore          the lorebook entries active in the last prompt
+/lore          the lorebook entries active in the last prompt, and the Author's Note
 /greeting [N]  list the card's greetings, or open with greeting N instead
 /quit          leave (Ctrl-D does too)
-Ctrl-C stops a reply. A line ending in \\ continues on the next line."""
+An empty line lets the character speak again. Ctrl-C stops a reply.
+A line ending in \\ continues on the next line."""
 
 
 @dataclass
@@ -104,6 +105,7 @@ class PlainChat:
                     break
                 continue
             if not text.strip():
+                self.reply(None)  # the character speaks again, as Enter in the app's empty box does
                 continue
             self.reply(text)
         return 0
@@ -129,22 +131,34 @@ class PlainChat:
         elif name == "/greeting":
             self.choose_greeting(arg.strip())
         elif name == "/lore":
-            active = getattr(self.builder.dynamic, "active", None)
-            if active is None:
-                self.out("no lorebook in this chat")
-            else:
-                lines = [
-                    f"{a.book or 'lorebook'} #{a.entry.uid}"
-                    + (f" {a.entry.name}" if a.entry.name else "")
-                    + f": {a.why}"
-                    for a in active
-                ]
-                self.out("\n".join(lines) if lines else "no lore entries are active")
+            self.out(self.lore_text())
         elif name == "/stats":
             self.out(self.stats_text())
         else:
             self.note(f"unknown command {name}; /help lists them")
         return None
+
+    def lore_text(self) -> str:
+        """The entries the last prompt switched on and why, and where the Author's Note went."""
+        dynamic = self.builder.dynamic
+        active = getattr(dynamic, "active", None)
+        if active is None:
+            lines = ["no lorebook in this chat"]
+        else:
+            lines = [
+                f"{a.book or 'lorebook'} #{a.entry.uid}" + (f" {a.entry.name}" if a.entry.name else "") + f": {a.why}"
+                for a in active
+            ] or ["no lore entries are active"]
+        note = getattr(dynamic, "note", None)
+        if note is not None and note.text.strip():
+            built = self.last_prompt
+            where = next((i for i in built.insertions if "author_note" in i.kinds), None) if built else None
+            if where is not None:
+                spot = "right before the reply" if where.before is None else f"before message {where.before + 1}"
+                lines.append(f"{note.describe()}: in the last prompt, {spot}")
+            else:
+                lines.append(f"{note.describe()}: not in the last prompt")
+        return "\n".join(lines)
 
     def choose_greeting(self, arg: str) -> None:
         """The card's alternate greetings are the first message's swipes: pick one before you write."""
@@ -195,14 +209,20 @@ class PlainChat:
     def reserve(self) -> int:
         return min(self.sampler.max_tokens, self.engine.n_ctx // 2)
 
-    def reply(self, text: str) -> None:
-        if self.macros is not None:
-            text = expand(text, self.macros)
-        self.history.append(Message("user", text))
+    def reply(self, text: str | None) -> None:
+        """A reply to `text`; None: the character speaks again after its own message (an empty line)."""
+        from app.session.chat import speak_again_history
+
+        if text is not None:
+            if self.macros is not None:
+                text = expand(text, self.macros)
+            self.history.append(Message("user", text))
         try:
-            built = self.builder.build(self.history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=self.window)
+            prompt = self.history if text is not None else speak_again_history(self.builder, self.history)
+            built = self.builder.build(prompt, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=self.window)
         except CatteryError as exc:
-            self.history.pop()
+            if text is not None:
+                self.history.pop()
             self.note(f"error: {exc}")
             return
         if built.evicted_now:
@@ -218,7 +238,8 @@ class PlainChat:
                 self.stdout.write(piece)
                 self.stdout.flush()
         except CatteryError as exc:
-            self.history.pop()
+            if text is not None:
+                self.history.pop()
             self.note(f"\nerror: {exc}")
             return
         finally:

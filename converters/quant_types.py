@@ -150,12 +150,9 @@ def lookup(name: str) -> QuantType:
         for qt in all_types():
             if qt.ftype == int(wanted):
                 return qt
-    import difflib
+    from app.near_names import unknown
 
-    names = [qt.name for qt in all_types()]
-    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
-    hint = f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(names)}"
-    raise CatteryError(f"unknown quantization type {name!r}{hint}")
+    raise CatteryError(unknown("quantization type", name, [qt.name for qt in all_types()]))
 
 
 def by_ftype(ftype: int) -> QuantType | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from app.engine.metadata import (
 from app.errors import CatteryError
 from app.progress import Progress, TensorCounter
 from converters.gguf_read import GGUFFile
+from converters.partials import clean_leftovers, hold_folder
 
 DTYPES = ("F32", "F16", "BF16")
 MAX_WIDTH = MAX_FEED_FORWARD  # embedding and feed-forward sizes
@@ -70,8 +72,7 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
         )
     if (g.integer("split.count", 1, hi=65535) or 1) > 1:
         raise CatteryError(f"{src_gguf}: one part of a split GGUF; merge the parts first (llama-gguf-split --merge)")
-    if out_dir.exists() and any(out_dir.glob("*.safetensors")):
-        raise CatteryError(f"{out_dir}: already holds a checkpoint; unpack into an empty folder")
+    _check_output(out_dir)
     config = _config(g, src_gguf)
     n_layers, n_head, n_kv = config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"]
     to_hf = hf_names_by_gguf(n_layers)
@@ -102,25 +103,52 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
     weight_types = {p.dtype for p in plan if len(p.shape) > 1}
     config["torch_dtype"] = TORCH_DTYPES[weight_types.pop() if len(weight_types) == 1 else "F32"]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_tokenizer(g, src_gguf, out_dir, config)
-    counter = TensorCounter(progress, [p.nbytes for p in plan])
-    with ShardedWriter(out_dir, plan, metadata={"format": "pt"}) as w:
-        for name in names:
-            data = g.f32(infos[name])
-            if name.endswith(("q_proj.weight", "q_proj.bias")):
-                data = unpermute(data, n_head)
-            elif name.endswith(("k_proj.weight", "k_proj.bias")):
-                data = unpermute(data, n_kv)
-            w.write(name, data)
-            del data
-            counter.step(name)
-        w.close()
-    write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    _write_generation_config(g, out_dir, config)
-    _write_model_card(g, out_dir)
-    g.close()
+    # Everything is written into a temporary folder beside the output and renamed into place when
+    # complete: an interrupted unpack (Ctrl+C, a full disk, a crash) leaves nothing under the final
+    # name, and a killed one's folder is removed by the next run (converters/partials.py).
+    final = Path(os.path.abspath(out_dir))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(final.parent)
+    held = hold_folder(final.parent, final.name)
+    tmp = held.path
+    try:
+        _write_tokenizer(g, src_gguf, tmp, config)
+        counter = TensorCounter(progress, [p.nbytes for p in plan])
+        with ShardedWriter(tmp, plan, metadata={"format": "pt"}) as w:
+            for name in names:
+                data = g.f32(infos[name])
+                if name.endswith(("q_proj.weight", "q_proj.bias")):
+                    data = unpermute(data, n_head)
+                elif name.endswith(("k_proj.weight", "k_proj.bias")):
+                    data = unpermute(data, n_kv)
+                w.write(name, data)
+                del data
+                counter.step(name)
+            w.close()
+        write_text_atomic(tmp / "config.json", json.dumps(config, indent=2) + "\n")
+        _write_generation_config(g, tmp, config)
+        _write_model_card(g, tmp, final.name)
+        _check_output(final)  # still new or empty: nothing else wrote there meanwhile
+        os.replace(tmp, final)  # onto a new name, or an empty folder
+        held.release()
+    except OSError as exc:
+        held.remove()
+        raise CatteryError(f"{out_dir}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        held.remove()
+        raise
+    finally:
+        g.close()
     return out_dir
+
+
+def _check_output(out_dir: Path) -> None:
+    """The output folder is new, or an empty folder: an unpack never mixes its files with others'."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise CatteryError(f"{out_dir}: exists and is not a folder; unpack into a new or empty folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        what = "already holds a checkpoint" if any(out_dir.glob("*.safetensors")) else "is not empty"
+        raise CatteryError(f"{out_dir}: {what}; unpack into a new or empty folder")
 
 
 def _short_float(x: float) -> float:
@@ -280,7 +308,7 @@ def _names(g: GGUFFile, key: str) -> list[str] | None:
     return g.strings(key) if g.header.types.get(key) == (ARRAY, STRING) else None
 
 
-def _write_model_card(g: GGUFFile, out_dir: Path) -> None:
+def _write_model_card(g: GGUFFile, out_dir: Path, folder_name: str) -> None:
     """README.md with the GGUF's general.* names as front matter, where converters look for them."""
     import yaml
 
@@ -296,7 +324,7 @@ def _write_model_card(g: GGUFFile, out_dir: Path) -> None:
     if tags:
         card["tags"] = tags
     front = yaml.safe_dump(card, allow_unicode=True, sort_keys=False) if card else ""
-    title = card.get("name", out_dir.name)
+    title = card.get("name", folder_name)
     text = f"---\n{front}---\n\n# {title}\n\nUnpacked from a GGUF file by `cattery unpack`.\n"
     write_text_atomic(out_dir / "README.md", text)
 

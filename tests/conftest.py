@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Real files from other apps (origin and license in tests/fixtures/README.md): never read from
 # outside the repository, so a lone clone passes.
 FIXTURES = ROOT / "tests" / "fixtures"
+# How long a test waits for something that will happen (a model loaded, a reply written, a
+# child process up): generous, because a loaded machine (the suite on two busy cores) is
+# slower, never different. Every wait polls, so a fast machine never pays it.
+DEADLINE = float(os.environ.get("CATTERY_TEST_DEADLINE", "300"))
 
 # Nothing in a test may reach the internet or the user's own Hugging Face cache: the hub is
 # a closed port on loopback unless a test starts its own (tests/hub_server.py), and the cache
@@ -77,7 +81,7 @@ def run_cattery(
     *args: str,
     input: str | None = None,
     home: Path | None = None,
-    timeout: float = 300,
+    timeout: float = 2 * DEADLINE,  # a whole command (a model loaded, several replies), not one event
     env: dict[str, str] | None = None,
     preexec_fn: object = None,
 ) -> subprocess.CompletedProcess[str]:

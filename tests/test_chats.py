@@ -16,7 +16,7 @@ from app.chats.schema import MIGRATIONS
 from app.chats.store import ChatStore
 from app.chats.transfer import export_markdown, export_st_chat, import_st_chat
 from app.errors import CatteryError
-from tests.conftest import ROOT
+from tests.conftest import DEADLINE, ROOT
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_sigkill_loses_nothing_finished(tmp_path: Path) -> None:
     db = tmp_path / "chats.sqlite3"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     confirmed = -1
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + DEADLINE
     while confirmed < 200 and time.monotonic() < deadline:
         confirmed = int(proc.stdout.readline())
     proc.send_signal(signal.SIGKILL)

@@ -11,6 +11,7 @@ from app.engine.engine import Engine
 from app.engine.native import LOG
 from app.engine.options import LoadOptions, SamplerSettings, load_preset, preset_names
 from app.errors import CatteryError, ContextOverflowError
+from tests.conftest import DEADLINE
 
 # SmolLM2's own template adds this system prompt when none is given; the model ends turns reliably with it.
 CHATML = (
@@ -193,7 +194,7 @@ def test_cancel_interrupts_a_long_prompt_evaluation(engine: Engine) -> None:
     assert len(prompt) > 1000
     gen = engine.generate(prompt, SamplerSettings(max_tokens=5))
     model = engine._model
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + DEADLINE
     while len(model.kv_tokens) < 256 and time.monotonic() < deadline:
         time.sleep(0.001)
     gen.cancel()

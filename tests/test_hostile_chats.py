@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 
 from app.chats import transfer
 from app.chats.dberrors import ChatsBusyError, ChatsDamagedError
+from app.chats.schema import MIGRATIONS
 from app.chats.store import ChatStore
 from app.chats.transfer import export_markdown, export_st_chat, import_st_chat
 from app.errors import CatteryError, DiskError
 from tests import hostile_cases_chats as cases
-from tests.conftest import ROOT, run_cattery
+from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.fs_limits import in_private_tmpfs, need_private_mounts, with_file_size_limit
 from tests.hostile import (
     assert_bounded,
@@ -437,10 +438,10 @@ def test_concurrent_first_opens(trial: int, tmp_path: Path) -> None:
         )
         for i in range(6)
     ]
-    results = [p.communicate(timeout=60) for p in procs]
+    results = [p.communicate(timeout=DEADLINE) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results]
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert sorted(r[0] for r in conn.execute("SELECT title FROM chats")) == [f"p{i}" for i in range(6)]
     conn.close()
 

@@ -26,7 +26,7 @@ from app.session.workspace import Workspace
 from app.settings import MAX_SETTINGS_FILE, Settings, apply_changes
 from app.settings_schema import EXPLICIT, MODEL_FILE, SAMPLER, check_settings, rule_from_default
 from tests import hostile_cases_chats as cases
-from tests.conftest import ROOT, run_cattery
+from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.fs_limits import in_private_tmpfs, need_private_mounts, with_file_size_limit
 from tests.hostile import assert_one_line_failure, assert_refused, byte_edits, mutate_bytes, run_bounded
 
@@ -332,7 +332,7 @@ def test_concurrent_saves_lose_nothing(tmp_path: Path) -> None:
         for i in range(5)
     ]
     for p in procs:
-        _, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=DEADLINE)
         assert p.returncode == 0, err[-1000:]
     saved = Settings.load(path)
     assert sorted(saved.section("model_settings")) == [f"m{i}.gguf" for i in range(5)]

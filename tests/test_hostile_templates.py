@@ -26,7 +26,7 @@ from app.prompt.chat_template import (
 )
 from app.prompt.jinja_limits import LimitExceeded
 from app.prompt.segments import Message, render_template
-from tests.conftest import run_cattery
+from tests.conftest import DEADLINE, run_cattery
 from tests.hostile import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
 from tests.hostile_cases_templates import DAG, MESSAGES, MODEL, WORST_CASES, deep_tuple, render
 
@@ -426,7 +426,7 @@ def test_renders_in_threads_keep_their_own_limits() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=DEADLINE)
     assert "took longer" in results["hostile"]
     assert results["honest"] == _reference(fallback_template(), MESSAGES, add_generation_prompt=True)
 

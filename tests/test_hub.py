@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cattery
+from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.hub_server import ADAPTER, CHECKPOINT, FILE, GATED, PICKLED, QUANTS, SMOL, SPLIT, HubServer
 
 
@@ -160,7 +160,7 @@ def test_a_killed_download_continues_next_time(hub, hf, cattery_home) -> None:
         stderr=subprocess.PIPE,
     )
     partial = None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         found = [p for p in blobs(hf, SMOL) if p.name.endswith(".cattery-partial")]
         if found and found[0].stat().st_size > 8_000_000:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cattery
+from tests.conftest import DEADLINE, ROOT, run_cattery
 
 GREEDY = ["--temp", "0", "--repeat-penalty", "1.0", "--card", "none"]
 
@@ -111,13 +111,13 @@ def test_ctrl_c_stops_a_reply_but_not_the_chat(cattery_home: Path) -> None:
         proc.stdin.write("Tell me a very long story about a cat.\n")
         proc.stdin.flush()
         got = ""
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + DEADLINE
         while len(got) < 40 and time.monotonic() < deadline:
             got += proc.stdout.read(1)
         proc.send_signal(signal.SIGINT)
         proc.stdin.write("/stats\n/quit\n")
         proc.stdin.flush()
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -35,7 +35,7 @@ from converters import quantize as Q
 from converters.imatrix import read_imatrix
 from converters.perplexity import perplexity
 from converters.quant_types import all_types, lookup, tensor_bytes
-from tests.conftest import ROOT, run_cattery
+from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.gguf_files import dequantized_copy, split_copy, write_gguf
 
 TINY_LAYERS, TINY_EMBD, TINY_FF, TINY_HEADS, TINY_KV_HEADS, TINY_VOCAB = 8, 256, 768, 4, 2, 512
@@ -542,7 +542,7 @@ def test_a_progress_callback_can_cancel(tiny: Path, work: Path) -> None:
         Q.quantize(tiny, out, "Q8_0", progress=progress)
     for thread in threading.enumerate():  # llama.cpp's thread runs on to its end, into a removed folder
         if thread.name == "cattery-quantize":
-            thread.join(30)
+            thread.join(DEADLINE)
     assert seen[0][1] == 75 and seen[0][2] == "output.weight"
     input_bytes = sum(tensor_bytes(t.ggml_type, t.shape) for t in Q.read_source(tiny).tensors)
     assert 0 < seen[0][3] < seen[-1][3] < seen[0][4] == input_bytes
@@ -559,14 +559,14 @@ def test_ctrl_c_leaves_no_file(f32_model: Path, work: Path) -> None:
         cwd=ROOT,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + DEADLINE
     while not (out.exists() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)  # llama.cpp is writing now
     if proc.poll() is not None:
         pytest.skip("the quantization finished before it could be interrupted")
     proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 130, err
     assert list(out.iterdir()) == []
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import signal
 import sqlite3
 import struct
@@ -18,14 +19,25 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.chats.store import ChatStore
-from tests.conftest import ROOT
+from tests.conftest import DEADLINE, ROOT
+
+# Colours and styles (dropped: they sit between the letters of a line) and every other escape
+# sequence: cursor moves, titles, modes (each a line break: what follows is drawn elsewhere).
+STYLES = re.compile(r"\x1b\[[0-9;:]*m")
+ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()][0-9A-Za-z]|.)")
 
 
 class Terminal:
-    """A pty with the app on its other side; everything the app draws is read and kept."""
+    """A pty with the app on its other side; everything the app draws is read and kept.
+
+    Every wait polls what was drawn (or the process) until a deadline that a loaded
+    machine never reaches (tests/conftest.py DEADLINE): nothing here sleeps for a
+    fixed time hoping that something has happened meanwhile.
+    """
 
     def __init__(
         self, args: list[str], home: Path, size: tuple[int, int] = (110, 32), *, command: list[str] | None = None
@@ -64,16 +76,31 @@ class Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
-    def wait_for(self, needle: str, timeout: float = 90) -> None:
+    def text(self, start: int = 0) -> str:
+        """What was drawn from byte `start` on, as text: the words as they were written, a line
+        break wherever the app moved the cursor (so words from two places never run together)."""
+        return ESCAPES.sub("\n", STYLES.sub("", bytes(self.output[start:]).decode("utf-8", "replace")))
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
         start = time.monotonic()
-        while needle.encode() not in self.output:
+        while not condition():
             assert self.proc.poll() is None, f"the app exited: {bytes(self.output[-2000:])!r}"
-            assert time.monotonic() - start < timeout, f"{needle!r} never appeared on the screen"
+            assert time.monotonic() - start < timeout, f"{what} never happened: {self.text()[-1500:]!r}"
             time.sleep(0.05)
+
+    def wait_for(self, needle: str, timeout: float = DEADLINE) -> None:
+        self.wait_until(lambda: needle.encode() in self.output, f"{needle!r} on the screen", timeout)
+
+    def wait_exit(self, timeout: float = DEADLINE) -> int:
+        """The exit status, once the process is gone and everything it wrote has been read."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)  # the pty ends (EIO) when the last process on it is gone
+        os.close(self.master)
+        return code
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=DEADLINE)
         os.close(self.master)
 
 
@@ -88,7 +115,7 @@ def rows(db: Path) -> list[tuple[str, str, str]]:
         conn.close()
 
 
-def wait_rows(db: Path, condition, timeout: float = 90) -> list[tuple[str, str, str]]:
+def wait_rows(db: Path, condition, timeout: float = DEADLINE) -> list[tuple[str, str, str]]:
     start = time.monotonic()
     while True:
         found = rows(db) if db.exists() else []
@@ -98,22 +125,38 @@ def wait_rows(db: Path, condition, timeout: float = 90) -> list[tuple[str, str, 
         time.sleep(0.05)
 
 
+# Every reply starts with this word and never ends by itself, so the test knows when a
+# reply has text (and which words are whose) from the screen alone, however slow the machine.
+GRAMMAR = """root ::= "Purring" words
+words ::= " " [a-z]+ words"""
+
+
+def words_after(marker: str, text: str) -> list[str]:
+    """Each run of lowercase words after `marker` on one screen line, spaces made single."""
+    return [" ".join(m.split()) for m in re.findall(re.escape(marker) + r"(?: +[a-z]+)+", text)]
+
+
 def test_sigkill_mid_reply_loses_nothing_finished(cattery_home: Path) -> None:
     db = cattery_home / "data" / "chats.sqlite3"
-    term = Terminal(["--card", "none", "--temp", "0", "--ban-eos", "-n", "1500"], cattery_home)
+    (cattery_home / "config").mkdir(parents=True)
+    (cattery_home / "config" / "settings.toml").write_text(f"[sampler]\ngrammar = '''{GRAMMAR}'''\n")
+    term = Terminal(["--card", "none", "--temp", "0", "-n", "1500"], cattery_home)
     try:
         term.wait_for("SmolLM2-135M-Instruct.Q4_1 · ")  # the model line: loaded
         term.type("Write a long story about a cat.\r")
         wait_rows(db, lambda r: len(r) == 1)
-        time.sleep(1.5)
+        term.wait_until(lambda: "Purring" in term.text(), "the first word of the reply")
         term.type("\x1b")  # Esc stops the reply: it is saved, marked as stopped
         first = wait_rows(db, lambda r: len(r) == 2)
-        assert first[1][0] == "assistant" and first[1][1] == "stopped" and first[1][2]
+        assert first[1][0] == "assistant" and first[1][1] == "stopped" and first[1][2].startswith("Purring")
         term.type("And another one, about a dog.\r")
         wait_rows(db, lambda r: len(r) == 3)
         drawn = len(term.output)
-        time.sleep(1.0)  # the second reply is being written and drawn…
-        assert len(term.output) > drawn
+
+        def second_reply_drawn() -> bool:  # words of a reply that are not the first one's
+            return any(not first[1][2].startswith(w) for w in words_after("Purring", term.text(drawn)))
+
+        term.wait_until(second_reply_drawn, "the second reply on the screen")  # it is being written…
     finally:
         term.kill()  # …when the process is killed
     conn = sqlite3.connect(db)

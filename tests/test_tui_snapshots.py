@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from app.tui.app import CatteryApp
+from tests.conftest import DEADLINE
 from tests.tui_helpers import chat_screen, make_app
 
 SIZE = (110, 32)
-SETTLE_S = 90  # deadlines, generous: a loaded machine is slower, never different
+SETTLE_S = DEADLINE  # generous: a loaded machine is slower, never different
 STAMP = 1767350400.0  # 2026-01-02 10:40 UTC
 
 

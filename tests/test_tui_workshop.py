@@ -53,14 +53,19 @@ def test_quantize_a_library_model_and_load_it(cattery_home: Path, f32_model: Pat
             def finished() -> bool:
                 return screen.running is None and screen.result is not None
 
-            await wait_until(pilot, finished, timeout=120)
+            await wait_until(pilot, finished)
             # while it ran: tensors done of the total, bytes done of the total, the tensor at hand
             assert any(re.match(r"\d+/\d+ tensors · [\d.]+ \w?B of [\d.]+ MB · \d+% · ", s) for s in shown), shown[-5:]
             assert screen.result == models / "smol.Q8_0.gguf" and screen.result.is_file()
             assert "done" in str(screen.query_one("#work-state").render())
             await pilot.click("#load-result")
-            await wait_until(pilot, lambda: app.model_status.state == "ready", timeout=60)
-            assert app.model_status.path == models / "smol.Q8_0.gguf"
+            result = models / "smol.Q8_0.gguf"
+
+            def settled() -> bool:  # this model's load ended (the state alone may still be the last one's)
+                return app.model_status.path == result and app.model_status.state in ("ready", "failed")
+
+            await wait_until(pilot, settled, what="the result loaded")
+            assert app.model_status.state == "ready", app.model_status.error
 
     try:
         asyncio.run(run())
@@ -82,11 +87,11 @@ def test_a_stopped_build_leaves_nothing_and_a_build_runs(cattery_home: Path, tmp
             screen.query_one("#recipe").value = str(recipe)
             screen.action_build()
             screen.stop.set()  # Esc right away: the build stops at its next progress report
-            await wait_until(pilot, lambda: screen.running is None, timeout=60)
+            await wait_until(pilot, lambda: screen.running is None)
             assert "stopped" in str(screen.query_one("#work-state").render())
             assert not out.exists() or not list(out.rglob("*.gguf"))
             await pilot.click("#build")
-            await wait_until(pilot, lambda: screen.running is None and screen.result is not None, timeout=120)
+            await wait_until(pilot, lambda: screen.running is None and screen.result is not None)
             assert screen.result == out / "ws-build.Q8_0.gguf"
             assert sorted(p.name for p in out.iterdir()) == ["ws-build.Q8_0.gguf"]
 

@@ -9,6 +9,7 @@ from app.engine.options import SamplerSettings
 from app.session.launch import Launch
 from app.session.workspace import Workspace
 from app.tui.app import CatteryApp
+from tests.conftest import DEADLINE
 
 SIZE = (110, 34)
 
@@ -29,7 +30,7 @@ def make_app(engine: Any = None, *, sampler: SamplerSettings | None = None, **la
     return CatteryApp(ws, la, engine=engine)
 
 
-async def wait_until(pilot: Any, condition: Any, timeout: float = 90.0, what: str = "condition") -> None:
+async def wait_until(pilot: Any, condition: Any, timeout: float = DEADLINE, what: str = "condition") -> None:
     start = time.monotonic()
     while not condition():
         await pilot.pause(0.05)

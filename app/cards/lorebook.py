@@ -10,6 +10,15 @@ order (lower first). V3's `use_regex` keys are regular expressions, and the
 decorators `@@activate`, `@@dont_activate` and `@@depth N` at the start of an
 entry's content override the rest.
 
+Where an active entry goes follows SillyTavern's positions: before or after the
+character (the usual two), around the Author's Note (only when the note is inserted
+that turn), or inside the chat at a depth, as a message of a role.
+
+The same book reaches a chat from several places (a card embeds the World Info file a
+user also attaches; a book is attached to the character and to the chat): a book is
+known by what it holds (`Lorebook.digest`), and `unique_books` keeps each book, and
+each entry (by id and content), once.
+
 A lorebook is a stranger's file, read again for every turn of a chat, so reading it
 checks every value once (numbers finite and clamped, text where text goes) and a scan
 is bounded: a regular expression key gets `REGEX_TIMEOUT` on a text (and is dropped
@@ -19,6 +28,8 @@ activation `SCAN_SECONDS`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
@@ -44,6 +55,12 @@ MAX_BOOK_KEYS = 100_000  # keys and secondary keys of all entries of one book
 REGEX_TIMEOUT = 0.1  # seconds one regular expression key may search one text
 SCAN_SECONDS = 1.0  # one activation, all books; honest books take milliseconds
 LOGIC = {0: "and_any", 1: "not_all", 2: "not_any", 3: "and_all"}  # SillyTavern's selectiveLogic numbers
+# SillyTavern's World Info positions (5 and 6, around the example dialogue, go before the character).
+POSITIONS = {0: "before_char", 1: "after_char", 2: "before_note", 3: "after_note", 4: "at_depth", 5: "before_char"}
+POSITIONS[6] = "after_char"
+ROLES = {0: "system", 1: "user", 2: "assistant"}  # SillyTavern's role numbers for entries at a depth
+DEFAULT_INSERT_DEPTH = 4  # SillyTavern's default for an entry at a depth
+MAX_INSERT_DEPTH = 1000
 _REGEX_KEY = re.compile(r"^/(.+)/([a-z]*)$", re.DOTALL)
 _DEPTH_ARG = re.compile(r"[0-9]{1,9}")
 _NUMBER = re.compile(r"[+-]?[0-9]{1,18}(\.[0-9]{0,9})?")
@@ -68,6 +85,35 @@ class LoreEntry:
     force_off: bool = False  # @@dont_activate
     depth: int | None = None  # @@depth N: scan this many messages instead of the book's depth
     name: str = ""
+    insert_depth: int = DEFAULT_INSERT_DEPTH  # position "at_depth": messages from the end it goes before
+    role: str = "system"  # position "at_depth": the role of the message it becomes
+
+    def identity(self) -> tuple[str, str]:
+        """An entry is the same entry wherever it comes from when its id and its text are."""
+        return (self.uid, self.content)
+
+    def fingerprint(self) -> list[Any]:
+        """What the entry does in a prompt (not its cosmetic name, nor `priority`, which
+        SillyTavern's World Info files derive from `order` while cards leave it at 10)."""
+        return [
+            self.uid,
+            self.content,
+            self.keys,
+            self.secondary_keys,
+            self.enabled,
+            self.constant,
+            self.selective,
+            self.logic,
+            self.case_sensitive,
+            self.insertion_order,
+            self.position,
+            self.use_regex,
+            self.force_on,
+            self.force_off,
+            self.depth,
+            self.insert_depth if self.position == "at_depth" else None,
+            self.role if self.position == "at_depth" else None,
+        ]
 
 
 @dataclass
@@ -77,6 +123,39 @@ class Lorebook:
     scan_depth: int | None = None
     token_budget: int | None = None
     recursive: bool = False
+
+    @cached_property
+    def digest(self) -> str:
+        """The book's identity: a SHA-256 of its entries (in id order) and the settings that change a scan.
+
+        A card's embedded book and the World Info file it was made from have the same
+        digest, whatever their names and formats.
+        """
+        entries = sorted((e.fingerprint() for e in self.entries), key=lambda f: (f[0], f[1]))
+        body = [entries, self.scan_depth, self.token_budget, self.recursive]
+        return hashlib.sha256(json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def unique_books(books: Sequence[Lorebook]) -> list[Lorebook]:
+    """Each book once (by `digest`), and each entry once (by id and content), the first seen winning.
+
+    A book that only repeats entries of the books before it is left out; one that adds
+    entries keeps only those, so an entry never reaches a prompt twice.
+    """
+    seen_books: set[str] = set()
+    seen_entries: set[tuple[str, str]] = set()
+    out: list[Lorebook] = []
+    for book in books:
+        if book.digest in seen_books:
+            continue
+        seen_books.add(book.digest)
+        fresh = [e for e in book.entries if e.identity() not in seen_entries]
+        seen_entries.update(e.identity() for e in book.entries)
+        if len(fresh) == len(book.entries):
+            out.append(book)
+        elif fresh:
+            out.append(Lorebook(book.name, fresh, book.scan_depth, book.token_budget, book.recursive))
+    return out
 
 
 # -- reading: every value checked once ---------------------------------------------------
@@ -159,6 +238,35 @@ def _logic(value: Any, source: str, what: str) -> str:
     return LOGIC.get(_number(value, source, f"{what}: selectiveLogic", 0, -MAX_ORDER, MAX_ORDER), "and_any")
 
 
+def _wi_position(value: Any) -> str:
+    """SillyTavern's position number; anything else (absent, text, out of range) is before the character."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return POSITIONS.get(value, "before_char")
+    return "before_char"
+
+
+def _spec_position(value: Any, st_number: Any) -> str:
+    """A card's entry: "before_char"/"after_char" as the spec says, unless SillyTavern's own number
+    in its extensions puts it around the Author's Note or at a depth."""
+    special = _wi_position(st_number)
+    if special in ("before_note", "after_note", "at_depth"):
+        return special
+    return "after_char" if value == "after_char" else "before_char"
+
+
+def _insert_depth(value: Any, source: str, what: str) -> int:
+    return _number(value, source, f"{what}: depth", DEFAULT_INSERT_DEPTH, 0, MAX_INSERT_DEPTH)
+
+
+def _role(value: Any) -> str:
+    """SillyTavern's role number (0 system, 1 user, 2 assistant) or its name; anything else is system."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ROLES.get(value, "system")
+    if isinstance(value, str) and value in ROLES.values():
+        return value
+    return "system"
+
+
 def _uid(value: Any, source: str, what: str) -> str:
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         text = str(value)
@@ -211,9 +319,11 @@ def book_from_spec(book: dict[str, Any], source: str) -> Lorebook:
                         raw.get("insertion_order"), source, f"{what}: insertion_order", 100, -MAX_ORDER, MAX_ORDER
                     ),
                     priority=_number(raw.get("priority"), source, f"{what}: priority", 10, -MAX_ORDER, MAX_ORDER),
-                    position="after_char" if raw.get("position") == "after_char" else "before_char",
+                    position=_spec_position(raw.get("position"), ext.get("position")),
                     use_regex=bool(raw.get("use_regex")),
                     name=_text(raw.get("name") or raw.get("comment"), source, f"{what}: name", MAX_TEXT_FIELD),
+                    insert_depth=_insert_depth(ext.get("depth"), source, what),
+                    role=_role(ext.get("role") if ext.get("role") is not None else raw.get("role")),
                 )
             )
         )
@@ -254,9 +364,11 @@ def book_from_world_info(obj: dict[str, Any], source: str, name: str = "") -> Lo
                     case_sensitive=bool(raw.get("caseSensitive")),
                     insertion_order=order,
                     priority=order,
-                    position="after_char" if raw.get("position") == 1 else "before_char",
+                    position=_wi_position(raw.get("position")),
                     depth=_number(raw.get("scanDepth"), source, f"{what}: scanDepth", 0, 0, MAX_SCAN_DEPTH) or None,
                     name=_text(raw.get("comment"), source, f"{what}: comment", MAX_TEXT_FIELD),
+                    insert_depth=_insert_depth(raw.get("depth"), source, what),
+                    role=_role(raw.get("role")),
                 )
             )
         )
@@ -265,7 +377,12 @@ def book_from_world_info(obj: dict[str, Any], source: str, name: str = "") -> Lo
 
 def read_lorebook(path: Path) -> Lorebook:
     source = str(path)
-    obj = load_json(read_file(path, source, MAX_JSON_TEXT, "a lorebook"), source, "the lorebook")
+    return lorebook_from_bytes(read_file(path, source, MAX_JSON_TEXT, "a lorebook"), source, path.stem)
+
+
+def lorebook_from_bytes(data: bytes, source: str, stem: str = "") -> Lorebook:
+    """A lorebook file's content (`stem`: the file's name without `.json`, a World Info book's name)."""
+    obj = load_json(data, source, "the lorebook")
     if not isinstance(obj, dict):
         raise CardError(source, "a lorebook must be a JSON object")
     if obj.get("spec") == "lorebook_v3":
@@ -274,7 +391,7 @@ def read_lorebook(path: Path) -> Lorebook:
             raise CardError(source, "a lorebook_v3 needs a 'data' object")
         return book_from_spec(data, source)
     if isinstance(obj.get("entries"), dict):
-        return book_from_world_info(obj, source, path.stem)
+        return book_from_world_info(obj, source, stem)
     if isinstance(obj.get("entries"), list):
         return book_from_spec(obj, source)
     raise CardError(source, "not a lorebook (no entries)")

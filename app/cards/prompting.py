@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from app.cards.card import Card
 from app.cards.examples import parse_examples
-from app.cards.lorebook import Activation, Lorebook, activate
+from app.cards.lorebook import Activation, Lorebook, activate, unique_books
 from app.cards.macros import MacroContext, expand
 from app.errors import CatteryError
 from app.prompt.segments import Message
@@ -37,6 +37,9 @@ class CardPrompt:
     post_history: str | None
     context: MacroContext
     parts: tuple[str, str, str] = ("", "", "")  # system prompt, character, persona
+    # SillyTavern's "Character's Note" (`extensions.depth_prompt`): (text, depth, role), put into
+    # the chat at its depth every turn; None when the card has none.
+    depth_prompt: tuple[str, int, str] | None = None
 
     def pinned(self, before: Sequence[str] = (), after: Sequence[str] = ()) -> str:
         """The pinned block with lore entries before and after the character, as SillyTavern places them."""
@@ -71,9 +74,38 @@ def card_prompt(
         post_history=post or None,
         context=ctx,
         parts=(system, character, expand(persona.description, ctx)),
+        depth_prompt=_depth_prompt(d.get("extensions")),
     )
     out.system = out.pinned()
     return out
+
+
+def _depth_prompt(extensions: object) -> tuple[str, int, str] | None:
+    """The card's Character's Note, as SillyTavern writes it: {prompt, depth, role}; anything odd is none."""
+    value = extensions.get("depth_prompt") if isinstance(extensions, dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("prompt"), str) or not value["prompt"].strip():
+        return None
+    depth = value.get("depth", 4)
+    if isinstance(depth, bool) or not isinstance(depth, int | float) or depth != depth:
+        depth = 4
+    role = value.get("role") if value.get("role") in ("system", "user", "assistant") else "system"
+    return value["prompt"], int(max(0, min(10_000, depth))), str(role)
+
+
+def plain_prompt(system: str | None, user: str, char: str) -> CardPrompt:
+    """A chat without a character, in the shape of one: the pinned block is the system prompt,
+    so lorebooks and macros work the same with and without a card."""
+    ctx = MacroContext(char=char, user=user, original=system or "")
+    return CardPrompt(
+        char=char,
+        user=user,
+        system=system or "",
+        examples=[],
+        greetings=[],
+        post_history=None,
+        context=ctx,
+        parts=(system or "", "", ""),
+    )
 
 
 class LoreSession:
@@ -84,6 +116,10 @@ class LoreSession:
     rewrites the prompt near its start, so the whole chat after it is evaluated again.
     `placement="end"` puts them in one block right before the reply: that block is
     evaluated again every turn, the chat never (bench/lorebook.py measures both).
+
+    Entries a book places inside the chat (at a depth) or around the Author's Note are
+    not in either: after each call they wait in `at_depth`, `before_note` and
+    `after_note` (expanded), for whoever inserts messages into the chat.
     """
 
     def __init__(
@@ -96,17 +132,25 @@ class LoreSession:
         if placement not in ("card", "end"):
             raise CatteryError(f"lore placement must be card or end, not {placement!r}")
         self.card = card
-        self.books = list(books)
+        self.books = unique_books(books)
         self.placement = placement
         self.count_tokens = count_tokens
         self.active: list[Activation] = []
+        self.at_depth: list[tuple[Activation, str]] = []
+        self.before_note: list[str] = []
+        self.after_note: list[str] = []
 
     def __call__(self, history: Sequence[Message]) -> tuple[str, str]:
         """(pinned block, text to put right before the reply) for this history."""
         self.active = activate(self.books, [m.content for m in history], count_tokens=self.count_tokens)
-        texts = [(a.entry.position, expand(a.entry.content, self.card.context)) for a in self.active]
+        texts = [(a, expand(a.entry.content, self.card.context)) for a in self.active]
+        texts = [(a, t) for a, t in texts if t.strip()]
+        self.at_depth = [(a, t) for a, t in texts if a.entry.position == "at_depth"]
+        self.before_note = [t for a, t in texts if a.entry.position == "before_note"]
+        self.after_note = [t for a, t in texts if a.entry.position == "after_note"]
+        around = [(a.entry.position, t) for a, t in texts if a.entry.position in ("before_char", "after_char")]
         if self.placement == "end":
-            return self.card.pinned(), "\n".join(t for _, t in texts if t.strip())
-        before = [t for pos, t in texts if pos != "after_char"]
-        after = [t for pos, t in texts if pos == "after_char"]
+            return self.card.pinned(), "\n".join(t for _, t in around)
+        before = [t for pos, t in around if pos == "before_char"]
+        after = [t for pos, t in around if pos == "after_char"]
         return self.card.pinned(before, after), ""

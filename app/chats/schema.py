@@ -3,11 +3,57 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
+from collections.abc import Callable
 
 from app.errors import CatteryError
 
-MIGRATIONS: list[str] = [
+
+def _titles_from_first_exchange(conn: sqlite3.Connection) -> None:
+    """3: `title_auto`: 1 while a chat's title is Cattery's own (app/chats/titles.py), 0 once it is
+    the person's (renamed, or an imported file's name) or a branch's ("… (branch)").
+
+    Chats titled by the date they were started (as Cattery titled every new chat before)
+    or "NAME (imported)" are retitled once from their first exchange: a list of dates
+    says nothing about what each chat was, and Cattery made those titles, nobody chose
+    them. The date is still the chat's `created_at`, shown on the Chats screen. Chats
+    without a user message keep their title until they get one. Renamed titles and
+    branches ("… (branch)", named after the chat they came from) are left as they are.
+    """
+    from app.chats.titles import title_from
+
+    conn.execute("ALTER TABLE chats ADD COLUMN title_auto INTEGER NOT NULL DEFAULT 0")
+    conn.execute(f"UPDATE chats SET title_auto = 1 WHERE title GLOB '{DATE_TITLE_GLOB}'")
+    conn.execute("UPDATE chats SET title_auto = 1 WHERE card_name IS NOT NULL AND title = card_name || ' (imported)'")
+    ids = [row[0] for row in conn.execute("SELECT id FROM chats WHERE title_auto = 1")]
+    for chat_id in ids:
+        rows = conn.execute(
+            "SELECT m.role, s.text, s.provenance FROM messages m JOIN swipes s ON s.message_id = m.id "
+            "AND s.idx = m.active_swipe WHERE m.chat_id = ? ORDER BY m.position LIMIT ?",
+            (chat_id, TITLE_SCAN_MESSAGES),
+        )
+        title = title_from((role, text or "", _generated(provenance)) for role, text, provenance in rows)
+        if title:
+            conn.execute("UPDATE chats SET title = ? WHERE id = ?", (title, chat_id))
+
+
+def _generated(provenance: object) -> bool:
+    """Whether a stored alternative was written by the model (its provenance names the turn kind)."""
+    try:
+        value = json.loads(provenance) if isinstance(provenance, str) else None
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and "kind" in value
+
+
+# The title Cattery gave every new chat before titles came from the first exchange ("%Y-%m-%d %H:%M").
+DATE_TITLE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]"
+TITLE_SCAN_MESSAGES = 64  # the first exchange is at the start of a chat; a longer search finds nothing better
+
+# Each step is an SQL script, or a function for a step SQL alone can't do; both run inside
+# the one transaction of `migrate`.
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: chats, messages, swipes (every alternative of a message, with where it came from)
     """
     CREATE TABLE chats (
@@ -53,6 +99,24 @@ MIGRATIONS: list[str] = [
         sha256 TEXT NOT NULL
     );
     """,
+    # 3: automatic titles (from the first exchange) apart from the person's own
+    _titles_from_first_exchange,
+    # 4: lorebooks attached to a chat or to a character (World Info in the app); a book is a
+    # library name or an absolute path. A chat's go with it; a character's stay for its next card.
+    """
+    CREATE TABLE chat_lore (
+        chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+        book TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (chat_id, book)
+    );
+    CREATE TABLE card_lore (
+        card_ref TEXT NOT NULL,
+        book TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (card_ref, book)
+    );
+    """,
 ]
 
 
@@ -92,9 +156,12 @@ def migrate(conn: sqlite3.Connection, source: str = "the chat database") -> int:
             raise CatteryError(f"{source}: the chat database is schema {version}, newer than this Cattery ({newest})")
         if version < 0:
             raise CatteryError(f"{source}: not a Cattery chats database (schema {version})")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in _statements(script):
-                conn.execute(statement)
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            if callable(step):
+                step(conn)
+            else:
+                for statement in _statements(step):
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
         conn.execute("COMMIT")
     except BaseException:

@@ -21,6 +21,7 @@ from typing import Any
 
 from app.chats.dberrors import is_busy, on_read_only_filesystem, sqlite_errors, translate
 from app.chats.schema import migrate
+from app.chats.titles import clean_title
 from app.errors import CatteryError, disk_error
 
 
@@ -125,27 +126,40 @@ class ChatStore:
         card_name: str | None = None,
         user_name: str | None = None,
         extra: dict[str, Any] | None = None,
+        *,
+        auto_title: bool = False,
     ) -> int:
+        """A new chat; `auto_title`: Cattery's own title, replaced by one from the first exchange."""
         now = time.time()
         with self._tx() as c:
             cur = c.execute(
-                "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at, extra) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (title, card_ref, card_name, user_name, now, now, json.dumps(extra or {})),
+                "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at, extra, title_auto) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (title, card_ref, card_name, user_name, now, now, json.dumps(extra or {}), int(auto_title)),
             )
             return int(cur.lastrowid or 0)
 
     def chat(self, chat_id: int) -> dict[str, Any]:
         rows = self._read(
-            "SELECT id, title, card_ref, card_name, user_name, created_at, updated_at, extra FROM chats WHERE id = ?",
+            "SELECT id, title, card_ref, card_name, user_name, created_at, updated_at, extra, title_auto "
+            "FROM chats WHERE id = ?",
             (chat_id,),
         )
         if not rows:
             raise CatteryError(f"no chat with id {chat_id}")
-        keys = ("id", "title", "card_ref", "card_name", "user_name", "created_at", "updated_at", "extra")
+        keys = ("id", "title", "card_ref", "card_name", "user_name", "created_at", "updated_at", "extra", "title_auto")
         out = dict(zip(keys, rows[0], strict=True))
         out["extra"] = _json_dict(out["extra"])
+        out["title_auto"] = bool(out["title_auto"])
         return out
+
+    def data_version(self) -> int:
+        """A number that changes when another connection (another process) commits, and not for ours.
+
+        The app compares it every few seconds to see chats made or changed by the command
+        line beside it, without reading any table.
+        """
+        return int(self._read("PRAGMA data_version")[0][0])
 
     def has_chat(self, chat_id: int) -> bool:
         return bool(self._read("SELECT 1 FROM chats WHERE id = ?", (chat_id,)))
@@ -183,9 +197,25 @@ class ChatStore:
         )
         return [ChatSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or "") for r in rows]
 
-    def rename_chat(self, chat_id: int, title: str) -> None:
+    def rename_chat(self, chat_id: int, title: str) -> str:
+        """The person's own title (one line, bounded: app/chats/titles.py), never replaced automatically."""
+        title = clean_title(title)
         with self._tx() as c:
-            c.execute("UPDATE chats SET title = ?, updated_at = ? WHERE id = ?", (title, time.time(), chat_id))
+            c.execute(
+                "UPDATE chats SET title = ?, title_auto = 0, updated_at = ? WHERE id = ?", (title, time.time(), chat_id)
+            )
+        return title
+
+    def set_auto_title(self, chat_id: int, title: str) -> bool:
+        """Cattery's title from the first exchange, unless the person renamed the chat; whether it changed.
+
+        Not a change to the conversation: `updated_at` stays, as for `update_chat_extra`.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE chats SET title = ? WHERE id = ? AND title_auto = 1 AND title IS NOT ?", (title, chat_id, title)
+            )
+            return cur.rowcount > 0
 
     def set_card_ref(self, chat_id: int, card_ref: str | None) -> None:
         with self._tx() as c:
@@ -231,6 +261,8 @@ class ChatStore:
         """Append a message; `alternatives` are more swipes after `text` (a card's other greetings)."""
         now = time.time()
         with self._tx() as c:
+            if c.execute("SELECT 1 FROM chats WHERE id = ?", (chat_id,)).fetchone() is None:
+                raise CatteryError(f"chat {chat_id} no longer exists (deleted elsewhere); the message was not saved")
             position = c.execute(
                 "SELECT COALESCE(MAX(position), -1) + 1 FROM messages WHERE chat_id = ?", (chat_id,)
             ).fetchone()[0]
@@ -257,6 +289,8 @@ class ChatStore:
         """A new alternative for a message (a regenerated reply), made the active one."""
         now = time.time()
         with self._tx() as c:
+            if c.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
+                raise CatteryError("that message no longer exists (deleted elsewhere); the reply was not saved")
             idx = c.execute(
                 "SELECT COALESCE(MAX(idx), -1) + 1 FROM swipes WHERE message_id = ?", (message_id,)
             ).fetchone()[0]
@@ -275,6 +309,28 @@ class ChatStore:
                 raise CatteryError(f"message {message_id} has {n} alternatives, not {idx + 1}")
             c.execute("UPDATE messages SET active_swipe = ? WHERE id = ?", (idx, message_id))
             self._touch(c, message_id, time.time())
+
+    def delete_swipe(self, message_id: int, idx: int) -> int:
+        """Delete one alternative of a message; the one shown after it (the next, else the one before).
+
+        A message keeps at least one alternative: its last is deleted with the message.
+        """
+        with self._tx() as c:
+            row = c.execute("SELECT active_swipe FROM messages WHERE id = ?", (message_id,)).fetchone()
+            n = c.execute("SELECT COUNT(*) FROM swipes WHERE message_id = ?", (message_id,)).fetchone()[0]
+            if row is None or not 0 <= idx < n:
+                raise CatteryError(f"message {message_id} has {n} alternatives, not {idx + 1}")
+            if n == 1:
+                raise CatteryError("a message's only alternative is deleted with the message")
+            c.execute("DELETE FROM swipes WHERE message_id = ? AND idx = ?", (message_id, idx))
+            # (message_id, idx) is unique: renumber through negative values, as positions are.
+            c.execute("UPDATE swipes SET idx = -(idx - 1) WHERE message_id = ? AND idx > ?", (message_id, idx))
+            c.execute("UPDATE swipes SET idx = -idx WHERE message_id = ? AND idx < 0", (message_id,))
+            active = row[0]
+            shown = active - 1 if active > idx else min(active, n - 2)
+            c.execute("UPDATE messages SET active_swipe = ? WHERE id = ?", (shown, message_id))
+            self._touch(c, message_id, time.time())
+            return int(shown)
 
     def update_swipe(
         self,
@@ -332,7 +388,7 @@ class ChatStore:
         info = self.chat(chat_id)
         keep = [m for m in self.messages(chat_id) if m.position <= self._position(upto_message_id)]
         now = time.time()
-        extra = {k: v for k, v in info["extra"].items() if k in ("chat_seed", "greeting")}
+        extra = {k: v for k, v in info["extra"].items() if k in ("chat_seed", "greeting", "author_note")}
         extra["branched_from"] = chat_id
         with self._tx() as c:
             cur = c.execute(
@@ -361,6 +417,11 @@ class ChatStore:
                         "VALUES (?,?,?,?,?,?)",
                         (mid, s.idx, s.text, s.state, now, json.dumps(s.provenance)),
                     )
+            c.execute(  # a branch keeps the chat's lorebooks, as it keeps its Author's Note
+                "INSERT INTO chat_lore (chat_id, book, added_at) SELECT ?, book, added_at FROM chat_lore "
+                "WHERE chat_id = ?",
+                (new_id, chat_id),
+            )
         return new_id
 
     def insert_chat(
@@ -371,14 +432,15 @@ class ChatStore:
         card_ref: str | None = None,
         card_name: str | None = None,
         user_name: str | None = None,
+        auto_title: bool = False,
     ) -> int:
         """A whole chat in one transaction: all of it is stored, or (on any failure) none of it."""
         now = time.time()
         with self._tx() as c:
             cur = c.execute(
-                "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at, extra) "
-                "VALUES (?,?,?,?,?,?,'{}')",
-                (title, card_ref, card_name, user_name, now, now),
+                "INSERT INTO chats (title, card_ref, card_name, user_name, created_at, updated_at, extra, title_auto) "
+                "VALUES (?,?,?,?,?,?,'{}',?)",
+                (title, card_ref, card_name, user_name, now, now, int(auto_title)),
             )
             chat_id = int(cur.lastrowid or 0)
             for position, m in enumerate(messages):
@@ -408,6 +470,49 @@ class ChatStore:
         c.execute(
             "UPDATE chats SET updated_at = ? WHERE id = (SELECT chat_id FROM messages WHERE id = ?)", (now, message_id)
         )
+
+    # -- lorebooks attached to a chat or a character ---------------------------------
+
+    def chat_lorebooks(self, chat_id: int) -> list[str]:
+        rows = self._read("SELECT book FROM chat_lore WHERE chat_id = ? ORDER BY added_at, book", (chat_id,))
+        return [str(r[0]) for r in rows]
+
+    def card_lorebooks(self, card_ref: str) -> list[str]:
+        rows = self._read("SELECT book FROM card_lore WHERE card_ref = ? ORDER BY added_at, book", (card_ref,))
+        return [str(r[0]) for r in rows]
+
+    def attach_lorebook(self, book: str, *, chat_id: int | None = None, card_ref: str | None = None) -> None:
+        """Attach a book (a library name or an absolute path) to a chat or to a character; again is a no-op."""
+        with self._tx() as c:
+            if chat_id is not None:
+                c.execute(
+                    "INSERT OR IGNORE INTO chat_lore (chat_id, book, added_at) VALUES (?,?,?)",
+                    (chat_id, book, time.time()),
+                )
+            if card_ref is not None:
+                c.execute(
+                    "INSERT OR IGNORE INTO card_lore (card_ref, book, added_at) VALUES (?,?,?)",
+                    (card_ref, book, time.time()),
+                )
+
+    def detach_lorebook(self, book: str, *, chat_id: int | None = None, card_ref: str | None = None) -> None:
+        with self._tx() as c:
+            if chat_id is not None:
+                c.execute("DELETE FROM chat_lore WHERE chat_id = ? AND book = ?", (chat_id, book))
+            if card_ref is not None:
+                c.execute("DELETE FROM card_lore WHERE card_ref = ? AND book = ?", (card_ref, book))
+
+    def forget_lorebook(self, book: str) -> None:
+        """Detach a book from every chat and character (it left the library)."""
+        with self._tx() as c:
+            c.execute("DELETE FROM chat_lore WHERE book = ?", (book,))
+            c.execute("DELETE FROM card_lore WHERE book = ?", (book,))
+
+    def lorebook_users(self, book: str) -> tuple[int, int]:
+        """How many chats and characters a book is attached to (before it leaves the library)."""
+        chats = self._read("SELECT COUNT(*) FROM chat_lore WHERE book = ?", (book,))[0][0]
+        cards = self._read("SELECT COUNT(*) FROM card_lore WHERE book = ?", (book,))[0][0]
+        return int(chats), int(cards)
 
     # -- state and file hashes ------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from app.atomic import write_text_atomic
 from app.chats.store import ChatStore, NewMessage
+from app.chats.titles import title_from
 from app.errors import InputError
 from app.untrusted import json_cost, parse_json
 
@@ -162,7 +163,9 @@ def read_st_chat(path: Path) -> tuple[dict[str, Any], list[NewMessage]]:
     first, header = next(lines, (0, None))
     if not isinstance(header, dict) or "mes" in header:
         raise InputError(f"{source}: not a SillyTavern chat file (no header line)")
-    names = {key: _name(header, key, f"{source}: line {first}") for key in ("user_name", "character_name")}
+    where = f"{source}: line {first}"
+    names: dict[str, Any] = {key: _name(header, key, where) for key in ("user_name", "character_name")}
+    names["author_note"] = _st_note(header.get("chat_metadata"))
     messages: list[NewMessage] = []
     alternatives = 0
     for line, obj in lines:
@@ -173,15 +176,67 @@ def read_st_chat(path: Path) -> tuple[dict[str, Any], list[NewMessage]]:
     return names, messages
 
 
+_ST_ROLES = {0: "system", 1: "user", 2: "assistant"}  # SillyTavern's extension_prompt_roles
+MAX_NOTE = 100_000  # characters of an Author's Note (app/session/authors_note.py reads it again, leniently)
+
+
+def _st_number(value: Any, default: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return default
+    return int(max(0, min(10_000, value)))
+
+
+def _st_note(meta: Any) -> dict[str, Any] | None:
+    """SillyTavern's Author's Note from a chat file's `chat_metadata` (note_prompt, note_depth,
+    note_interval, note_role), as Cattery keeps it with a chat; None when there is none."""
+    if not isinstance(meta, dict):
+        return None
+    text = meta.get("note_prompt")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_NOTE:
+        return None
+    role = meta.get("note_role")
+    return {
+        "text": text,
+        "depth": _st_number(meta.get("note_depth"), 4),
+        "every": _st_number(meta.get("note_interval"), 1),
+        "role": _ST_ROLES.get(role, "system") if isinstance(role, int) and not isinstance(role, bool) else "system",
+    }
+
+
+def _st_metadata(note: Any) -> dict[str, Any]:
+    """A chat's Author's Note as SillyTavern's `chat_metadata` writes it (in the chat, at its depth)."""
+    if not isinstance(note, dict) or not isinstance(note.get("text"), str) or not note["text"]:
+        return {}
+    roles = {v: k for k, v in _ST_ROLES.items()}
+    return {
+        "note_prompt": note["text"],
+        "note_interval": _st_number(note.get("every"), 1),
+        "note_position": 1,
+        "note_depth": _st_number(note.get("depth"), 4),
+        "note_role": roles.get(note.get("role"), 0),
+    }
+
+
 def import_st_chat(store: ChatStore, path: Path, card_ref: str | None = None) -> int:
     """Store a SillyTavern chat file as a new chat: the whole file is checked first, then
     stored in one transaction, so a bad line or a full disk leaves no half-imported chat."""
     names, messages = read_st_chat(path)
     char = names["character_name"] or ""
-    title = f"{char} (imported)" if char else path.stem
-    return store.insert_chat(
-        title, messages, card_ref=card_ref, card_name=char or None, user_name=names["user_name"] or None
+    # Titled by its first exchange, as a chat made here is (app/chats/titles.py); a file without
+    # a character name keeps its file's name, which the person chose.
+    first = title_from((m.role, m.swipes[m.active] if 0 <= m.active < len(m.swipes) else "", False) for m in messages)
+    title = (first or f"{char} (imported)") if char else path.stem
+    chat_id = store.insert_chat(
+        title,
+        messages,
+        card_ref=card_ref,
+        card_name=char or None,
+        user_name=names["user_name"] or None,
+        auto_title=bool(char),
     )
+    if names["author_note"] is not None:  # the chat's Author's Note comes with it
+        store.update_chat_extra(chat_id, author_note=names["author_note"])
+    return chat_id
 
 
 def export_st_chat(store: ChatStore, chat_id: int, path: Path) -> None:
@@ -194,7 +249,7 @@ def export_st_chat(store: ChatStore, chat_id: int, path: Path) -> None:
                 "user_name": user,
                 "character_name": char,
                 "create_date": _st_date(info["created_at"]),
-                "chat_metadata": {},
+                "chat_metadata": _st_metadata(info["extra"].get("author_note")),
             },
             ensure_ascii=False,
         )

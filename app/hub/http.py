@@ -90,11 +90,42 @@ def hub_errors(what: str) -> Iterator[None]:
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         raise HubError(_status_line(what, status if isinstance(status, int) else 0, "", "")) from None
     except OSError as exc:  # connection refused, DNS
-        raise HubError(f"{what}: cannot reach the hub ({type(exc).__name__}: {first_line(exc)})") from None
+        raise HubError(unreachable(what, exc)) from None
     except Exception as exc:
         if type(exc).__module__.startswith(("httpx", "httpcore", "h11")):
-            raise HubError(f"{what}: cannot reach the hub ({type(exc).__name__})") from None
+            raise HubError(unreachable(what, exc)) from None
         raise
+
+
+OFFLINE_HINT = "set HF_HUB_OFFLINE=1 to use only the models already downloaded"
+
+
+def unreachable(what: str, exc: BaseException) -> str:
+    """Why the hub could not be reached, in one line with what to do about it.
+
+    Each of these is answered at once by the network stack and would be answered the same way
+    a second later, so nothing is retried: without a network, a search fails in a moment, not
+    after a round of retries."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(endpoint()).hostname or endpoint()
+    causes: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in causes and len(causes) < 8:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        why = f"the name {host} does not resolve (no network, or no DNS)"
+    elif any(isinstance(c, ConnectionRefusedError) for c in causes):
+        why = f"{host} refused the connection"
+    elif any(isinstance(c, TimeoutError) or "Timeout" in type(c).__name__ for c in causes):
+        why = f"{host} did not answer within {_timeout():g} s"
+    elif any(isinstance(c, (ConnectionError, socket.herror)) or "ConnectError" in type(c).__name__ for c in causes):
+        why = f"no connection to {host} ({first_line(exc)})"
+    else:
+        why = f"{type(exc).__name__}: {first_line(exc)}"
+    return f"{what}: cannot reach the hub: {why}; {OFFLINE_HINT}"
 
 
 def _gated(what: str, status: int) -> str:

@@ -14,6 +14,7 @@ from app.engine.metadata import ModelInfo
 from app.errors import CatteryError
 from app.prompt.chat_template import Budget
 from app.prompt.formats import FALLBACK, GGUF, PromptFormat, get_format, guess_format
+from app.prompt.inject import Dynamic, Placed, Slot, fold, place, splice
 from app.prompt.segments import Message, Rendered, Speakers, render_format, render_template
 from app.prompt.tokens import SegmentTokenizer
 from app.prompt.window import SLACK, WindowState, fit_window
@@ -71,10 +72,23 @@ class Opening:
 
 @dataclass
 class Segment:
-    kind: str  # bos, pinned, example, turn, post, generation
+    kind: str  # bos, pinned, example, turn, note (an Author's or Character's Note), lore (at a depth), post, generation
     text: str
     index: int | None = None
     tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Insertion:
+    """A message inserted for this prompt only (see app/prompt/inject.py), and where it went."""
+
+    kinds: tuple[str, ...]  # author_note, character_note (a card's), lore
+    depth: int
+    role: str
+    text: str
+    before: int | None  # the stored message it went before; None: after the last one, right before the reply
+    segment: int | None  # its segment in `BuiltPrompt.segments` (None: rendered whole, or folded)
+    folded_into: int | None = None  # a template that refused it: the message whose text it joined
 
 
 @dataclass
@@ -93,6 +107,7 @@ class BuiltPrompt:
     reserve: int | None = None
     evicted_now: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    insertions: list[Insertion] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +132,18 @@ class BuiltPrompt:
                 }
                 for s in self.segments
             ],
+            "insertions": [
+                {
+                    "kinds": list(i.kinds),
+                    "depth": i.depth,
+                    "role": i.role,
+                    "text": i.text,
+                    "before_message": i.before,
+                    "segment": i.segment,
+                    "folded_into": i.folded_into,
+                }
+                for i in self.insertions
+            ],
             "notes": self.notes,
         }
 
@@ -134,7 +161,7 @@ class PromptBuilder:
         pin_examples: bool = False,
         slack: float = SLACK,
         post_history: str | None = None,
-        dynamic: Callable[[Sequence[Message]], tuple[str | None, str]] | None = None,
+        dynamic: Callable[[Sequence[Message]], tuple[str | None, str] | Dynamic] | None = None,
     ) -> None:
         self.format_name = format_name
         self.fmt: PromptFormat | None = None if format_name == GGUF else get_format(format_name)
@@ -148,10 +175,12 @@ class PromptBuilder:
         self.pin_examples = pin_examples
         self.slack = slack
         self.post_history = post_history  # a card's post-history instructions: after the turns, before the reply
-        # Called with the history at each build: (pinned system text, text for right before the reply);
-        # how lorebook entries reach the prompt without the prompt package knowing about cards.
+        # Called with the history at each build: (pinned system text, text for right before the reply),
+        # or a `Dynamic` that also carries messages to insert at a depth (the Author's Note); how
+        # lorebook entries and notes reach the prompt without the prompt package knowing about cards.
         self.dynamic = dynamic
         self._late = ""
+        self._placed: list[Placed] = []
         self._budget: Budget | None = None  # time shared by a chat template's renders in one build
 
     @property
@@ -230,20 +259,29 @@ class PromptBuilder:
         state = state if state is not None else WindowState()
         history = list(history)
         self._budget = Budget()
+        self._placed = []
         if self.dynamic is not None:
-            self.system, self._late = self.dynamic(history)
+            parts = self.dynamic(history)
+            if isinstance(parts, tuple):
+                parts = Dynamic(*parts)
+            if not parts.keep_system:
+                self.system = parts.system
+            self._late = parts.late
+            self._placed = place(parts.injections, len(history))
 
-        def render(messages: list[Message]) -> Rendered:
-            return self._open(self.render(messages), messages, opening)
+        def render(start: int) -> tuple[Rendered, list[Slot]]:
+            rendered, messages, slots = self._render_window(history, start)
+            return self._open(rendered, messages, opening), slots
 
         if self.tokenizer is None or n_ctx is None:
-            return self._assemble(render(history), history, 0, True, None, n_ctx, reserve, [])
+            rendered, slots = render(0)
+            return self._assemble(rendered, slots, history, 0, True, None, n_ctx, reserve, [])
         budget = n_ctx - reserve
         roles = [m.role for m in history]
         first_start = min(state.start, len(history))
         for _ in range(len(history) + 1):
             start = min(state.start, len(history))
-            rendered = render(history[start:])
+            rendered, slots = render(start)
             if not rendered.segmentable:
                 # Whole renderings only: slide one message at a time until it fits.
                 n = self.tokenizer.count(rendered.turns[0] + self._post_text() + rendered.generation) + 1
@@ -251,7 +289,7 @@ class PromptBuilder:
                     if n > budget:
                         fit_window(n, 0, [], 0, budget, WindowState(), [])  # raises with the numbers
                     evicted = list(range(first_start, start))
-                    return self._assemble(rendered, history, start, False, budget, n_ctx, reserve, evicted)
+                    return self._assemble(rendered, slots, history, start, False, budget, n_ctx, reserve, evicted)
                 state.start = start + 1
                 continue
             first_text = (
@@ -261,11 +299,14 @@ class PromptBuilder:
             )
             bos = 1 if self._wants_bos(first_text) else 0
             count = self.tokenizer.count
+            counts = [count(t) for t in rendered.turns]
+            # Inserted messages are part of the tail, like the reply's opening: never evicted.
+            inserted = sum(n for n, slot in zip(counts, slots, strict=True) if slot.index is None)
             fit = fit_window(
                 pinned=bos + count(rendered.pinned),
                 examples=sum(count(e) for e in rendered.examples),
-                turns=[count(t) for t in rendered.turns],
-                generation=count(rendered.generation) + count(self._post_text()),
+                turns=[n for n, slot in zip(counts, slots, strict=True) if slot.index is not None],
+                generation=count(rendered.generation) + count(self._post_text()) + inserted,
                 budget=budget,
                 state=WindowState(0, state.examples_dropped),
                 roles=roles[start:],
@@ -275,11 +316,40 @@ class PromptBuilder:
             state.examples_dropped = state.examples_dropped or (bool(rendered.examples) and not fit.examples_kept)
             if fit.start == 0:
                 evicted = list(range(first_start, start))
-                return self._assemble(rendered, history, start, fit.examples_kept, budget, n_ctx, reserve, evicted)
+                return self._assemble(
+                    rendered, slots, history, start, fit.examples_kept, budget, n_ctx, reserve, evicted
+                )
             # The window moved: render again from the new start (a template may render
             # its first message differently) and check once more.
             state.start = start + fit.start
         raise CatteryError("the conversation cannot be fitted into the context")  # pragma: no cover
+
+    def _render_window(self, history: list[Message], start: int) -> tuple[Rendered, list[Message], list[Slot]]:
+        """The window from `start` with this build's inserted messages in it.
+
+        A chat template may refuse a message where an insertion puts it (roles that must
+        alternate): then each insertion is written into the nearest user message instead.
+        """
+        from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError
+
+        messages, slots = splice(history, start, self._placed)
+        if not any(s.placed is not None for s in slots):
+            return self.render(messages), messages, slots
+        try:
+            return self.render(messages), messages, slots
+        except TemplateUnsafeError:
+            raise
+        except TemplateRenderError:
+            if self.fmt is not None:
+                raise
+        messages, slots, left = fold(messages, slots)
+        rendered = self.render(messages)
+        rendered.notes.append(
+            "the chat template refuses a message of its own there: the Author's Note (or lore) joins a user message"
+        )
+        if left:
+            rendered.notes.append("an insertion was left out: no user message to put it in")
+        return rendered, messages, slots
 
     def _open(self, rendered: Rendered, history: list[Message], opening: Opening | None) -> Rendered:
         """Replace the generation prefix by `opening`'s turn, rendered with a marker and cut at it."""
@@ -301,6 +371,7 @@ class PromptBuilder:
     def _assemble(
         self,
         r: Rendered,
+        slots: list[Slot],
         history: list[Message],
         start: int,
         examples_kept: bool,
@@ -310,13 +381,23 @@ class PromptBuilder:
         evicted: list[int],
     ) -> BuiltPrompt:
         segments: list[Segment] = []
+        insertions: list[Insertion] = []
         if r.pinned:
             segments.append(Segment("pinned", r.pinned))
         if examples_kept:
             segments += [Segment("example", text, i) for i, text in enumerate(r.examples) if text]
-        if r.segmentable:
-            segments += [Segment("turn", text, start + i) for i, text in enumerate(r.turns)]
-        else:
+        for k, slot in enumerate(slots):
+            where = len(segments) if r.segmentable else None
+            if slot.placed is not None:
+                insertions.append(_insertion(slot.placed, start, len(history), where))
+                if r.segmentable:
+                    kind = "lore" if set(slot.placed.kinds) == {"lore"} else "note"
+                    segments.append(Segment(kind, r.turns[k]))
+                continue
+            insertions += [_insertion(p, start, len(history), None, slot.index) for p in slot.folded]
+            if r.segmentable:
+                segments.append(Segment("turn", r.turns[k], slot.index))
+        if not r.segmentable:
             segments.append(Segment("turn", r.turns[0], None))
         post = self._post_text()
         if post:
@@ -336,6 +417,7 @@ class PromptBuilder:
             reserve=reserve,
             evicted_now=evicted,
             notes=list(r.notes),
+            insertions=insertions,
         )
         tok = self.tokenizer
         if tok is None:
@@ -345,6 +427,9 @@ class PromptBuilder:
         if self._wants_bos(first):
             tokens.append(tok.bos_token)
             segments.insert(0, Segment("bos", "", None, [tok.bos_token]))
+            for insertion in insertions:  # their segments moved one along
+                if insertion.segment is not None:
+                    insertion.segment += 1
         pinned_n = len(tokens)
         seen_text = False
         for s in segments:
@@ -358,3 +443,12 @@ class PromptBuilder:
         built.tokens = tokens
         built.pinned_tokens = pinned_n
         return built
+
+
+def _insertion(
+    placed: Placed, start: int, n_history: int, segment: int | None, folded_into: int | None = None
+) -> Insertion:
+    """Where an inserted message went, in the history's own numbering (deeper than the window: first in it)."""
+    at = max(placed.at, start)
+    before = at if at < n_history else None
+    return Insertion(placed.kinds, placed.depth, placed.role, placed.text, before, segment, folded_into)

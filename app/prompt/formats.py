@@ -115,7 +115,9 @@ def format_names() -> list[str]:
 def get_format(name: str) -> PromptFormat:
     formats = available_formats()
     if name not in formats:
-        raise CatteryError(f"unknown prompt format {name!r} (one of {', '.join(format_names())})")
+        from app.near_names import unknown
+
+        raise CatteryError(unknown("prompt format", name, format_names()))
     return formats[name]
 
 

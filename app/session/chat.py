@@ -28,24 +28,29 @@ from app.prompt.segments import Message
 from app.prompt.window import WindowState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.cards.lorebook import Activation
     from app.engine.engine import Engine, Generation
     from app.engine.stats import GenerationStats
     from app.prompt.builder import PromptBuilder
+    from app.session.authors_note import AuthorsNote
     from app.session.workspace import PromptRecipe, Workspace
 
-TURN_KINDS = ("reply", "regenerate", "continue", "impersonate")
+TURN_KINDS = ("reply", "regenerate", "continue", "impersonate", "speak")
 
 
 @dataclass
 class Turn:
     """One generation for this chat and where its text goes when it ends."""
 
-    kind: str  # reply, regenerate, continue, impersonate
+    kind: str  # reply, regenerate, continue, impersonate, speak (the character again, after itself)
     target: int | None  # index of the message it writes into (regenerate, continue)
     built: BuiltPrompt
     generation: Generation
-    prefix: str = ""  # text the reply already had (continue)
+    prefix: str = ""  # text the reply already had (continue), or the user's line begun (impersonate)
     started: float = field(default_factory=time.time)
+    context: Preview | None = None  # the context this turn uses: what the status bar shows while it runs
 
     def cancel(self) -> None:
         self.generation.cancel()
@@ -63,6 +68,15 @@ class Outcome:
 
 
 @dataclass
+class LoreState:
+    """World Info for the next reply, as the app shows it."""
+
+    active: list[Activation]
+    note_due: bool | None  # None: no lorebook and no note
+    note_in: int | None  # user turns until the note goes in (0: the next reply); None: never
+
+
+@dataclass
 class Preview:
     """The context as the next reply would use it: the numbers the status bar shows."""
 
@@ -73,6 +87,9 @@ class Preview:
     first_kept: int  # messages before this index have left the window
     to_evaluate: int  # tokens the next reply evaluates besides the user's new message
     reused: int
+    # Why the chat as it is cannot be sent (a stored message longer than the context); the
+    # numbers then are the pinned block and a full window, so the meter still shows.
+    problem: str = ""
 
     @property
     def used(self) -> int:
@@ -81,6 +98,48 @@ class Preview:
     @property
     def free(self) -> int:
         return max(0, self.n_ctx - self.used)
+
+
+@dataclass(frozen=True)
+class MessageFit:
+    """A message about to be sent against the room the context has for it (checked before sending)."""
+
+    tokens: int  # the message as the prompt format renders it
+    room: int  # the most one message can take: the context less the pinned block, the reply prompt and its reserve
+    n_ctx: int
+
+    @property
+    def fits(self) -> bool:
+        return self.tokens <= self.room
+
+
+def speak_again_history(builder: PromptBuilder, history: list[Message]) -> list[Message]:
+    """The history to prompt with when the character speaks again, right after its own message.
+
+    Formats that open each turn with a marker of its own (ChatML, Llama 3, Metharme, Alpaca,
+    Vicuna, Pygmalion…) render two turns of the character in a row as they are, and the
+    prompt ends with the character's turn opened again. Formats whose reply prompt is empty
+    (Llama 2, Mistral: the user's ` [/INST]` is what opens the reply) would end the prompt
+    inside a new user instruction, and the model would write the user's next line; a chat
+    template may refuse two assistant messages in a row outright. Both get an empty user
+    turn between (`[INST]  [/INST]`), never stored, as SillyTavern's instruct mode does.
+    """
+    from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError
+
+    if not history or history[-1].role != "assistant":
+        return history
+    fmt = builder.fmt
+    if fmt is not None:
+        opens_a_turn = bool(fmt.generation.strip())
+    else:
+        try:
+            builder.render([*history, Message("assistant", "…")])  # the turn to come, after its own
+            opens_a_turn = True
+        except TemplateUnsafeError:
+            raise
+        except TemplateRenderError:
+            opens_a_turn = False  # e.g. "roles must alternate user/assistant/user/assistant"
+    return history if opens_a_turn else [*history, Message("user", "")]
 
 
 def new_chat_seed() -> int:
@@ -94,6 +153,10 @@ class ChatSession:
         self.store = store
         self.chat_id = chat_id
         self.title: str = info["title"]
+        self.title_auto: bool = info["title_auto"]  # Cattery's title, following the first exchange
+        # Told when the automatic title changes (the app redraws its header and list); may be
+        # called from the thread that finished a turn, so it must only post, never wait.
+        self.on_title: Callable[[], None] | None = None
         self.card_ref: str | None = info["card_ref"]
         self.extra: dict[str, Any] = info["extra"]
         self.recipe = recipe
@@ -124,11 +187,12 @@ class ChatSession:
         """A new chat; a card's greetings open it, as the first message's alternatives."""
         char = recipe.card.char if recipe.card is not None else None
         chat_id = store.create_chat(
-            title or time.strftime("%Y-%m-%d %H:%M"),  # the character is shown beside it everywhere
+            title or time.strftime("%Y-%m-%d %H:%M"),  # until the first exchange names it; the character is beside it
             card_ref,
             char,
             recipe.user,
             extra={"chat_seed": chat_seed},
+            auto_title=title is None,
         )
         greetings = recipe.greetings
         if greetings:
@@ -162,19 +226,60 @@ class ChatSession:
         builder = self.recipe.builder(choice.name, engine.info, tokenizer_from(engine))
         with self.lock:
             self.engine, self.builder, self.format_choice = engine, builder, choice
-            saved = self.extra.get("window") or {}
             report = engine.report
-            same = report is not None and saved.get("model") == str(report.path) and saved.get("n_ctx") == engine.n_ctx
-            # The window only moves forward; on another model or context it starts over.
-            self.window = (
-                WindowState(int(saved.get("start", 0)), bool(saved.get("examples_dropped")))
-                if same
-                else (WindowState())
-            )
+            self.window = self.saved_window(report.path if report is not None else None, engine.n_ctx)
+
+    def saved_window(self, model: Path | None, n_ctx: int | None) -> WindowState:
+        """Where this chat's window stood on this model at this context (`cattery prompt --chat` asks too).
+
+        The window only moves forward; on another model or context it starts over."""
+        saved = self.extra.get("window") or {}
+        if model is None or saved.get("model") != str(model) or saved.get("n_ctx") != n_ctx:
+            return WindowState()
+        return WindowState(int(saved.get("start", 0)), bool(saved.get("examples_dropped")))
 
     def detach(self) -> None:
         with self.lock:
             self.engine = self.builder = self.format_choice = None
+
+    def use_recipe(self, recipe: PromptRecipe) -> None:
+        """A new recipe for this chat (lorebooks attached or detached, a new Author's Note): the next
+        prompt is built from it; a reply being written keeps the prompt it started with."""
+        from app.prompt.tokens import tokenizer_from
+
+        with self.lock:
+            self.recipe = recipe
+            if self.engine is not None and self.format_choice is not None and self.engine.loaded:
+                self.builder = recipe.builder(self.format_choice.name, self.engine.info, tokenizer_from(self.engine))
+
+    # -- the Author's Note and World Info ----------------------------------------------
+
+    @property
+    def note(self) -> AuthorsNote | None:
+        return self.recipe.note
+
+    def set_note(self, note: AuthorsNote | None) -> None:
+        """Save the chat's Author's Note (None: none) and use it from the next prompt on."""
+        value = note.to_dict() if note is not None and note.text.strip() else None
+        self.store.update_chat_extra(self.chat_id, author_note=value)
+        self.extra["author_note"] = value
+        self.use_recipe(dataclasses.replace(self.recipe, note=note if value is not None else None))
+
+    def lore_now(self) -> LoreState:
+        """The entries the next reply switches on and why, and whether the Author's Note goes in:
+        from the messages as they are (no model needed; a book's token budget counts with the
+        model's tokenizer once one is loaded)."""
+        from app.prompt.tokens import tokenizer_from
+
+        with self.lock:
+            history = self.history()
+            tokenizer = tokenizer_from(self.engine) if self.engine is not None and self.engine.loaded else None
+            extras = self.recipe.extras(tokenizer)
+            if extras is None:
+                return LoreState([], None, None)
+            extras(history)
+            note = self.recipe.note
+            return LoreState(list(extras.active or []), extras.note_due, note.turns_until(history) if note else None)
 
     @property
     def ready(self) -> bool:
@@ -184,6 +289,38 @@ class ChatSession:
 
     def reload(self) -> None:
         self.messages = self.store.messages(self.chat_id)
+        self._retitle()
+
+    def _retitle(self) -> None:
+        """While the title is Cattery's, it follows the first exchange (app/chats/titles.py).
+
+        Every change to the messages passes through `reload`, so the first user message
+        names the chat the moment it is saved, and an edit of it renames the chat too.
+        """
+        if not self.title_auto:
+            return
+        from app.chats.titles import title_from
+
+        title = title_from((m.role, m.text, _written_by_model(m)) for m in self.messages)
+        if title is None or title == self.title:
+            return
+        before = self.title
+        try:
+            if self.store.set_auto_title(self.chat_id, title):
+                self.title = title
+            else:  # renamed meanwhile (`cattery chats rename`): the person's title stays
+                self.refresh_title()
+        except CatteryError:  # busy or full: the message is saved, the title is tried at the next change
+            return
+        if self.title != before and self.on_title is not None:
+            self.on_title()
+
+    def refresh_title(self) -> bool:
+        """Read the title again (renamed by `cattery chats rename` beside the app); whether it changed."""
+        info = self.store.chat(self.chat_id)
+        changed = (info["title"], info["title_auto"]) != (self.title, self.title_auto)
+        self.title, self.title_auto = info["title"], info["title_auto"]
+        return changed
 
     def history(self, upto: int | None = None) -> list[Message]:
         return [Message(m.role, m.text, m.name) for m in self.messages[:upto]]
@@ -222,6 +359,17 @@ class ChatSession:
             self.reload()
             return count
 
+    def delete_alternative(self, index: int) -> tuple[int, int]:
+        """Delete the alternative shown of a message, not the message: (the one shown now, how many are left).
+
+        Its only alternative is not deleted this way (one line says so): `delete` takes the message.
+        """
+        with self.lock:
+            m = self.messages[index]
+            shown = self.store.delete_swipe(m.id, m.active)
+            self.reload()
+            return shown, len(self.messages[index].swipes)
+
     def select_swipe(self, index: int, step: int) -> tuple[int, int] | None:
         """Show the previous or next alternative of a message: (shown, count), or None at either end."""
         with self.lock:
@@ -242,8 +390,8 @@ class ChatSession:
             return new_id
 
     def rename(self, title: str) -> None:
-        self.store.rename_chat(self.chat_id, title)
-        self.title = title
+        self.title = self.store.rename_chat(self.chat_id, title)
+        self.title_auto = False
 
     def save_draft(self, text: str) -> None:
         if text != self.extra.get("draft", ""):
@@ -282,6 +430,8 @@ class ChatSession:
             return kind, None
         if kind == "reply":
             return kind, None
+        if kind == "speak":  # after the user's message, or in an empty chat, it is a plain reply
+            return ("speak" if last >= 0 and msgs[last].role == "assistant" else "reply"), None
         if last < 0 or msgs[last].role != "assistant":
             return "reply", None
         if index is not None and index != last:
@@ -290,8 +440,12 @@ class ChatSession:
             raise CatteryError("a greeting is not regenerated: swipe through the card's greetings instead")
         return kind, last
 
-    def begin(self, kind: str, index: int | None = None) -> Turn:
-        """Build the prompt and start generating. Blocks only for the prompt build."""
+    def begin(self, kind: str, index: int | None = None, *, prefix: str = "") -> Turn:
+        """Build the prompt and start generating. Blocks only for the prompt build.
+
+        `prefix`: for impersonate, the start of the user's line already typed; the model
+        goes on from it, so what the person wrote is never replaced.
+        """
         with self.lock:
             if not self.ready:
                 raise CatteryError("no model is loaded yet")
@@ -299,20 +453,25 @@ class ChatSession:
             kind, target = self.plan_turn(kind, index)
             history = self.history(target)
             opening = None
-            prefix = ""
             if kind == "continue":
                 assert target is not None
                 prefix = self.messages[target].text
                 opening = Opening("assistant", prefix)
             elif kind == "impersonate":
-                opening = Opening("user", "")
+                opening = Opening("user", prefix)
+            else:
+                prefix = ""
+            if kind == "speak":
+                history = speak_again_history(self.builder, history)
             built = self.builder.build(
                 history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=self.window, opening=opening
             )
             self._save_window()
+            tokens = built.tokens or []
+            context = self._context(built, self.engine.plan(tokens), len(history))  # before the engine is busy
             gen = self.engine.generate(built.tokens or built.text, self.sampler, stop=built.stop)
             self.last_built = built
-            return Turn(kind, target, built, gen, prefix)
+            return Turn(kind, target, built, gen, prefix, context=context)
 
     def finish(self, turn: Turn) -> Outcome:
         """Commit what the turn produced: a stopped reply keeps its partial text, marked as stopped."""
@@ -322,7 +481,7 @@ class ChatSession:
         self.last_stats = stats
         state = "stopped" if stopped else "done"
         if turn.kind == "impersonate":
-            return Outcome(turn.kind, text.strip(), stopped, stats, None)
+            return Outcome(turn.kind, (turn.prefix + text).strip(), stopped, stats, None)
         provenance = self.provenance(turn, stats)
         with self.lock:
             if turn.kind == "continue":
@@ -395,26 +554,73 @@ class ChatSession:
     # -- the context, as the status bar shows it ---------------------------------------
 
     def preview(self) -> Preview | None:
-        """The prompt the next reply would be built from now (without evaluating anything)."""
+        """The prompt the next reply would be built from now (without evaluating anything).
+
+        A chat whose newest message is longer than the context (imported, or edited so) still
+        gets its numbers, with the problem named: the meter stays, nothing is toasted.
+        """
+        from app.errors import ContextOverflowError
+
         with self.lock:
             if not self.ready:
                 return None
             assert self.engine is not None and self.builder is not None
             history = self.history()
             state = WindowState(self.window.start, self.window.examples_dropped)
-            built = self.builder.build(history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state)
+            try:
+                built = self.builder.build(history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state)
+            except ContextOverflowError:
+                pinned = self.builder.build([]).pinned_tokens or 0
+                n_ctx = self.engine.n_ctx
+                problem = "the last message is longer than the context"
+                return Preview(n_ctx, pinned, n_ctx - pinned, self.reserve, max(0, len(history) - 1), 0, 0, problem)
+        return self._context(built, self.engine.plan(built.tokens or []), len(history))
+
+    def _context(self, built: BuiltPrompt, plan: Any, n_messages: int) -> Preview:
+        assert self.engine is not None
         tokens = built.tokens or []
-        plan = self.engine.plan(tokens)
         pinned = built.pinned_tokens or 0
         return Preview(
             n_ctx=self.engine.n_ctx,
             pinned=pinned,
             history=len(tokens) - pinned,
             reserve=self.reserve,
-            first_kept=built.kept[0] if built.kept else len(history),
+            first_kept=built.kept[0] if built.kept else n_messages,
             to_evaluate=plan.to_evaluate,
             reused=plan.reused,
         )
+
+    def measure(self, text: str) -> MessageFit | None:
+        """How many tokens `text` takes as the user's next message, and how many one message may
+        take in this context; None without a model (nothing to count with).
+
+        Everything else in the history can leave the window, so the room is the budget less
+        what always stays: the pinned block, the reply prompt (and examples when pinned).
+        """
+        from app.cards.macros import expand
+
+        if self.recipe.card is not None:
+            text = expand(text, self.recipe.card.context)
+        with self.lock:
+            if not self.ready:
+                return None
+            assert self.engine is not None and self.builder is not None
+            builder = self.builder
+
+            def size(history: list[Message]) -> int:
+                built = builder.build(history)  # no window: every token counted
+                dropped = [] if builder.pin_examples else [s for s in built.segments if s.kind == "example"]
+                return len(built.tokens or []) - sum(len(s.tokens) for s in dropped)
+
+            base = size([])
+            tokens = size([Message("user", text)]) - base
+            n_ctx = self.engine.n_ctx
+        return MessageFit(tokens, n_ctx - self.reserve - base, n_ctx)
+
+
+def _written_by_model(m: StoredMessage) -> bool:
+    """A reply the model wrote (its provenance names the turn), not a card's greeting or an import."""
+    return bool(m.swipes) and "kind" in m.swipes[m.active].provenance
 
 
 def hash_model(store: ChatStore, path: Path) -> str:
@@ -424,9 +630,48 @@ def hash_model(store: ChatStore, path: Path) -> str:
     return digest
 
 
-def _recipe(ws: Workspace, card: Any, seed: int, overrides: dict[str, Any]) -> PromptRecipe:
+def _recipe(
+    ws: Workspace,
+    card: Any,
+    seed: int,
+    overrides: dict[str, Any],
+    *,
+    card_ref: str | None = None,
+    chat_id: int | None = None,
+    note: AuthorsNote | None = None,
+) -> PromptRecipe:
     keys = ("system", "user", "char", "lorebooks", "lore_placement")
-    return ws.recipe(card, chat_seed=seed, **{k: overrides.get(k) for k in keys})
+    args = {k: overrides.get(k) for k in keys}
+    return ws.recipe(card, chat_seed=seed, card_ref=card_ref, chat_id=chat_id, note=note, **args)
+
+
+def _chat_note(saved: Any, options: dict[str, Any] | None) -> tuple[AuthorsNote | None, bool]:
+    """(the chat's Author's Note, whether the command line changed it)."""
+    from app.session.authors_note import AuthorsNote, note_from_options
+
+    base = AuthorsNote.from_dict(saved)
+    if not options:
+        return base, False
+    note = note_from_options(base, **options)
+    return note, note != base
+
+
+def reload_recipe(ws: Workspace, session: ChatSession, **overrides: Any) -> None:
+    """Build the chat's recipe again (its lorebooks changed) and use it from the next prompt."""
+    info = ws.store.chat(session.chat_id)
+    _, card = ws.resolve_character(info["card_ref"])
+    if card is None and not overrides.get("char"):
+        overrides = {**overrides, "char": info["card_name"]}
+    recipe = _recipe(
+        ws,
+        card,
+        session.chat_seed,
+        overrides,
+        card_ref=info["card_ref"],
+        chat_id=session.chat_id,
+        note=session.recipe.note,
+    )
+    session.use_recipe(recipe)
 
 
 def open_session(
@@ -434,14 +679,20 @@ def open_session(
 ) -> ChatSession:
     """Reopen a stored chat with its own character (raises a one-line error if the card is gone).
 
-    `overrides`: system, user, char, lorebooks, lore_placement, as given on the command line.
+    `overrides`: system, user, char, lorebooks, lore_placement, as given on the command line, and
+    `note`: the Author's Note options given there (text, depth, every, role), saved with the chat.
     """
     info = ws.store.chat(chat_id)
     _, card = ws.resolve_character(info["card_ref"])
     if card is None and not overrides.get("char"):
         overrides = {**overrides, "char": info["card_name"]}  # an imported chat without a card: its name
-    recipe = _recipe(ws, card, int(info["extra"].get("chat_seed", 0)), overrides)
-    return ChatSession(ws.store, chat_id, recipe, sampler or ws.sampler())
+    note, changed = _chat_note(info["extra"].get("author_note"), overrides.get("note"))
+    seed = int(info["extra"].get("chat_seed", 0))
+    recipe = _recipe(ws, card, seed, overrides, card_ref=info["card_ref"], chat_id=chat_id, note=note)
+    session = ChatSession(ws.store, chat_id, recipe, sampler or ws.sampler())
+    if changed:
+        session.set_note(note)
+    return session
 
 
 def start_session(
@@ -450,7 +701,11 @@ def start_session(
     """A new chat with a character (`None`: no character)."""
     ref, card = ws.resolve_character(card_ref)
     seed = new_chat_seed()
-    recipe = _recipe(ws, card, seed, overrides)
-    return ChatSession.create(
+    note, _ = _chat_note(None, overrides.get("note"))
+    recipe = _recipe(ws, card, seed, overrides, card_ref=ref, note=note)
+    session = ChatSession.create(
         ws.store, recipe, sampler or ws.sampler(), card_ref=ref, chat_seed=seed, greeting=greeting
     )
+    if note is not None:
+        session.set_note(note)
+    return session

@@ -22,6 +22,7 @@ class Launch:
     char: str | None = None
     lorebooks: list[str] = field(default_factory=list)
     lore_placement: str | None = None
+    note: dict[str, Any] | None = None  # the Author's Note options given (text, depth, every, role): for the first chat
     sampler: SamplerSettings | None = None
     new_chat: bool = False
     load_model: bool = True  # tests and benchmarks may start the app without loading one

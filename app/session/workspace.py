@@ -7,27 +7,31 @@ prompt recipe made from the settings and the user's overrides.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.errors import CatteryError
+from app.errors import CatteryError, ModelFileError
 from app.paths import Paths, get_paths
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.cards.card import Card
     from app.cards.library import CardLibrary
+    from app.cards.lore_library import LoreLibrary
     from app.cards.lorebook import Lorebook
     from app.cards.prompting import CardPrompt
     from app.chats.store import ChatStore
     from app.engine.metadata import ModelInfo
     from app.engine.options import LoadOptions, SamplerSettings
     from app.hub.library import LibraryEntry
-    from app.prompt.builder import PromptBuilder
+    from app.prompt.builder import FormatChoice, PromptBuilder
     from app.prompt.tokens import SegmentTokenizer
+    from app.session.authors_note import AuthorsNote
     from app.session.characters import CharacterEntry
+    from app.session.lore import ChatExtras, ChatLore
 
 SAMPLER_KEYS = (
     "temperature",
@@ -57,6 +61,18 @@ LOAD_KEYS = (
 )
 
 
+class RememberedModelGone(ModelFileError):
+    """The model the settings name (`[model] default`, or `last_used`: the one used last time) cannot be
+    found any more. The message says which and why; how to pick another is the caller's to add, in its
+    own terms (a command-line option, a screen's key)."""
+
+    def __init__(self, key: str, ref: str, reason: str) -> None:
+        self.key, self.ref = key, ref
+        what = "the last used model" if key == "last_used" else "the default model ([model] default)"
+        reason = reason.removeprefix(f"{ref}: ")
+        super().__init__(f"{what} {ref} cannot be used: {reason}")
+
+
 @dataclass
 class PromptRecipe:
     """What a chat's prompt is made of, except the model: the builder is made once a model is loaded."""
@@ -69,24 +85,41 @@ class PromptRecipe:
     lore_placement: str = "card"
     pin_examples: bool = False
     source: Card | None = None  # the card itself: its avatar, its other fields for the screens
+    lore: ChatLore | None = None  # the books with where each was attached, and the ones skipped
+    note: AuthorsNote | None = None  # the chat's Author's Note
 
     @property
     def greetings(self) -> list[str]:
         return list(self.card.greetings) if self.card is not None else []
 
-    def builder(self, fmt: str, info: ModelInfo | None, tokenizer: SegmentTokenizer | None) -> PromptBuilder:
-        from app.cards.prompting import LoreSession
-        from app.prompt.builder import PromptBuilder
-        from app.prompt.segments import Speakers
+    def extras(self, tokenizer: SegmentTokenizer | None = None) -> ChatExtras | None:
+        """The prompt's dynamic part (lore, the Author's Note); None when there is neither."""
+        from app.cards.prompting import LoreSession, plain_prompt
+        from app.session.lore import ChatExtras
 
-        if self.card is None:
-            return PromptBuilder(
-                fmt, info=info, tokenizer=tokenizer, system=self.system, speakers=Speakers(self.user, self.char)
-            )
-        cp = self.card
+        if not self.books and self.note is None and (self.card is None or self.card.depth_prompt is None):
+            return None
+        cp = self.card or plain_prompt(self.system, self.user, self.char)
         lore = None
         if self.books:
             lore = LoreSession(cp, self.books, self.lore_placement, tokenizer.count if tokenizer is not None else None)
+        return ChatExtras(cp, lore, self.note)
+
+    def builder(self, fmt: str, info: ModelInfo | None, tokenizer: SegmentTokenizer | None) -> PromptBuilder:
+        from app.prompt.builder import PromptBuilder
+        from app.prompt.segments import Speakers
+
+        extras = self.extras(tokenizer)
+        if self.card is None:
+            return PromptBuilder(
+                fmt,
+                info=info,
+                tokenizer=tokenizer,
+                system=self.system,
+                speakers=Speakers(self.user, self.char),
+                dynamic=extras,
+            )
+        cp = self.card
         return PromptBuilder(
             fmt,
             info=info,
@@ -95,7 +128,7 @@ class PromptRecipe:
             speakers=Speakers(cp.user, cp.char),
             examples=cp.examples,
             post_history=cp.post_history,
-            dynamic=lore,
+            dynamic=extras,
             pin_examples=self.pin_examples,
         )
 
@@ -135,8 +168,29 @@ class Workspace:
 
     # -- models ----------------------------------------------------------------------
 
+    def settings_path(self, text: str) -> Path:
+        """A path read from the settings file. A relative one is relative to that file's folder, never
+        to wherever Cattery happens to be started from (which would make it mean another file each time)."""
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else self.paths.settings_file.parent / path
+
+    @staticmethod
+    def stored_path(path: Path | str) -> str:
+        """A path as Cattery writes it into the settings: absolute, so it means the same file from any folder.
+        Links are kept as they are (a Hugging Face cache's snapshot link names the model; its blob does not)."""
+        return os.path.abspath(Path(path).expanduser())
+
     def model_dirs(self) -> list[Path]:
-        return [self.paths.models_dir, *(Path(d).expanduser() for d in self.settings.get("model", "dirs", []))]
+        return [self.paths.models_dir, *(self.settings_path(d) for d in self.settings.get("model", "dirs", []))]
+
+    def add_model_dir(self, folder: Path | str) -> str | None:
+        """Remember a folder of models (absolute); the error line when the settings cannot be saved."""
+        stored = self.stored_path(folder)
+        dirs = list(self.settings.get("model", "dirs", []))
+        if stored in dirs or any(self.settings_path(d) == Path(stored) for d in dirs):
+            return None
+        self.settings.set("model", "dirs", [*dirs, stored])
+        return self.save_settings()
 
     def models(self) -> list[LibraryEntry]:
         from app.hub.library import library_entries
@@ -144,28 +198,36 @@ class Workspace:
         return library_entries(self.model_dirs())
 
     def resolve_model(self, ref: str | None) -> Path:
+        """The file a model reference names (a path, a library name, `owner/repo[:QUANT]` in the HF cache),
+        as an absolute path: the one resolver every command and screen uses."""
         from app.hub.library import resolve_model
 
-        return resolve_model(ref, self.model_dirs())
+        return Path(self.stored_path(resolve_model(ref, self.model_dirs())))
 
     def pick_model(self, explicit: str | None = None) -> Path:
-        """The model asked for; else the settings' default; else the last one used; else the bundled one."""
+        """The model asked for; else the settings' default; else the last one used; else the bundled one.
+
+        A default or last used model that cannot be found is an error (`RememberedModelGone`), never a
+        quiet switch to another model: the user would chat with a model they did not choose.
+        """
         if explicit:
             return self.resolve_model(explicit)
         for key in ("default", "last_used"):
             ref = self.settings.get("model", key, "")
-            if ref:
-                try:
-                    return self.resolve_model(ref)
-                except CatteryError:
-                    if key == "default":
-                        raise
+            if not ref:
+                continue
+            try:
+                return self.resolve_model(ref)
+            except CatteryError as exc:
+                raise RememberedModelGone(key, ref, str(exc)) from None
         return self.resolve_model(None)
 
     def remember_model(self, path: Path) -> str | None:
-        if self.settings.get("model", "last_used", "") == str(path):
+        """The model to open next time: stored as an absolute path, so any folder finds it."""
+        stored = self.stored_path(path)
+        if self.settings.get("model", "last_used", "") == stored:
             return None
-        self.settings.set("model", "last_used", str(path))
+        self.settings.set("model", "last_used", stored)
         return self.save_settings()
 
     def load_options(self, overrides: dict[str, Any] | None = None) -> LoadOptions:
@@ -195,6 +257,26 @@ class Workspace:
     @property
     def default_ctx(self) -> int:
         return int(self.settings.get("model", "ctx", 4096) or 4096)
+
+    def chat_format(self, path: Path | None, info: ModelInfo | None, explicit: str | None = None) -> FormatChoice:
+        """The prompt format a chat uses with this model: the one asked for; else the one chosen for this
+        file on the Models screen; else the settings' `[chat] format`; else the model's own template, a
+        guess from its name, or ChatML. `cattery prompt` and `formats lint` ask the same, so they show
+        what a chat would send."""
+        from app.prompt.builder import choose_format
+
+        saved = self.saved_load_settings(path).get("format") if path is not None else None
+        wanted = explicit or saved or self.settings.get("chat", "format", "") or None
+        return choose_format(wanted, info)
+
+    def chat_context(self, path: Path, info: ModelInfo, overrides: dict[str, Any] | None = None) -> int:
+        """The context a chat loads this model with (the saved settings for the file, the command line's
+        on top), as the engine chooses it, without loading anything."""
+        from app.engine.preflight import choose_ctx
+
+        saved = {k: v for k, v in self.saved_load_settings(path).items() if k != "format"}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return choose_ctx(info, self.load_options({**saved, **given}), self.default_ctx)
 
     # -- sampling --------------------------------------------------------------------
 
@@ -237,9 +319,15 @@ class Workspace:
         lorebooks: list[str] | None = None,
         lore_placement: str | None = None,
         chat_seed: int = 0,
+        card_ref: str | None = None,
+        chat_id: int | None = None,
+        note: AuthorsNote | None = None,
     ) -> PromptRecipe:
-        """The prompt recipe for a chat; `None` arguments come from the settings."""
-        from app.cards.lorebook import book_from_spec, read_lorebook
+        """The prompt recipe for a chat; `None` arguments come from the settings.
+
+        `card_ref` and `chat_id` bring in the lorebooks attached to the character and to
+        the chat; `note` is the chat's Author's Note.
+        """
         from app.cards.prompting import Persona, card_prompt
 
         s = self.settings
@@ -249,13 +337,70 @@ class Workspace:
         char = char or s.get("chat", "char_name", "Assistant")
         placement = lore_placement or s.get("lore", "placement", "card")
         pin = bool(s.get("chat", "pin_examples", False))
+        lore = self.chat_lore(card, card_ref=card_ref, chat_id=chat_id, command_line=lorebooks or [])
         if card is None:
-            return PromptRecipe(system, user, char, lore_placement=placement, pin_examples=pin)
+            return PromptRecipe(system, user, char, None, lore.lorebooks, placement, pin, None, lore=lore, note=note)
         persona = Persona(user, s.get("persona", "description", ""))
         cp = card_prompt(card, global_system=system or "", persona=persona, chat_seed=chat_seed)
-        books = []
-        if isinstance(card.data.get("character_book"), dict):
-            books.append(book_from_spec(card.data["character_book"], card.name))
-        for ref in [*s.get("chat", "lorebooks", []), *(lorebooks or [])]:
-            books.append(read_lorebook(Path(ref).expanduser()))
-        return PromptRecipe(cp.system or None, cp.user, cp.char, cp, books, placement, pin, card)
+        return PromptRecipe(
+            cp.system or None, cp.user, cp.char, cp, lore.lorebooks, placement, pin, card, lore=lore, note=note
+        )
+
+    # -- World Info ------------------------------------------------------------------
+
+    @cached_property
+    def lore_library(self) -> LoreLibrary:
+        from app.cards.lore_library import LoreLibrary
+
+        return LoreLibrary(self.paths.lorebooks_dir)
+
+    def lorebook_path(self, ref: str, scope: str = "command line") -> Path:
+        """The file a lorebook reference names: a library book, else a path (in the settings, relative
+        to the settings file's folder; elsewhere, to the current folder)."""
+        if scope == "global" and self.lore_library.path(ref) is None:
+            ref = str(self.settings_path(ref))
+        return self.lore_library.resolve(ref)
+
+    def chat_lore(
+        self,
+        card: Card | None,
+        *,
+        card_ref: str | None = None,
+        chat_id: int | None = None,
+        command_line: list[str] | None = None,
+    ) -> ChatLore:
+        """Every lorebook of a chat, each once, with where it was attached (app/session/lore.py)."""
+        from app.session.lore import gather_lore
+
+        character: list[str] = []
+        chat: list[str] = []
+        problems: list[str] = []
+        if (card_ref is not None or chat_id is not None) and self.paths.chats_db.exists():
+            try:  # attachments live in the chat database; a chat must open even when it cannot be read
+                character = self.store.card_lorebooks(card_ref) if card_ref else []
+                chat = self.store.chat_lorebooks(chat_id) if chat_id is not None else []
+            except CatteryError as exc:
+                problems.append(f"the lorebooks attached to this chat and character are skipped: {exc}")
+        lore = gather_lore(
+            self.lorebook_path,
+            card=card,
+            character=character,
+            chat=chat,
+            everywhere=list(self.settings.get("chat", "lorebooks", [])),
+            command_line=command_line or [],
+        )
+        lore.warnings[:0] = problems
+        return lore
+
+    def global_lorebooks(self) -> list[str]:
+        return list(self.settings.get("chat", "lorebooks", []))
+
+    def set_global_lorebook(self, ref: str, attached: bool) -> str | None:
+        """Attach a book to every chat (or not): `[chat] lorebooks` in the settings; the error line
+        when the settings cannot be saved."""
+        books = self.global_lorebooks()
+        if attached == (ref in books):
+            return None
+        books = [*books, ref] if attached else [b for b in books if b != ref]
+        self.settings.set("chat", "lorebooks", books)
+        return self.save_settings()

@@ -8,6 +8,7 @@ workers post messages and never touch widgets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from app.tui.widgets.status_bar import ModelStatus
 log = logging.getLogger("cattery.tui")
 
 SHOWN_WARNINGS = 4  # at start, as notifications; the Settings screen lists them all
+OUTSIDE_CHANGES_EVERY = 2.0  # seconds between looks for chats changed by the command line beside the app
 
 
 def _screens() -> dict[str, Any]:
@@ -88,6 +90,7 @@ class CatteryApp(App[None]):
         self.cursor_blink = bool(settings.get("ui", "cursor_blink", True))
         self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))
         self._avatars: dict[str, bytes | None] = {}
+        self._data_version: int | None = None  # the chat database as last seen (see _outside_changes)
         if self.engine.loaded and self.engine.report is not None:
             # A model loaded before the app started (tests, benchmarks): use it as it is.
             from app.prompt.builder import choose_format
@@ -152,7 +155,9 @@ class CatteryApp(App[None]):
             line = f"cattery: error: {error_line(exc)}"
             self.exit(return_code=exc.exit_code, message=Text(line, no_wrap=True, overflow="ignore"))
             return
+        self._outside_changes()  # what the database is now; changes from here on are looked for
         self.open_initial_chat()
+        self.set_interval(OUTSIDE_CHANGES_EVERY, self._outside_changes)
         if self.model_status.state == "ready":
             self._attach(self.session)
         elif self.launch.load_model:
@@ -206,7 +211,15 @@ class CatteryApp(App[None]):
             "char": la.char,
             "lorebooks": la.lorebooks,
             "lore_placement": la.lore_placement,
+            "note": la.note,  # the command line's Author's Note: for the chat opened first only (set_session)
         }
+
+    def session_overrides(self) -> dict[str, Any]:
+        """What the command line asked for this run's chats (system, names, lorebooks), to build a recipe again."""
+        return {k: v for k, v in self._session_kwargs().items() if k not in ("sampler", "note")}
+
+    def chat_screen(self) -> Any:
+        return self._chat_screen()
 
     def open_initial_chat(self) -> None:
         """The last chat as it was; with --card, that character's last chat; --new starts one."""
@@ -267,6 +280,10 @@ class CatteryApp(App[None]):
         if chat_screen_draft is not None:
             chat_screen_draft()
         self.session = session
+        session.on_title = self._title_changed
+        self.launch.note = None  # saved with the first chat; the next ones keep their own
+        for warning in session.recipe.lore.warnings if session.recipe.lore is not None else []:
+            self.notify(warning, severity="warning", timeout=10)
         # The chat is open; only reopening it next time is lost.
         with reported(self, severity="warning", outcome="this chat will not be the one opened next time"):
             self.ws.store.set_state("last_chat", str(session.chat_id))
@@ -274,6 +291,31 @@ class CatteryApp(App[None]):
             self._attach(session)
         if switch and self.current_mode != "chat":
             self.switch_mode("chat")
+        self.session_serial += 1
+
+    def _title_changed(self) -> None:
+        """The open chat's automatic title followed its first exchange (maybe on a worker thread,
+        which must not wait for the UI): the header and the chat list show it."""
+        self.call_later(self._bump_session_serial)
+
+    def _bump_session_serial(self) -> None:
+        self.session_serial += 1
+
+    def _outside_changes(self) -> None:
+        """Chats made, renamed or deleted beside the app (`cattery chats …`, an import) show up in the
+        chat list and the header without a restart; SQLite's data_version says when, for a few µs."""
+        try:
+            version = self.ws.store.data_version()
+        except CatteryError:
+            return
+        seen, self._data_version = self._data_version, version
+        if seen is None or version == seen:
+            return
+        s = self.session
+        if s is not None:
+            # A chat deleted outside: sending into it says so (app/chats/store.py).
+            with contextlib.suppress(CatteryError):
+                s.refresh_title()
         self.session_serial += 1
 
     def _chat_screen(self) -> Any:
@@ -286,7 +328,7 @@ class CatteryApp(App[None]):
         try:
             session.attach(self.engine, self.model_status.choice)
         except CatteryError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(error_line(exc), severity="error")
 
     def avatar_for(self, role: str) -> bytes | None:
         """The character's picture for its messages; the persona's for the user's (none yet)."""
@@ -344,7 +386,7 @@ class CatteryApp(App[None]):
             if session is not None:
                 session.attach(self.engine, choice)
         except CatteryError as exc:
-            message = "loading was cancelled" if self._load_cancel.is_set() else str(exc)
+            message = "loading was cancelled" if self._load_cancel.is_set() else error_line(exc)
             self.call_from_thread(self._load_failed, path, message)
             return
         except OSError as exc:  # a file or folder the load needs (the model, its log) cannot be used
@@ -361,14 +403,18 @@ class CatteryApp(App[None]):
             self.model_status = ModelStatus("loading", path, value)
 
     def _load_failed(self, path: Path, message: str) -> None:
+        from app.tui.wording import about_file
+
         self.model_status = ModelStatus("failed", path, error=message)
-        self.notify(f"{path.name}: {message}", severity="error", timeout=12)
+        self.notify(about_file(path, message), severity="error", timeout=12)  # the file named once
 
     def _loaded(self, path: Path, report: Any, choice: Any, attached: ChatSession | None) -> None:
         if attached is not self.session:
             self._attach(self.session)
+        from app.tui.wording import in_app
+
         for warning in report.warnings + ([choice.warning] if choice.warning else []):
-            self.notify(warning, severity="warning", timeout=10)
+            self.notify(in_app(warning), severity="warning", timeout=10)
         self.model_status = ModelStatus("ready", path, 1.0, report=report, choice=choice)
         problem = self.ws.remember_model(path)
         if problem:
@@ -411,6 +457,45 @@ class CatteryApp(App[None]):
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    # -- World Info and the Author's Note (the open chat's) ---------------------------------
+
+    def _dialog_allowed(self) -> bool:
+        from textual.screen import ModalScreen
+
+        if self.session is None:
+            self.notify("no chat is open", severity="warning")
+            return False
+        return not isinstance(self.screen, ModalScreen)  # one dialog at a time
+
+    def action_world_info(self) -> None:
+        from app.tui.screens.lore import WorldInfoScreen
+
+        if self._dialog_allowed():
+            self.push_screen(WorldInfoScreen())
+
+    def action_authors_note(self) -> None:
+        from app.tui.screens.authors_note import AuthorsNoteScreen
+
+        s = self.session
+        if s is None or not self._dialog_allowed():
+            return
+        who = s.char_name if s.recipe.card is not None else "no character"
+
+        def done(result: Any) -> None:
+            if result is None or s is not self.session:
+                return
+            with reported(self, outcome="the Author's Note was not saved") as saved:
+                s.set_note(result)
+            if not saved.ok:
+                return
+            note = s.note
+            self.notify(f"{note.describe()} (saved with this chat)" if note is not None else "Author's Note removed")
+            chat = self._chat_screen()
+            if chat is not None and hasattr(chat, "refresh_preview"):
+                chat.refresh_preview()
+
+        self.push_screen(AuthorsNoteScreen(f"Author's Note · {who} · {s.title}", s.note, s.history()), done)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -24,11 +24,16 @@ log = logging.getLogger("cattery.tui")
 ENVIRONMENT: tuple[type[BaseException], ...] = (CatteryError, OSError)
 
 
-def error_line(exc: BaseException, what: str = "") -> str:
-    """The line to show for `exc`: a CatteryError says it all; an OSError says what could not be done."""
+def error_line(exc: BaseException, what: str = "", where: str = "app") -> str:
+    """The line to show for `exc`: a CatteryError says it all; an OSError says what could not be done.
+
+    A core message naming a command-line flag names the app's control instead (app/tui/wording.py).
+    """
+    from app.tui.wording import in_app
+
     if isinstance(exc, OSError) and not isinstance(exc, CatteryError):
         exc = disk_error(exc, what)
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return in_app(" ".join(str(exc).split()), where) or type(exc).__name__
 
 
 @dataclass

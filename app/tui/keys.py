@@ -33,6 +33,7 @@ SECTION_TITLES = {
     "hub": "The hub",
     "workshop": "The workshop",
     "chats": "Chats",
+    "lore": "World Info",
     "settings": "Settings",
 }
 

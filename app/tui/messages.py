@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from app.session.chat import Outcome, Preview, Turn
+    from app.session.chat import MessageFit, Outcome, Preview, Turn
 
 
 class TurnStarted(Message):
@@ -42,6 +42,16 @@ class PreviewReady(Message):
         super().__init__()
         self.chat_id = chat_id
         self.preview = preview
+
+
+class DraftMeasured(Message):
+    """The text in the chat box, counted against the room the context has for one message."""
+
+    def __init__(self, chat_id: int, text: str, fit: MessageFit | None) -> None:
+        super().__init__()
+        self.chat_id = chat_id
+        self.text = text
+        self.fit = fit
 
 
 class ChatsMoved(Message):

@@ -1,8 +1,16 @@
 """Characters: the library (imported cards and the bundled ones) with avatars and a search box,
-the chosen card's details and greetings, import from a path, and starting a chat."""
+the chosen card's details and greetings, import from a path, and starting a chat.
+
+The list follows what happens beside it: chat counts are counted again whenever the
+screen is shown or a chat is made (here or by the command line), and the library folder
+is looked at (its listing and modification time, a few µs) on show and every couple of
+seconds while the screen is up, so a card imported with `cattery cards import` appears
+without a restart. Cards of one name are told apart (app/session/namesakes.py).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -10,7 +18,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, ListItem, ListView, Markdown, OptionList, Static
 
 from app.cards.card import Card
@@ -19,6 +26,7 @@ from app.tui.keys import bindings
 from app.tui.messages import CardImported
 from app.tui.plain import plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
+from app.tui.screens.fitted import FittedScreen
 from app.tui.widgets.avatar import Avatar
 
 if TYPE_CHECKING:
@@ -26,11 +34,19 @@ if TYPE_CHECKING:
     from app.tui.app import CatteryApp
 
 
+LIBRARY_CHECK_EVERY = 2.0  # seconds between looks at the library folder while the screen is shown
+
+
 @dataclass
 class Character:
     entry: CharacterEntry
     card: Card | None
     error: str | None = None
+    label: str = ""  # the name as listed: with the creator, version or folder when another card shares it
+
+    @property
+    def shown_name(self) -> str:
+        return self.label or self.entry.name
 
     @property
     def haystack(self) -> str:
@@ -71,10 +87,22 @@ def _chat_count(chats: int | None) -> str:
 
 
 class CharacterItem(ListItem):
-    def __init__(self, character: Character, image_mode: str) -> None:
+    def __init__(self, character: Character, image_mode: str, chats: int | None = None) -> None:
         super().__init__()
         self.character = character
         self.image_mode = image_mode
+        self.chats = chats
+
+    def source_line(self) -> str:
+        card = self.character.card
+        by = f"by {card.data['creator']} · " if card is not None and card.data.get("creator") else ""
+        return f"{by}{self.character.entry.source} · {_chat_count(self.chats)}"
+
+    def set_chats(self, chats: int | None) -> None:
+        if chats != self.chats:
+            self.chats = chats
+            for line in self.query(".char-source"):
+                line.update(plain(self.source_line()))  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
         c = self.character
@@ -82,18 +110,17 @@ class CharacterItem(ListItem):
         with Horizontal(classes="char-row"):
             yield Avatar(c.entry.name, card.avatar if card is not None else None, mode=self.image_mode)
             with Vertical(classes="char-row-text"):
-                yield Label(plain(c.entry.name), classes="char-name")
+                yield Label(plain(c.shown_name), classes="char-name")
                 if card is None:
                     yield Label(plain(c.error or "cannot be read"), classes="error-line")
                 else:
                     d = card.data
-                    by = f"by {d['creator']} · " if d.get("creator") else ""
-                    yield Label(plain(f"{by}{c.entry.source}"), classes="muted")
+                    yield Label(plain(self.source_line()), classes="muted char-source")
                     if d.get("tags"):
-                        yield Label(plain(", ".join(d["tags"][:6])), classes="muted")
+                        yield Label(plain(", ".join(d["tags"][:6])), classes="muted char-tags")
 
 
-class CharactersScreen(Screen[None]):
+class CharactersScreen(FittedScreen):
     KEY_SECTION = "characters"
     BINDINGS: ClassVar[list[Binding]] = bindings("characters")
 
@@ -102,13 +129,16 @@ class CharactersScreen(Screen[None]):
         self.characters: list[Character] = []
         self.current: Character | None = None
         self.want_ref: str | None = None
+        self.chat_counts: Counter[str] | None = None  # chats by card reference; None: not counted (yet)
+        self.library_seen: object = None  # the library folder's signature when the list was read
+        self._reading = False
 
     @property
     def cattery(self) -> CatteryApp:
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
-        with Horizontal(classes="split"):
+        with Horizontal(classes="split", id="char-split"):
             with Vertical(classes="left"):
                 yield Static("Characters", classes="pane-title")
                 yield Input(placeholder="Search: name, creator, tags, description", id="char-search")
@@ -123,7 +153,7 @@ class CharactersScreen(Screen[None]):
                 with Horizontal(id="char-buttons"):
                     yield Button("Chat", variant="primary", id="chat")
                     yield Button("New chat", id="new-chat")
-                    yield Button("Import a card…", id="import")
+                    yield Button("Import…", id="import")
                     yield Button("Remove", variant="error", id="remove")
                 yield Static("Greeting for a new chat", classes="pane-title")
                 yield OptionList(id="greetings", markup=False)
@@ -134,19 +164,79 @@ class CharactersScreen(Screen[None]):
     def on_mount(self) -> None:
         self.refresh_list()
         self.query_one("#char-list", ListView).focus()
+        self.library_timer = self.set_interval(LIBRARY_CHECK_EVERY, self.check_library)
+        # A chat made here, in the chat or by the command line (the app notices those) changes a count.
+        self.watch(self.app, "session_serial", lambda _: self.count_chats() if self.is_current else None, init=False)
 
     def on_screen_resume(self) -> None:
         if self.cattery.session is not None and self.current is None:
             self.want_ref = self.cattery.session.card_ref
+        timer = getattr(self, "library_timer", None)
+        if timer is not None:
+            timer.resume()
+        self.check_library()
+        self.count_chats()
+
+    def on_screen_suspend(self) -> None:
+        timer = getattr(self, "library_timer", None)
+        if timer is not None:
+            timer.pause()  # nothing to keep fresh while another screen is shown
+
+    def check_library(self) -> None:
+        """Read the list again when the library folder changed since it was read (a card imported,
+        replaced or removed, here or by `cattery cards`)."""
+        from app.session.namesakes import library_signature
+
+        if self._reading:
+            return
+        if library_signature(self.cattery.ws.cards.root) != self.library_seen:
+            self.refresh_list(self.current.entry.ref if self.current else None)
+
+    @work(thread=True, exclusive=True, group="character-chats", exit_on_error=False)
+    def count_chats(self) -> None:
+        try:
+            counts = Counter(c.card_ref for c in self.cattery.ws.store.list_chats(None) if c.card_ref)
+        except ENVIRONMENT:  # the chats database cannot be read: the counts say so, the cards are listed
+            self.app.call_from_thread(self._show_counts, None)
+            return
+        self.app.call_from_thread(self._show_counts, counts)
+
+    def _show_counts(self, counts: Counter[str] | None) -> None:
+        self.chat_counts = counts
+        for item in self.query(CharacterItem):
+            item.set_chats(self._count(item.character))
+        if self.current is not None:
+            self._show_facts(self.current)
+
+    def _count(self, character: Character) -> int | None:
+        return None if self.chat_counts is None else self.chat_counts.get(character.entry.ref, 0)
 
     # -- the list ---------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="characters", exit_on_error=False)
     def refresh_list(self, select: str | None = None) -> None:
+        self._reading = True  # the timer does not start another read meanwhile
+        self._read_list(select)
+
+    def _read_failed(self) -> None:
+        self._reading = False
+
+    @work(thread=True, exclusive=True, group="characters", exit_on_error=False)
+    def _read_list(self, select: str | None = None) -> None:
         """Read every card off the main thread: a big library takes a moment."""
+        try:
+            self._read_cards(select)
+        except Exception:  # a bug: the worker reports it; the library is looked at again next time
+            self.app.call_from_thread(self._read_failed)
+            raise
+
+    def _read_cards(self, select: str | None) -> None:
+        from app.session.namesakes import Namesake, library_signature, tell_apart
+
+        ws = self.cattery.ws
+        seen = library_signature(ws.cards.root)  # before reading: a change meanwhile is read next time
         out: list[Character] = []
         try:
-            entries = self.cattery.ws.characters()
+            entries = ws.characters()
         except ENVIRONMENT as exc:  # the library folder cannot be read: the bundled cards are still listed
             self.app.notify(error_line(exc, "read the card library"), severity="error", timeout=10)
             from app.session.characters import bundled_entries
@@ -157,9 +247,24 @@ class CharactersScreen(Screen[None]):
                 out.append(Character(entry, entry.load()))
             except ENVIRONMENT as exc:
                 out.append(Character(entry, None, error_line(exc, "read the card")))
-        self.app.call_from_thread(self._show_list, out, select)
+        labels = tell_apart(Namesake.of(c.entry, c.card) for c in out)
+        for c in out:
+            c.label = labels.get(c.entry.ref, c.entry.name)
+        try:
+            counts: Counter[str] | None = Counter(c.card_ref for c in ws.store.list_chats(None) if c.card_ref)
+        except ENVIRONMENT:
+            counts = None
+        self.app.call_from_thread(self._show_list, out, select, seen, counts)
 
-    def _show_list(self, characters: list[Character], select: str | None) -> None:
+    def _show_list(
+        self, characters: list[Character], select: str | None, seen: object = None, counts: Counter[str] | None = None
+    ) -> None:
+        self._reading = False
+        self.library_seen = seen
+        # The library was read because it is new to this screen or changed: a card added or removed
+        # may make or end two of one name, which the chat's title and the chat list show.
+        self.cattery.session_serial += 1
+        self.chat_counts = counts
         self.characters = characters
         if select is None and self.cattery.session is not None:
             select = self.cattery.session.card_ref
@@ -170,7 +275,7 @@ class CharactersScreen(Screen[None]):
         shown = [c for c in self.characters if all(w in c.haystack for w in words)]
         lv = self.query_one("#char-list", ListView)
         lv.clear()
-        lv.extend(CharacterItem(c, self.cattery.image_mode) for c in shown)
+        lv.extend(CharacterItem(c, self.cattery.image_mode, self._count(c)) for c in shown)
         total = len(self.characters)
         self.query_one("#char-count", Static).update(
             f"{len(shown)} of {total}"
@@ -235,19 +340,8 @@ class CharactersScreen(Screen[None]):
         slot.mount(Avatar(card.name, card.avatar, mode=self.cattery.image_mode, big=True))
         d = card.data
         nickname = f" ({d['nickname']})" if d.get("nickname") and d["nickname"] != card.name else ""
-        title.update(plain(card.name + nickname))
-        try:
-            chats: int | None = len(self.cattery.ws.store.list_chats(character.entry.ref))
-        except ENVIRONMENT:  # the chats database cannot be read: the card is shown all the same
-            chats = None
-        facts = [
-            f"by {d['creator']}" if d.get("creator") else "",
-            f"version {d['character_version']}" if d.get("character_version") else "",
-            {"bundled": "comes with Cattery", "library": "in your library"}.get(character.entry.source, ""),
-            _chat_count(chats),
-        ]
-        tags = ", ".join(d.get("tags") or [])
-        meta.update(plain(" · ".join(f for f in facts if f) + (f"\ntags: {tags}" if tags else "")))
+        title.update(plain(character.shown_name + nickname))
+        self._show_facts(character)
         from app.cards.macros import MacroContext, expand
 
         user = self.cattery.ws.settings.get("persona", "name", "User")
@@ -259,6 +353,26 @@ class CharactersScreen(Screen[None]):
         if greetings.option_count:
             greetings.highlighted = 0
         text.update(card_markdown(card, user))
+
+    def _show_facts(self, character: Character) -> None:
+        """Creator, version, where the card is, and how many chats there are with it (counted again
+        whenever the screen is shown or a chat is made)."""
+        meta = self.query_one("#char-meta", Static)
+        card = character.card
+        if card is None:
+            meta.update(plain(character.error or ""))
+            return
+        d = card.data
+        facts = [
+            f"by {d['creator']}" if d.get("creator") else "",
+            f"version {d['character_version']}" if d.get("character_version") else "",
+            {"bundled": "comes with Cattery", "library": "in your library"}.get(character.entry.source, ""),
+            _chat_count(self._count(character)),
+        ]
+        if character.entry.source == "library":
+            facts.append(f"folder {character.entry.ref.partition(':')[2]}")
+        tags = ", ".join(d.get("tags") or [])
+        meta.update(plain(" · ".join(f for f in facts if f) + (f"\ntags: {tags}" if tags else "")))
 
     # -- actions ----------------------------------------------------------------------
 

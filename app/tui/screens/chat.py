@@ -20,10 +20,10 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Button, Footer, ProgressBar, Static
 
-from app.errors import CatteryError
+from app.errors import CatteryError, ContextOverflowError
 from app.tui.guard import ENVIRONMENT, error_line, reported
-from app.tui.keys import bindings
-from app.tui.messages import Piece, PreviewReady, TurnDone, TurnStarted
+from app.tui.keys import bindings, display, keys_of
+from app.tui.messages import DraftMeasured, Piece, PreviewReady, TurnDone, TurnStarted
 from app.tui.plain import plain
 from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
 from app.tui.widgets.chat_input import ChatInput
@@ -32,7 +32,7 @@ from app.tui.widgets.status_bar import ModelLine, ModelStatus, StatusBar
 
 if TYPE_CHECKING:
     from app.chats.store import StoredMessage
-    from app.session.chat import ChatSession, Preview, Turn
+    from app.session.chat import ChatSession, MessageFit, Preview, Turn
     from app.tui.app import CatteryApp
 
 log = logging.getLogger("cattery.tui")
@@ -41,10 +41,23 @@ FIRST_FRAME_MESSAGES = 8  # mounted before the first frame; the rest of the batc
 
 WRITING = {
     "reply": "writing…",
+    "speak": "writing…",
     "regenerate": "writing another alternative…",
     "continue": "continuing…",
     "waiting": "waiting for the model to load…",
 }
+
+# What each kind of turn is called when it has to wait (a reply is being written).
+ASKED = {
+    "reply": "Not sent, it stays in the box",
+    "speak": "Letting the character speak again",
+    "regenerate": "A new alternative",
+    "continue": "Continuing",
+    "impersonate": "Impersonate (writing your line)",
+    "swipe": "Changing the alternative shown",
+}
+
+MEASURE_AFTER_S = 0.3  # a pause in typing before the draft is counted for the status bar
 
 
 def describe_provenance(prov: dict[str, Any], state: str) -> str:
@@ -82,6 +95,11 @@ def describe_provenance(prov: dict[str, Any], state: str) -> str:
 class ChatScreen(Screen[None]):
     KEY_SECTION = "chat"
     BINDINGS: ClassVar[list[Binding]] = bindings("chat")
+    # Whatever way the chat comes back with nothing focused, the keys go to the box.
+    AUTO_FOCUS = "#input"
+    # Classes for a small terminal (assets/styles/cattery.tcss): chat and box first.
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (60, "-wide")]
+    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (16, "-tall")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,8 +114,15 @@ class ChatScreen(Screen[None]):
         self.first_shown = 0
         self.shown_chat: int | None = None
         self.preview: Preview | None = None
+        self.turn_context: Preview | None = None  # the context of the turn being written
+        self.draft_fit: MessageFit | None = None  # the box's text against the room for one message
+        self._measure_timer: Timer | None = None
+        self.waiting_text: tuple[int, str] | None = None  # (message id, text) sent while the model loads
+        self._box_chat: int | None = None  # the chat whose draft the box holds
+        self._box: ChatInput | None = None
         self.tokens_per_second: float | None = None
         self.note = ""
+        self._left_for_dialog = True  # see on_screen_suspend
         self._draft_timer: Timer | None = None
         self._draft_error: str | None = None  # said once, not at every pause in typing
 
@@ -113,7 +138,9 @@ class ChatScreen(Screen[None]):
         with Horizontal(id="top-bar"):
             yield Static(id="chat-title")
             yield ModelLine(id="model-line")
-        yield VerticalScroll(id="messages")
+        # Not focusable: a list that took the focus (a click between messages, a selected message
+        # removed under it) would swallow what is typed; messages are selected with ↑ or Ctrl+↑.
+        yield VerticalScroll(id="messages", can_focus=False)
         yield ProgressBar(id="load-progress", total=100, show_eta=False)
         yield StatusBar(id="status")
         yield ChatInput(
@@ -124,12 +151,45 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        area = self.query_one(ChatInput)
+        area = self._box = self.query_one(ChatInput)  # kept: its text is still read as the app closes
         area.cursor_blink = self.cattery.cursor_blink
         self.query_one("#messages", VerticalScroll).anchor()
         self.watch(self.app, "session_serial", self._session_changed)
         self.watch(self.app, "model_status", self._model_changed)
+        self.watch(self.app, "app_focus", self._app_focus_changed, init=False)
         area.focus()
+
+    # -- where the keys go -----------------------------------------------------------------
+    #
+    # The rule: whenever this screen is shown and no dialog is open, typing goes to the box,
+    # unless the person has just selected a message to act on it. Three things took the
+    # focus away before: a selected message removed when the list is rebuilt (Textual then
+    # focuses what came before it: the list itself), the terminal's focus lost on this
+    # screen and found on another (Textual restores it only on the screen where it was
+    # lost), and a message still selected when the person comes back from another screen.
+
+    def on_screen_suspend(self) -> None:
+        # By the time this runs the app shows what replaced this screen: a dialog over it
+        # (the selection stays for when it closes) or another screen.
+        self._left_for_dialog = self.app.current_mode == "chat"
+
+    def on_screen_resume(self) -> None:
+        if not self._left_for_dialog:
+            self.focus_box()  # back from another screen: writing, not acting on an old selection
+        else:
+            self._keep_keys()
+
+    def _app_focus_changed(self, focused: bool) -> None:
+        if focused and self.is_current:
+            self.call_after_refresh(self._keep_keys)  # after Textual restored what it could
+
+    def _keep_keys(self) -> None:
+        """The box takes the keys unless a message (or the box) has them already."""
+        if self.is_current and self.app.app_focus and not isinstance(self.focused, (ChatInput, MessageView)):
+            self.focus_box()
+
+    def focus_box(self) -> None:
+        self.query_one(ChatInput).focus(scroll_visible=False)
 
     # -- showing a chat ------------------------------------------------------------------
 
@@ -146,6 +206,9 @@ class ChatScreen(Screen[None]):
         self.shown_chat = session.chat_id
         self.preview = None
         self.pending = None
+        self.waiting_text = None
+        self.turn_context = None
+        self.draft_fit = None
         self.tokens_per_second = None
         box = self.query_one("#messages", VerticalScroll)
         box.remove_children()
@@ -166,16 +229,20 @@ class ChatScreen(Screen[None]):
             box.mount(Button(self._earlier_label(), id="earlier"), before=views[0] if views else None)
         self._update_title()
         area = self.query_one(ChatInput)
-        area.text = session.draft
-        area.move_cursor(area.document.end)
+        if self._box_chat != session.chat_id:  # the same chat drawn again (settings saved): what is typed stays
+            area.text = session.draft
+            area.move_cursor(area.document.end)
+        self._box_chat = session.chat_id
+        self.focus_box()  # a chat just opened: the keys are for writing in it
         self._show_status()
         self.refresh_preview()
+        self._measure_soon()
 
     def _show_rest(self, chat_id: int, start: int) -> None:
         s = self.session
         if s is None or s.chat_id != chat_id or self.shown_chat != chat_id:
             return
-        self.show_earlier(start)
+        self.show_earlier(start, keep_bottom=True)
 
     def _earlier_label(self) -> str:
         return f"▲ {self.first_shown} earlier messages (Enter to show more)"
@@ -184,6 +251,11 @@ class ChatScreen(Screen[None]):
         s = self.session
         if s is not None:
             who = s.char_name if s.recipe.card is not None else "no character"
+            if s.recipe.card is not None:  # another card of this name: "Seraphina (by Alice)" (issue 14)
+                from app.session.namesakes import library_names
+
+                mark = library_names(self.cattery.ws.cards).mark(s.card_ref)
+                who += f" ({mark})" if mark else ""
             self.query_one("#chat-title", Static).update(plain(f" {who} · {s.title}"))
 
     def _make_view(self, session: ChatSession, index: int, m: StoredMessage | None, role: str = "") -> MessageView:
@@ -196,7 +268,14 @@ class ChatScreen(Screen[None]):
     def earlier_pressed(self) -> None:
         self.show_earlier()
 
-    def show_earlier(self, start: int | None = None) -> None:
+    def show_earlier(self, start: int | None = None, *, keep_bottom: bool = False) -> None:
+        """Mount older messages above the shown ones.
+
+        `keep_bottom`: the rest of a chat that is opening, which must stay scrolled to its
+        newest message. Releasing the anchor there (as a person's "show earlier" does, to
+        stay where they read) left the list at whatever offset the first, half-done layout
+        had, often the top: the last reply was out of sight until the terminal was resized.
+        """
         s = self.session
         if s is None or not self.first_shown:
             return
@@ -204,7 +283,8 @@ class ChatScreen(Screen[None]):
             start = max(0, self.first_shown - self.cattery.shown_messages)
         views = [self._make_view(s, i, s.messages[i]) for i in range(start, self.first_shown)]
         box = self.query_one("#messages", VerticalScroll)
-        box.release_anchor()
+        if not keep_bottom:
+            box.release_anchor()
         if self.views:
             box.mount_all(views, before=self.views[0])
         else:
@@ -226,6 +306,7 @@ class ChatScreen(Screen[None]):
         s = self.session
         if s is None:
             return
+        selected = self.focused if isinstance(self.focused, MessageView) else None
         msgs = s.messages
         self.first_shown = min(self.first_shown, len(msgs))
         wanted = msgs[self.first_shown :]
@@ -256,6 +337,8 @@ class ChatScreen(Screen[None]):
         kept.extend(unsaved)
         for p in placeholders:
             p.remove()
+        if selected is not None and selected not in kept:
+            self.focus_box()  # the selected message is gone: not the list, nor a neighbour by chance
         self.views = kept
         self._apply_window()
 
@@ -271,9 +354,14 @@ class ChatScreen(Screen[None]):
         self._show_status()
         if status.state == "ready":
             self.refresh_preview()
+            self._measure_soon()
             if self.pending is not None:
                 kind, index = self.pending
                 self.pending = None
+                if self._sent_too_long():
+                    self.busy = None
+                    self.sync()
+                    return
                 self.run_worker(self.request_turn(kind, index, True), group="request")
         elif status.state == "failed" and self.pending is not None:
             self.pending = None
@@ -282,7 +370,95 @@ class ChatScreen(Screen[None]):
 
     def _show_status(self) -> None:
         self.query_one(ModelLine).show(self.cattery.model_status)
-        self.query_one(StatusBar).show(self.preview, self.tokens_per_second, self.note)
+        bar = self.query_one(StatusBar)
+        if self.turn_context is not None:  # a turn is being written: its own numbers, not the last one's
+            bar.show(self.turn_context, None, self.note, writing=True)
+        else:
+            bar.show(self.preview, self.tokens_per_second, self.note, draft=self.draft_fit, keys=self._context_keys())
+
+    def _context_keys(self) -> str:
+        """Where the context is changed in the app (never a command-line flag)."""
+        return f"Models screen, {display(keys_of('app.models', self.cattery.keymap))}"
+
+    # -- will the message fit? ------------------------------------------------------------
+
+    def _measure_soon(self) -> None:
+        if self._measure_timer is not None:
+            self._measure_timer.stop()
+        self._measure_timer = self.set_timer(MEASURE_AFTER_S, self._measure_draft)
+
+    def _measure_draft(self) -> None:
+        s = self.session
+        text = self.query_one(ChatInput).text.strip()
+        # Not while a turn runs: counting needs the model's thread, which the turn holds (counted when it ends).
+        if s is None or not s.ready or not text or self.busy is not None:
+            if self.draft_fit is not None:
+                self.draft_fit = None
+                self._show_status()
+            return
+        self._measure_worker(s, text)
+
+    @work(thread=True, exclusive=True, group="measure", exit_on_error=False)
+    def _measure_worker(self, session: ChatSession, text: str) -> None:
+        try:
+            fit = session.measure(text)
+        except CatteryError as exc:  # a template that cannot render it: said when it is sent
+            log.info("counting the draft: %s", exc)
+            fit = None
+        self.post_message(DraftMeasured(session.chat_id, text, fit))
+
+    def on_draft_measured(self, event: DraftMeasured) -> None:
+        s = self.session
+        if s is None or event.chat_id != s.chat_id or event.text != self.query_one(ChatInput).text.strip():
+            return  # typed on since: a newer count is coming
+        self.draft_fit = event.fit
+        self._show_status()
+
+    def _too_long(self, fit: MessageFit) -> str:
+        room = max(0, fit.room)
+        return (
+            f"Not sent: your message is {fit.tokens:,} tokens and this context ({fit.n_ctx:,} tokens) has room for"
+            f" {room:,} beside the character and the reply. Shorten it, or load the model with a larger context"
+            f" ({self._context_keys()}); it stays in the box."
+        )
+
+    def _fits(self, text: str) -> bool:
+        """Checked before sending: a message that can never fit stays in the box, with one notice."""
+        s = self.session
+        if s is None or not s.ready:
+            return True  # counted when the model is there (`_sent_too_long`)
+        try:
+            fit = s.measure(text)
+        except CatteryError:
+            return True  # the turn says what is wrong with the prompt
+        if fit is None or fit.fits:
+            return True
+        self.draft_fit = fit
+        self._show_status()
+        self.notify(self._too_long(fit), severity="warning", timeout=12)
+        return False
+
+    def _sent_too_long(self) -> bool:
+        """A message sent while the model loaded, now counted: too long, it goes back into the box."""
+        s = self.session
+        sent, self.waiting_text = self.waiting_text, None
+        if s is None or sent is None or not s.messages or s.messages[-1].id != sent[0]:
+            return False
+        try:
+            fit = s.measure(sent[1])
+        except CatteryError:
+            return False
+        if fit is None or fit.fits:
+            return False
+        with reported(self, outcome="it stays in the chat: edit it (e) or delete it (d)") as taken:
+            s.delete(len(s.messages) - 1)
+        if not taken.ok:
+            return True
+        area = self.query_one(ChatInput)
+        area.text = sent[1] + ("\n" + area.text if area.text.strip() else "")
+        area.move_cursor(area.document.end)
+        self.notify(self._too_long(fit), severity="warning", timeout=12)
+        return True
 
     def refresh_preview(self) -> None:
         s = self.session
@@ -317,22 +493,44 @@ class ChatScreen(Screen[None]):
         s = self.session
         if s is None:
             return
-        if self.busy is not None:
-            self.notify("a reply is being written: Esc stops it", severity="warning")
+        if not event.text:  # Enter on an empty box: the character speaks again, as in SillyTavern
+            await self.request_turn("speak")
             return
+        if self.busy is not None:
+            self._say_busy("reply")
+            return
+        if not self._fits(event.text):
+            return  # said why; the message stays in the box
         with reported(self, outcome="not sent (the message stays in the box)") as saved:
             s.add_user(event.text)
         if not saved.ok:
             return  # the message stays in the box, to send again
         area = self.query_one(ChatInput)
         area.text = ""
+        self.draft_fit = None
         self.save_draft()
         self.sync()
+        if not s.ready and s.messages:
+            self.waiting_text = (s.messages[-1].id, event.text)  # counted once the model is there
         await self.request_turn("reply")
+
+    def _say_busy(self, kind: str) -> None:
+        """A turn asked for while another is written: one line saying why nothing starts."""
+        what = ASKED.get(kind, kind)
+        stop = display(keys_of("chat.stop", self.cattery.keymap))
+        if self.busy == "waiting":
+            self.notify(
+                f"{what}: not while a reply waits for the model to load ({stop} cancels it)", severity="warning"
+            )
+        else:
+            self.notify(f"{what}: not while a reply is being written ({stop} stops it)", severity="warning")
 
     async def request_turn(self, kind: str, index: int | None = None, resumed: bool = False) -> None:
         s = self.session
-        if s is None or (self.busy is not None and not resumed):
+        if s is None:
+            return
+        if self.busy is not None and not resumed:
+            self._say_busy(kind)
             return
         try:
             kind, target = s.plan_turn(kind, index)
@@ -352,14 +550,16 @@ class ChatScreen(Screen[None]):
         self.cancel_asked = False
         self.serial += 1
         await self._prepare_stream(kind, target)
-        self.run_turn(s, kind, target, self.serial)
+        # Impersonate goes on from what is typed in the box: a line begun is never thrown away.
+        prefix = self.query_one(ChatInput).text if kind == "impersonate" else ""
+        self.run_turn(s, kind, target, self.serial, prefix)
 
     async def _prepare_view(self, kind: str, target: int | None, note: str) -> MessageView | None:
         s = self.session
         assert s is not None
         if kind == "impersonate":
             return None
-        if kind == "reply":
+        if kind in ("reply", "speak"):
             view = next((v for v in self.views if v.message_id is None and not v.unsaved), None)
             if view is None:
                 view = self._make_view(s, len(s.messages), None, "assistant")
@@ -368,7 +568,7 @@ class ChatScreen(Screen[None]):
         else:
             view = self.view_at(target) if target is not None else None
         if view is not None:
-            view.set_writing(WRITING.get(note, note))
+            view.set_writing(WRITING.get(note, note), another=kind == "regenerate")
             self.query_one("#messages", VerticalScroll).anchor()
         return view
 
@@ -376,17 +576,24 @@ class ChatScreen(Screen[None]):
         view = await self._prepare_view(kind, target, kind)
         self.target = view
         self.stream = None
-        if kind == "impersonate":
-            self.query_one(ChatInput).text = ""
-            return
         if view is None:
             return
         self.stream = await view.stream(replace=kind == "regenerate")
 
+    def _overflow_line(self) -> str:
+        return (
+            "the prompt does not fit in the context: shorten or delete the last message (select it with"
+            f" {display(keys_of('chat.select', self.cattery.keymap))}), or load the model with a larger"
+            f" context ({self._context_keys()})"
+        )
+
     @work(thread=True, group="turn", exit_on_error=False)
-    def run_turn(self, session: ChatSession, kind: str, target: int | None, serial: int) -> None:
+    def run_turn(self, session: ChatSession, kind: str, target: int | None, serial: int, prefix: str = "") -> None:
         try:
-            turn = session.begin(kind, target)
+            turn = session.begin(kind, target, prefix=prefix)
+        except ContextOverflowError:
+            self.post_message(TurnDone(serial, None, self._overflow_line()))
+            return
         except CatteryError as exc:
             self.post_message(TurnDone(serial, None, str(exc)))
             return
@@ -426,6 +633,8 @@ class ChatScreen(Screen[None]):
         self.turn = event.turn
         if self.cancel_asked:
             event.turn.cancel()
+        self.turn_context = event.turn.context
+        self._show_status()
 
     async def on_piece(self, event: Piece) -> None:
         if event.serial != self.serial:
@@ -445,6 +654,7 @@ class ChatScreen(Screen[None]):
             await self.stream.stop()
         self.stream = None
         self.turn = None
+        self.turn_context = None
         self.busy = None
         if event.error:
             self.notify(event.error, severity="error", timeout=8)
@@ -456,7 +666,7 @@ class ChatScreen(Screen[None]):
             if outcome is not None:
                 area.text = outcome.text
                 area.move_cursor(area.document.end)
-            area.focus()
+            self.focus_box()
         else:
             if event.unsaved:
                 await self._keep_unsaved(event.unsaved)
@@ -464,6 +674,7 @@ class ChatScreen(Screen[None]):
         self.target = None
         self._show_status()
         self.refresh_preview()
+        self._measure_soon()
 
     async def _keep_unsaved(self, text: str) -> None:
         """A reply the store would not take stays on screen, marked "not saved", below the chat.
@@ -507,6 +718,9 @@ class ChatScreen(Screen[None]):
 
     async def action_impersonate(self) -> None:
         await self.request_turn("impersonate")
+
+    async def action_speak_again(self) -> None:
+        await self.request_turn("speak")
 
     async def action_swipe(self, step: int) -> None:
         focused = self.focused
@@ -561,13 +775,20 @@ class ChatScreen(Screen[None]):
         if self._draft_timer is not None:
             self._draft_timer.stop()
         self._draft_timer = self.set_timer(0.8, self.save_draft)
+        self._measure_soon()
 
-    def save_draft(self) -> None:
+    def on_unmount(self) -> None:
+        # Quitting: the last words typed (the timer waits for a pause) are kept for next time.
+        # The app's own unmount comes too late: its screens are gone by then.
+        self.save_draft(leaving=True)
+
+    def save_draft(self, *, leaving: bool = False) -> None:
         s = self.session
-        if s is None or self.busy == "impersonate":
+        box = self._box
+        if s is None or box is None or (self.busy == "impersonate" and not leaving):
             return
         try:
-            s.save_draft(self.query_one(ChatInput).text)
+            s.save_draft(box.text)
         except ENVIRONMENT as exc:  # the text stays in the box; only keeping it for next time failed
             line = error_line(exc, "save the draft")
             log.info("draft not saved: %s", line)
@@ -607,6 +828,8 @@ class ChatScreen(Screen[None]):
             self.edit(view.index)
         elif name == "delete":
             self.delete(view.index)
+        elif name == "delete_alternative":
+            self.delete_alternative(view.index)
         elif name == "delete_after":
             self.delete(view.index, and_after=True)
         elif name == "branch":
@@ -639,7 +862,10 @@ class ChatScreen(Screen[None]):
 
     async def swipe(self, index: int, step: int) -> None:
         s = self.session
-        if s is None or self.busy is not None:
+        if s is None:
+            return
+        if self.busy is not None:
+            self._say_busy("swipe")
             return
         with reported(self, outcome="the alternative shown was not changed") as done:
             moved = s.select_swipe(index, step)
@@ -695,11 +921,49 @@ class ChatScreen(Screen[None]):
             else:
                 self.query_one(ChatInput).focus()
 
+        alternatives = len(s.messages[index].swipes)
         if and_after and after > 0:
             question = f"Delete this message and the {after} after it?"
             self.app.push_screen(ConfirmScreen(question, "Delete"), go)
+        elif alternatives > 1:  # more than what is shown goes: asked, with the way to delete only that one
+            only = display(keys_of("message.delete_alternative", self.cattery.keymap))
+            question = (
+                f"Delete this message with all {alternatives} of its alternatives? ({only} deletes only the one shown)"
+            )
+            self.app.push_screen(ConfirmScreen(question, "Delete all"), go)
         else:
             go(True)
+
+    def delete_alternative(self, index: int) -> None:
+        """Delete the alternative shown (a swipe), not the message; asked first, as SillyTavern does."""
+        s = self.session
+        assert s is not None
+        m = s.messages[index]
+        if len(m.swipes) < 2:
+            whole = display(keys_of("message.delete", self.cattery.keymap))
+            self.notify(f"this is the message's only alternative: {whole} deletes the message", severity="warning")
+            return
+        message_id, shown = m.id, m.active
+
+        def go(yes: bool | None) -> None:
+            if not yes or s is not self.session or index >= len(s.messages):
+                return
+            now = s.messages[index]
+            if now.id != message_id or now.active != shown:
+                return  # the chat changed under the question: nothing is deleted by surprise
+            with reported(self, outcome="nothing was deleted") as deleted:
+                active, left = s.delete_alternative(index)
+            if not deleted.ok:
+                return
+            self.sync()
+            self.refresh_preview()
+            self.notify(f"deleted alternative {shown + 1}; showing {active + 1} of {left}")
+            view = self.view_at(index)
+            if view is not None:
+                view.focus()
+
+        question = f"Delete alternative {shown + 1} of {len(m.swipes)} of this message?"
+        self.app.push_screen(ConfirmScreen(question, "Delete"), go)
 
     def branch(self, index: int) -> None:
         s = self.session

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from app.errors import CatteryError
@@ -24,6 +24,7 @@ from app.tui.keys import bindings
 from app.tui.messages import ChatsMoved
 from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
+from app.tui.screens.fitted import FittedScreen
 
 if TYPE_CHECKING:
     from app.chats.store import ChatSummary
@@ -62,7 +63,7 @@ def file_name(title: str) -> str:
     return re.sub(r"[^\w.-]+", "_", title).strip("_") or "chat"
 
 
-class ChatsScreen(Screen[None]):
+class ChatsScreen(FittedScreen):
     KEY_SECTION = "chats"
     BINDINGS: ClassVar[list[Binding]] = bindings("chats")
 
@@ -82,6 +83,7 @@ class ChatsScreen(Screen[None]):
         yield Static(
             "Enter resumes · r renames · d deletes · x exports · Ctrl+O imports a SillyTavern chat · a: all characters",
             classes="muted",
+            id="chats-hint",
         )
         yield Footer()
 
@@ -111,7 +113,8 @@ class ChatsScreen(Screen[None]):
         if not listed.ok:
             return  # the table keeps what it showed
         s = self.cattery.session
-        who = s.char_name if s is not None else "this character"
+        names = self._names()
+        who = names(s.card_ref, s.char_name) if s is not None else "this character"
         self.query_one("#chats-title", Static).update(plain("All chats" if every else f"Chats with {who}"))
         table = self.query_one("#chat-table", DataTable)
         current = s.chat_id if s is not None else None
@@ -121,7 +124,7 @@ class ChatsScreen(Screen[None]):
             mark = "● " if r.id == current else ""
             table.add_row(
                 cell(mark + r.title),
-                cell(r.card_name or "-"),
+                cell(names(r.card_ref, r.card_name) if r.card_name else "-"),
                 str(r.messages),
                 cell(one_line(r.last_message, 48)),
                 when(r.updated_at),
@@ -129,6 +132,18 @@ class ChatsScreen(Screen[None]):
             )
         if current is not None and str(current) in {str(r.id) for r in rows}:
             table.move_cursor(row=table.get_row_index(str(current)))
+
+    def _names(self) -> Callable[[str | None, str], str]:
+        """A chat's character as lists show it: with the creator, version or folder when another
+        card has the same name (the library is read again only when it changed)."""
+        from app.session.namesakes import library_names
+
+        names = library_names(self.cattery.ws.cards)
+        try:
+            labels = names.labels()
+        except ENVIRONMENT:  # the library cannot be read: the names the chats stored
+            labels = {}
+        return lambda ref, name: labels.get(ref, name) if ref else name
 
     def _selected(self) -> ChatSummary | None:
         table = self.query_one("#chat-table", DataTable)
@@ -158,14 +173,15 @@ class ChatsScreen(Screen[None]):
         def done(title: str | None) -> None:
             if not title:
                 return
+            stored = title
             with reported(self, outcome="not renamed") as renamed:
-                self.cattery.ws.store.rename_chat(chat.id, title)
+                stored = self.cattery.ws.store.rename_chat(chat.id, title)  # one line, bounded
             if not renamed.ok:  # asked again, with what was typed
                 self.app.push_screen(AskScreen("Rename the chat", title), done)
                 return
             s = self.cattery.session
             if s is not None and s.chat_id == chat.id:
-                s.title = title
+                s.title, s.title_auto = stored, False  # the person's now: never replaced
                 self.cattery.session_serial += 1
             self.refresh_table()
 

@@ -15,6 +15,7 @@ from textual.widgets import Button, Input, Label, Static, TextArea
 
 from app.tui.keys import bindings
 from app.tui.plain import plain
+from app.tui.screens.fitted import Fits
 
 
 class TitledText:
@@ -26,7 +27,7 @@ class TitledText:
         self.text = text
 
 
-class EditScreen(TitledText, ModalScreen[str | None]):
+class EditScreen(Fits, TitledText, ModalScreen[str | None]):
     """Edit a message (or any long text); Ctrl+S saves, Esc leaves it as it was."""
 
     BINDINGS: ClassVar[list[Binding]] = bindings("editor")
@@ -55,7 +56,7 @@ class EditScreen(TitledText, ModalScreen[str | None]):
         self.action_save() if event.button.id == "save" else self.action_cancel()
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class ConfirmScreen(Fits, ModalScreen[bool]):
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("y,enter", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No"),
@@ -105,7 +106,7 @@ class PathSuggester(Suggester):
         return value + names[0][len(start) :]
 
 
-class AskScreen(ModalScreen[str | None]):
+class AskScreen(Fits, ModalScreen[str | None]):
     """One line of text: a chat's new name, a file to import, where to export."""
 
     BINDINGS: ClassVar[list[Binding]] = [Binding("escape", "cancel", "Cancel")]
@@ -151,7 +152,7 @@ class AskScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class TextScreen(TitledText, ModalScreen[None]):
+class TextScreen(Fits, TitledText, ModalScreen[None]):
     """Read-only text: a reply's provenance, a card's details."""
 
     BINDINGS: ClassVar[list[Binding]] = [Binding("escape,enter,q", "close", "Close")]

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
+from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Static
 
 from app.errors import CatteryError
 from app.tui.keys import bindings
 from app.tui.plain import cell, plain
+from app.tui.screens.fitted import FittedScreen
 from app.units import fmt_size
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def progress_text(p: Progress) -> str:
     return f"{fmt_size(p.done)} of {fmt_size(p.total)}, {fmt_size(p.speed)}/s{left}"
 
 
-class HubScreen(Screen[None]):
+class HubScreen(FittedScreen):
     KEY_SECTION = "hub"
     BINDINGS: ClassVar[list[Binding]] = bindings("hub")
 
@@ -55,7 +55,7 @@ class HubScreen(Screen[None]):
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="hub-body"):
+        with VerticalScroll(id="hub-body"):
             yield Static("Models on the Hugging Face hub", classes="pane-title")
             yield Input(
                 placeholder="Search GGUF repos by name (e.g. mythomax, llama-3 8b instruct), Enter", id="hub-search"

@@ -16,7 +16,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
 from app.engine.options import KV_CACHE_TYPES
@@ -25,7 +24,9 @@ from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
 from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen
+from app.tui.screens.fitted import FittedScreen
 from app.tui.widgets.status_bar import ModelStatus, placement
+from app.tui.wording import about_file
 from app.units import fmt_size
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from app.tui.app import CatteryApp
 
 AUTO = "auto"
+# Off is `--no-memory-check`: load a model that looks too big for the free RAM (swap, a GPU it cannot see).
+MEMORY_CHECK = [("on", "on"), ("off: load even if too big", "off")]
 
 
 @dataclass
@@ -69,7 +72,7 @@ def model_facts(row: ModelRow, format_name: str) -> str:
     return "\n".join(lines)
 
 
-class ModelsScreen(Screen[None]):
+class ModelsScreen(FittedScreen):
     KEY_SECTION = "models"
     BINDINGS: ClassVar[list[Binding]] = bindings("models")
 
@@ -85,7 +88,7 @@ class ModelsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         from app.prompt.formats import format_names
 
-        with Vertical(id="models-body"):
+        with VerticalScroll(id="models-body"):
             yield Static("Models", classes="pane-title")
             table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
             yield table
@@ -137,6 +140,8 @@ class ModelsScreen(Screen[None]):
                             allow_blank=False,
                             compact=True,
                         )
+                        yield Label("Memory check")
+                        yield Select(MEMORY_CHECK, value="on", id="check_memory", allow_blank=False, compact=True)
                     with Horizontal(classes="buttons"):
                         yield Button("Load", variant="primary", id="load", compact=True)
                         yield Button("Cancel loading", id="cancel-load", disabled=True, compact=True)
@@ -218,7 +223,7 @@ class ModelsScreen(Screen[None]):
             return
         info = row.info
         if info is None:
-            table.update_cell(row.key, "quant", "unreadable")
+            table.update_cell(row.key, "quant", "unreadable", update_width=True)
             table.update_cell(row.key, "ctx", "")
             table.update_cell(row.key, "template", "")
         else:
@@ -266,6 +271,7 @@ class ModelsScreen(Screen[None]):
         self.query_one("#format", Select).value = saved.get("format") or AUTO
         self.query_one("#flash_attn", Select).value = saved.get("flash_attn") or "auto"
         self.query_one("#cache_type", Select).value = saved.get("cache_type_k") or "f16"
+        self.query_one("#check_memory", Select).value = "off" if saved.get("check_memory") is False else "on"
 
     def form_values(self) -> dict[str, Any]:
         """The form as load options; a bad value raises a one-line error naming the field."""
@@ -299,6 +305,8 @@ class ModelsScreen(Screen[None]):
         cache = self.query_one("#cache_type", Select).value
         if cache != "f16":
             out["cache_type_k"] = out["cache_type_v"] = cache
+        if self.query_one("#check_memory", Select).value == "off":
+            out["check_memory"] = False
         return out
 
     # -- loading ------------------------------------------------------------------------
@@ -350,7 +358,7 @@ class ModelsScreen(Screen[None]):
                 )
             )
         elif status.state == "failed":
-            state.update(plain(f"{name}: {status.error}"))
+            state.update(plain(about_file(status.path, status.error or "failed")))  # the file named once
         else:
             state.update("")
         table = self.query_one("#model-table", DataTable)
@@ -369,13 +377,9 @@ class ModelsScreen(Screen[None]):
             if not is_dir:
                 self.notify(f"{folder}: not a folder", severity="error")
                 return
-            ws = self.cattery.ws
-            dirs = list(ws.settings.get("model", "dirs", []))
-            if str(folder) not in dirs:
-                ws.settings.set("model", "dirs", [*dirs, str(folder)])
-                problem = ws.save_settings()
-                if problem:
-                    self.notify(problem, severity="error")
+            problem = self.cattery.ws.add_model_dir(folder)  # stored absolute: the same folder from anywhere
+            if problem:
+                self.notify(problem, severity="error")
             self.notify(f"looking for models in {folder}")
             self.action_refresh()
 

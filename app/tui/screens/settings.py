@@ -11,7 +11,6 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static, TextArea
 
 from app.engine.options import SamplerSettings, load_preset, preset_names
@@ -19,6 +18,7 @@ from app.errors import CatteryError
 from app.tui.keys import check_keys, display, key_table, keys_of
 from app.tui.plain import plain
 from app.tui.screens.dialogs import AskScreen
+from app.tui.screens.fitted import FittedScreen
 
 if TYPE_CHECKING:
     from app.tui.app import CatteryApp
@@ -41,7 +41,7 @@ SAMPLER_FIELDS: list[tuple[str, str, type]] = [
 IMAGE_MODES = [("auto: pictures where the terminal draws them", "auto"), ("on: always", "on"), ("off: initials", "off")]
 
 
-class SettingsScreen(Screen[None]):
+class SettingsScreen(FittedScreen):
     KEY_SECTION = "settings"
     BINDINGS: ClassVar[list[Binding]] = [
         Binding(a.keys, a.action, a.label, show=a.show, id=a.id) for a in key_table()["settings"]

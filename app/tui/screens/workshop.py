@@ -3,21 +3,27 @@
 The work runs in a thread worker; its progress reaches the screen through
 `call_from_thread`, and Esc asks it to stop (the converters write under temporary
 names, so a stopped run leaves no file under a final name).
+
+What `cattery quantize` and `cattery build` take as flags are controls here: the type
+(every type llama.cpp has), an importance matrix, "Allow requantizing" and "Overwrite".
+A model that is already quantized is marked as such in the list, and quantizing it is
+refused with the reason until "Allow requantizing" is on, as the command refuses it
+without `--allow-requantize`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
-from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, Static
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.widgets import Button, Checkbox, Footer, Input, Label, ProgressBar, Select, Static
 
 from app.errors import CatteryError
 from app.progress import Meter
@@ -25,18 +31,66 @@ from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
 from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import PathSuggester
+from app.tui.screens.fitted import FittedScreen
 
 if TYPE_CHECKING:
+    from app.hub.library import LibraryEntry
     from app.tui.app import CatteryApp
 
-COMMON_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_K_S", "Q5_K_S", "Q3_K_M", "IQ4_XS", "Q4_0", "F16")
+DEFAULT_TYPE = "Q4_K_M"
+ALLOW = "“Allow requantizing”"
+OVERWRITE = "“Overwrite”"
 
 
 class Stopped(CatteryError):
     exit_code = 130
 
 
-class WorkshopScreen(Screen[None]):
+@dataclass(frozen=True)
+class Source:
+    """A model of the library as a source for quantizing: is it quantized already?"""
+
+    entry: LibraryEntry
+    file_type: str | None = None  # None: not read yet, or unreadable
+    quantized: bool | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        name = f"{self.entry.name}  ({self.entry.source})"
+        if self.error:
+            return f"{name} · unreadable"
+        if self.quantized:
+            return f"{name} · {self.file_type}, already quantized"
+        return f"{name} · {self.file_type}" if self.file_type else name
+
+
+def is_quantized_type(file_type: str) -> bool | None:
+    """Whether a GGUF of this file type holds quantized weights (F32/F16/BF16 do not); None if unknown."""
+    from converters.quant_types import is_quantized, lookup
+
+    try:
+        return is_quantized(lookup(file_type).default)
+    except CatteryError:
+        pass
+    try:
+        return is_quantized(file_type.upper())  # a tensor type, from a file without general.file_type
+    except KeyError:
+        return None
+
+
+def type_options() -> list[tuple[str, str]]:
+    """Every type llama.cpp makes, with its bits per weight and whether it needs an importance matrix."""
+    from converters.quant_types import all_types
+
+    out = []
+    for qt in all_types():
+        needs = " · needs an importance matrix" if qt.imatrix else ""
+        out.append((f"{qt.name}  {qt.bpw:.2f} bits/weight{needs}", qt.name))
+    return out
+
+
+class WorkshopScreen(FittedScreen):
     KEY_SECTION = "workshop"
     BINDINGS: ClassVar[list[Binding]] = bindings("workshop")
 
@@ -47,13 +101,16 @@ class WorkshopScreen(Screen[None]):
         self.result: Path | None = None
         self.started = 0.0
         self.meter = Meter()
+        self.where = "app"  # how core messages are worded: "build" while a recipe runs
+        self.sources: dict[str, Source] = {}
+        self._read: dict[tuple[str, int, int], Source] = {}  # (path, size, mtime) → what its header said
 
     @property
     def cattery(self) -> CatteryApp:
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="workshop-body"):
+        with VerticalScroll(id="workshop-body"):
             yield Static("Build a model from a recipe", classes="pane-title")
             yield Static(
                 "download → merge → GGUF → quantized files in the model library"
@@ -68,9 +125,18 @@ class WorkshopScreen(Screen[None]):
                 yield Label("Model")
                 yield Select([], id="quant-model", prompt="a model of the library", compact=True)
                 yield Label("Type")
-                yield Select(
-                    [(t, t) for t in COMMON_TYPES], value="Q4_K_M", id="quant-type", allow_blank=False, compact=True
+                yield Select(type_options(), value=DEFAULT_TYPE, id="quant-type", allow_blank=False, compact=True)
+                yield Label("Importance matrix")
+                yield Input(
+                    placeholder="optional: a file from llama-imatrix",
+                    id="imatrix",
+                    suggester=PathSuggester(),
+                    compact=True,
                 )
+            yield Static("", id="quant-note", classes="muted")
+            with Horizontal(classes="switches"):
+                yield Checkbox("Allow requantizing (loses quality)", id="allow-requantize", compact=True)
+                yield Checkbox("Overwrite earlier results", id="overwrite", compact=True)
             with Horizontal(classes="buttons"):
                 yield Button("Quantize", variant="primary", id="quantize", compact=True)
                 yield Button("Stop", id="stop", disabled=True, compact=True)
@@ -86,16 +152,101 @@ class WorkshopScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self.refresh_models()
 
+    # -- the models to quantize -----------------------------------------------------------
+
     def refresh_models(self) -> None:
-        select = self.query_one("#quant-model", Select)
+        """List the library at once; whether each model is quantized comes from its header, read in a worker."""
         with reported(self, "read the models folder") as listed:
             entries = self.cattery.ws.models()
         if not listed.ok:
             return
+        sources: dict[str, Source] = {}
+        for e in entries:
+            key = self._key(e.path)
+            seen = self._read.get(key) if key is not None else None
+            sources[str(e.path)] = Source(e, seen.file_type, seen.quantized, seen.error) if seen else Source(e)
+        self.sources = sources
+        self._show_sources()
+        unread = [s.entry for s in self.sources.values() if s.file_type is None and s.error is None]
+        if unread:
+            self.read_headers(unread)
+
+    @staticmethod
+    def _key(path: Path) -> tuple[str, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (str(path), st.st_size, st.st_mtime_ns)
+
+    @work(thread=True, exclusive=True, group="workshop-models", exit_on_error=False)
+    def read_headers(self, entries: list[LibraryEntry]) -> None:
+        from app.engine.metadata import read_model_info
+
+        read: list[Source] = []
+        for e in entries:
+            try:
+                file_type = read_model_info(e.path).file_type
+            except ENVIRONMENT as exc:
+                read.append(Source(e, error=error_line(exc, "read the model")))
+                continue
+            quantized = is_quantized_type(file_type) if file_type else None
+            read.append(Source(e, file_type, quantized))
+        self.app.call_from_thread(self._headers_read, read)
+
+    def _headers_read(self, read: list[Source]) -> None:
+        for src in read:
+            key = self._key(src.entry.path)
+            if key is not None:
+                self._read[key] = src
+            if str(src.entry.path) in self.sources:
+                self.sources[str(src.entry.path)] = src
+        self._show_sources()
+
+    def _show_sources(self) -> None:
+        """Sources first (F32, F16, BF16), then the quantized ones, each marked with why."""
+        select = self.query_one("#quant-model", Select)
         current = select.value
-        select.set_options([(cell(f"{e.name}  ({e.source})"), str(e.path)) for e in entries])
-        if current in {str(e.path) for e in entries}:
-            select.value = current
+        ordered = sorted(self.sources.values(), key=lambda s: (bool(s.quantized), s.entry.name.lower()))
+        with select.prevent(Select.Changed):
+            select.set_options([(cell(s.label), str(s.entry.path)) for s in ordered])
+            if isinstance(current, str) and current in self.sources:
+                select.value = current
+        self._show_note()
+
+    def chosen(self) -> Source | None:
+        value = self.query_one("#quant-model", Select).value
+        return self.sources.get(value) if isinstance(value, str) else None
+
+    @on(Select.Changed, "#quant-model")
+    @on(Checkbox.Changed, "#allow-requantize")
+    def _show_note(self) -> None:
+        note = self.query_one("#quant-note", Static)
+        src = self.chosen()
+        warn = False
+        if src is None:
+            text = f"{len(self.sources)} models in the library" if self.sources else "no models in the library"
+        elif src.error:
+            text, warn = src.error, True
+        elif src.quantized and self.query_one("#allow-requantize", Checkbox).value:
+            text = f"{src.file_type}: already quantized; with {ALLOW} on it is quantized again (losing quality)"
+        elif src.quantized:
+            warn = True
+            text = (
+                f"{src.file_type}: already quantized. Quantizing it again loses quality; quantize from an F32, "
+                f"F16 or BF16 model, or switch on {ALLOW}."
+            )
+        elif src.file_type:
+            text = f"{src.file_type}: unquantized, a good source"
+        else:
+            text = "reading its header…"
+        note.set_class(warn, "warning-line")
+        note.update(plain(text))
+
+    def refuse(self, text: str) -> None:
+        """Why nothing was started: the last run's stage line goes, so the reason is not read as its."""
+        self._stage("")
+        self.state(text, True)
 
     def state(self, text: str, error: bool = False) -> None:
         line = self.query_one("#work-state", Static)
@@ -113,11 +264,12 @@ class WorkshopScreen(Screen[None]):
         }
         actions[event.button.id or ""]()
 
-    def _begin(self, what: str) -> bool:
+    def _begin(self, what: str, where: str = "app") -> bool:
         if self.running:
             self.notify(f"{self.running} is still running (Esc stops it)", severity="warning")
             return False
         self.running = what
+        self.where = where
         self.result = None
         self.stop.clear()
         self.started = time.monotonic()
@@ -145,6 +297,12 @@ class WorkshopScreen(Screen[None]):
     def _stage(self, text: str) -> None:
         self.query_one("#work-stage", Static).update(plain(text))
 
+    def _failed(self, exc: BaseException) -> str:
+        """The line for a failed run, in the app's words (a build's recipe sets what flags would)."""
+        if isinstance(exc, ENVIRONMENT):
+            return error_line(exc, "write the model", self.where)
+        return f"{type(exc).__name__}: {exc}"
+
     def _ended(self, result: Path | None, error: str | None) -> None:
         what = self.running
         self.running = None
@@ -163,13 +321,14 @@ class WorkshopScreen(Screen[None]):
     def action_build(self) -> None:
         raw = self.query_one("#recipe", Input).value.strip()
         if not raw:
-            self.state("give the path of a recipe (.toml)", True)
+            self.refuse("give the path of a recipe (.toml)")
             return
-        if self._begin(f"build {Path(raw).name}"):
-            self._build(Path(raw).expanduser())
+        force = self.query_one("#overwrite", Checkbox).value
+        if self._begin(f"build {Path(raw).name}", "build"):
+            self._build(Path(raw).expanduser(), force)
 
     @work(thread=True, exclusive=True, group="workshop", exit_on_error=False)
-    def _build(self, recipe: Path) -> None:
+    def _build(self, recipe: Path, force: bool = False) -> None:
         from converters.build import load_build, run_build
 
         ws = self.cattery.ws
@@ -180,42 +339,49 @@ class WorkshopScreen(Screen[None]):
                 ws.paths.models_dir,
                 progress=self._progress,
                 on_stage=lambda text: self.app.call_from_thread(self._stage, text),
+                force=force,
             )
             for path in result.outputs:
                 if plan.format:
                     ws.save_load_settings(path, {"format": plan.format})
-        except ENVIRONMENT as exc:
-            self.app.call_from_thread(self._ended, None, error_line(exc, "write the model"))
-            return
         except Exception as exc:  # on screen, never a crash
-            self.app.call_from_thread(self._ended, None, f"{type(exc).__name__}: {exc}")
+            self.app.call_from_thread(self._ended, None, self._failed(exc))
             return
         self.app.call_from_thread(self._ended, result.chat_model, None)
 
     def action_quantize(self) -> None:
-        model = self.query_one("#quant-model", Select).value
+        src = self.chosen()
         qtype = str(self.query_one("#quant-type", Select).value)
-        if not isinstance(model, str):
-            self.state("choose a model to quantize", True)
+        if src is None:
+            self.refuse("choose a model to quantize")
             return
+        allow = self.query_one("#allow-requantize", Checkbox).value
+        if src.quantized and not allow:
+            self.refuse(
+                f"{src.entry.name} is already quantized ({src.file_type}): quantizing it again loses quality. "
+                f"Choose an F32, F16 or BF16 model, or switch on {ALLOW}."
+            )
+            return
+        from converters.quantize import output_stem
+
+        out = self.cattery.ws.paths.models_dir / f"{output_stem(src.entry.path)}.{qtype.upper()}.gguf"
+        if out.exists() and not self.query_one("#overwrite", Checkbox).value:
+            self.refuse(f"{out}: already exists; switch on {OVERWRITE} to replace it")
+            return
+        raw = self.query_one("#imatrix", Input).value.strip()
+        imatrix = Path(raw).expanduser() if raw else None
         if self._begin(f"quantize to {qtype}"):
-            self._quantize(Path(model), qtype)
+            self._quantize(src.entry.path, out, qtype, allow, imatrix)
 
     @work(thread=True, exclusive=True, group="workshop", exit_on_error=False)
-    def _quantize(self, src: Path, qtype: str) -> None:
-        from converters.quantize import output_stem, quantize
+    def _quantize(self, src: Path, out: Path, qtype: str, allow: bool = False, imatrix: Path | None = None) -> None:
+        from converters.quantize import quantize
 
-        out = self.cattery.ws.paths.models_dir / f"{output_stem(src)}.{qtype.upper()}.gguf"
         try:
-            if out.exists():
-                raise CatteryError(f"{out}: already exists; remove it first (`cattery models rm`)")
             out.parent.mkdir(parents=True, exist_ok=True)
-            quantize(src, out, qtype, progress=self._progress)
-        except ENVIRONMENT as exc:
-            self.app.call_from_thread(self._ended, None, error_line(exc, "write the model"))
-            return
-        except Exception as exc:
-            self.app.call_from_thread(self._ended, None, f"{type(exc).__name__}: {exc}")
+            quantize(src, out, qtype, progress=self._progress, allow_requantize=allow, imatrix=imatrix)
+        except Exception as exc:  # on screen, never a crash
+            self.app.call_from_thread(self._ended, None, self._failed(exc))
             return
         self.app.call_from_thread(self._ended, out, None)
 

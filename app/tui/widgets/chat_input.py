@@ -12,6 +12,8 @@ from app.tui.keys import keys_of
 
 class ChatInput(TextArea):
     class Submitted(Message):
+        """Enter: the text to send; empty when the box was (the character speaks again)."""
+
         def __init__(self, text: str) -> None:
             super().__init__()
             self.text = text
@@ -32,9 +34,7 @@ class ChatInput(TextArea):
         if event.key in self.send_keys:
             event.prevent_default()
             event.stop()
-            text = self.text.strip()
-            if text:
-                self.post_message(self.Submitted(text))
+            self.post_message(self.Submitted(self.text.strip()))
             return
         if event.key in self.newline_keys:
             event.prevent_default()

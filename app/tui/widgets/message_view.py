@@ -85,9 +85,14 @@ class ReplyStream:
 NOT_SAVED = "(not saved)"
 
 
-def header_text(speaker: str, m: StoredMessage | None, writing: str = "", unsaved: bool = False) -> str:
+def header_text(
+    speaker: str, m: StoredMessage | None, writing: str = "", unsaved: bool = False, another: bool = False
+) -> str:
+    """`another`: a new alternative is being written, and it is the one shown (‹ 3/3 › for a third)."""
     parts = [speaker]
-    if m is not None and len(m.swipes) > 1:
+    if m is not None and writing and another:
+        parts.append(f"‹ {len(m.swipes) + 1}/{len(m.swipes) + 1} ›")
+    elif m is not None and len(m.swipes) > 1:
         parts.append(f"‹ {m.active + 1}/{len(m.swipes)} ›")
     if unsaved:
         parts.append(NOT_SAVED)
@@ -130,6 +135,7 @@ class MessageView(Widget, can_focus=True):
         self.avatar = avatar
         self.image_mode = image_mode
         self.writing = ""
+        self.another = False  # the text being written is a new alternative
         # A reply the chat store would not take: shown (and copyable) until the chat is left,
         # below the first `after` stored messages (app/tui/screens/chat.py keeps it there).
         self.unsaved = False
@@ -151,7 +157,7 @@ class MessageView(Widget, can_focus=True):
             yield MessageBody(self.text)
 
     def _header(self) -> str:
-        return header_text(self.speaker, self.message, self.writing, self.unsaved)
+        return header_text(self.speaker, self.message, self.writing, self.unsaved, self.another)
 
     def mark_unsaved(self, text: str, after: int) -> None:
         """This view holds a reply that could not be saved: it stays, marked, and never becomes a stored one."""
@@ -159,6 +165,7 @@ class MessageView(Widget, can_focus=True):
         self.unsaved_text = text
         self.after = after
         self.writing = ""
+        self.another = False
         self.remove_class("-writing")
         self.add_class("-unsaved")
         self._update_header()
@@ -197,6 +204,7 @@ class MessageView(Widget, can_focus=True):
         self.index = index
         self.message = message
         self.writing = ""
+        self.another = False
         self.remove_class("-writing")
         self.set_class(message.state == "stopped", "-stopped")
         self._update_header()
@@ -208,8 +216,9 @@ class MessageView(Widget, can_focus=True):
         if changed or streamed:
             self.body.set_text(message.text)
 
-    def set_writing(self, note: str) -> None:
+    def set_writing(self, note: str, *, another: bool = False) -> None:
         self.writing = note
+        self.another = another and bool(note)
         self.set_class(bool(note), "-writing")
         self._update_header()
 
@@ -223,6 +232,9 @@ class MessageView(Widget, can_focus=True):
 
     def action_delete(self) -> None:
         self.post_message(self.Action(self, "delete"))
+
+    def action_delete_alternative(self) -> None:
+        self.post_message(self.Action(self, "delete_alternative"))
 
     def action_delete_after(self) -> None:
         self.post_message(self.Action(self, "delete_after"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.content import Content
 from textual.widgets import Static
@@ -13,9 +13,10 @@ from textual.widgets import Static
 if TYPE_CHECKING:
     from app.engine.stats import LoadReport
     from app.prompt.builder import FormatChoice
-    from app.session.chat import Preview
+    from app.session.chat import MessageFit, Preview
 
 METER_CELLS = 12
+COMPACT_BELOW = 90  # columns: under this the status bar keeps the numbers and drops the words
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,8 @@ def placement(report: LoadReport) -> str:
     return f"GPU {min(report.gpu_layers, report.n_layers + 1)}/{report.n_layers + 1}"
 
 
-def meter(preview: Preview) -> Content:
+def meter(preview: Preview, cells: int = METER_CELLS) -> Content:
     """A bar: pinned block, history, free, in proportion to the context."""
-    cells = METER_CELLS
     pinned = round(cells * preview.pinned / preview.n_ctx) if preview.pinned else 0
     history = round(cells * preview.history / preview.n_ctx) if preview.history else 0
     pinned = max(pinned, 1 if preview.pinned else 0)
@@ -65,30 +65,81 @@ def model_content(model: ModelStatus) -> Content:
     return Content("no model loaded (F4)")
 
 
-def status_content(preview: Preview | None, tokens_per_second: float | None, note: str = "") -> Content:
-    """The context meter (pinned / history / free), the last reply's speed, the next turn's cost."""
+def status_content(
+    preview: Preview | None,
+    tokens_per_second: float | None,
+    note: str = "",
+    *,
+    draft: MessageFit | None = None,
+    writing: bool = False,
+    keys: str = "",
+    compact: bool = False,
+) -> Content:
+    """The context meter (pinned / history / free), the last reply's speed, the next turn's cost.
+
+    `writing`: `preview` is the context of the turn being written, and the numbers are its own
+    (the last reply's speed would be a stale number beside them). `draft`: the text in the box
+    counted; one that can never fit says so here, before it is sent. `keys`: where the context
+    is changed in the app. `compact`: a narrow terminal, the numbers without the words.
+    """
     parts: list[Content] = []
+    too_long = not writing and draft is not None and not draft.fits
     if preview is not None:
-        parts.append(
-            Content.assemble(
-                "ctx ",
-                meter(preview),
-                f" {preview.used}/{preview.n_ctx}  pinned {preview.pinned} · history {preview.history}"
-                f" · free {preview.free}",
+        # A warning takes the room of the meter's details: it is what matters then.
+        short = compact or too_long or bool(preview.problem)
+        detail = "" if short else f"  pinned {preview.pinned} · history {preview.history} · free {preview.free}"
+        bar = meter(preview, METER_CELLS // 2 if compact else METER_CELLS)
+        parts.append(Content.assemble("" if compact else "ctx ", bar, f" {preview.used}/{preview.n_ctx}{detail}"))
+    if writing:
+        if preview is not None:
+            parts.append(
+                Content(
+                    f"this turn: +{preview.to_evaluate}"
+                    if compact
+                    else f"this turn: {preview.to_evaluate} to evaluate, {preview.reused} cached"
+                )
             )
-        )
-    if tokens_per_second:
-        parts.append(Content(f"{tokens_per_second:.1f} tok/s"))
-    if preview is not None:
-        parts.append(Content(f"next turn: your message + {preview.to_evaluate}"))
+    else:
+        if tokens_per_second and not too_long:
+            parts.append(Content(f"{tokens_per_second:.1f} tok/s"))
+        if preview is not None and preview.problem:
+            parts.append(Content.from_markup("[$error]$problem[/]", problem=preview.problem))
+        elif too_long:
+            assert draft is not None
+            where = f" (context: {keys})" if keys else ""
+            words = "too long: $tokens > $room" if compact else "your message: $tokens tokens, room for $room$where"
+            parts.append(
+                Content.from_markup(
+                    f"[$error]{words}[/]", tokens=f"{draft.tokens:,}", room=f"{max(0, draft.room):,}", where=where
+                )
+            )
+        elif preview is not None:
+            mine = f"your message ({draft.tokens})" if draft is not None else "your message"
+            parts.append(
+                Content(f"next: +{preview.to_evaluate}" if compact else f"next turn: {mine} + {preview.to_evaluate}")
+            )
     if note:
         parts.append(Content(note))
     return Content(" │ ").join(parts) if parts else Content("")
 
 
 class StatusBar(Static):
-    def show(self, preview: Preview | None, tokens_per_second: float | None, note: str = "") -> None:
-        self.update(status_content(preview, tokens_per_second, note))
+    """One line under the messages; shorter words when the terminal is narrow."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shown: tuple[tuple[Any, ...], dict[str, Any]] = ((None, None), {})
+
+    def show(self, preview: Preview | None, tokens_per_second: float | None, note: str = "", **kw: Any) -> None:
+        self._shown = ((preview, tokens_per_second, note), kw)
+        self._draw()
+
+    def _draw(self) -> None:
+        args, kw = self._shown
+        self.update(status_content(*args, **kw, compact=0 < self.size.width < COMPACT_BELOW))
+
+    def on_resize(self) -> None:
+        self._draw()
 
 
 class ModelLine(Static):
