@@ -128,6 +128,7 @@ def test_the_app_names_the_remembered_model_that_is_gone(tmp_path: Path, cattery
             await wait_until(pilot, lambda: app.model_status.state in ("failed", "ready"), what="the model")
             assert app.model_status.state == "failed" and app.model_status.path is None
             assert f"the last used model {gone}" in (app.model_status.error or "")
+            assert "Models screen (F4)" in app.model_status.error and "--model" not in app.model_status.error
             assert not app.engine.loaded  # the bundled model was not loaded in its place
 
     asyncio.run(run())

@@ -27,7 +27,7 @@ from app.engine.engine import Engine
 from app.errors import CatteryError
 from app.session.chat import ChatSession, hash_model, open_session, start_session
 from app.session.launch import Launch
-from app.session.workspace import Workspace
+from app.session.workspace import RememberedModelGone, Workspace
 from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings, key_table, read_keymap
 from app.tui.safe_text import strip_controls_everywhere
@@ -352,7 +352,10 @@ class CatteryApp(App[None]):
             options = self.ws.load_options(merged)
             options.validate()
         except ENVIRONMENT as exc:
-            self.model_status = ModelStatus("failed", None, error=error_line(exc))
+            line = error_line(exc)
+            if isinstance(exc, RememberedModelGone):  # say how to go on, in the app's own terms
+                line += "; choose another on the Models screen (F4)"
+            self.model_status = ModelStatus("failed", None, error=line)
             return
         chat = self._chat_screen()
         if chat is not None and chat.busy not in (None, "waiting"):
