@@ -309,6 +309,10 @@ def test_a_paste_too_long_for_the_context_is_refused_before_sending_and_stays_in
             assert "Models screen, F4" in line and "--ctx" not in line and "\n" not in line
             assert not notified(app, "--ctx") and not notified(app, "does not fit")
             assert chat.preview is not None and "ctx" in status_text(app)  # the meter stays
+            # Ctrl+A selects all of it (the text box's own F7 opens the Hub), Backspace clears it.
+            await pilot.press("ctrl+a", "backspace")
+            await wait_until(pilot, lambda: box(app).text == "", what="the box cleared")
+            assert app.focused is box(app)
             # Shortened, it goes.
             box(app).text = "A short question now."
             await wait_until(pilot, lambda: "your message (" in status_text(app), what="the new count")

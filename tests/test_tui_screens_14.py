@@ -296,6 +296,11 @@ def test_f8_is_in_the_footer_and_f1_lists_the_screens_in_order(cattery_home: Pat
                 screen = await goto(pilot, app, mode)
                 keys = [k.key for k in screen.query(FooterKey)]
                 assert "f8" in keys, (mode, keys)
+                # the screen's own keys first, then F1…F8 in order (a text box binds F6 and F7 itself:
+                # Textual listed the app's F6 and F7 first, where the box's were)
+                fkeys = [k for k in keys if re.fullmatch(r"f\d+", k)]
+                assert fkeys == [f"f{n}" for n in range(1, 9)], (mode, keys)
+                assert keys.index("f1") == len(keys) - 8, (mode, keys)
             await pilot.press("f1")
             await wait_until(pilot, lambda: type(app.screen).__name__ == "HelpScreen", what="the help")
             table = app.screen.query(DataTable).first()

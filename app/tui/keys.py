@@ -240,3 +240,25 @@ def display(keys: str) -> str:
             name = name.capitalize() if len(name) > 2 else name.upper()
         parts.append("+".join([*(m.capitalize() for m in mods), name]))
     return " / ".join(parts)
+
+
+class ScreenKeysFirst:
+    """A screen mixin: its footer lists the screen's own keys first, then the app's in keys.toml order.
+
+    Textual lists keys in the order the focus chain meets them, from the focused widget up.
+    A text box binds F6 and F7 itself, so the app's F6 and F7 (which win over it) came first
+    in the chat's footer, before the chat's keys, and F8 fell off the end. Only the order of
+    the list changes: which key does what is Textual's dispatch, untouched.
+    """
+
+    @property
+    def active_bindings(self) -> dict[str, Any]:
+        found: dict[str, Any] = super().active_bindings  # type: ignore[misc]
+        app = self.app  # type: ignore[attr-defined]
+        rank = {a.id: i for i, a in enumerate(key_table()["app"])}
+        own = {key: b for key, b in found.items() if b.node is not app}
+        shared = sorted(
+            ((key, b) for key, b in found.items() if b.node is app),
+            key=lambda kb: rank.get(kb[1].binding.id or "", len(rank)),
+        )
+        return {**own, **dict(shared)}

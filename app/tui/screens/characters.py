@@ -159,7 +159,7 @@ class CharactersScreen(FittedScreen):
                 yield OptionList(id="greetings", markup=False)
                 # A stranger's card: its links are shown, never opened by a click.
                 yield Markdown("", id="char-text", open_links=False)
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         self.refresh_list()

@@ -22,7 +22,7 @@ from textual.widgets import Button, Footer, ProgressBar, Static
 
 from app.errors import CatteryError, ContextOverflowError
 from app.tui.guard import ENVIRONMENT, error_line, reported
-from app.tui.keys import bindings, display, keys_of
+from app.tui.keys import ScreenKeysFirst, bindings, display, keys_of
 from app.tui.messages import DraftMeasured, Piece, PreviewReady, TurnDone, TurnStarted
 from app.tui.plain import plain
 from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
@@ -92,7 +92,7 @@ def describe_provenance(prov: dict[str, Any], state: str) -> str:
     return "\n".join(lines)
 
 
-class ChatScreen(Screen[None]):
+class ChatScreen(ScreenKeysFirst, Screen[None]):
     KEY_SECTION = "chat"
     BINDINGS: ClassVar[list[Binding]] = bindings("chat")
     # Whatever way the chat comes back with nothing focused, the keys go to the box.
@@ -148,7 +148,7 @@ class ChatScreen(Screen[None]):
             id="input",
             placeholder="Message · Enter sends · Ctrl+J new line · Esc stops · F1 keys",
         )
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         area = self._box = self.query_one(ChatInput)  # kept: its text is still read as the app closes

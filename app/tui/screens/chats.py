@@ -85,7 +85,7 @@ class ChatsScreen(FittedScreen):
             classes="muted",
             id="chats-hint",
         )
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         table = self.query_one("#chat-table", DataTable)

@@ -13,6 +13,8 @@ from typing import ClassVar
 
 from textual.screen import Screen
 
+from app.tui.keys import ScreenKeysFirst
+
 WIDTHS: list[tuple[int, str]] = [(0, "-narrow"), (60, "-medium"), (100, "-wide")]
 HEIGHTS: list[tuple[int, str]] = [(0, "-short"), (20, "-tall")]
 
@@ -49,5 +51,5 @@ class Fits:
         self.fit_to_terminal()
 
 
-class FittedScreen(Fits, Screen[None]):
+class FittedScreen(ScreenKeysFirst, Fits, Screen[None]):
     """A screen of the app (not the chat) that stays usable down to 40×12."""

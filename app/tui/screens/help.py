@@ -39,7 +39,7 @@ class HelpScreen(ModalScreen[None]):
                 for a in actions:
                     table.add_row(display(keys_of(a.id, app.keymap)), a.text, a.id)
                 yield table
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -69,7 +69,7 @@ class HubScreen(FittedScreen):
                 yield Button("Load", id="hub-load", disabled=True, compact=True)
                 yield ProgressBar(id="hub-progress", total=100, show_eta=False)
             yield Static("", id="hub-state")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         repos = self.query_one("#hub-repos", DataTable)

@@ -105,7 +105,7 @@ class WorldInfoScreen(ModalScreen[None]):
                 "Delete removes it from the library · Esc closes",
                 classes="hint",
             )
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         books = self.query_one("#lore-books", DataTable)

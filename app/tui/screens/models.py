@@ -147,7 +147,7 @@ class ModelsScreen(FittedScreen):
                         yield Button("Cancel loading", id="cancel-load", disabled=True, compact=True)
                         yield ProgressBar(id="model-progress", total=100, show_eta=False)
                     yield Static("", id="model-state")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         table = self.query_one("#model-table", DataTable)

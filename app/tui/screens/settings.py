@@ -98,7 +98,7 @@ class SettingsScreen(FittedScreen):
                 yield Button("Revert", id="revert")
                 yield Button("Save", variant="primary", id="save")
             yield Static("", id="settings-state")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         table = self.query_one("#keys-table", DataTable)

@@ -144,7 +144,7 @@ class WorkshopScreen(FittedScreen):
             yield ProgressBar(id="work-progress", total=100, show_eta=False)
             yield Static("", id="work-stage")
             yield Static("", id="work-state")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 
     def on_mount(self) -> None:
         self.refresh_models()

@@ -29,6 +29,8 @@ class ChatInput(TextArea):
         self.send_keys = set(keys_of("input.send", keymap).split(","))
         self.newline_keys = set(keys_of("input.newline", keymap).split(","))
         self.select_keys = set(keys_of("input.select_last", keymap).split(","))
+        # The text box's own select-all key is F7, which opens the Hub everywhere in the app.
+        self.select_all_keys = set(keys_of("input.select_all", keymap).split(","))
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key in self.send_keys:
@@ -40,6 +42,11 @@ class ChatInput(TextArea):
             event.prevent_default()
             event.stop()
             self.insert("\n")
+            return
+        if event.key in self.select_all_keys:
+            event.prevent_default()
+            event.stop()
+            self.select_all()
             return
         if event.key in self.select_keys and not self.text:
             event.prevent_default()
