@@ -84,6 +84,7 @@ def run_cattery(
     timeout: float = 2 * DEADLINE,  # a whole command (a model loaded, several replies), not one event
     env: dict[str, str] | None = None,
     preexec_fn: object = None,
+    cwd: Path | None = None,  # another folder, as a user in another terminal tab would start it
 ) -> subprocess.CompletedProcess[str]:
     """Run the real `cattery` entry point in a child process, as a user's shell would."""
     env = {**os.environ, **(env or {})}
@@ -96,7 +97,7 @@ def run_cattery(
         text=True,
         timeout=timeout,
         env=env,
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         preexec_fn=preexec_fn,  # type: ignore[arg-type]
     )
 

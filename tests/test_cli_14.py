@@ -31,16 +31,7 @@ BUNDLED = "SmolLM2-135M-Instruct.Q4_1"
 
 def run_in(cwd: Path, *args: str, home: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """`cattery` started from another folder, as a user in another terminal tab would."""
-    env = {**os.environ, "CATTERY_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        env=env,
-        cwd=cwd,
-    )
+    return run_cattery(*args, input=input, home=home, timeout=DEADLINE, cwd=cwd)
 
 
 def error_line(r: subprocess.CompletedProcess[str]) -> str:

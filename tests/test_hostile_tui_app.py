@@ -42,7 +42,7 @@ from app.tui.widgets.message_view import MessageView
 from tests import hostile_cases_tui as cases
 from tests.hostile import run_bounded
 from tests.test_tui_kill import Terminal
-from tests.tui_helpers import SIZE, chat_screen, greedy, make_app, send, wait_idle, wait_until
+from tests.tui_helpers import SIZE, answer, chat_screen, greedy, make_app, send, wait_idle, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,14 +94,6 @@ async def goto(pilot: Any, app: Any, key: str, name: str) -> Any:
     await wait_until(pilot, lambda: type(app.screen).__name__ == name, what=name)
     await pilot.pause(0.2)
     return app.screen
-
-
-async def answer(pilot: Any, app: Any, text: str) -> None:
-    await wait_until(pilot, lambda: isinstance(app.screen, AskScreen), what="the dialog")
-    dialog = app.screen
-    dialog.query_one("#answer").value = text
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: app.screen is not dialog, what="the dialog to close")
 
 
 def hold_write_lock(db: Path) -> sqlite3.Connection:

@@ -20,7 +20,7 @@ from app.tui.screens.dialogs import AskScreen, ConfirmScreen
 from app.tui.widgets.chat_input import ChatInput
 from app.tui.widgets.message_view import MessageView
 from tests.conftest import FIXTURES
-from tests.tui_helpers import SIZE, chat_screen, greedy, make_app, send, wait_idle, wait_until
+from tests.tui_helpers import SIZE, answer, chat_screen, greedy, make_app, send, wait_idle, wait_until
 
 
 def views(app: Any) -> list[MessageView]:
@@ -45,14 +45,6 @@ async def goto(pilot: Any, app: Any, key: str, mode: str) -> Any:
     await wait_until(pilot, lambda: app.current_mode == mode and app.screen.is_current, what=f"the {mode} screen")
     await pilot.pause(0.1)
     return app.screen
-
-
-async def answer(pilot: Any, app: Any, text: str) -> None:
-    await wait_until(pilot, lambda: isinstance(app.screen, AskScreen), what="the dialog")
-    dialog = app.screen
-    dialog.query_one("#answer").value = text
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: app.screen is not dialog, what="the dialog to close")
 
 
 async def type_and_send(pilot: Any, app: Any, text: str) -> None:

@@ -60,3 +60,14 @@ async def send(pilot: Any, app: CatteryApp, text: str) -> None:
     await pilot.press("enter")
     await wait_until(pilot, lambda: len(app.session.messages) >= before + 2, what="the reply")  # type: ignore[union-attr]
     await wait_idle(pilot, app)
+
+
+async def answer(pilot: Any, app: Any, text: str) -> None:
+    """Type `text` into the open one-line question dialog and press Enter."""
+    from app.tui.screens.dialogs import AskScreen
+
+    await wait_until(pilot, lambda: isinstance(app.screen, AskScreen), what="the dialog")
+    dialog = app.screen
+    dialog.query_one("#answer").value = text
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: app.screen is not dialog, what="the dialog to close")
