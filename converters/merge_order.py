@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Literal
 
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -35,8 +34,6 @@ LAYER_MODULES = (
 PARAMETERS = ("weight", "bias")  # nn.Linear registers its weight before its bias
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-
-Part = Literal["pre", "layer", "post"]
 
 
 def layer_of(name: str) -> int | None:
@@ -85,19 +82,15 @@ def module_order(names: Iterable[str]) -> list[str]:
     return sorted(names, key=sort_key)
 
 
-def part_of(name: str) -> Part:
-    """Where a tensor sits: before the layers (embeddings), in one, or after them (final norm, lm_head)."""
-    key = sort_key(name)
-    return "pre" if key[0] == 0 else "layer" if key[0] == 1 else "post"
-
-
 def gradient_t(name: str, n_layers: int) -> float:
-    """mergekit's position of a tensor along a gradient: layer i of n at i/(n-1).
+    """mergekit's position of a tensor along a gradient: layer i of n at i/(n-1), a one-layer model at 1.
 
-    As in mergekit's planner, tensors before the layers (the embeddings) sit at 0 and
-    those after them (the final norm, lm_head) at 1; a one-layer model sits at 1.
+    Every tensor outside the layers sits at 0, the final norm and lm_head as well as the
+    embeddings: mergekit 0.1.5's planner (`plan_module` in mergekit/plan.py) reads the
+    pre-weights and the post-weights through one config reader made at t = 0, so both ends of
+    the model take a gradient's first value.
     """
     layer = layer_of(name)
     if layer is None:
-        return 0.0 if part_of(name) == "pre" else 1.0
+        return 0.0
     return layer / (n_layers - 1) if n_layers > 1 else 1.0

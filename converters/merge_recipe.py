@@ -34,8 +34,8 @@ model so far and one or more other checkpoints. Paths are relative to the recipe
 Values (`weight` of a LoRA excepted) follow mergekit's rules, per tensor:
 - a number;
 - a list of numbers: a gradient, read at t = layer / (n_layers - 1) by linear interpolation
-  between evenly spaced points; the embeddings sit at t = 0, the final norm and `lm_head` at
-  t = 1 (mergekit's planner does exactly this);
+  between evenly spaced points; everything outside the layers (the embeddings, the final norm
+  and `lm_head`) sits at t = 0, as mergekit 0.1.5's planner puts both ends of the model;
 - a table `{values = [...], layers = [...]}`: the same, with the points at the given layers
   (a Cattery addition: "0.9 down to 0 by layer 25 of 40" needs no 40-value list);
 - a list of tables `{filter = "self_attn", value = ...}`: the first whose filter occurs in the

@@ -171,9 +171,10 @@ def read_out(folder: Path) -> dict[str, np.ndarray]:
 
 
 def mergekit_t(name: str, layers: int) -> float:
+    """mergekit 0.1.5's t: layer i of n at i / (n - 1); both ends (embeddings, final norm, lm_head) at 0."""
     if ".layers." in name:
         return int(name.split(".")[2]) / (layers - 1)
-    return 0.0 if "embed_tokens" in name else 1.0
+    return 0.0
 
 
 def gradient_value(values: list[float], t: float) -> float:
@@ -355,9 +356,9 @@ def test_layer_gradient_as_mergekit_with_filters(models: dict[str, Any], tmp_pat
         n: gradient_value(attn if "self_attn" in n else rest, mergekit_t(n, 3)) for n in module_order(models["a"])
     }
     assert model.steps[0].params == pytest.approx(expected_v, abs=1e-12)
-    # the embeddings sit at t = 0, the final norm and lm_head at t = 1, as mergekit's planner puts them
+    # the embeddings, the final norm and lm_head all sit at t = 0, as mergekit 0.1.5's planner puts them
     assert model.steps[0].params["model.embed_tokens.weight"] == pytest.approx(0.9)
-    assert model.steps[0].params["lm_head.weight"] == pytest.approx(0.0)
+    assert model.steps[0].params["lm_head.weight"] == pytest.approx(0.9)
     assert model.steps[0].params["model.layers.1.self_attn.q_proj.weight"] == pytest.approx(0.3)
     assert model.steps[0].params["model.layers.1.mlp.up_proj.weight"] == pytest.approx(0.2)
     got = read_out(merge(recipe, tmp_path / "out").path)
