@@ -70,6 +70,17 @@ class Opening:
     prefix: str = ""
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What one build renders besides the history, handed down to each render of that build
+    (never kept on the builder, so that nothing from one build leaks into the next)."""
+
+    system: str | None
+    late: str = ""  # text right before the reply (lore placed at the end)
+    placed: tuple[Placed, ...] = ()  # messages inserted at a depth (the Author's Note, lore)
+    budget: Budget = field(default_factory=Budget)  # time shared by a chat template's renders
+
+
 @dataclass
 class Segment:
     kind: str  # bos, pinned, example, turn, note (an Author's or Character's Note), lore (at a depth), post, generation
@@ -179,64 +190,66 @@ class PromptBuilder:
         # or a `Dynamic` that also carries messages to insert at a depth (the Author's Note); how
         # lorebook entries and notes reach the prompt without the prompt package knowing about cards.
         self.dynamic = dynamic
-        self._late = ""
-        self._placed: list[Placed] = []
-        self._budget: Budget | None = None  # time shared by a chat template's renders in one build
 
     @property
     def stop(self) -> list[str]:
         return self.fmt.stop_strings(self.speakers.user, self.speakers.char) if self.fmt else []
 
     def render(self, history: Sequence[Message]) -> Rendered:
+        """`history` as this builder renders it, with its own system prompt and nothing dynamic."""
+        return self._render(history, _Call(self.system))
+
+    def _render(self, history: Sequence[Message], call: _Call) -> Rendered:
         if self.fmt is not None:
-            return render_format(self.fmt, self.system, history, self.speakers, self.examples)
+            return render_format(self.fmt, call.system, history, self.speakers, self.examples)
         assert self.info is not None and self.info.chat_template
         return render_template(
             self.info.chat_template,
-            self.system,
+            call.system,
             history,
             bos_token=self.info.bos_token or "",
             eos_token=self.info.eos_token or "",
             examples=self.examples,
             model=self.info.path.name,
-            budget=self._budget,
+            budget=call.budget,
         )
 
-    def _post_text(self) -> str:
-        return self._system_message(self._late) + self._system_message(self.post_history)
+    def _post_text(self, call: _Call) -> str:
+        """What goes right before the reply: lore placed at the end, then the card's post-history
+        instructions (nearest the reply), each as a system message of the format."""
+        return self._system_message(call.late, call) + self._system_message(self.post_history, call)
 
-    def _system_message(self, text: str | None) -> str:
-        """The post-history instructions as a system message of the format; where a chat
-        template refuses a system message there, as plain text."""
+    def _system_message(self, text: str | None, call: _Call) -> str:
+        """`text` as a system message of the format; where a chat template refuses a system
+        message there, as plain text."""
         if not text:
             return ""
-        from app.prompt.segments import Message, render_format
-
         if self.fmt is not None:
             return render_format(self.fmt, None, [Message("system", text)], self.speakers).turns[0]
-        assert self.info is not None and self.info.chat_template
+        info = self.info
+        assert info is not None and info.chat_template
         from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError, render_chat_template
 
         def render(messages: list[dict[str, str]]) -> str:
             return render_chat_template(
-                self.info.chat_template,
-                messages,  # type: ignore[union-attr]
-                bos_token=self.info.bos_token or "",  # type: ignore[union-attr]
-                eos_token=self.info.eos_token or "",  # type: ignore[union-attr]
+                info.chat_template or "",
+                messages,
+                bos_token=info.bos_token or "",
+                eos_token=info.eos_token or "",
                 add_generation_prompt=False,
-                model=self.info.path.name,  # type: ignore[union-attr]
-                budget=self._budget,
+                model=info.path.name,
+                budget=call.budget,
             )
 
         probe = [{"role": "user", "content": "x"}]
         try:
             before = render(probe)
-            after = render([*probe, {"role": "system", "content": self.post_history}])
+            after = render([*probe, {"role": "system", "content": text}])
         except TemplateUnsafeError:
             raise
         except TemplateRenderError:
-            return self.post_history + "\n"
-        return after[len(before) :] if after.startswith(before) else self.post_history + "\n"
+            return text + "\n"
+        return after[len(before) :] if after.startswith(before) else text + "\n"
 
     def _wants_bos(self, first_text: str) -> bool:
         tok = self.tokenizer
@@ -258,24 +271,15 @@ class PromptBuilder:
     ) -> BuiltPrompt:
         state = state if state is not None else WindowState()
         history = list(history)
-        self._budget = Budget()
-        self._placed = []
-        if self.dynamic is not None:
-            parts = self.dynamic(history)
-            if isinstance(parts, tuple):
-                parts = Dynamic(*parts)
-            if not parts.keep_system:
-                self.system = parts.system
-            self._late = parts.late
-            self._placed = place(parts.injections, len(history))
+        call = self._call(history)
 
         def render(start: int) -> tuple[Rendered, list[Slot]]:
-            rendered, messages, slots = self._render_window(history, start)
-            return self._open(rendered, messages, opening), slots
+            rendered, messages, slots = self._render_window(history, start, call)
+            return self._open(rendered, messages, opening, call), slots
 
         if self.tokenizer is None or n_ctx is None:
             rendered, slots = render(0)
-            return self._assemble(rendered, slots, history, 0, True, None, n_ctx, reserve, [])
+            return self._assemble(rendered, slots, history, 0, True, None, n_ctx, reserve, [], call)
         budget = n_ctx - reserve
         roles = [m.role for m in history]
         first_start = min(state.start, len(history))
@@ -284,12 +288,12 @@ class PromptBuilder:
             rendered, slots = render(start)
             if not rendered.segmentable:
                 # Whole renderings only: slide one message at a time until it fits.
-                n = self.tokenizer.count(rendered.turns[0] + self._post_text() + rendered.generation) + 1
+                n = self.tokenizer.count(rendered.turns[0] + self._post_text(call) + rendered.generation) + 1
                 if n <= budget or start >= len(history) - 1:
                     if n > budget:
                         fit_window(n, 0, [], 0, budget, WindowState(), [])  # raises with the numbers
                     evicted = list(range(first_start, start))
-                    return self._assemble(rendered, slots, history, start, False, budget, n_ctx, reserve, evicted)
+                    return self._assemble(rendered, slots, history, start, False, budget, n_ctx, reserve, evicted, call)
                 state.start = start + 1
                 continue
             first_text = (
@@ -306,7 +310,7 @@ class PromptBuilder:
                 pinned=bos + count(rendered.pinned),
                 examples=sum(count(e) for e in rendered.examples),
                 turns=[n for n, slot in zip(counts, slots, strict=True) if slot.index is not None],
-                generation=count(rendered.generation) + count(self._post_text()) + inserted,
+                generation=count(rendered.generation) + count(self._post_text(call)) + inserted,
                 budget=budget,
                 state=WindowState(0, state.examples_dropped),
                 roles=roles[start:],
@@ -317,14 +321,26 @@ class PromptBuilder:
             if fit.start == 0:
                 evicted = list(range(first_start, start))
                 return self._assemble(
-                    rendered, slots, history, start, fit.examples_kept, budget, n_ctx, reserve, evicted
+                    rendered, slots, history, start, fit.examples_kept, budget, n_ctx, reserve, evicted, call
                 )
             # The window moved: render again from the new start (a template may render
             # its first message differently) and check once more.
             state.start = start + fit.start
         raise CatteryError("the conversation cannot be fitted into the context")  # pragma: no cover
 
-    def _render_window(self, history: list[Message], start: int) -> tuple[Rendered, list[Message], list[Slot]]:
+    def _call(self, history: list[Message]) -> _Call:
+        """This build's own texts: the dynamic part's (lore, notes) for `history`, and a fresh time budget."""
+        if self.dynamic is None:
+            return _Call(self.system)
+        parts = self.dynamic(history)
+        if isinstance(parts, tuple):
+            parts = Dynamic(*parts)
+        system = self.system if parts.keep_system else parts.system
+        return _Call(system, parts.late, tuple(place(parts.injections, len(history))))
+
+    def _render_window(
+        self, history: list[Message], start: int, call: _Call
+    ) -> tuple[Rendered, list[Message], list[Slot]]:
         """The window from `start` with this build's inserted messages in it.
 
         A chat template may refuse a message where an insertion puts it (roles that must
@@ -332,18 +348,18 @@ class PromptBuilder:
         """
         from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError
 
-        messages, slots = splice(history, start, self._placed)
+        messages, slots = splice(history, start, call.placed)
         if not any(s.placed is not None for s in slots):
-            return self.render(messages), messages, slots
+            return self._render(messages, call), messages, slots
         try:
-            return self.render(messages), messages, slots
+            return self._render(messages, call), messages, slots
         except TemplateUnsafeError:
             raise
         except TemplateRenderError:
             if self.fmt is not None:
                 raise
         messages, slots, left = fold(messages, slots)
-        rendered = self.render(messages)
+        rendered = self._render(messages, call)
         rendered.notes.append(
             "the chat template refuses a message of its own there: the Author's Note (or lore) joins a user message"
         )
@@ -351,12 +367,12 @@ class PromptBuilder:
             rendered.notes.append("an insertion was left out: no user message to put it in")
         return rendered, messages, slots
 
-    def _open(self, rendered: Rendered, history: list[Message], opening: Opening | None) -> Rendered:
+    def _open(self, rendered: Rendered, history: list[Message], opening: Opening | None, call: _Call) -> Rendered:
         """Replace the generation prefix by `opening`'s turn, rendered with a marker and cut at it."""
         if opening is None or (opening.role == "assistant" and not opening.prefix):
             return rendered
         name = self.speakers.user if opening.role == "user" else self.speakers.char
-        probe = self.render([*history, Message(opening.role, opening.prefix + _OPEN, name)])
+        probe = self._render([*history, Message(opening.role, opening.prefix + _OPEN, name)], call)
         text = probe.turns[-1] if probe.turns else ""
         cut = text.find(_OPEN)
         if cut < 0:
@@ -379,6 +395,7 @@ class PromptBuilder:
         n_ctx: int | None,
         reserve: int,
         evicted: list[int],
+        call: _Call,
     ) -> BuiltPrompt:
         segments: list[Segment] = []
         insertions: list[Insertion] = []
@@ -399,7 +416,7 @@ class PromptBuilder:
                 segments.append(Segment("turn", r.turns[k], slot.index))
         if not r.segmentable:
             segments.append(Segment("turn", r.turns[0], None))
-        post = self._post_text()
+        post = self._post_text(call)
         if post:
             segments.append(Segment("post", post))
         segments.append(Segment("generation", r.generation))

@@ -1,0 +1,107 @@
+"""Every branch of the prompt builder places every text once, where it belongs (issue 15, item 3).
+
+The builder renders a card's pieces through two branches: a data format (assets/formats/)
+and a GGUF chat template. Each text a chat can bring — lore at the card or at the end,
+post-history instructions, example dialogue — must appear exactly once, in its place, in
+every format, with or without the others. A chat builds its prompt this way: a card's
+`card_prompt`, a real lorebook in a `LoreSession`, and the `ChatExtras` a chat passes as
+the builder's dynamic part.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.cards.card import Card, normalise_data
+from app.cards.lorebook import Lorebook, LoreEntry
+from app.cards.prompting import LoreSession, card_prompt
+from app.engine.metadata import ModelInfo, read_model_info
+from app.prompt.builder import BuiltPrompt, PromptBuilder
+from app.prompt.formats import GGUF, format_names
+from app.prompt.segments import Message, Speakers
+from app.session.lore import ChatExtras
+from tests.card_files import v3
+
+LORE = "LORE-TEXT the moon is cheese"
+POST = "POST-TEXT stay in character"
+DESCRIPTION = "DESC-TEXT a fox spirit"
+EXAMPLE_Q = "EXAMPLE-Q what is it"
+EXAMPLE_A = "EXAMPLE-A a fox"
+HISTORY = [Message("user", "TURN-1 hello"), Message("assistant", "TURN-2 hi"), Message("user", "TURN-3 bye")]
+FORMATS = [*sorted(n for n in format_names() if n != GGUF), GGUF]
+
+
+@pytest.fixture(scope="module")
+def bundled_info(model_path: Path) -> ModelInfo:
+    info = read_model_info(model_path)
+    assert info.chat_template, "the bundled model carries a chat template"
+    return info
+
+
+def build(fmt: str, info: ModelInfo, placement: str, post: bool, examples: bool) -> BuiltPrompt:
+    data = v3(
+        description=DESCRIPTION,
+        personality="",
+        scenario="",
+        mes_example=f"<START>\n{{{{user}}}}: {EXAMPLE_Q}\n{{{{char}}}}: {EXAMPLE_A}" if examples else "",
+        post_history_instructions=POST if post else "",
+    )
+    cp = card_prompt(Card(normalise_data(data["data"], "t"), "chara_card_v3"), global_system="SYSTEM-TEXT")
+    book = Lorebook("world", [LoreEntry("1", ["unused key"], LORE, constant=True)])
+    extras = ChatExtras(cp, LoreSession(cp, [book], placement), None)
+    builder = PromptBuilder(
+        fmt,
+        info=info if fmt == GGUF else None,
+        system=cp.system,
+        speakers=Speakers(cp.user, cp.char),
+        examples=cp.examples,
+        post_history=cp.post_history,
+        dynamic=extras,
+    )
+    return builder.build(HISTORY)
+
+
+def only_in(built: BuiltPrompt, text: str) -> str:
+    """The kind of the one segment holding `text`, which the whole prompt holds exactly once."""
+    assert built.text.count(text) == 1, f"{text!r} appears {built.text.count(text)} times in {built.text!r}"
+    kinds = [s.kind for s in built.segments if text in s.text]
+    assert len(kinds) == 1, f"{text!r} is split across segments"
+    return kinds[0]
+
+
+@pytest.mark.parametrize("examples", [False, True], ids=["no-examples", "examples"])
+@pytest.mark.parametrize("post", [False, True], ids=["no-post", "post"])
+@pytest.mark.parametrize("placement", ["card", "end"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_text_once_in_its_place(
+    fmt: str, placement: str, post: bool, examples: bool, bundled_info: ModelInfo
+) -> None:
+    built = build(fmt, bundled_info, placement, post, examples)
+    text = built.text
+    assert "".join(s.text for s in built.segments) == text
+    assert [s.kind for s in built.segments][-1] == "generation"
+    first_turn, last_turn = text.index("TURN-1"), text.index("TURN-3")
+    for turn in ("TURN-1", "TURN-2", "TURN-3"):
+        assert only_in(built, turn) == "turn"
+    assert only_in(built, DESCRIPTION) == "pinned" and text.index(DESCRIPTION) < first_turn
+
+    lore_kind = only_in(built, LORE)
+    if placement == "card":
+        assert lore_kind == "pinned" and text.index(LORE) < first_turn
+    else:  # right before the reply: after the last turn
+        assert lore_kind == "post" and text.index(LORE) > last_turn
+
+    if post:
+        assert only_in(built, POST) == "post" and text.index(POST) > last_turn
+        if placement == "end":  # the card's instructions come last, nearest the reply
+            assert text.index(LORE) < text.index(POST)
+    else:
+        assert POST not in text
+
+    if examples:
+        assert only_in(built, EXAMPLE_Q) == only_in(built, EXAMPLE_A) == "example"
+        assert text.index(DESCRIPTION) < text.index(EXAMPLE_Q) < text.index(EXAMPLE_A) < first_turn
+    else:
+        assert EXAMPLE_Q not in text and EXAMPLE_A not in text
