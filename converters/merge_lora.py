@@ -4,13 +4,15 @@ A PEFT adapter folder holds `adapter_config.json` (r, lora_alpha, use_rslora, ra
 alpha_pattern, fan_in_fan_out, modules_to_save) and `adapter_model.safetensors`, with keys
 like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. For each module:
 
-    ΔW = s · (B @ A),  s = alpha / r  (alpha / √r with use_rslora)
+    ΔW = (B @ A) · (s · weight),  s = alpha / r  (alpha / √r with use_rslora)
 
 with r and alpha per module from rank_pattern / alpha_pattern, matched as PEFT matches them
 (a pattern matches a module whose name ends with it, as a regular expression, after a
-dot). Embeddings store A as (r, n_tokens) and B as (dim, r), so their ΔW is (B @ A)ᵀ.
-Whole tensors in the adapter (`modules_to_save`, or the embeddings PEFT saves when the
-vocabulary was resized) replace the base model's.
+dot), and s · weight one float32 factor, as PEFT's scaling multiplied by a weight is.
+Embeddings store A as (r, n_tokens) and B as (dim, r), so their ΔW is (B @ A)ᵀ.
+Whole tensors in the adapter replace the base model's before any ΔW is added, as PEFT
+loads them: `modules_to_save` copies, and the `….base_layer.weight` PEFT saves for a
+targeted embed_tokens or lm_head (save_embedding_layers, e.g. after resizing the vocabulary).
 
 DoRA adapters and LoRA biases change more than W + ΔW; they are refused rather than merged wrong.
 """
@@ -32,7 +34,7 @@ from converters.untrusted_files import own_file, read_json
 PREFIX = "base_model.model."
 _LORA = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
 _EMBEDDING = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?$")
-_SAVED_COPY = re.compile(r"\.modules_to_save\.[^.]+\.")
+_SAVED_COPY = re.compile(r"\.modules_to_save\.[^.]+\.|\.base_layer\.")
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,13 @@ class LoraAdapter:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: r.shape for n, r in self.weights.tensors.items()}
 
-    def delta(self, target: str) -> np.ndarray:
-        """s · (B @ A) for the tensor, in float32, shaped as the base tensor."""
+    def delta(self, target: str, weight: float = 1.0) -> np.ndarray:
+        """(B @ A) · (s · weight) for the tensor, in float32, shaped as the base tensor."""
         m = self.modules[target]
         b, a = read_f32(self.weights, m.b), read_f32(self.weights, m.a)
         delta = np.matmul(b, a)
         del a, b
-        delta *= np.float32(m.scale)
+        delta *= np.float32(m.scale * weight)
         return delta.T if m.embedding or m.transpose else delta
 
     def replacement(self, target: str) -> np.ndarray:

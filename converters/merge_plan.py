@@ -106,15 +106,16 @@ class _LoraRun(_StepRun):
             raise RecipeError(f"{label}: {step.adapter} changes {missing[0]}, which the model does not have")
         self.params = {}
         for name in names:
-            if name in self.adapter.replacements:
+            parts = []
+            if name in self.adapter.replacements:  # loaded over the base's first, as PEFT loads it
                 new = adapter_shapes[self.adapter.replacements[name]]
                 if new != shapes[name]:
                     if not (is_vocab_tensor(name) and len(new) == 2 and new[1:] == shapes[name][1:]):
                         raise RecipeError(f"{label}: {step.adapter} replaces {name} {shapes[name]} with {new}")
                     ctx.note(f"vocabulary: {name} replaced by the adapter's, {shapes[name][0]} → {new[0]} rows")
                 shapes[name] = new
-                self.params[name] = "replaced"
-            elif name in self.adapter.modules:
+                parts.append("replaced")
+            if name in self.adapter.modules:
                 m = self.adapter.modules[name]
                 delta = m.delta_shape(adapter_shapes)
                 if delta != shapes[name]:
@@ -122,15 +123,15 @@ class _LoraRun(_StepRun):
                         f"{label}: {step.adapter}: the LoRA for {name} is {delta} but the tensor is {shapes[name]} "
                         "(an adapter for another model?)"
                     )
-                self.params[name] = f"+{_fmt(step.weight)}·{_fmt(m.scale)}·BA"
+                parts.append(f"+{_fmt(step.weight)}·{_fmt(m.scale)}·BA")
+            if parts:
+                self.params[name] = " ".join(parts)
 
     def apply(self, name: str, x: np.ndarray) -> np.ndarray:
         if name in self.adapter.replacements:
-            return self.adapter.replacement(name)
+            x = self.adapter.replacement(name)
         if name in self.adapter.modules:
-            delta = self.adapter.delta(name)
-            delta *= np.float32(self.weight)
-            x += delta
+            x += self.adapter.delta(name, self.weight)
         return x
 
 
@@ -226,7 +227,10 @@ class _LayerGradientRun(_WithModels):
             self._common_shapes(name, shapes, label)
 
     def apply(self, name: str, x: np.ndarray) -> np.ndarray:
-        return lerp_(self._cropped(name, x), self._cropped(name, self._read(0, name)), self.params[name])
+        """(1 − v)·x + v·other, rounded as mergekit's linear merge of the two with those weights rounds it."""
+        v = self.params[name]
+        tensors = [self._cropped(name, x), self._cropped(name, self._read(0, name))]
+        return weighted_sum_(tensors, [1.0 - v, v], normalize=False)
 
 
 class _SlerpRun(_WithModels):
