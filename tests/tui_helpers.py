@@ -34,7 +34,16 @@ async def wait_until(pilot: Any, condition: Any, timeout: float = DEADLINE, what
     start = time.monotonic()
     while not condition():
         await pilot.pause(0.05)
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}; {_where(pilot.app)}"
+
+
+def _where(app: Any) -> str:
+    """What the app showed when a wait ran out: a flaky wait under load is then readable from the log."""
+    try:
+        said = [n.message for n in app._notifications]
+        return f"screen {type(app.screen).__name__}, focus {app.focused!r}, notices {said[-5:]}"
+    except Exception as exc:  # only a diagnosis: never hide the timeout itself
+        return f"(the app's state could not be read: {exc!r})"
 
 
 async def wait_idle(pilot: Any, app: CatteryApp) -> None:
