@@ -165,7 +165,8 @@ class _WithModels(_StepRun):
         return read_f32(ck, source)
 
     def _common_shapes(self, name: str, shapes: dict[str, Shape], label: str) -> None:
-        """mergekit's rule for embeddings of different sizes: the largest common submatrix."""
+        """Embeddings of different sizes: the common rows, as mergekit's --unsafe-truncate-embeddings keeps them
+        (mergekit 0.1.5 refuses without it, or maps tokens with a tokenizer section Cattery does not have)."""
         mine = shapes[name]
         theirs = [ck.tensors[_source_name(ck, name) or name].shape for ck in self.others]
         if all(s == mine for s in theirs):
@@ -174,7 +175,10 @@ class _WithModels(_StepRun):
             raise RecipeError(f"{label}: {name} is {mine} here but {theirs[0]} in another model")
         common = tuple(min(s[d] for s in [mine, *theirs]) for d in range(2))
         sizes = ", ".join(str(s[0]) for s in [mine, *theirs])
-        self.ctx.note(f"vocabulary: {name} has {sizes} rows; the common {common[0]} are merged (as mergekit does)")
+        self.ctx.note(
+            f"vocabulary: {name} has {sizes} rows; the common {common[0]} are merged "
+            "(as mergekit --unsafe-truncate-embeddings does)"
+        )
         shapes[name] = common
         self.crop[name] = common
 

@@ -48,8 +48,8 @@ contains "layer", `no_layers = true` only the others, `filter = "mlp"` only name
 it; the rest stay as they are. A vocabulary larger in the model so far keeps its extra rows.
 
 Vocabulary sizes that differ are handled as each method's reference does: LoRA, linear,
-layer gradients and SLERP take the common rows (mergekit); tensor gradients keep the size
-of the model so far (BlockMerge_Gradient). Either is reported.
+layer gradients and SLERP take the common rows (mergekit's --unsafe-truncate-embeddings);
+tensor gradients keep the size of the model so far (BlockMerge_Gradient). Either is reported.
 
 The optional `[gguf]` table (`outtype`, `pre_tokenizer`, `chat_format`) applies when the
 output is a .gguf file, written straight from the merge.

@@ -464,7 +464,10 @@ def test_vocabulary_mismatches_as_each_reference_handles_them(models: dict[str, 
     for n in ("model.embed_tokens.weight", "lm_head.weight"):
         np.testing.assert_allclose(got[n], 0.5 * big[n][:40] + 0.5 * models["a"][n], rtol=TOL, atol=TOL)
     assert json.loads((result.path / "config.json").read_text())["vocab_size"] == 40
-    assert any("44, 40 rows; the common 40 are merged (as mergekit does)" in n for n in result.notes)
+    assert any(
+        "44, 40 rows; the common 40 are merged (as mergekit --unsafe-truncate-embeddings does)" in n
+        for n in result.notes
+    )
 
     # BlockMerge_Gradient's: the size of model 1, its extra rows kept; model 2's extra rows dropped
     for base, other, rows in (("big", root / "a", 44), ("a", tmp_path / "big", 40)):
