@@ -110,8 +110,13 @@ def reference_python(cache: Path) -> Path:
         return python
     subprocess.run([sys.executable, "-m", "venv", str(cache / "venv")], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
-    cpu = subprocess.run([*pip, "torch", "--index-url", TORCH_CPU_INDEX], check=False, timeout=1800)
-    if cpu.returncode != 0:
+    try:
+        quick = ["--timeout", "30", "--retries", "1"]
+        cpu = subprocess.run([*pip, *quick, "torch", "--index-url", TORCH_CPU_INDEX], check=False, timeout=1800)
+        cpu_ok = cpu.returncode == 0
+    except subprocess.TimeoutExpired:
+        cpu_ok = False
+    if not cpu_ok:
         print("PyTorch's CPU index did not answer; torch from PyPI (a larger download)", file=sys.stderr)
         subprocess.run([*pip, "torch"], check=True)
     subprocess.run([*pip, *REFERENCE_PACKAGES], check=True)
