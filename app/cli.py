@@ -670,7 +670,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         built = builder.build(history, n_ctx=n_ctx, reserve=reserve, state=state)
         lore_active = list(getattr(builder.dynamic, "active", None) or [])  # before lint builds a sample prompt
         note_due = bool(getattr(builder.dynamic, "note_due", False))
-        built.notes += _lint_warnings(builder, tokenizer)
+        built.notes += [w for w in _lint_warnings(builder, tokenizer) if w not in built.notes]  # said once
     finally:
         if vocab is not None:
             vocab.close()

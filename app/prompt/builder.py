@@ -119,6 +119,8 @@ class BuiltPrompt:
     evicted_now: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     insertions: list[Insertion] = field(default_factory=list)
+    # False: a chat template that does not render message by message; the window is one segment.
+    segmentable: bool = True
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -156,6 +158,7 @@ class BuiltPrompt:
                 for i in self.insertions
             ],
             "notes": self.notes,
+            "segmentable": self.segmentable,
         }
 
 
@@ -199,9 +202,24 @@ class PromptBuilder:
         """`history` as this builder renders it, with its own system prompt and nothing dynamic."""
         return self._render(history, _Call(self.system))
 
-    def _render(self, history: Sequence[Message], call: _Call) -> Rendered:
+    def _render(
+        self,
+        history: Sequence[Message],
+        call: _Call,
+        *,
+        examples: bool = True,
+        opening: Message | None = None,
+    ) -> Rendered:
+        """The window as the format renders it, with lore placed at the end and then the card's
+        post-history instructions (nearest the reply) as system messages before the reply.
+
+        A chat template renders all of it as one conversation, so that its text is exactly
+        the template's own; `opening` is a message to end in instead of the generation prompt.
+        """
+        post = [text for text in (call.late, self.post_history) if text]
+        shown = self.examples if examples else []
         if self.fmt is not None:
-            return render_format(self.fmt, call.system, history, self.speakers, self.examples)
+            return render_format(self.fmt, call.system, history, self.speakers, shown, post, opening)
         assert self.info is not None and self.info.chat_template
         return render_template(
             self.info.chat_template,
@@ -209,47 +227,12 @@ class PromptBuilder:
             history,
             bos_token=self.info.bos_token or "",
             eos_token=self.info.eos_token or "",
-            examples=self.examples,
+            examples=shown,
+            post=post,
+            opening=opening,
             model=self.info.path.name,
             budget=call.budget,
         )
-
-    def _post_text(self, call: _Call) -> str:
-        """What goes right before the reply: lore placed at the end, then the card's post-history
-        instructions (nearest the reply), each as a system message of the format."""
-        return self._system_message(call.late, call) + self._system_message(self.post_history, call)
-
-    def _system_message(self, text: str | None, call: _Call) -> str:
-        """`text` as a system message of the format; where a chat template refuses a system
-        message there, as plain text."""
-        if not text:
-            return ""
-        if self.fmt is not None:
-            return render_format(self.fmt, None, [Message("system", text)], self.speakers).turns[0]
-        info = self.info
-        assert info is not None and info.chat_template
-        from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError, render_chat_template
-
-        def render(messages: list[dict[str, str]]) -> str:
-            return render_chat_template(
-                info.chat_template or "",
-                messages,
-                bos_token=info.bos_token or "",
-                eos_token=info.eos_token or "",
-                add_generation_prompt=False,
-                model=info.path.name,
-                budget=call.budget,
-            )
-
-        probe = [{"role": "user", "content": "x"}]
-        try:
-            before = render(probe)
-            after = render([*probe, {"role": "system", "content": text}])
-        except TemplateUnsafeError:
-            raise
-        except TemplateRenderError:
-            return text + "\n"
-        return after[len(before) :] if after.startswith(before) else text + "\n"
 
     def _wants_bos(self, first_text: str) -> bool:
         tok = self.tokenizer
@@ -274,12 +257,12 @@ class PromptBuilder:
         call = self._call(history)
 
         def render(start: int) -> tuple[Rendered, list[Slot]]:
-            rendered, messages, slots = self._render_window(history, start, call)
-            return self._open(rendered, messages, opening, call), slots
+            examples = self.pin_examples or not state.examples_dropped
+            return self._render_window(history, start, call, examples, opening)
 
         if self.tokenizer is None or n_ctx is None:
             rendered, slots = render(0)
-            return self._assemble(rendered, slots, history, 0, True, None, n_ctx, reserve, [], call)
+            return self._assemble(rendered, slots, history, 0, True, None, n_ctx, reserve, [])
         budget = n_ctx - reserve
         roles = [m.role for m in history]
         first_start = min(state.start, len(history))
@@ -288,12 +271,12 @@ class PromptBuilder:
             rendered, slots = render(start)
             if not rendered.segmentable:
                 # Whole renderings only: slide one message at a time until it fits.
-                n = self.tokenizer.count(rendered.turns[0] + self._post_text(call) + rendered.generation) + 1
+                n = self.tokenizer.count(rendered.turns[0] + rendered.post + rendered.generation) + 1
                 if n <= budget or start >= len(history) - 1:
                     if n > budget:
                         fit_window(n, 0, [], 0, budget, WindowState(), [])  # raises with the numbers
                     evicted = list(range(first_start, start))
-                    return self._assemble(rendered, slots, history, start, False, budget, n_ctx, reserve, evicted, call)
+                    return self._assemble(rendered, slots, history, start, False, budget, n_ctx, reserve, evicted)
                 state.start = start + 1
                 continue
             first_text = (
@@ -310,7 +293,7 @@ class PromptBuilder:
                 pinned=bos + count(rendered.pinned),
                 examples=sum(count(e) for e in rendered.examples),
                 turns=[n for n, slot in zip(counts, slots, strict=True) if slot.index is not None],
-                generation=count(rendered.generation) + count(self._post_text(call)) + inserted,
+                generation=count(rendered.generation) + count(rendered.post) + inserted,
                 budget=budget,
                 state=WindowState(0, state.examples_dropped),
                 roles=roles[start:],
@@ -319,9 +302,13 @@ class PromptBuilder:
             )
             state.examples_dropped = state.examples_dropped or (bool(rendered.examples) and not fit.examples_kept)
             if fit.start == 0:
+                if rendered.examples and not fit.examples_kept:
+                    # Rendered again without them: a template's text without the examples is its
+                    # own text for that conversation, not this one with a piece taken out.
+                    rendered, slots = render(start)
                 evicted = list(range(first_start, start))
                 return self._assemble(
-                    rendered, slots, history, start, fit.examples_kept, budget, n_ctx, reserve, evicted, call
+                    rendered, slots, history, start, fit.examples_kept, budget, n_ctx, reserve, evicted
                 )
             # The window moved: render again from the new start (a template may render
             # its first message differently) and check once more.
@@ -339,50 +326,60 @@ class PromptBuilder:
         return _Call(system, parts.late, tuple(place(parts.injections, len(history))))
 
     def _render_window(
-        self, history: list[Message], start: int, call: _Call
-    ) -> tuple[Rendered, list[Message], list[Slot]]:
-        """The window from `start` with this build's inserted messages in it.
+        self, history: list[Message], start: int, call: _Call, examples: bool, opening: Opening | None
+    ) -> tuple[Rendered, list[Slot]]:
+        """The window from `start` with this build's inserted messages in it, ending in `opening`.
 
         A chat template may refuse a message where an insertion puts it (roles that must
         alternate): then each insertion is written into the nearest user message instead.
         """
         from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError
 
+        opened = self._opening_message(opening)
         messages, slots = splice(history, start, call.placed)
         if not any(s.placed is not None for s in slots):
-            return self._render(messages, call), messages, slots
+            rendered = self._render(messages, call, examples=examples, opening=opened)
+            return self._cut_opening(rendered, opened), slots
         try:
-            return self._render(messages, call), messages, slots
+            rendered = self._render(messages, call, examples=examples, opening=opened)
+            return self._cut_opening(rendered, opened), slots
         except TemplateUnsafeError:
             raise
         except TemplateRenderError:
             if self.fmt is not None:
                 raise
         messages, slots, left = fold(messages, slots)
-        rendered = self._render(messages, call)
+        rendered = self._cut_opening(self._render(messages, call, examples=examples, opening=opened), opened)
         rendered.notes.append(
             "the chat template refuses a message of its own there: the Author's Note (or lore) joins a user message"
         )
         if left:
             rendered.notes.append("an insertion was left out: no user message to put it in")
-        return rendered, messages, slots
+        return rendered, slots
 
-    def _open(self, rendered: Rendered, history: list[Message], opening: Opening | None, call: _Call) -> Rendered:
-        """Replace the generation prefix by `opening`'s turn, rendered with a marker and cut at it."""
+    def _opening_message(self, opening: Opening | None) -> Message | None:
+        """The message the prompt ends in instead of the generation prefix, with a marker where
+        the new text begins; None for a normal reply."""
         if opening is None or (opening.role == "assistant" and not opening.prefix):
-            return rendered
+            return None
         name = self.speakers.user if opening.role == "user" else self.speakers.char
-        probe = self._render([*history, Message(opening.role, opening.prefix + _OPEN, name)], call)
-        text = probe.turns[-1] if probe.turns else ""
-        cut = text.find(_OPEN)
-        if cut < 0:
-            raise CatteryError(
-                f"the {self.format_name} format does not render a {opening.role} turn that can be opened"
-            )
-        if not probe.segmentable:  # a whole rendering: everything up to the marker is the prompt
-            return Rendered("", [], [text[:cut]], "", segmentable=False, notes=rendered.notes)
-        rendered.generation = text[:cut]
-        return rendered
+        return Message(opening.role, opening.prefix + _OPEN, name)
+
+    def _cut_opening(self, rendered: Rendered, opened: Message | None) -> Rendered:
+        """The opening message's turn as the format renders it, cut where the new text begins."""
+        if opened is None:
+            return rendered
+        cut = rendered.generation.find(_OPEN)
+        if cut >= 0:
+            rendered.generation = rendered.generation[:cut]
+            return rendered
+        if not rendered.segmentable:  # one whole rendering: everything up to the marker is the prompt
+            whole = rendered.turns[0] + rendered.generation
+            cut = whole.find(_OPEN)
+            if cut >= 0:
+                rendered.turns, rendered.generation = [whole[:cut]], ""
+                return rendered
+        raise CatteryError(f"the {self.format_name} format does not render a {opened.role} turn that can be opened")
 
     def _assemble(
         self,
@@ -395,7 +392,6 @@ class PromptBuilder:
         n_ctx: int | None,
         reserve: int,
         evicted: list[int],
-        call: _Call,
     ) -> BuiltPrompt:
         segments: list[Segment] = []
         insertions: list[Insertion] = []
@@ -416,9 +412,8 @@ class PromptBuilder:
                 segments.append(Segment("turn", r.turns[k], slot.index))
         if not r.segmentable:
             segments.append(Segment("turn", r.turns[0], None))
-        post = self._post_text(call)
-        if post:
-            segments.append(Segment("post", post))
+        if r.post:
+            segments.append(Segment("post", r.post))
         segments.append(Segment("generation", r.generation))
         text = "".join(s.text for s in segments)
         built = BuiltPrompt(
@@ -435,6 +430,7 @@ class PromptBuilder:
             evicted_now=evicted,
             notes=list(r.notes),
             insertions=insertions,
+            segmentable=r.segmentable,
         )
         tok = self.tokenizer
         if tok is None:

@@ -165,7 +165,10 @@ def render_chat_template(
     if prepared.template is None:
         raise TemplateUnsafeError(f"{where}the chat template {prepared.problem}")
     given = [dict(m) for m in messages]
-    variables = {"bos_token": bos_token, "eos_token": eos_token, "add_generation_prompt": add_generation_prompt}
+    # What Hugging Face's renderer passes for a plain chat: `tools` and `documents` are there,
+    # as None (`tools is defined` holds), unless given.
+    variables: dict[str, Any] = {"tools": None, "documents": None}
+    variables.update(bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt)
     variables.update(extra)
     if budget is not None:
         budget.allow(len(given))

@@ -29,11 +29,11 @@ import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from functools import update_wrapper
-from typing import Any
+from typing import Any, ClassVar
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame, operators
-from jinja2.ext import loopcontrols
+from jinja2.ext import Extension, loopcontrols
 from jinja2.runtime import LoopContext, Macro, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
 from jinja2.utils import Namespace, _PassArg, generate_lorem_ipsum, pass_context
@@ -747,9 +747,22 @@ class LimitedCodeGenerator(CodeGenerator):
 # -- the environment ---------------------------------------------------------------------
 
 
+class GenerationTag(Extension):
+    """`{% generation %}…{% endgeneration %}`, which templates made for training use (Laguna,
+    LFM2.5): Hugging Face's renderer notes where the assistant's own text is and writes what
+    is inside unchanged. Here it is the plain block it stands for, so nothing runs for it."""
+
+    tags: ClassVar[set[str]] = {"generation"}
+
+    def parse(self, parser: Any) -> list[nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 class LimitedEnvironment(ImmutableSandboxedEnvironment):
     """Hugging Face's chat-template environment (trim_blocks, lstrip_blocks, loop
-    controls), with every hook a template can reach held to the guard of its render."""
+    controls, the generation tag), with every hook a template can reach held to the guard
+    of its render."""
 
     code_generator_class = LimitedCodeGenerator
     # `-` only for its result: `x - (0 - x)` doubles an integer as surely as `x + x`.
@@ -761,7 +774,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         super().__init__(
             trim_blocks=True,
             lstrip_blocks=True,
-            extensions=[loopcontrols],
+            extensions=[loopcontrols, GenerationTag],
             keep_trailing_newline=False,
             optimized=False,
             cache_size=0,
