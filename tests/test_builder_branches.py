@@ -105,3 +105,43 @@ def test_every_text_once_in_its_place(
         assert text.index(DESCRIPTION) < text.index(EXAMPLE_Q) < text.index(EXAMPLE_A) < first_turn
     else:
         assert EXAMPLE_Q not in text and EXAMPLE_A not in text
+
+
+# A template with no system role at all, that lets the character speak first (Mistral-like).
+NO_SYSTEM = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    "history",
+    [HISTORY, HISTORY[1:2]],
+    ids=["chat", "greeting-alone"],
+)
+def test_post_history_with_a_template_that_takes_no_system_message(
+    history: list[Message], bundled_info: ModelInfo
+) -> None:
+    """The instructions close the last user message, or, with none (the card's greeting alone), are
+    a user message of their own right before the reply; the template's own text either way."""
+    from dataclasses import replace
+
+    from app.prompt.chat_template import render_chat_template
+
+    info = replace(bundled_info, chat_template=NO_SYSTEM)
+    built = PromptBuilder("gguf", info=info, system="SYSTEM-TEXT", post_history=POST).build(history)
+    assert built.text.count(POST) == 1 and built.text.count("SYSTEM-TEXT") == 1
+    assert "".join(s.text for s in built.segments) == built.text
+    sent = [{"role": m.role, "content": m.content} for m in history]
+    if len(history) > 1:
+        sent[0]["content"] = f"SYSTEM-TEXT\n\n{sent[0]['content']}"
+        sent[-1]["content"] = f"{sent[-1]['content']}\n\n{POST}"
+        assert built.segments[-2].kind == "turn" and POST in built.segments[-2].text
+    else:
+        sent = [{"role": "user", "content": "SYSTEM-TEXT"}, *sent, {"role": "user", "content": POST}]
+        assert built.segments[-2].kind == "post" and POST in built.segments[-2].text
+    bos, eos = info.bos_token or "", info.eos_token or ""
+    assert built.text == render_chat_template(NO_SYSTEM, sent, bos_token=bos, eos_token=eos)

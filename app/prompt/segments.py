@@ -179,17 +179,23 @@ def render_template(
     head = [Message("system", system)] if system else []
     body = list(history)
     if head and attempt([*head, *flat_examples, *body]) is None:
-        folded = _fold_system(system or "", body)
-        if attempt([*flat_examples, *folded]) is not None:
+        # No system role: the system prompt opens the first user message, or, with none in the
+        # window (a greeting alone), is a user message of its own, pinned like a system message.
+        if any(m.role == "user" for m in body):
+            instead, folded = [], _fold_system(system or "", body)
+        else:
+            instead, folded = [Message("user", system or "")], body
+        if attempt([*instead, *flat_examples, *folded]) is not None:
             notes.append("the chat template has no system role; the system prompt opens the first user message")
-            head, body = [], folded
+            head, body = instead, folded
     posts = [Message("system", text) for text in post if text]
     if posts and not _near_the_reply(attempt([*head, *flat_examples, *body, *posts]), body, posts):
+        body, posts = _fold_post([p.content for p in posts], body)
+        where = "are a user message before the reply" if posts else "close the last user message"
         notes.append(
             "the chat template writes no system message right before the reply: the post-history "
-            "instructions (and lore placed at the end) close the last user message"
+            f"instructions (and lore placed at the end) {where}"
         )
-        body, posts = _fold_post([p.content for p in posts], body), []
     messages = [*head, *flat_examples, *body, *posts]
     truth = render([*messages, *tail], generate)  # raises the template's own error, if any
 
@@ -239,9 +245,16 @@ def _cuts(prefixes: Sequence[str | None], whole: str) -> list[int] | None:
     if last is None:  # no messages, and a template that renders nothing for none
         return [0]
     chain = [p for p in prefixes if p is not None]
-    # A trailer shorter than this would leave, at the end of some prefix, text that the
-    # next one (or `whole`) does not have there.
-    shortest = max(len(a) - _common_prefix(a, b) for a, b in pairwise([*chain, whole]))
+    shortest = 0
+    for a, b in pairwise([*chain, whole]):
+        # Text at the end of `a` that `b` lacks there can only be (part of) the trailer: a
+        # trailer at least that long, which `a` must end with. Where `a` cannot, no trailer
+        # makes a chain (a message written differently once others follow): found at once,
+        # without trying every length.
+        extra = len(a) - _common_prefix(a, b)
+        if extra > MAX_TRAILER or (extra and not a.endswith(last[len(last) - extra :])):
+            return None
+        shortest = max(shortest, extra)
     for k in range(shortest, min(len(last), shortest + MAX_TRAILER) + 1):
         trailer = last[len(last) - k :]
         bodies = ["" if p is None else p[: len(p) - k] if k and p.endswith(trailer) else p for p in prefixes]
@@ -311,22 +324,22 @@ def _near_the_reply(whole: str | None, body: Sequence[Message], posts: Sequence[
     return all(whole.find(p.content, after) >= 0 for p in posts)
 
 
-def _fold_post(texts: Sequence[str], history: Sequence[Message]) -> list[Message]:
-    """The texts for right before the reply at the end of the last user message (or as one, when
-    there is none): for a template that takes no system message there."""
+def _fold_post(texts: Sequence[str], history: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+    """(history, messages for right before the reply) for a template that takes no system message
+    there: the texts close the last user message, or, with none in the window (a greeting alone),
+    are a user message of their own before the reply."""
     out = list(history)
     joined = "\n\n".join(texts)
     for i in range(len(out) - 1, -1, -1):
         if out[i].role == "user":
             out[i] = Message("user", f"{out[i].content}\n\n{joined}", out[i].name)
-            return out
-    return [*out, Message("user", joined)]
+            return out, []
+    return out, [Message("user", joined)]
 
 
 def _fold_system(system: str, history: Sequence[Message]) -> list[Message]:
+    """`history` with `system` opening its first user message (there is one)."""
     out = list(history)
-    for i, m in enumerate(out):
-        if m.role == "user":
-            out[i] = Message("user", f"{system}\n\n{m.content}", m.name)
-            return out
-    return [Message("user", system), *out]
+    i = next(i for i, m in enumerate(out) if m.role == "user")
+    out[i] = Message("user", f"{system}\n\n{out[i].content}", out[i].name)
+    return out
