@@ -17,6 +17,7 @@ import pytest
 from app.cards.card import Card, normalise_data
 from app.cards.lorebook import Lorebook, LoreEntry
 from app.cards.prompting import LoreSession, card_prompt
+from app.engine.engine import Engine
 from app.engine.metadata import ModelInfo, read_model_info
 from app.prompt.builder import BuiltPrompt, PromptBuilder
 from app.prompt.formats import GGUF, format_names
@@ -145,3 +146,31 @@ def test_post_history_with_a_template_that_takes_no_system_message(
         assert built.segments[-2].kind == "post" and POST in built.segments[-2].text
     bos, eos = info.bos_token or "", info.eos_token or ""
     assert built.text == render_chat_template(NO_SYSTEM, sent, bos_token=bos, eos_token=eos)
+
+
+NUMBERED = "{% for m in messages %}{{ loop.index }}. {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+
+def test_a_template_renders_again_without_the_examples_it_drops(engine: Engine, bundled_info: ModelInfo) -> None:
+    """When the window drops the example dialogue, the prompt is the template's text for the
+    conversation without it (here every later message is numbered anew), not the text with
+    the examples cut out."""
+    from dataclasses import replace
+
+    from app.prompt.chat_template import render_chat_template
+    from app.prompt.tokens import tokenizer_from
+
+    info = replace(bundled_info, chat_template=NUMBERED)
+    examples = [[Message("user", "EXAMPLE-Q " * 40), Message("assistant", "EXAMPLE-A " * 40)]]
+    builder = PromptBuilder("gguf", info=info, tokenizer=tokenizer_from(engine), system="S", examples=examples)
+    full = builder.build(HISTORY, n_ctx=4096)
+    assert full.examples_kept and full.text.startswith("1. system: S\n2. user: EXAMPLE-Q")
+    room = sum(len(s.tokens) for s in full.segments if s.kind != "example") + 8
+    built = builder.build(HISTORY, n_ctx=room)
+    assert not built.examples_kept and built.kept == [0, 1, 2]
+    messages = [{"role": "system", "content": "S"}, *({"role": m.role, "content": m.content} for m in HISTORY)]
+    assert (
+        built.text
+        == render_chat_template(NUMBERED, messages)
+        == ("1. system: S\n2. user: TURN-1 hello\n3. assistant: TURN-2 hi\n4. user: TURN-3 bye\n")
+    )
