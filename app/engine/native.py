@@ -55,42 +55,60 @@ def offload_supported() -> bool:
 GPU_DEVICE_TYPES = (1, 2)  # ggml_backend_dev_type: GPU, IGPU (ggml-backend.h of the installed wheel)
 
 
-def gpu_devices() -> list[tuple[str, int, int]]:
-    """(name, free bytes, total bytes) of each GPU llama.cpp can offload to; [] on a CPU build.
+def _ggml_function(name: str, restype: Any, argtypes: list[Any]) -> Any:
+    """`name` from the very libggml that llama.cpp itself loaded, never from a second copy.
 
-    llama-cpp-python does not bind ggml's device functions, so they are called from the
-    wheel's own libggml: plain functions of ints and pointers, stable across releases.
+    llama-cpp-python does not bind ggml's device functions. Opening libggml by a file name
+    would be wrong: the wheel ships `libggml.so`, `.so.0` and `.so.0.x` as separate files,
+    libllama loads `.so.0`, and opening another name maps a second copy with its own
+    backend registry and device state beside the first (on a CUDA build, issue 16: a
+    segmentation fault in the next model load). Looking the symbol up through libllama's
+    own handle finds it in libllama's dependencies, in the order the loader resolved them:
+    the one instance llama.cpp uses. `_lib[name]` makes a fresh function object, so the
+    types set here never touch llama-cpp-python's own bindings.
     """
+    fn = L.llama_cpp._lib[name]
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+def ggml_devices() -> list[tuple[str, int, int, int]]:
+    """(name, type, free bytes, total bytes) of every device ggml has registered (the CPU too).
+
+    The same path runs on every build, so the tests run it on a CPU build as well.
+    """
+    ensure_backend()
+    try:
+        count = _ggml_function("ggml_backend_dev_count", ctypes.c_size_t, [])
+        get = _ggml_function("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t])
+        kind = _ggml_function("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p])
+        name = _ggml_function("ggml_backend_dev_name", ctypes.c_char_p, [ctypes.c_void_p])
+        memory = _ggml_function(
+            "ggml_backend_dev_memory",
+            None,
+            [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)],
+        )
+    except AttributeError:  # a libggml without the device API: nothing can be said about devices
+        return []
+    out = []
+    for i in range(int(count())):
+        dev = get(i)
+        if not dev:
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        memory(dev, ctypes.byref(free), ctypes.byref(total))
+        label = (name(dev) or b"device").decode(errors="replace")
+        out.append((label, int(kind(dev)), int(free.value), int(total.value)))
+    return out
+
+
+def gpu_devices() -> list[tuple[str, int, int]]:
+    """(name, free bytes, total bytes) of each GPU llama.cpp can offload to; [] on a CPU build."""
     ensure_backend()
     if not L.llama_supports_gpu_offload():
         return []
-    lib_dir = Path(L.__file__).parent / "lib"
-    try:
-        ggml = ctypes.CDLL(str(next(lib_dir.glob("libggml.*"))))
-        base = ctypes.CDLL(str(next(lib_dir.glob("libggml-base.*"))))
-    except (StopIteration, OSError):
-        return []
-    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    base.ggml_backend_dev_type.restype = ctypes.c_int
-    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_dev_name.restype = ctypes.c_char_p
-    base.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_dev_memory.argtypes = [
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_size_t),
-        ctypes.POINTER(ctypes.c_size_t),
-    ]
-    out = []
-    for i in range(int(ggml.ggml_backend_dev_count())):
-        dev = ggml.ggml_backend_dev_get(i)
-        if dev and base.ggml_backend_dev_type(dev) in GPU_DEVICE_TYPES:
-            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-            base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            name = (base.ggml_backend_dev_name(dev) or b"GPU").decode(errors="replace")
-            out.append((name, int(free.value), int(total.value)))
-    return out
+    return [(name, free, total) for name, kind, free, total in ggml_devices() if kind in GPU_DEVICE_TYPES]
 
 
 def _ggml_type(name: str) -> int:
