@@ -38,8 +38,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from app.cli import model_argument, open_workspace
+    from app.engine.options import parse_gpu_layers
     from converters.perplexity import eval_command
 
+    parse_gpu_layers(args.gpu_layers)  # a bad value is refused before a download or a load
     args.model_ref = str(model_argument(open_workspace(), args.model_ref))
     return int(eval_command(args) or 0)
 
@@ -97,6 +99,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("text", metavar="TEXT_FILE")
     p.add_argument("--ctx", type=int, default=512, metavar="N", help="chunk size in tokens (default 512)")
     p.add_argument("--threads", type=int, metavar="N")
+    p.add_argument(
+        "--gpu-layers", metavar="auto|all|N", help="layers to offload to the GPU, as `cattery chat` (default auto)"
+    )
     p.add_argument("--chunks", type=int, metavar="N", help="evaluate only the first N chunks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -50,11 +50,13 @@ class PerplexityReport:
     seconds: float
     running: list[float] = field(default_factory=list)  # PPL after each chunk, as the tool prints [1]…,[2]…
     warning: str | None = None
+    placement: str = "CPU"  # where the layers ran, in the words `cattery chat` uses
+    gpu_layers: int = 0  # layers llama.cpp offloaded
 
     def summary(self) -> str:
         return (
             f"PPL = {self.ppl:.4f} +/- {self.error:.5f} ({self.chunks} chunks of {self.n_ctx} tokens, "
-            f"{self.scored} tokens scored, {self.tokens} in the text; {self.seconds:.1f} s)"
+            f"{self.scored} tokens scored, {self.tokens} in the text; {self.placement}; {self.seconds:.1f} s)"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,17 +68,24 @@ class PerplexityReport:
 class _Scorer:
     """One model and a context for one chunk, freed by `close`."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int | None) -> None:
+    def __init__(self, path: Path, n_ctx: int, threads: int | None, gpu_layers: int | None = None) -> None:
         import llama_cpp as L
 
         from app.engine.llama_log import LOG
-        from app.engine.native import NativeModel, Vocab, ensure_backend, set_fields
-        from app.engine.options import round_ctx
+        from app.engine.metadata import read_model_info
+        from app.engine.native import NativeModel, Vocab, ensure_backend, offload_supported, set_fields
+        from app.engine.options import LoadOptions, round_ctx
+        from app.engine.placement import choose_gpu_layers
 
         ensure_backend()
         self.L = L
+        # `--gpu-layers` as `cattery chat` resolves it (auto included), for a context of one chunk
+        info = read_model_info(path)
+        options = LoadOptions(ctx=round_ctx(n_ctx), batch=min(n_ctx, MAX_BATCH), gpu_layers=gpu_layers)
+        self.choice = choose_gpu_layers(info, round_ctx(n_ctx), options, offload=offload_supported())
         mark = LOG.mark()
         mp = L.llama_model_default_params()
+        mp.n_gpu_layers = self.choice.gpu_layers
         self.model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
         self.ctx = None
         self.batch = None
@@ -105,6 +114,9 @@ class _Scorer:
             raise ModelFileError(f"{path}: llama.cpp cannot create a context of {n_ctx}: {NativeModel._reason(mark)}")
         self.memory = L.llama_get_memory(self.ctx)
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
+        n_layer = int(L.llama_model_n_layer(self.model))
+        self.gpu_layers = NativeModel.offloaded_layers(LOG.lines_since(mark), self.choice.gpu_layers, n_layer)
+        self.placement = "CPU" if self.gpu_layers <= 0 else f"GPU {self.gpu_layers}/{n_layer + 1} layers"
 
     def tokenize(self, text: str) -> list[int]:
         # common_tokenize(ctx, text, add_special=true): BOS if the model adds one, special text not parsed
@@ -179,6 +191,7 @@ def perplexity(
     threads: int | None = None,
     chunks: int | None = None,
     progress: Progress | None = None,
+    gpu_layers: int | None = None,
 ) -> PerplexityReport:
     """llama-perplexity's number for `model` over `text` with chunks of `n_ctx` tokens."""
     from app.engine.metadata import check_gguf_magic
@@ -189,7 +202,7 @@ def perplexity(
         raise CatteryError(f"--chunks {chunks}: at least one chunk")
     check_gguf_magic(model)
     start_time = time.monotonic()
-    scorer = _Scorer(model, n_ctx, threads)
+    scorer = _Scorer(model, n_ctx, threads, gpu_layers)
     try:
         tokens = scorer.tokenize(text)
         if len(tokens) < 2 * n_ctx:
@@ -212,9 +225,10 @@ def perplexity(
             running.append(math.exp(nll / count))
             if progress is not None:
                 progress(i + 1, n_chunk, f"PPL {running[-1]:.4f}")
-        warning = None
+        warnings = list(scorer.choice.warnings)
         if n_ctx > scorer.n_ctx_train > 0:
-            warning = f"the model was trained on {scorer.n_ctx_train} tokens of context, {n_ctx} asked for"
+            warnings.append(f"the model was trained on {scorer.n_ctx_train} tokens of context, {n_ctx} asked for")
+        warning = "; ".join(warnings) or None
     finally:
         scorer.close()
     mean = nll / count
@@ -232,6 +246,8 @@ def perplexity(
         seconds=time.monotonic() - start_time,
         running=running,
         warning=warning,
+        placement=scorer.placement,
+        gpu_layers=scorer.gpu_layers,
     )
 
 
@@ -248,8 +264,10 @@ def _read_text(path: Path) -> str:
 
 def eval_command(args: argparse.Namespace) -> int:
     from app.cli_convert import progress_printer
+    from app.engine.options import parse_gpu_layers
     from app.session.workspace import Workspace
 
+    gpu_layers = parse_gpu_layers(getattr(args, "gpu_layers", None))
     text = _read_text(Path(args.text))
     path = Workspace().resolve_model(args.model_ref)
     report = perplexity(
@@ -259,6 +277,7 @@ def eval_command(args: argparse.Namespace) -> int:
         threads=getattr(args, "threads", None),
         chunks=getattr(args, "chunks", None),
         progress=progress_printer("eval", unit="chunks"),
+        gpu_layers=gpu_layers,
     )
     if report.warning:
         print(f"cattery: warning: {report.warning}", file=sys.stderr)

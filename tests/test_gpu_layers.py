@@ -53,3 +53,49 @@ def test_bench_decode_refuses_a_bad_layer_count_in_one_line() -> None:
     r = _bench_decode("--gpu-layers", "lots")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: --gpu-layers: expected auto, all or a number, got 'lots'"]
+
+
+# -- cattery eval --gpu-layers ----------------------------------------------------------------
+
+EVAL_TEXT = ROOT / "README.md"  # plain English prose, far more than two chunks of 64 tokens
+
+
+def _eval(model_path: Path, home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    from tests.conftest import run_cattery
+
+    return run_cattery(
+        "eval", str(model_path), str(EVAL_TEXT), "--ctx", "64", "--chunks", "2", "--json", *extra, home=home
+    )
+
+
+def test_eval_takes_gpu_layers_as_chat_does(model_path: Path, cattery_home: Path) -> None:
+    import llama_cpp
+
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    cpu = _eval(model_path, cattery_home, "--gpu-layers", "0")
+    assert cpu.returncode == 0, cpu.stderr
+    on_cpu = json.loads(cpu.stdout)
+    assert on_cpu["gpu_layers"] == 0 and on_cpu["placement"] == "CPU"
+    auto = _eval(model_path, cattery_home, "--gpu-layers", "auto")
+    assert auto.returncode == 0, auto.stderr
+    automatic = json.loads(auto.stdout)
+    if offload:
+        assert automatic["gpu_layers"] > 0 and automatic["placement"].startswith("GPU ")
+    else:  # this build: auto is the CPU, silently (nothing was asked that cannot be done)
+        assert automatic["gpu_layers"] == 0 and automatic["placement"] == "CPU"
+        assert "no GPU offload" not in auto.stderr
+        assert automatic["ppl"] == on_cpu["ppl"]  # the same computation, bit for bit
+    # A count asked on a build without offload runs on the CPU and says why, as chat does.
+    some = _eval(model_path, cattery_home, "--gpu-layers", "5")
+    assert some.returncode == 0, some.stderr
+    if not offload:
+        assert "this llama.cpp build has no GPU offload" in some.stderr
+        assert json.loads(some.stdout)["gpu_layers"] == 0
+
+
+def test_eval_refuses_a_bad_layer_count_in_one_line(model_path: Path, cattery_home: Path) -> None:
+    r = _eval(model_path, cattery_home, "--gpu-layers", "half")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert [line for line in r.stderr.splitlines() if line.strip()] == [
+        "cattery: error: --gpu-layers: expected auto, all or a number, got 'half'"
+    ]

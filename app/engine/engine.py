@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.metadata import ModelInfo, read_model_info
 from app.engine.options import LoadOptions, SamplerSettings
+from app.engine.placement import choose_gpu_layers
 from app.engine.preflight import DEFAULT_CTX, check_memory, choose_ctx, context_warnings
 from app.engine.reuse import ReusePlan, plan_reuse
 from app.engine.stats import GenerationStats, LoadReport
@@ -146,16 +147,9 @@ class Engine:
         warnings += context_warnings(info, n_ctx, options)
         offload = native.offload_supported()
         n_layers = info.block_count or 0
-        if options.gpu_layers is None:
-            gpu_layers = -1 if offload else 0
-        else:
-            gpu_layers = min(options.gpu_layers, n_layers + 1) if n_layers else options.gpu_layers
-            if gpu_layers > 0 and not offload:
-                warnings.append(
-                    "this llama.cpp build has no GPU offload; running on the CPU "
-                    "(see the README to build llama-cpp-python with CUDA or Metal)"
-                )
-                gpu_layers = 0
+        choice = choose_gpu_layers(info, n_ctx, options, offload=offload)
+        warnings += choice.warnings
+        gpu_layers = choice.gpu_layers
         if options.cache_type_v not in ("f16", "f32", "bf16") and options.flash_attn == "off":
             raise CatteryError(f"a {options.cache_type_v} V cache needs flash attention: use --flash-attn auto or on")
         check_memory(info, n_ctx, options, n_layers + 1 if gpu_layers < 0 else gpu_layers)

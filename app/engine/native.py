@@ -300,7 +300,7 @@ class NativeModel(Vocab):
         self.n_batch = options.batch
         self.kv_tokens: list[int] = []
         self.load_log = LOG.lines_since(mark)
-        self.gpu_layers_offloaded = self._offloaded_layers(gpu_layers)
+        self.gpu_layers_offloaded = self.offloaded_layers(self.load_log, gpu_layers, self.n_layer)
         self._one = (L.llama_token * 1)()
         self._one_batch = L.llama_batch_get_one(self._one, 1)
 
@@ -314,14 +314,16 @@ class NativeModel(Vocab):
         reason = re.sub(r"^\w+: ", "", useful[0])
         return reason.removeprefix("error loading model: ")
 
-    def _offloaded_layers(self, requested: int) -> int:
-        for line in self.load_log:
+    @staticmethod
+    def offloaded_layers(load_log: list[str], requested: int, n_layer: int) -> int:
+        """The layers llama.cpp says it offloaded in a load's log; else what was asked, capped."""
+        for line in load_log:
             m = _OFFLOADED.search(line)
             if m:
                 return int(m.group(1))
         if not L.llama_supports_gpu_offload():
             return 0
-        return self.n_layer + 1 if requested < 0 else min(requested, self.n_layer + 1)
+        return n_layer + 1 if requested < 0 else min(requested, n_layer + 1)
 
     # -- KV cache -----------------------------------------------------------------
 
