@@ -99,3 +99,177 @@ def test_eval_refuses_a_bad_layer_count_in_one_line(model_path: Path, cattery_ho
     assert [line for line in r.stderr.splitlines() if line.strip()] == [
         "cattery: error: --gpu-layers: expected auto, all or a number, got 'half'"
     ]
+
+
+# -- --gpu-layers auto: the most layers that fit the free VRAM ---------------------------------
+#
+# This machine has no GPU, so these tests replace ONE thing: the device query
+# (`app.engine.native.gpu_devices`, which asks ggml for each GPU's free memory) answers with
+# the free VRAM each test gives. The model's numbers are the bundled model's real header, and
+# the arithmetic is the real one the Hub's verdict uses.
+
+GIB = 1024**3
+
+
+def _fake_gpu(monkeypatch, free: int | None) -> list[int]:
+    """Make the device query report one GPU with `free` bytes free; returns a call counter."""
+    from app.engine import native
+
+    calls: list[int] = []
+
+    def gpu_devices() -> list[tuple[str, int, int]]:
+        calls.append(1)
+        if free is None:
+            raise AssertionError("the device was asked on a build without offload")
+        return [("Fake GPU", free, max(free, 80 * GIB))]
+
+    monkeypatch.setattr(native, "gpu_devices", gpu_devices)
+    return calls
+
+
+def _auto(info, n_ctx: int = 4096, **options):
+    from app.engine.options import LoadOptions
+    from app.engine.placement import choose_gpu_layers
+
+    return choose_gpu_layers(info, n_ctx, LoadOptions(ctx=n_ctx, **options), offload=True)
+
+
+def _vram(info, n_ctx: int, layers: int) -> int:
+    from app.engine.options import LoadOptions
+    from app.engine.preflight import estimate_memory
+
+    return estimate_memory(info, n_ctx, LoadOptions(ctx=n_ctx), layers).vram
+
+
+def test_auto_with_no_free_vram_stays_on_the_cpu(model_path: Path, monkeypatch) -> None:
+    from app.engine.metadata import read_model_info
+    from app.engine.preflight import VRAM_RESERVE
+
+    info = read_model_info(model_path)
+    for free in (0, VRAM_RESERVE, VRAM_RESERVE + _vram(info, 4096, 1) - 1):  # nothing, the reserve, not one layer
+        _fake_gpu(monkeypatch, free)
+        choice = _auto(info)
+        assert choice.gpu_layers == 0 and choice.auto and choice.vram_free == free
+
+
+def test_auto_puts_every_layer_on_a_gpu_that_holds_them(model_path: Path, monkeypatch) -> None:
+    from app.engine.metadata import read_model_info
+
+    info = read_model_info(model_path)
+    _fake_gpu(monkeypatch, 80 * GIB)
+    choice = _auto(info)
+    assert choice.gpu_layers == -1  # llama.cpp's "all"
+    assert choice.layers_on_gpu(info.block_count) == info.block_count + 1
+    assert choice.vram_free == 80 * GIB
+
+
+def test_auto_puts_the_most_layers_that_fit_and_no_more(model_path: Path, monkeypatch) -> None:
+    """Midway between one layer's need and every layer's: a split, the largest count that fits."""
+    from app.engine.metadata import read_model_info
+    from app.engine.preflight import VRAM_RESERVE
+    from app.hub.fit import fit
+
+    info = read_model_info(model_path)
+    layers = info.block_count + 1
+    free = VRAM_RESERVE + (_vram(info, 4096, 1) + _vram(info, 4096, layers)) // 2
+    _fake_gpu(monkeypatch, free)
+    n = _auto(info).gpu_layers
+    assert 0 < n < layers
+    assert _vram(info, 4096, n) <= free - VRAM_RESERVE < _vram(info, 4096, n + 1)
+    # The Hub's verdict for the same GPU says the same count.
+    assert fit(info, 4096, ram_free=1 << 50, vram_free=free).gpu_layers == n
+    # A longer context (a bigger KV cache and compute buffer) leaves room for fewer layers.
+    assert _auto(info, 16384).gpu_layers < n
+
+
+def test_auto_splits_a_model_bigger_than_the_gpu(model_path: Path, monkeypatch) -> None:
+    """A 70B-shaped Q4 (80 layers, 40 GiB of weights) on a 24 GiB card: offload what fits, not -1."""
+    import dataclasses
+
+    from app.engine.metadata import read_model_info
+    from app.engine.preflight import VRAM_RESERVE
+
+    big = dataclasses.replace(
+        read_model_info(model_path),
+        tensor_bytes=40 * GIB,
+        block_count=80,
+        embedding_length=8192,
+        head_count=64,
+        head_count_kv=8,
+        key_length=128,
+        value_length=128,
+        vocab_size=32000,
+    )
+    _fake_gpu(monkeypatch, 24 * GIB)
+    n = _auto(big).gpu_layers
+    assert 30 < n < 50  # about 23.5 / 40 of 81 layers, less the cache and buffers
+    assert _vram(big, 4096, n) <= 24 * GIB - VRAM_RESERVE < _vram(big, 4096, n + 1)
+
+
+def test_auto_on_a_build_without_offload_is_the_cpu_without_asking(model_path: Path, monkeypatch) -> None:
+    from app.engine.metadata import read_model_info
+    from app.engine.options import LoadOptions
+    from app.engine.placement import choose_gpu_layers
+
+    info = read_model_info(model_path)
+    calls = _fake_gpu(monkeypatch, None)
+    choice = choose_gpu_layers(info, 4096, LoadOptions(), offload=False)
+    assert choice.gpu_layers == 0 and choice.vram_free is None and not choice.warnings and not calls
+
+
+def test_an_explicit_count_is_not_second_guessed(model_path: Path, monkeypatch) -> None:
+    from app.engine.metadata import read_model_info
+    from app.engine.options import LoadOptions
+    from app.engine.placement import choose_gpu_layers
+
+    info = read_model_info(model_path)
+    calls = _fake_gpu(monkeypatch, 0)
+    assert choose_gpu_layers(info, 4096, LoadOptions(gpu_layers=10), offload=True).gpu_layers == 10
+    assert choose_gpu_layers(info, 4096, LoadOptions(gpu_layers=10**6), offload=True).gpu_layers == 31
+    assert not calls
+
+
+def test_the_report_says_what_auto_chose() -> None:
+    from app.engine.stats import LoadReport
+
+    def report(gpu_layers: int, offload: bool, vram_free: int | None) -> str:
+        return LoadReport(
+            path=Path("m.gguf"),
+            n_ctx=4096,
+            n_ctx_train=8192,
+            n_layers=22,
+            gpu_layers=gpu_layers,
+            offload_supported=offload,
+            threads=4,
+            threads_batch=4,
+            batch=512,
+            flash_attn="auto",
+            cache_type_k="f16",
+            cache_type_v="f16",
+            rope_freq_base=None,
+            rope_scale=None,
+            load_seconds=1.0,
+            vram_free=vram_free,
+        ).placement
+
+    assert report(18, True, int(9.1 * GIB)) == "GPU 18/23 layers (auto: 9.1 GiB free)"
+    assert report(23, True, None) == "GPU 23/23 layers"  # a count the user gave
+    assert report(0, True, int(0.3 * GIB)) == "CPU (auto: 0.3 GiB free, not one layer fits)"
+    assert report(0, True, None) == "CPU"
+    assert report(0, False, None) == "CPU (this llama.cpp build has no GPU offload)"
+
+
+def test_chat_on_this_build_reports_its_placement(model_path: Path, cattery_home: Path) -> None:
+    """The real line chat with auto on this build: the banner names the placement it chose."""
+    import llama_cpp
+
+    from tests.conftest import run_cattery
+
+    r = run_cattery(
+        "chat", "--plain", "--model", str(model_path), "--gpu-layers", "auto", input="/quit\n", home=cattery_home
+    )
+    assert r.returncode == 0, r.stderr
+    if not llama_cpp.llama_supports_gpu_offload():
+        assert "CPU (this llama.cpp build has no GPU offload)" in r.stdout + r.stderr
+    else:
+        assert "(auto: " in r.stdout + r.stderr

@@ -190,6 +190,7 @@ class Engine:
             rope_scale=options.rope_scale,
             load_seconds=seconds,
             warnings=warnings,
+            vram_free=choice.vram_free,
         )
         if options.warmup:
             self._pool.submit(self._warmup, model)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from app.engine.metadata import ModelInfo
 from app.engine.options import LoadOptions
+from app.engine.preflight import most_gpu_layers
 
 NO_OFFLOAD_WARNING = (
     "this llama.cpp build has no GPU offload; running on the CPU "
@@ -32,11 +33,31 @@ class LayerChoice:
         return n_layers + 1 if self.gpu_layers < 0 else min(self.gpu_layers, n_layers + 1)
 
 
+def free_vram() -> int:
+    """Free bytes on the roomiest GPU llama.cpp can use (0 without one), as the Hub's verdict sees it.
+
+    Only the roomiest counts: a split over several GPUs is llama.cpp's own choice, and
+    counting one card is the side that never overfills it.
+    """
+    from app.engine import native
+
+    return max((free for _, free, _ in native.gpu_devices()), default=0)
+
+
 def choose_gpu_layers(info: ModelInfo, n_ctx: int, options: LoadOptions, *, offload: bool) -> LayerChoice:
-    """The layers to offload for `options.gpu_layers` (None = auto) on a build with or without offload."""
+    """The layers to offload for `options.gpu_layers` (None = auto) on a build with or without offload.
+
+    `auto` asks the device for its free VRAM and offloads the most layers whose weights,
+    KV cache and compute buffer fit there (the Hub's fit arithmetic), rather than every
+    layer: a model larger than the card then runs split instead of failing to load.
+    """
     n_layers = info.block_count or 0
     if options.gpu_layers is None:
-        return LayerChoice(-1 if offload else 0, auto=True)
+        if not offload:
+            return LayerChoice(0, auto=True)
+        vram = free_vram()
+        on_gpu = most_gpu_layers(info, n_ctx, options, vram_free=vram)
+        return LayerChoice(-1 if n_layers and on_gpu >= n_layers + 1 else on_gpu, auto=True, vram_free=vram)
     gpu_layers = min(options.gpu_layers, n_layers + 1) if n_layers else options.gpu_layers
     if gpu_layers > 0 and not offload:
         return LayerChoice(0, warnings=[NO_OFFLOAD_WARNING])

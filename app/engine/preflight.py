@@ -16,6 +16,7 @@ from app.errors import NotEnoughMemoryError
 
 GiB = 1024**3
 DEFAULT_CTX = 4096
+VRAM_RESERVE = 512 * 1024**2  # left free on a GPU for the driver and the display
 
 
 def kv_bytes_per_element(cache_type: str) -> float:
@@ -77,10 +78,28 @@ class MemoryEstimate:
     kv_cpu: int
     kv_gpu: int
     compute: int
+    compute_gpu: int = 0  # the GPU backend's own compute buffer, there as soon as one layer is offloaded
 
     @property
     def ram(self) -> int:
         return self.weights_cpu + self.kv_cpu + self.compute
+
+    @property
+    def vram(self) -> int:
+        return self.weights_gpu + self.kv_gpu + self.compute_gpu
+
+
+def compute_buffer_bytes(info: ModelInfo, n_ctx: int, options: LoadOptions) -> int:
+    """A bound on one backend's compute buffer for a batch: logits and activations, and the
+    attention scores (batch × context × heads, F32) unless flash attention is forced on.
+
+    `auto` usually turns flash attention on with a GPU, so this over-counts there by the
+    scores; a layer too few on the GPU costs speed, a buffer that does not fit fails the load.
+    """
+    batch = min(options.batch, n_ctx) if n_ctx > 0 else options.batch
+    activations = batch * ((info.vocab_size or 0) + 4 * (info.embedding_length or 0)) * 4
+    scores = 0 if options.flash_attn == "on" else batch * n_ctx * (info.head_count or 0) * 4
+    return activations + scores
 
 
 def estimate_memory(info: ModelInfo, n_ctx: int, options: LoadOptions, gpu_layers: int) -> MemoryEstimate:
@@ -97,7 +116,35 @@ def estimate_memory(info: ModelInfo, n_ctx: int, options: LoadOptions, gpu_layer
         kv_cpu=kv - kv_gpu,
         kv_gpu=kv_gpu,
         compute=compute,
+        compute_gpu=compute_buffer_bytes(info, n_ctx, options) if on_gpu > 0 else 0,
     )
+
+
+def most_gpu_layers(info: ModelInfo, n_ctx: int, options: LoadOptions, *, vram_free: int) -> int:
+    """The most layers (the output layer counted, as llama.cpp counts them) whose weights, KV
+    cache and the GPU's compute buffer fit in `vram_free` less the driver's reserve.
+
+    The need grows with each layer, so a binary search finds the largest count that fits;
+    this is both the Hub's verdict and what `--gpu-layers auto` offloads.
+    """
+    layers = (info.block_count or 0) + 1
+    usable_vram = max(0, vram_free - VRAM_RESERVE)
+    if usable_vram <= 0:
+        return 0
+
+    def fits(on_gpu: int) -> bool:
+        return estimate_memory(info, n_ctx, options, on_gpu).vram <= usable_vram
+
+    if fits(layers):
+        return layers
+    lo, hi = 0, layers - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def available_ram() -> int:

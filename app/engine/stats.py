@@ -70,10 +70,14 @@ class LoadReport:
     rope_scale: float | None
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
+    vram_free: int | None = None  # the free VRAM `--gpu-layers auto` chose by; None when not auto
 
     @property
     def placement(self) -> str:
-        """Where the layers run, in the words the status bar and CLI use."""
+        """Where the layers run, in the words the status bar and CLI use, and why when auto chose."""
+        auto = f"auto: {self.vram_free / 1024**3:.1f} GiB free" if self.vram_free is not None else ""
         if self.gpu_layers <= 0:
-            return "CPU" if self.offload_supported else "CPU (this llama.cpp build has no GPU offload)"
-        return f"GPU {self.gpu_layers}/{self.n_layers + 1} layers"
+            if not self.offload_supported:
+                return "CPU (this llama.cpp build has no GPU offload)"
+            return f"CPU ({auto}, not one layer fits)" if auto else "CPU"
+        return f"GPU {self.gpu_layers}/{self.n_layers + 1} layers" + (f" ({auto})" if auto else "")

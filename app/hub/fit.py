@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from app.engine.metadata import ModelInfo
 from app.engine.options import LoadOptions
-from app.engine.preflight import estimate_memory
+from app.engine.preflight import VRAM_RESERVE, estimate_memory, most_gpu_layers
+
+__all__ = ["VRAM_RESERVE", "Fit", "fit", "machine_memory", "most_gpu_layers"]
 
 GiB = 1024**3
-VRAM_RESERVE = 512 * 1024**2  # left free on a GPU for the driver and the display
 
 
 @dataclass(frozen=True)
@@ -58,27 +59,19 @@ def fit(
     if weights is not None and weights > info.tensor_bytes:
         info = dataclasses.replace(info, tensor_bytes=weights)
     layers = (info.block_count or 0) + 1
-    usable_vram = max(0, vram_free - VRAM_RESERVE)
 
     def need(on_gpu: int) -> tuple[int, int]:
         e = estimate_memory(info, n_ctx, options, on_gpu)
-        return e.ram, e.weights_gpu + e.kv_gpu
+        return e.ram, e.vram
 
-    if usable_vram > 0:
+    on_gpu = most_gpu_layers(info, n_ctx, options, vram_free=vram_free)
+    if on_gpu == layers:
         ram, vram = need(layers)
-        if vram <= usable_vram:
-            return Fit("gpu", layers, ram, vram, ram_free, vram_free)
-        lo, hi = 0, layers  # the most layers whose weights and cache fit in the free VRAM
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if need(mid)[1] <= usable_vram:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo > 0:
-            ram, vram = need(lo)
-            if ram <= ram_free:
-                return Fit("partial", lo, ram, vram, ram_free, vram_free)
+        return Fit("gpu", layers, ram, vram, ram_free, vram_free)
+    if on_gpu > 0:
+        ram, vram = need(on_gpu)
+        if ram <= ram_free:
+            return Fit("partial", on_gpu, ram, vram, ram_free, vram_free)
     ram, _ = need(0)
     return Fit("ram" if ram <= ram_free else "too_large", 0, ram, 0, ram_free, vram_free)
 
