@@ -64,6 +64,7 @@ NEVER_IN_THE_APP = {
     "--type": "`cattery quantize` with several types: the Workshop makes one at a time",
     "--chunks": "`cattery eval` only",
     "--merge": "llama-gguf-split's flag, for `cattery unpack` of a split file",
+    "--unsafe-truncate-embeddings": "mergekit's own flag, named as mergekit's in a merge's note (what it would need)",
     "--no-deps": "part of a pip command to run in a shell",
     "--plain": "`cattery chat --plain`, said by the command line before an app starts",
     "--author-note": "note_from_options: about the flags just typed after `cattery`; in the app, its dialog (F10)",
