@@ -273,3 +273,28 @@ def test_chat_on_this_build_reports_its_placement(model_path: Path, cattery_home
         assert "CPU (this llama.cpp build has no GPU offload)" in r.stdout + r.stderr
     else:
         assert "(auto: " in r.stdout + r.stderr
+
+
+# -- bench/gpu.py ------------------------------------------------------------------------------
+
+
+def test_bench_gpu_skips_in_one_line_without_offload_and_rehearses_every_step(tmp_path: Path) -> None:
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():  # the real run is bench/gpu.py itself on that machine
+        return
+    r = subprocess.run([sys.executable, "bench/gpu.py"], capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        "bench/gpu.py: skipped (no GPU offload in this llama.cpp build)"
+    ]
+    out = tmp_path / "gpu.json"
+    cmd = ["bench/gpu.py", "--rehearse", "--tokens", "4", "--rounds", "1", "--turns", "10", "--ctx", "512"]
+    r = subprocess.run(
+        [sys.executable, *cmd, "--out", str(out)], capture_output=True, text=True, timeout=4 * DEADLINE, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [s["gpu_layers"] for s in result["steps"]] == ["auto", "all", "15", "0"]
+    for step in result["steps"]:
+        assert step["ok"] and step["chat"]["returncode"] == 0 and "CPU" in step["chat"]["banner"]
+        assert step["shift"]["shifted_tokens"] > 0 and step["decode"]["settings"]["bare_gpu_layers"] == 0
