@@ -10,7 +10,7 @@ For each placement (`auto`, `all`, half the layers, `0`) it
 On a build without offload it prints one line saying it was skipped and exits 0;
 `--rehearse` runs every step anyway (all on the CPU), to check the script itself.
 
-    python bench/gpu.py [--model M] [--tokens 64] [--rounds 6] [--turns 14] [--ctx 1024] [--rehearse]
+    python bench/gpu.py [--model M] [--tokens 64] [--rounds 6] [--turns 14] [--ctx 1024] [--layers L,…] [--rehearse]
 
 Writes bench/out/gpu.json; exits 1 when a step failed.
 """
@@ -94,6 +94,9 @@ def main() -> int:
     parser.add_argument("--ctx", type=int, default=1024)
     parser.add_argument("--rehearse", action="store_true", help="run every step even without GPU offload")
     parser.add_argument("--out", type=Path, help="the JSON file (default bench/out/gpu.json)")
+    parser.add_argument(
+        "--layers", help="comma-separated placements to run (default: auto,all,half the layers,0)", default=None
+    )
     args = parser.parse_args()
 
     from app.engine import native
@@ -108,6 +111,8 @@ def main() -> int:
     path = resolve_model(args.model, [])
     n_layers = (read_model_info(path).block_count or 0) + 1
     placements = ["auto", "all", str(max(1, n_layers // 2)), "0"]
+    if args.layers:  # a rehearsal of the script need not run every placement (they are all CPU there)
+        placements = [p.strip() for p in args.layers.split(",") if p.strip()]
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cattery-gpu-") as home:
         for layers in placements:
