@@ -152,6 +152,19 @@ def test_auto_with_no_free_vram_stays_on_the_cpu(model_path: Path, monkeypatch) 
         assert choice.gpu_layers == 0 and choice.auto and choice.vram_free == free
 
 
+def test_auto_offloads_every_layer_when_a_gpu_build_lists_no_device(model_path: Path, monkeypatch) -> None:
+    """A build that offloads but whose devices cannot be read: llama.cpp decides (every layer), said
+    once, never the CPU by mistake because "no device" looked like "no free memory"."""
+    from app.engine import native
+    from app.engine.metadata import read_model_info
+    from app.engine.placement import UNKNOWN_VRAM_WARNING
+
+    monkeypatch.setattr(native, "gpu_devices", lambda: [])
+    choice = _auto(read_model_info(model_path))
+    assert choice.gpu_layers == -1 and choice.auto and choice.vram_free is None
+    assert choice.warnings == [UNKNOWN_VRAM_WARNING]
+
+
 def test_auto_puts_every_layer_on_a_gpu_that_holds_them(model_path: Path, monkeypatch) -> None:
     from app.engine.metadata import read_model_info
 

@@ -17,6 +17,7 @@ NO_OFFLOAD_WARNING = (
     "this llama.cpp build has no GPU offload; running on the CPU "
     "(see the README to build llama-cpp-python with CUDA or Metal)"
 )
+UNKNOWN_VRAM_WARNING = "the GPU's free memory could not be read; offloading every layer (--gpu-layers N to choose)"
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,17 @@ class LayerChoice:
         return n_layers + 1 if self.gpu_layers < 0 else min(self.gpu_layers, n_layers + 1)
 
 
-def free_vram() -> int:
-    """Free bytes on the roomiest GPU llama.cpp can use (0 without one), as the Hub's verdict sees it.
+def free_vram() -> int | None:
+    """Free bytes on the roomiest GPU llama.cpp can use, as the Hub's verdict sees it; None when
+    ggml lists no GPU at all (a build that offloads but whose devices cannot be read).
 
     Only the roomiest counts: a split over several GPUs is llama.cpp's own choice, and
     counting one card is the side that never overfills it.
     """
     from app.engine import native
 
-    return max((free for _, free, _ in native.gpu_devices()), default=0)
+    gpus = native.gpu_devices()
+    return max(free for _, free, _ in gpus) if gpus else None
 
 
 def choose_gpu_layers(info: ModelInfo, n_ctx: int, options: LoadOptions, *, offload: bool) -> LayerChoice:
@@ -56,6 +59,8 @@ def choose_gpu_layers(info: ModelInfo, n_ctx: int, options: LoadOptions, *, offl
         if not offload:
             return LayerChoice(0, auto=True)
         vram = free_vram()
+        if vram is None:  # nothing to decide on: llama.cpp offloads what it can, as before `auto` counted
+            return LayerChoice(-1, auto=True, warnings=[UNKNOWN_VRAM_WARNING])
         on_gpu = most_gpu_layers(info, n_ctx, options, vram_free=vram)
         return LayerChoice(-1 if n_layers and on_gpu >= n_layers + 1 else on_gpu, auto=True, vram_free=vram)
     gpu_layers = min(options.gpu_layers, n_layers + 1) if n_layers else options.gpu_layers
