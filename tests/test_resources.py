@@ -63,7 +63,11 @@ def test_cgroup_limits_v1_and_v2(tmp_path: Path) -> None:
     # this machine: whatever it has, a positive number no larger than psutil's
     import psutil
 
-    assert 0 < resources.available_memory() <= psutil.virtual_memory().available
+    # (psutil asked before and after: free memory moves between two reads on a busy machine)
+    before = psutil.virtual_memory().available
+    mine = resources.available_memory()
+    after = psutil.virtual_memory().available
+    assert 0 < mine <= max(before, after)
 
 
 def test_a_merge_that_does_not_fit_in_memory_is_refused_before_writing(
