@@ -149,10 +149,11 @@ def _sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
 PICK_ANOTHER = "pick another with --model M (`cattery models list` shows the library)"
 
 
-def _pick_model(ws: Any, ref: str | None) -> Path:
-    """The model asked for (the one resolver of every command that takes a model: a path, a library
-    name, or `owner/repo[:QUANT|:file]`, which is downloaded first, with progress); without one, the
-    default or last used model, and a remembered one that is gone is one line saying how to choose."""
+def model_argument(ws: Any, ref: str | None) -> Path:
+    """The model asked for: the one resolver of every command that takes a model (a path, a library
+    name, or `owner/repo[:QUANT|:file]`, which is downloaded first, with progress), so a name that works
+    in one works in all; without one, the default or last used model, and a remembered one that is gone
+    is one line saying how to choose."""
     from app.errors import ModelFileError
     from app.hub.names import parse_ref
     from app.session.workspace import RememberedModelGone
@@ -181,16 +182,10 @@ def _pick_model(ws: Any, ref: str | None) -> Path:
     return paths[0]
 
 
-def model_argument(ws: Any, ref: str) -> Path:
-    """The file a command's model argument names: a path, a library name, or a hub name (downloaded
-    first). Every command that takes a model resolves it here, so a name that works in one works in all."""
-    return _pick_model(ws, ref)
-
-
 def _load_engine(args: argparse.Namespace, ws: Any) -> Any:
     from app.engine.engine import Engine
 
-    path = _pick_model(ws, args.model)
+    path = model_argument(ws, args.model)
     engine = Engine(log_file=ws.paths.llama_log)
     # What the Models screen (or a build) chose for this file, under what the command line says.
     saved = {k: v for k, v in ws.saved_load_settings(path).items() if k != "format"}
@@ -311,7 +306,7 @@ def _start_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
     from app.session.workspace import RememberedModelGone
 
     try:
-        model: Path | None = _pick_model(ws, args.model) if args.model else ws.pick_model(None)
+        model: Path | None = model_argument(ws, args.model) if args.model else ws.pick_model(None)
     except RememberedModelGone:
         model = None  # the app opens all the same, and its model line says what is gone
     card_ref = None
@@ -390,7 +385,7 @@ def cmd_formats_lint(args: argparse.Namespace) -> int:
     from app.prompt.lint import lint
 
     ws = open_workspace()
-    path = _pick_model(ws, args.model) if args.model else _chat_model(ws)
+    path = model_argument(ws, args.model) if args.model else _chat_model(ws)
     info = vocab = tokenizer = None
     if path is not None:
         from app.engine.native import VocabModel
@@ -583,7 +578,7 @@ def _prompt_model(ws: Any, args: argparse.Namespace) -> Path | None:
     when no `--format` is given, the one a chat would use (the default or last used, else the bundled);
     with `--format` alone, none (the text only, as the contract of `cattery prompt` says)."""
     if args.model:
-        return _pick_model(ws, args.model)
+        return model_argument(ws, args.model)
     if args.format and not args.chat:
         return None
     return _chat_model(ws)

@@ -78,8 +78,7 @@ def fit(
 
 def machine_memory() -> tuple[int, int]:
     """(free RAM, free VRAM of the roomiest GPU llama.cpp can use) in bytes."""
-    from app.engine.native import gpu_devices
+    from app.engine.placement import free_vram
     from app.engine.preflight import available_ram
 
-    gpus = gpu_devices()
-    return available_ram(), max((free for _, free, _ in gpus), default=0)
+    return available_ram(), free_vram() or 0
