@@ -26,6 +26,7 @@ from app.assets import asset_path
 from app.atomic import write_text_atomic
 from app.errors import CatteryError, DiskError, SettingsError
 from app.settings_schema import check_settings
+from app.settings_view import ChatPrefs, ChatsPrefs, LorePrefs, ModelPrefs, PersonaPrefs, UiPrefs, typed
 from app.untrusted import parse_toml, read_bounded
 
 # An honest settings file is a few KB (a long system prompt, a few dozen remapped
@@ -138,6 +139,31 @@ class Settings:
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
         return self.section(section).get(key, default)
+
+    # Typed sections (app/settings_view.py): read fresh each time, so a `set` shows at once.
+    @property
+    def model(self) -> ModelPrefs:
+        return typed(ModelPrefs, self.section("model"))
+
+    @property
+    def chat(self) -> ChatPrefs:
+        return typed(ChatPrefs, self.section("chat"))
+
+    @property
+    def lore(self) -> LorePrefs:
+        return typed(LorePrefs, self.section("lore"))
+
+    @property
+    def chats(self) -> ChatsPrefs:
+        return typed(ChatsPrefs, self.section("chats"))
+
+    @property
+    def persona(self) -> PersonaPrefs:
+        return typed(PersonaPrefs, self.section("persona"))
+
+    @property
+    def ui(self) -> UiPrefs:
+        return typed(UiPrefs, self.section("ui"))
 
     def set(self, section: str, key: str, value: Any) -> None:
         for table in (self.user, self.data):

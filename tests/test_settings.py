@@ -47,3 +47,31 @@ def test_presets_are_data_files() -> None:
     assert load_preset("deterministic").temperature == 0.0
     simple = load_preset("simple-1")
     assert (simple.temperature, simple.top_k, simple.top_p, simple.repeat_penalty) == (0.7, 20, 0.9, 1.15)
+
+
+def test_typed_sections_cover_the_defaults_file_exactly() -> None:
+    """Each typed section has one field per key of the defaults file, no more, so a
+    default lives only in assets/settings.default.toml."""
+    from dataclasses import fields
+
+    from app.settings import _defaults
+    from app.settings_view import SECTIONS
+
+    defaults = _defaults()
+    for name, cls in SECTIONS.items():
+        assert {f.name for f in fields(cls)} == set(defaults[name]), name
+    free = {"sampler", "model_settings", "keys"}
+    assert set(defaults) == set(SECTIONS) | free
+
+
+def test_typed_sections_read_the_users_values_and_fall_back_on_bad_ones(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('[chat]\nmax_tokens = 300\nsystem = "Meow."\n[ui]\nshown_messages = -4\nimages = "off"\n')
+    s = Settings.load(path)
+    assert s.chat.max_tokens == 300 and s.chat.system == "Meow."
+    assert s.ui.images == "off"
+    assert s.ui.shown_messages == 60  # refused (below 1): the default, with a warning
+    assert any("shown_messages" in w for w in s.warnings)
+    assert s.model.gpu_layers == "auto" and s.persona.name == "User" and s.lore.placement == "card"
+    s.set("chat", "max_tokens", 100)
+    assert s.chat.max_tokens == 100  # read fresh: a change shows at once
