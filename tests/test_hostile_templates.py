@@ -21,14 +21,15 @@ from app.prompt.chat_template import (
     Budget,
     TemplateRenderError,
     TemplateUnsafeError,
-    fallback_template,
     render_chat_template,
 )
 from app.prompt.jinja_limits import LimitExceeded
 from app.prompt.segments import Message, render_template
-from tests.conftest import DEADLINE, run_cattery
+from tests.conftest import DEADLINE, FIXTURES, run_cattery
 from tests.hostile import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
 from tests.hostile_cases_templates import DAG, MESSAGES, MODEL, WORST_CASES, deep_tuple, render
+
+CHATML = (FIXTURES / "chatml.jinja").read_text(encoding="utf-8")  # an honest template
 
 SECONDS = 3.0
 DEEP = deep_tuple(1000)  # deep enough for the depth check, quick to make on a loaded machine
@@ -235,7 +236,7 @@ def test_honest_large_input_is_accepted() -> None:
     """The caps follow the input: a 5 MB conversation renders through ChatML."""
     big = "cat " * 1_250_000
     messages = [{"role": "user", "content": big}, {"role": "assistant", "content": "Purr."}]
-    out = run_bounded(render_chat_template, fallback_template(), messages, seconds=SECONDS * 2, keep_value=True)
+    out = run_bounded(render_chat_template, CHATML, messages, seconds=SECONDS * 2, keep_value=True)
     assert out.kind == "ok", out
     assert (
         out.value
@@ -309,7 +310,7 @@ def _honest_templates(model_path: Path) -> dict[str, str]:
     from app.prompt.formats import available_formats
     from converters.gguf_chat_format import chat_template
 
-    templates = {"chatml asset": fallback_template(), "toolish": TOOLISH, "mistral-like": MISTRAL_LIKE}
+    templates = {"chatml asset": CHATML, "toolish": TOOLISH, "mistral-like": MISTRAL_LIKE}
     templates["bundled model"] = read_model_info(model_path).chat_template or ""
     for name, fmt in available_formats().items():
         templates[f"format {name}"] = chat_template(fmt)
@@ -362,7 +363,7 @@ def test_a_stopped_template_is_not_tried_again_with_other_messages() -> None:
 def test_the_renders_of_one_prompt_share_one_budget() -> None:
     """Each render stays under the per-render deadline, but rendering message by message
     would take seconds per message: the shared budget refuses it as a whole."""
-    slow = "{% for m in messages %}{% for i in range(20000) %}{% endfor %}{% endfor %}" + fallback_template()
+    slow = "{% for m in messages %}{% for i in range(20000) %}{% endfor %}{% endfor %}" + CHATML
     history = [Message("user" if i % 2 == 0 else "assistant", f"m{i}") for i in range(40)]
 
     def segment() -> object:
@@ -420,7 +421,7 @@ def test_renders_in_threads_keep_their_own_limits() -> None:
             results["hostile"] = str(exc)
 
     def honest() -> None:
-        results["honest"] = [render_chat_template(fallback_template(), MESSAGES) for _ in range(50)][-1]
+        results["honest"] = [render_chat_template(CHATML, MESSAGES) for _ in range(50)][-1]
 
     threads = [threading.Thread(target=hostile), threading.Thread(target=honest)]
     for t in threads:
@@ -428,7 +429,7 @@ def test_renders_in_threads_keep_their_own_limits() -> None:
     for t in threads:
         t.join(timeout=DEADLINE)
     assert "took longer" in results["hostile"]
-    assert results["honest"] == _reference(fallback_template(), MESSAGES, add_generation_prompt=True)
+    assert results["honest"] == _reference(CHATML, MESSAGES, add_generation_prompt=True)
 
 
 # -- mutation tests (hypothesis) -----------------------------------------------------------------------------
@@ -472,7 +473,7 @@ edits = st.lists(
 @HYPOTHESIS
 @given(base=st.sampled_from([TOOLISH, MISTRAL_LIKE, "CHATML"]), changes=edits)
 def test_mutated_templates_are_accepted_or_refused_in_one_line(base: str, changes: list) -> None:
-    template = _mutate(fallback_template() if base == "CHATML" else base, changes)
+    template = _mutate(CHATML if base == "CHATML" else base, changes)
     _assert_ours(run_bounded(render, template, seconds=SECONDS), template)
 
 
@@ -543,7 +544,7 @@ def test_generated_expressions_are_accepted_or_refused_in_one_line(expr: str, sh
 def test_any_conversation_through_honest_templates_renders_or_refuses_in_one_line(
     template: str, messages: list[dict[str, str]], bos: str
 ) -> None:
-    source = fallback_template() if template == "CHATML" else template
+    source = CHATML if template == "CHATML" else template
     out = run_bounded(render_chat_template, source, messages, bos_token=bos, model=MODEL, seconds=SECONDS)
     _assert_ours(out, json.dumps(messages))
     if template == "CHATML":

@@ -167,6 +167,3 @@ class Card:
             for a in data.get("assets", [])
         ]
         return data
-
-    def same_as(self, other: Card) -> bool:
-        return self.comparable() == other.comparable()

@@ -249,10 +249,6 @@ class Engine:
         """What the next generation of `prompt` would reuse and evaluate, without running it."""
         return self._run(lambda m: plan_reuse(m.kv_tokens, self._prompt_tokens(m, prompt, None), m.can_shift))
 
-    def reset(self) -> None:
-        """Forget the KV cache, so the next prompt is evaluated from scratch."""
-        self._run(lambda m: m.clear_kv())
-
     def close(self) -> None:
         current = self._current
         if current is not None:

@@ -27,7 +27,6 @@ __all__ = [
     "Budget",
     "TemplateRenderError",
     "TemplateUnsafeError",
-    "fallback_template",
     "render_chat_template",
 ]
 
@@ -192,9 +191,3 @@ def render_chat_template(
     except Exception as exc:
         raise TemplateRenderError(f"{where}the chat template failed: {_describe(exc)}") from None
 
-
-def fallback_template() -> str:
-    """ChatML, for models whose GGUF carries no template (prompt formats arrive with issue 3)."""
-    from app.assets import asset_path
-
-    return asset_path("templates", "chatml.jinja").read_text(encoding="utf-8")
