@@ -182,21 +182,25 @@ def model_argument(ws: Any, ref: str | None) -> Path:
     return paths[0]
 
 
-def _load_engine(args: argparse.Namespace, ws: Any) -> Any:
+def _load_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
+    """(the loaded engine, its prompt format) as the app loads a model: through `Workspace.model_load`,
+    with what the Models screen (or a build) chose for this file under what the command line says."""
     from app.engine.engine import Engine
 
-    path = model_argument(ws, args.model)
+    plan = ws.model_load(model_argument(ws, args.model), _load_overrides(args), args.format)
     engine = Engine(log_file=ws.paths.llama_log)
-    # What the Models screen (or a build) chose for this file, under what the command line says.
-    saved = {k: v for k, v in ws.saved_load_settings(path).items() if k != "format"}
-    overrides = {**saved, **{k: v for k, v in _load_overrides(args).items() if v is not None}}
-    report = engine.load(path, ws.load_options(overrides), default_ctx=ws.default_ctx)
+    report = engine.load(plan.path, plan.options, default_ctx=plan.default_ctx)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    problem = ws.remember_model(path)
+    problem = ws.remember_model(plan.path)
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
-    return engine
+    try:
+        choice = ws.chat_format(plan.path, engine.info, plan.format)
+    except BaseException:
+        engine.close()
+        raise
+    return engine, choice
 
 
 # -- commands ------------------------------------------------------------------------
@@ -256,11 +260,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     system = args.system if args.system is not None else ws.settings.get("chat", "system", "")
     _, recipe = _recipe(args, ws, system or "", secrets.randbelow(2**31))
-    engine = _load_engine(args, ws)
+    engine, choice = _load_engine(args, ws)
     try:
         report = engine.report
         assert report is not None and engine.info is not None
-        choice = ws.chat_format(report.path, engine.info, args.format)
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
         builder = recipe.builder(choice.name, engine.info, tokenizer_from(engine))
@@ -326,7 +329,6 @@ def _start_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
         lorebooks.append(str(path))
     launch = Launch(
         model=model,
-        model_explicit=bool(args.model),
         load_overrides=_load_overrides(args),
         card_ref=card_ref,
         card_explicit=args.card is not None,
@@ -943,12 +945,13 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--json", action="store_true")
     paths.set_defaults(func=cmd_paths)
 
-    from app import cli_build, cli_convert, cli_lore, cli_merge, cli_models, cli_quantize
+    from app import cli_build, cli_convert, cli_eval, cli_lore, cli_merge, cli_models, cli_quantize
 
     cli_lore.add_parser(sub)
     cli_models.add_parser(sub)
     cli_convert.add_parser(sub)
     cli_quantize.add_parser(sub)
+    cli_eval.add_parser(sub)
     cli_merge.add_parser(sub)
     cli_build.add_parser(sub)
     return parser

@@ -12,7 +12,6 @@ from app.engine.options import SamplerSettings
 @dataclass
 class Launch:
     model: Path | None = None  # None: pick as `cattery` does (default, last used, bundled)
-    model_explicit: bool = False
     load_overrides: dict[str, Any] = field(default_factory=dict)
     card_ref: str | None = None
     card_explicit: bool = False  # --card given (even "none"): open a chat with that character

@@ -133,6 +133,17 @@ class PromptRecipe:
         )
 
 
+@dataclass
+class ModelLoad:
+    """A model to load for a chat (`Workspace.model_load`): what `Engine.load` takes, and the format
+    to ask `Workspace.chat_format` for once the model's metadata is read."""
+
+    path: Path
+    options: LoadOptions
+    format: str | None  # asked for, else saved for this file; None: the settings' or the model's own
+    default_ctx: int  # the context when neither the options nor the saved settings name one
+
+
 class Workspace:
     """Paths, settings and the libraries; opened once per run."""
 
@@ -258,6 +269,21 @@ class Workspace:
     def default_ctx(self) -> int:
         return int(self.settings.get("model", "ctx", 4096) or 4096)
 
+    def model_load(
+        self, model: Path | str | None, overrides: dict[str, Any] | None = None, fmt: str | None = None
+    ) -> ModelLoad:
+        """How a chat loads a model, the same for the command line and the app: the file (`pick_model`
+        for a reference), the settings saved for that file on the Models screen under the caller's
+        overrides (None: not given), and the format asked for, else the one saved for the file.
+        The options are not checked here: `Engine.load` checks them (the app checks them first, to
+        show a bad value on its model line before its loading worker starts)."""
+        path = model if isinstance(model, Path) else self.pick_model(model)
+        saved = self.saved_load_settings(path)
+        wanted = fmt or saved.pop("format", None)
+        saved.pop("format", None)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return ModelLoad(path, self.load_options({**saved, **given}), wanted or None, self.default_ctx)
+
     def chat_format(self, path: Path | None, info: ModelInfo | None, explicit: str | None = None) -> FormatChoice:
         """The prompt format a chat uses with this model: the one asked for; else the one chosen for this
         file on the Models screen; else the settings' `[chat] format`; else the model's own template, a
@@ -274,9 +300,8 @@ class Workspace:
         on top), as the engine chooses it, without loading anything."""
         from app.engine.preflight import choose_ctx
 
-        saved = {k: v for k, v in self.saved_load_settings(path).items() if k != "format"}
-        given = {k: v for k, v in (overrides or {}).items() if v is not None}
-        return choose_ctx(info, self.load_options({**saved, **given}), self.default_ctx)
+        plan = self.model_load(path, overrides)
+        return choose_ctx(info, plan.options, plan.default_ctx)
 
     # -- sampling --------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from app.engine.engine import Engine
 from app.errors import CatteryError
 from app.session.chat import ChatSession, hash_model, open_session, start_session
 from app.session.launch import Launch
-from app.session.workspace import RememberedModelGone, Workspace
+from app.session.workspace import ModelLoad, RememberedModelGone, Workspace
 from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings, key_table, read_keymap
 from app.tui.safe_text import strip_controls_everywhere
@@ -93,9 +93,7 @@ class CatteryApp(App[None]):
         self._data_version: int | None = None  # the chat database as last seen (see _outside_changes)
         if self.engine.loaded and self.engine.report is not None:
             # A model loaded before the app started (tests, benchmarks): use it as it is.
-            from app.prompt.builder import choose_format
-
-            choice = choose_format(self.launch.format or settings.get("chat", "format", "") or None, self.engine.info)
+            choice = workspace.chat_format(self.engine.report.path, self.engine.info, self.launch.format)
             self.set_reactive(
                 CatteryApp.model_status,
                 ModelStatus("ready", self.engine.report.path, 1.0, report=self.engine.report, choice=choice),
@@ -344,13 +342,8 @@ class CatteryApp(App[None]):
     ) -> None:
         """Load a model in the background; the chat stays usable (a reply waits for it)."""
         try:
-            path = Path(ref) if isinstance(ref, Path) else self.ws.pick_model(ref)
-            saved = self.ws.saved_load_settings(path)  # what the Models screen chose for this file
-            fmt = fmt or saved.pop("format", None)
-            saved.pop("format", None)
-            merged = {**saved, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-            options = self.ws.load_options(merged)
-            options.validate()
+            plan = self.ws.model_load(ref, overrides, fmt)  # with what the Models screen chose for this file
+            plan.options.validate()
         except ENVIRONMENT as exc:
             line = error_line(exc)
             if isinstance(exc, RememberedModelGone):  # say how to go on, in the app's own terms
@@ -363,16 +356,15 @@ class CatteryApp(App[None]):
         if self.session is not None:
             self.session.detach()
         self._load_cancel.clear()
-        self.model_status = ModelStatus("loading", path, 0.0)
-        self._load_worker(path, options, fmt)
+        self.model_status = ModelStatus("loading", plan.path, 0.0)
+        self._load_worker(plan)
 
     def cancel_load(self) -> None:
         self._load_cancel.set()
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
-    def _load_worker(self, path: Path, options: Any, fmt: str | None) -> None:
-        from app.prompt.builder import choose_format
-
+    def _load_worker(self, plan: ModelLoad) -> None:
+        path = plan.path
         last = [0.0]
 
         def progress(value: float) -> bool:
@@ -383,8 +375,8 @@ class CatteryApp(App[None]):
             return not self._load_cancel.is_set()
 
         try:
-            report = self.engine.load(path, options, default_ctx=self.ws.default_ctx, progress=progress)
-            choice = choose_format(fmt or self.ws.settings.get("chat", "format", "") or None, self.engine.info)
+            report = self.engine.load(path, plan.options, default_ctx=plan.default_ctx, progress=progress)
+            choice = self.ws.chat_format(path, self.engine.info, plan.format)
             session = self.session
             if session is not None:
                 session.attach(self.engine, choice)
