@@ -605,6 +605,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from app.engine.metadata import read_model_info
     from app.engine.options import round_ctx
     from app.prompt.window import WindowState
+    from app.session.chat import reply_reserve
     from app.session.lore import lore_report
 
     ws = open_workspace()
@@ -651,8 +652,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             vocab = VocabModel(info.path)
             tokenizer = tokenizer_from(vocab)
             n_ctx = round_ctx(args.ctx) if args.ctx else ws.chat_context(path, info)
-        reserve = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
-        reserve = min(reserve, (n_ctx or 0) // 2 or reserve)
+        wanted = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
+        reserve = reply_reserve(wanted, n_ctx)
         if session is not None:
             recipe = dataclasses.replace(session.recipe, note=_note(args, session.recipe.note))  # never saved here
             state = session.saved_window(path, n_ctx)  # where the chat's window stands: the next turn's

@@ -17,7 +17,7 @@ from app.errors import CatteryError
 from app.prompt.segments import Message
 from app.prompt.window import WindowState
 from app.session.authors_note import AuthorsNote, note_from_options
-from app.session.workspace import PromptRecipe
+from app.session.recipe import PromptRecipe
 from tests.conftest import run_cattery
 from tests.tui_helpers import SIZE, make_app, send, wait_until
 

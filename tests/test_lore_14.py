@@ -18,7 +18,8 @@ from app.cards.read import read_card
 from app.chats.store import ChatStore
 from app.prompt.segments import Message
 from app.session.authors_note import AuthorsNote
-from app.session.workspace import PromptRecipe, Workspace
+from app.session.recipe import PromptRecipe
+from app.session.workspace import Workspace
 from tests.conftest import FIXTURES, run_cattery
 from tests.tui_helpers import SIZE, make_app, wait_until
 

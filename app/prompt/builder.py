@@ -6,9 +6,9 @@ size of the pinned block, the budget, and which messages were kept or dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from app.engine.metadata import ModelInfo
 from app.errors import CatteryError
@@ -162,6 +162,21 @@ class BuiltPrompt:
         }
 
 
+class PromptExtras(Protocol):
+    """The part of a chat's prompt that follows the conversation: lorebook entries the recent
+    messages switch on, the Author's Note when it is due (app/session/lore.py: `ChatExtras`).
+
+    The builder calls it once per build with the whole history the prompt is built from (oldest
+    first, before the window drops any; no system prompt, examples or insertions), and it returns
+    either `(pinned system text or None, text for right before the reply)` or a `Dynamic`,
+    which also carries messages to insert at a depth and whether the builder's own system
+    prompt stays. It may remember what it switched on (the line chat's `/lore` asks), but it
+    must not change `history`.
+    """
+
+    def __call__(self, history: Sequence[Message], /) -> tuple[str | None, str] | Dynamic: ...
+
+
 class PromptBuilder:
     def __init__(
         self,
@@ -175,7 +190,7 @@ class PromptBuilder:
         pin_examples: bool = False,
         slack: float = SLACK,
         post_history: str | None = None,
-        dynamic: Callable[[Sequence[Message]], tuple[str | None, str] | Dynamic] | None = None,
+        dynamic: PromptExtras | None = None,
     ) -> None:
         self.format_name = format_name
         self.fmt: PromptFormat | None = None if format_name == GGUF else get_format(format_name)
@@ -189,9 +204,7 @@ class PromptBuilder:
         self.pin_examples = pin_examples
         self.slack = slack
         self.post_history = post_history  # a card's post-history instructions: after the turns, before the reply
-        # Called with the history at each build: (pinned system text, text for right before the reply),
-        # or a `Dynamic` that also carries messages to insert at a depth (the Author's Note); how
-        # lorebook entries and notes reach the prompt without the prompt package knowing about cards.
+        # How lorebook entries and notes reach the prompt without the prompt package knowing cards.
         self.dynamic = dynamic
 
     @property

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from app.engine.stats import GenerationStats
     from app.prompt.builder import PromptBuilder
     from app.session.authors_note import AuthorsNote
-    from app.session.workspace import PromptRecipe, Workspace
+    from app.session.recipe import PromptRecipe
+    from app.session.workspace import Workspace
 
 TURN_KINDS = ("reply", "regenerate", "continue", "impersonate", "speak")
 
@@ -140,6 +141,13 @@ def speak_again_history(builder: PromptBuilder, history: list[Message]) -> list[
         except TemplateRenderError:
             opens_a_turn = False  # e.g. "roles must alternate user/assistant/user/assistant"
     return history if opens_a_turn else [*history, Message("user", "")]
+
+
+def reply_reserve(max_tokens: int, n_ctx: int | None) -> int:
+    """The tokens a prompt leaves free for the reply: as many as the reply may take, but never more
+    than half the context, or a large `max_tokens` would leave no room for the conversation. With no
+    context known (`cattery prompt` without a model), all of `max_tokens`."""
+    return min(max_tokens, n_ctx // 2) if n_ctx else max_tokens
 
 
 def new_chat_seed() -> int:
@@ -327,8 +335,7 @@ class ChatSession:
 
     @property
     def reserve(self) -> int:
-        n_ctx = self.engine.n_ctx if self.engine is not None else 0
-        return min(self.sampler.max_tokens, n_ctx // 2)
+        return reply_reserve(self.sampler.max_tokens, self.engine.n_ctx if self.engine is not None else None)
 
     # -- changes -----------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ def gather_lore(
 
 
 class ChatExtras:
-    """A chat prompt's dynamic part (PromptBuilder.dynamic): lore entries and the Author's Note.
+    """A chat prompt's dynamic part (`PromptExtras`, PromptBuilder.dynamic): lore entries and the Author's Note.
 
     The note and the entries a book places around it go in as one message at the note's
     depth, when the note is due; entries placed at a depth of their own go in as messages

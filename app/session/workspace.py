@@ -8,30 +8,28 @@ prompt recipe made from the settings and the user's overrides.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.errors import CatteryError, ModelFileError
 from app.paths import Paths, get_paths
+from app.session.recipe import PromptRecipe
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.cards.card import Card
     from app.cards.library import CardLibrary
     from app.cards.lore_library import LoreLibrary
-    from app.cards.lorebook import Lorebook
-    from app.cards.prompting import CardPrompt
     from app.chats.store import ChatStore
     from app.engine.metadata import ModelInfo
     from app.engine.options import LoadOptions, SamplerSettings
     from app.hub.library import LibraryEntry
-    from app.prompt.builder import FormatChoice, PromptBuilder
-    from app.prompt.tokens import SegmentTokenizer
+    from app.prompt.builder import FormatChoice
     from app.session.authors_note import AuthorsNote
     from app.session.characters import CharacterEntry
-    from app.session.lore import ChatExtras, ChatLore
+    from app.session.lore import ChatLore
 
 SAMPLER_KEYS = (
     "temperature",
@@ -71,66 +69,6 @@ class RememberedModelGone(ModelFileError):
         what = "the last used model" if key == "last_used" else "the default model ([model] default)"
         reason = reason.removeprefix(f"{ref}: ")
         super().__init__(f"{what} {ref} cannot be used: {reason}")
-
-
-@dataclass
-class PromptRecipe:
-    """What a chat's prompt is made of, except the model: the builder is made once a model is loaded."""
-
-    system: str | None
-    user: str
-    char: str
-    card: CardPrompt | None = None
-    books: list[Lorebook] = field(default_factory=list)
-    lore_placement: str = "card"
-    pin_examples: bool = False
-    source: Card | None = None  # the card itself: its avatar, its other fields for the screens
-    lore: ChatLore | None = None  # the books with where each was attached, and the ones skipped
-    note: AuthorsNote | None = None  # the chat's Author's Note
-
-    @property
-    def greetings(self) -> list[str]:
-        return list(self.card.greetings) if self.card is not None else []
-
-    def extras(self, tokenizer: SegmentTokenizer | None = None) -> ChatExtras | None:
-        """The prompt's dynamic part (lore, the Author's Note); None when there is neither."""
-        from app.cards.prompting import LoreSession, plain_prompt
-        from app.session.lore import ChatExtras
-
-        if not self.books and self.note is None and (self.card is None or self.card.depth_prompt is None):
-            return None
-        cp = self.card or plain_prompt(self.system, self.user, self.char)
-        lore = None
-        if self.books:
-            lore = LoreSession(cp, self.books, self.lore_placement, tokenizer.count if tokenizer is not None else None)
-        return ChatExtras(cp, lore, self.note)
-
-    def builder(self, fmt: str, info: ModelInfo | None, tokenizer: SegmentTokenizer | None) -> PromptBuilder:
-        from app.prompt.builder import PromptBuilder
-        from app.prompt.segments import Speakers
-
-        extras = self.extras(tokenizer)
-        if self.card is None:
-            return PromptBuilder(
-                fmt,
-                info=info,
-                tokenizer=tokenizer,
-                system=self.system,
-                speakers=Speakers(self.user, self.char),
-                dynamic=extras,
-            )
-        cp = self.card
-        return PromptBuilder(
-            fmt,
-            info=info,
-            tokenizer=tokenizer,
-            system=cp.system or None,
-            speakers=Speakers(cp.user, cp.char),
-            examples=cp.examples,
-            post_history=cp.post_history,
-            dynamic=extras,
-            pin_examples=self.pin_examples,
-        )
 
 
 @dataclass
