@@ -1,13 +1,21 @@
-"""`cattery quantize` (GGUF → quantized GGUF through llama.cpp) and `cattery eval` (perplexity).
+"""`cattery quantize`: GGUF → one quantized GGUF per `--type`, through `converters/quantize.py`.
 
-Thin calls into `converters/quantize.py` and `converters/perplexity.py`.
+The flags become a `TypeOptions` here, once; every estimate is printed and every refusal
+made before the first file is written, and one progress line fills once over all the files.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.progress import Progress
+    from converters.quant_types import QuantType
 
 
 def _named(ref: str) -> bool:
@@ -23,7 +31,6 @@ def _named(ref: str) -> bool:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from app.cli import model_argument, open_workspace
     from app.cli_convert import progress_printer
-    from converters.quantize import quantize_command
 
     ws = open_workspace()
     named = _named(args.src)
@@ -33,17 +40,84 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         # go into the library (where `models list` shows them), not beside a cache blob or in site-packages.
         ws.paths.models_dir.mkdir(parents=True, exist_ok=True)
         args.output = str(ws.paths.models_dir) + os.sep
-    return int(quantize_command(args, progress=progress_printer("quantize")) or 0)
+    return quantize_files(args, progress_printer("quantize"))
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from app.cli import model_argument, open_workspace
-    from app.engine.options import parse_gpu_layers
-    from converters.perplexity import eval_command
+def _unique_types(names: Sequence[str]) -> list[QuantType]:
+    from converters.quant_types import lookup
 
-    parse_gpu_layers(args.gpu_layers)  # a bad value is refused before a download or a load
-    args.model_ref = str(model_argument(open_workspace(), args.model_ref))
-    return int(eval_command(args) or 0)
+    out: list[QuantType] = []
+    for name in names:
+        qt = lookup(name)
+        if qt not in out:
+            out.append(qt)
+    return out
+
+
+def quantize_files(args: argparse.Namespace, progress: Progress | None = None) -> int:
+    """Every `--type` of one input: estimates first (all that `--dry-run` does), then the files."""
+    from app.resources import require_disk
+    from converters.imatrix import read_imatrix
+    from converters.quant_types import TypeOptions
+    from converters.quantize import (
+        check_imatrix,
+        check_requantize,
+        estimate,
+        input_sizes,
+        output_paths,
+        quantize,
+        read_source,
+    )
+
+    src = Path(args.src)
+    qtypes = _unique_types(args.types)
+    outs = output_paths(src, Path(args.output) if args.output else None, qtypes)
+    source = read_source(src)
+    imat = read_imatrix(Path(args.imatrix)) if args.imatrix else None
+    options = TypeOptions.parse(
+        leave_output_tensor=args.leave_output_tensor,
+        pure=args.pure,
+        tensor_types=args.tensor_type or [],
+        output_tensor_type=args.output_tensor_type,
+        token_embedding_type=args.token_embedding_type,
+    )
+    estimates = [estimate(source, qt, options, imatrix=imat) for qt in qtypes]
+    for est, out in zip(estimates, outs, strict=True):
+        print(f"{est.summary()} → {out}", file=sys.stdout if args.dry_run else sys.stderr)
+    if args.dry_run:
+        missing = [e.qtype.name for e in estimates if e.needs_imatrix and imat is None]
+        if missing:
+            print(f"without --imatrix llama.cpp will refuse {', '.join(missing)}", file=sys.stderr)
+        return 0
+    for est in estimates:  # every refusal before the first file is written
+        check_requantize(source, est, args.allow_requantize)
+        check_imatrix(source, est, imat)
+    folder = outs[0].parent
+    require_disk(folder, sum(e.size for e in estimates), "the outputs" if len(outs) > 1 else outs[0].name)
+    per_file = len(source.tensors)
+    src_bytes = sum(input_sizes(source).values())
+    for i, (qt, out) in enumerate(zip(qtypes, outs, strict=True)):
+        # one running count over all the files, so a progress bar fills once
+        step = None
+        if progress is not None:
+            step = lambda done, _total, what, nbytes=0, _tb=0, i=i: progress(  # noqa: E731
+                i * per_file + done, per_file * len(outs), what, i * src_bytes + nbytes, src_bytes * len(outs)
+            )
+        report = quantize(
+            src,
+            out,
+            qt.name,
+            options=options,
+            threads=args.threads,
+            imatrix=imat,
+            progress=step,
+            allow_requantize=args.allow_requantize,
+        )
+        end_line = getattr(progress, "end_line", None)  # the progress line stays above the summary
+        if end_line is not None:
+            end_line()
+        print(report.summary())
+    return 0
 
 
 def _types_epilog() -> str:
@@ -94,14 +168,3 @@ def add_parser(sub: Any) -> None:
         "--allow-requantize", action="store_true", help="quantize tensors that are already quantized (loses quality)"
     )
     p.set_defaults(func=cmd_quantize)
-    p = sub.add_parser("eval", help="perplexity of a model over a text file (as llama.cpp's perplexity tool)")
-    p.add_argument("model_ref", metavar="M", help="a .gguf path, a library name, or owner/repo[:QUANT|:file]")
-    p.add_argument("text", metavar="TEXT_FILE")
-    p.add_argument("--ctx", type=int, default=512, metavar="N", help="chunk size in tokens (default 512)")
-    p.add_argument("--threads", type=int, metavar="N")
-    p.add_argument(
-        "--gpu-layers", metavar="auto|all|N", help="layers to offload to the GPU, as `cattery chat` (default auto)"
-    )
-    p.add_argument("--chunks", type=int, metavar="N", help="evaluate only the first N chunks")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)

@@ -21,12 +21,9 @@ float32 exponentials as the tool's does.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,7 +70,14 @@ class _Scorer:
 
         from app.engine.llama_log import LOG
         from app.engine.metadata import read_model_info
-        from app.engine.native import NativeModel, Vocab, ensure_backend, offload_supported, set_fields
+        from app.engine.native import (
+            Vocab,
+            ensure_backend,
+            load_model,
+            new_context,
+            offload_supported,
+            offloaded_layers,
+        )
         from app.engine.options import LoadOptions, round_ctx
         from app.engine.placement import choose_gpu_layers
 
@@ -84,38 +88,35 @@ class _Scorer:
         options = LoadOptions(ctx=round_ctx(n_ctx), batch=min(n_ctx, MAX_BATCH), gpu_layers=gpu_layers)
         self.choice = choose_gpu_layers(info, round_ctx(n_ctx), options, offload=offload_supported())
         mark = LOG.mark()
-        mp = L.llama_model_default_params()
-        mp.n_gpu_layers = self.choice.gpu_layers
-        self.model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
         self.ctx = None
         self.batch = None
-        if not self.model:
-            raise ModelFileError(f"{path}: llama.cpp cannot load it: {NativeModel._reason(mark)}")
-        self.vocab = Vocab()
-        self.vocab._init_vocab(self.model)
+        self.model = load_model(path, mark, n_gpu_layers=self.choice.gpu_layers)
+        self.vocab = Vocab(self.model)
         self.n_vocab = self.vocab.n_vocab
         self.n_ctx_train = int(L.llama_model_n_ctx_train(self.model))
         self.n_batch = min(n_ctx, MAX_BATCH)
         n_threads = threads or os.cpu_count() or 1
-        cp = L.llama_context_default_params()
-        set_fields(
-            cp,
-            n_ctx=round_ctx(n_ctx),
-            n_batch=self.n_batch,
-            n_ubatch=self.n_batch,
-            n_seq_max=1,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            no_perf=True,
-        )
-        self.ctx = L.llama_init_from_model(self.model, cp)
-        if not self.ctx:
+        try:
+            self.ctx = new_context(
+                self.model,
+                path,
+                mark,
+                f"a context of {n_ctx}",
+                n_ctx=round_ctx(n_ctx),
+                n_batch=self.n_batch,
+                n_ubatch=self.n_batch,
+                n_seq_max=1,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                no_perf=True,
+            )
+        except ModelFileError:
             self.close()
-            raise ModelFileError(f"{path}: llama.cpp cannot create a context of {n_ctx}: {NativeModel._reason(mark)}")
+            raise
         self.memory = L.llama_get_memory(self.ctx)
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
         n_layer = int(L.llama_model_n_layer(self.model))
-        self.gpu_layers = NativeModel.offloaded_layers(LOG.lines_since(mark), self.choice.gpu_layers, n_layer)
+        self.gpu_layers = offloaded_layers(LOG.lines_since(mark), self.choice.gpu_layers, n_layer)
         self.placement = "CPU" if self.gpu_layers <= 0 else f"GPU {self.gpu_layers}/{n_layer + 1} layers"
 
     def tokenize(self, text: str) -> list[int]:
@@ -249,40 +250,3 @@ def perplexity(
         placement=scorer.placement,
         gpu_layers=scorer.gpu_layers,
     )
-
-
-# A perplexity text is a corpus sample (wikitext-2's test set is 1.3 MB); 256 MB is hours of
-# evaluation on a CPU, and reading more would only fill the memory.
-MAX_EVAL_TEXT = 256 << 20
-
-
-def _read_text(path: Path) -> str:
-    from app.untrusted import read_text_bounded
-
-    return read_text_bounded(path, MAX_EVAL_TEXT, "text file")
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    from app.cli_convert import progress_printer
-    from app.engine.options import parse_gpu_layers
-    from app.session.workspace import Workspace
-
-    gpu_layers = parse_gpu_layers(getattr(args, "gpu_layers", None))
-    text = _read_text(Path(args.text))
-    path = Workspace().resolve_model(args.model_ref)
-    report = perplexity(
-        path,
-        text,
-        n_ctx=args.ctx,
-        threads=getattr(args, "threads", None),
-        chunks=getattr(args, "chunks", None),
-        progress=progress_printer("eval", unit="chunks"),
-        gpu_layers=gpu_layers,
-    )
-    if report.warning:
-        print(f"cattery: warning: {report.warning}", file=sys.stderr)
-    if getattr(args, "json", False):
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print(f"{path.name}: {report.summary()}")
-    return 0

@@ -53,6 +53,26 @@ class TypeOptions:
     token_embedding_type: str | None = None
     has_imatrix: bool = False
 
+    @classmethod
+    def parse(
+        cls,
+        *,
+        leave_output_tensor: bool = False,
+        pure: bool = False,
+        tensor_types: Sequence[str] = (),
+        output_tensor_type: str | None = None,
+        token_embedding_type: str | None = None,
+    ) -> TypeOptions:
+        """The options as llama-quantize's flags spell them (type names in any case, `PATTERN=TYPE`
+        overrides), checked here once so that every caller passes the parsed object on."""
+        return cls(
+            leave_output_tensor=leave_output_tensor,
+            pure=pure,
+            overrides=parse_tensor_types(tensor_types),
+            output_tensor_type=parse_ggml_type(output_tensor_type) if output_tensor_type else None,
+            token_embedding_type=parse_ggml_type(token_embedding_type) if token_embedding_type else None,
+        )
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -194,6 +214,22 @@ def parse_ggml_type(text: str) -> str:
     if wanted in _ggml_table():
         return wanted
     raise CatteryError(f"unknown tensor type {text!r}; known: {', '.join(n.lower() for n in _ggml_table())}")
+
+
+def parse_tensor_types(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """`PATTERN=TYPE` overrides as llama-quantize takes them: the pattern lower-cased, searched as a regex."""
+    out = []
+    for item in items:
+        pattern, sep, type_text = item.partition("=")
+        if not sep or not pattern or not type_text:
+            raise CatteryError(f"--tensor-type {item!r}: expected PATTERN=TYPE, e.g. attn_v=q8_0")
+        pattern = pattern.lower()
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise CatteryError(f"--tensor-type {item!r}: not a regular expression: {exc}") from None
+        out.append((pattern, parse_ggml_type(type_text)))
+    return tuple(out)
 
 
 def block_size(name: str) -> int:

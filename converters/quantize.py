@@ -19,18 +19,16 @@ process exits first, the operating system ends it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +46,6 @@ from converters.quant_types import (
     ggml_type_id,
     is_quantized,
     lookup,
-    parse_ggml_type,
     plan_types,
     tensor_bytes,
 )
@@ -183,41 +180,6 @@ class QuantEstimate:
         )
 
 
-def parse_tensor_types(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """`PATTERN=TYPE` overrides as llama-quantize takes them: the pattern lower-cased, searched as a regex."""
-    out = []
-    for item in items:
-        pattern, sep, type_text = item.partition("=")
-        if not sep or not pattern or not type_text:
-            raise CatteryError(f"--tensor-type {item!r}: expected PATTERN=TYPE, e.g. attn_v=q8_0")
-        pattern = pattern.lower()
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise CatteryError(f"--tensor-type {item!r}: not a regular expression: {exc}") from None
-        out.append((pattern, parse_ggml_type(type_text)))
-    return tuple(out)
-
-
-def _type_options(
-    *,
-    leave_output_tensor: bool,
-    pure: bool,
-    tensor_types: Sequence[str],
-    has_imatrix: bool,
-    output_tensor_type: str | None,
-    token_embedding_type: str | None,
-) -> TypeOptions:
-    return TypeOptions(
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        overrides=parse_tensor_types(tensor_types),
-        output_tensor_type=parse_ggml_type(output_tensor_type) if output_tensor_type else None,
-        token_embedding_type=parse_ggml_type(token_embedding_type) if token_embedding_type else None,
-        has_imatrix=has_imatrix,
-    )
-
-
 def _pad(n: int) -> int:
     return n + (-n % ALIGNMENT)
 
@@ -225,27 +187,16 @@ def _pad(n: int) -> int:
 def estimate(
     src: Path | SourceModel,
     qtype: str | QuantType,
+    options: TypeOptions | None = None,
     *,
-    leave_output_tensor: bool = False,
-    pure: bool = False,
-    tensor_types: Sequence[str] = (),
     imatrix: Path | ImportanceMatrix | None = None,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
 ) -> QuantEstimate:
     """The output's size from the tensor list: each tensor's type under the file type's mixture,
     the types' block sizes (gguf-py's GGML_QUANT_SIZES) and llama.cpp's padding."""
     source = src if isinstance(src, SourceModel) else read_source(Path(src))
     qt = qtype if isinstance(qtype, QuantType) else lookup(qtype)
     imat = read_imatrix(Path(imatrix)) if isinstance(imatrix, str | Path) else imatrix
-    opts = _type_options(
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        tensor_types=tensor_types,
-        has_imatrix=imat is not None,
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-    )
+    opts = replace(options or TypeOptions(), has_imatrix=imat is not None)
     try:
         plan = plan_types(qt, source.shape, source.tensors, opts)
     except CatteryError as exc:
@@ -267,7 +218,7 @@ def input_sizes(source: SourceModel) -> dict[str, int]:
 # -- checks before starting -----------------------------------------------------------
 
 
-def _check_requantize(source: SourceModel, est: QuantEstimate, allow: bool) -> None:
+def check_requantize(source: SourceModel, est: QuantEstimate, allow: bool) -> None:
     if allow:
         return
     for t in est.plan.tensors:
@@ -278,7 +229,7 @@ def _check_requantize(source: SourceModel, est: QuantEstimate, allow: bool) -> N
             )
 
 
-def _check_imatrix(source: SourceModel, est: QuantEstimate, imatrix: ImportanceMatrix | None) -> None:
+def check_imatrix(source: SourceModel, est: QuantEstimate, imatrix: ImportanceMatrix | None) -> None:
     needing = [t for t in est.plan.tensors if t.changes and t.needs_imatrix]
     if imatrix is None:
         if needing:
@@ -322,8 +273,6 @@ def _native_params(
     ftype: int,
     *,
     threads: int | None,
-    leave_output_tensor: bool,
-    pure: bool,
     allow_requantize: bool,
     opts: TypeOptions,
     imatrix: ImportanceMatrix | None,
@@ -339,9 +288,9 @@ def _native_params(
         "nthread": int(threads or 0),
         "ftype": ftype,
         "allow_requantize": allow_requantize,
-        "quantize_output_tensor": not leave_output_tensor,
+        "quantize_output_tensor": not opts.leave_output_tensor,
         "only_copy": False,
-        "pure": pure,
+        "pure": opts.pure,
         "keep_split": False,
         "dry_run": False,
     }
@@ -501,15 +450,11 @@ def quantize(
     out: Path,
     qtype: str,
     *,
+    options: TypeOptions | None = None,
     threads: int | None = None,
-    leave_output_tensor: bool = False,
-    pure: bool = False,
-    tensor_types: Sequence[str] = (),
     imatrix: Path | ImportanceMatrix | None = None,
     progress: Progress | None = None,
     allow_requantize: bool = False,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
 ) -> QuantReport:
     """Quantize `src` to `out` as `qtype` (a llama-quantize type name: Q4_K_M, IQ4_XS, …).
 
@@ -522,18 +467,10 @@ def quantize(
     qt = lookup(qtype)
     source = read_source(src)
     imat = read_imatrix(Path(imatrix)) if isinstance(imatrix, str | Path) else imatrix
-    est = estimate(
-        source,
-        qt,
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        tensor_types=tensor_types,
-        imatrix=imat,
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-    )
-    _check_requantize(source, est, allow_requantize)
-    _check_imatrix(source, est, imat)
+    opts = replace(options or TypeOptions(), has_imatrix=imat is not None)
+    est = estimate(source, qt, opts, imatrix=imat)
+    check_requantize(source, est, allow_requantize)
+    check_imatrix(source, est, imat)
     if out.exists() and out.is_dir():
         raise CatteryError(f"{out}: is a folder; give the output file's name")
     with contextlib.suppress(OSError):
@@ -549,23 +486,7 @@ def quantize(
     except OSError as exc:
         raise CatteryError(f"{out.parent}: cannot make the output folder: {exc.strerror}") from None
     require_disk(out.parent, est.size, out.name)
-    opts = _type_options(
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        tensor_types=tensor_types,
-        has_imatrix=imat is not None,
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-    )
-    native = _native_params(
-        qt.ftype,
-        threads=threads,
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        allow_requantize=allow_requantize,
-        opts=opts,
-        imatrix=imat,
-    )
+    native = _native_params(qt.ftype, threads=threads, allow_requantize=allow_requantize, opts=opts, imatrix=imat)
     ensure_backend()
     clean_leftovers(out.parent)  # what a killed quantization into this folder left
     try:
@@ -598,7 +519,7 @@ def quantize(
     )
 
 
-# -- the command ------------------------------------------------------------------------
+# -- output names -----------------------------------------------------------------------
 
 _TYPE_SUFFIX = re.compile(r"[-._](f32|f16|fp16|fp32|bf16|q\d(_[a-z0-9]+)*|iq\d(_[a-z0-9]+)*|tq\d_\d|mxfp4\w*)$", re.I)
 
@@ -628,65 +549,3 @@ def output_paths(src: Path, output: Path | None, qtypes: Sequence[QuantType]) ->
         raise CatteryError(f"{output}: not a folder")
     stem = output_stem(src)
     return [output / f"{stem}.{qt.name}.gguf" for qt in qtypes]
-
-
-def _unique_types(names: Sequence[str]) -> list[QuantType]:
-    out: list[QuantType] = []
-    for name in names:
-        qt = lookup(name)
-        if qt not in out:
-            out.append(qt)
-    return out
-
-
-def quantize_command(args: argparse.Namespace, progress: Progress | None = None) -> int:
-    src = Path(args.src)
-    qtypes = _unique_types(args.types)
-    outs = output_paths(src, Path(args.output) if args.output else None, qtypes)
-    source = read_source(src)
-    imat = read_imatrix(Path(args.imatrix)) if getattr(args, "imatrix", None) else None
-    common: dict[str, Any] = {
-        "leave_output_tensor": bool(getattr(args, "leave_output_tensor", False)),
-        "pure": bool(getattr(args, "pure", False)),
-        "tensor_types": list(getattr(args, "tensor_type", None) or []),
-        "output_tensor_type": getattr(args, "output_tensor_type", None),
-        "token_embedding_type": getattr(args, "token_embedding_type", None),
-    }
-    estimates = [estimate(source, qt, imatrix=imat, **common) for qt in qtypes]
-    for est, out in zip(estimates, outs, strict=True):
-        print(f"{est.summary()} → {out}", file=sys.stdout if args.dry_run else sys.stderr)
-    if args.dry_run:
-        missing = [e.qtype.name for e in estimates if e.needs_imatrix and imat is None]
-        if missing:
-            print(f"without --imatrix llama.cpp will refuse {', '.join(missing)}", file=sys.stderr)
-        return 0
-    allow = bool(getattr(args, "allow_requantize", False))
-    for est in estimates:  # every refusal before the first file is written
-        _check_requantize(source, est, allow)
-        _check_imatrix(source, est, imat)
-    folder = outs[0].parent
-    require_disk(folder, sum(e.size for e in estimates), "the outputs" if len(outs) > 1 else outs[0].name)
-    per_file = len(source.tensors)
-    src_bytes = sum(input_sizes(source).values())
-    for i, (qt, out) in enumerate(zip(qtypes, outs, strict=True)):
-        # one running count over all the files, so a progress bar fills once
-        step = None
-        if progress is not None:
-            step = lambda done, _total, what, nbytes=0, _tb=0, i=i: progress(  # noqa: E731
-                i * per_file + done, per_file * len(outs), what, i * src_bytes + nbytes, src_bytes * len(outs)
-            )
-        report = quantize(
-            src,
-            out,
-            qt.name,
-            threads=getattr(args, "threads", None),
-            imatrix=imat,
-            progress=step,
-            allow_requantize=allow,
-            **common,
-        )
-        end_line = getattr(progress, "end_line", None)  # the progress line stays above the summary
-        if end_line is not None:
-            end_line()
-        print(report.summary())
-    return 0

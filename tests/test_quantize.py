@@ -10,6 +10,7 @@ vocabulary, so llama.cpp loads and runs it too.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import math
 import re
@@ -34,7 +35,7 @@ from app.resources import require_disk
 from converters import quantize as Q
 from converters.imatrix import read_imatrix
 from converters.perplexity import perplexity
-from converters.quant_types import all_types, lookup, tensor_bytes
+from converters.quant_types import TypeOptions, all_types, lookup, tensor_bytes
 from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.gguf_files import dequantized_copy, split_copy, write_gguf
 
@@ -174,23 +175,8 @@ def llama_dry_run(src: Path, qtype: str, imatrix: Path | None = None, **options:
     ensure_backend()
     qt = lookup(qtype)
     imat = read_imatrix(imatrix) if imatrix else None
-    opts = Q._type_options(
-        leave_output_tensor=bool(options.get("leave_output_tensor", False)),
-        pure=bool(options.get("pure", False)),
-        tensor_types=list(options.get("tensor_types", ())),  # type: ignore[call-overload]
-        has_imatrix=imat is not None,
-        output_tensor_type=options.get("output_tensor_type"),  # type: ignore[arg-type]
-        token_embedding_type=options.get("token_embedding_type"),  # type: ignore[arg-type]
-    )
-    native = Q._native_params(
-        qt.ftype,
-        threads=1,
-        leave_output_tensor=opts.leave_output_tensor,
-        pure=opts.pure,
-        allow_requantize=False,
-        opts=opts,
-        imatrix=imat,
-    )
+    opts = dataclasses.replace(TypeOptions.parse(**options), has_imatrix=imat is not None)  # type: ignore[arg-type]
+    native = Q._native_params(qt.ftype, threads=1, allow_requantize=False, opts=opts, imatrix=imat)
     native.params.dry_run = True
     mark = LOG.mark()
     rc = L.llama_model_quantize(str(src).encode(), str(src.with_suffix(".none")).encode(), ctypes.byref(native.params))
@@ -305,9 +291,10 @@ def test_the_estimated_types_are_llama_cpps_for_every_type(tiny: Path, f32_model
     ]
     checked = 0
     for src, qtype, options in cases:
-        rc, theirs, they_need = llama_dry_run(src, qtype, **options)
+        flags = {k: v for k, v in options.items() if k != "imatrix"}
+        rc, theirs, they_need = llama_dry_run(src, qtype, options.get("imatrix"), **flags)
         try:
-            est = Q.estimate(src, qtype, **options)
+            est = Q.estimate(src, qtype, TypeOptions.parse(**flags), imatrix=options.get("imatrix"))
         except CatteryError:
             assert rc != 0, f"{src.name} {qtype}: refused here, made by llama.cpp"
             continue
@@ -377,16 +364,20 @@ def test_q4_k_m_mixture_with_rows_that_do_not_fit(q4km: Q.QuantReport) -> None:
 
 
 def test_pure_leave_output_and_overrides(tiny: Path, work: Path) -> None:
-    pure = Q.quantize(tiny, work / "tiny-pure.gguf", "Q4_K_M", pure=True, threads=2)
+    pure = Q.quantize(tiny, work / "tiny-pure.gguf", "Q4_K_M", options=TypeOptions(pure=True), threads=2)
     types = tensor_types(pure.out)
     assert {ty for n, ty in types.items() if not n.endswith("norm.weight")} == {"Q4_K"}
 
-    kept = Q.quantize(tiny, work / "tiny-keep-output.gguf", "Q4_K_M", leave_output_tensor=True, threads=2)
+    kept = Q.quantize(
+        tiny, work / "tiny-keep-output.gguf", "Q4_K_M", options=TypeOptions(leave_output_tensor=True), threads=2
+    )
     types = tensor_types(kept.out)
     assert types["output.weight"] == "F16"
     assert types["blk.0.attn_v.weight"] == "Q6_K" and types["blk.1.attn_v.weight"] == "Q4_K"
 
-    over = Q.quantize(tiny, work / "tiny-override.gguf", "Q4_K_M", tensor_types=["attn_q=q8_0"], threads=2)
+    over = Q.quantize(
+        tiny, work / "tiny-override.gguf", "Q4_K_M", options=TypeOptions.parse(tensor_types=["attn_q=q8_0"]), threads=2
+    )
     types = tensor_types(over.out)
     assert {ty for n, ty in types.items() if n.endswith("attn_q.weight")} == {"Q8_0"}
     assert types["blk.1.attn_k.weight"] == "Q4_K" and types["output.weight"] == "Q6_K"

@@ -52,6 +52,11 @@ def offload_supported() -> bool:
     return bool(L.llama_supports_gpu_offload())
 
 
+# What llama_decode returns (llama.h): 0 done, 1 no KV slot for the batch (the context is
+# full), 2 aborted by the abort callback (our cancel switch); negative: an error.
+DECODE_OK = 0
+DECODE_NO_SLOT = 1
+DECODE_ABORTED = 2
 GPU_DEVICE_TYPES = (1, 2)  # ggml_backend_dev_type: GPU, IGPU (ggml-backend.h of the installed wheel)
 
 
@@ -144,13 +149,58 @@ class AbortFlag:
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
+def load_failure(mark: int) -> str:
+    """Why llama.cpp refused a load since `mark`, as one line from its own log."""
+    errors = LOG.errors_since(mark)
+    useful = [e for e in errors if "failed to load model" not in e] or errors
+    if not useful:
+        return "see the llama.cpp log (`cattery paths` shows where)"
+    # "llama_model_load: error loading model: unknown model architecture: 'x'" → the reason alone
+    reason = re.sub(r"^\w+: ", "", useful[0])
+    return reason.removeprefix("error loading model: ")
+
+
+def load_model(path: Path, mark: int, what: str = "load it", **params: Any) -> Any:
+    """llama_model_load_from_file with `params` set on the defaults: the model pointer, or a one-line
+    ModelFileError with llama.cpp's reason (from its log since `mark`). The caller frees the model."""
+    ensure_backend()
+    mp = L.llama_model_default_params()
+    set_fields(mp, **params)
+    model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+    if not model:
+        raise ModelFileError(f"{path}: llama.cpp cannot {what}: {load_failure(mark)}")
+    return model
+
+
+def new_context(model: Any, path: Path, mark: int, what: str = "the context", **params: Any) -> Any:
+    """llama_init_from_model with `params` set on the defaults, or a one-line ModelFileError; the model
+    stays the caller's to free either way."""
+    cp = L.llama_context_default_params()
+    set_fields(cp, **params)
+    ctx = L.llama_init_from_model(model, cp)
+    if not ctx:
+        raise ModelFileError(f"{path}: llama.cpp cannot create {what}: {load_failure(mark)}")
+    return ctx
+
+
+def offloaded_layers(load_log: list[str], requested: int, n_layer: int) -> int:
+    """The layers llama.cpp says it offloaded in a load's log; else what was asked, capped."""
+    for line in load_log:
+        m = _OFFLOADED.search(line)
+        if m:
+            return int(m.group(1))
+    if not L.llama_supports_gpu_offload():
+        return 0
+    return n_layer + 1 if requested < 0 else min(requested, n_layer + 1)
+
+
 class Vocab:
-    """Token helpers over a loaded llama vocabulary (`self.vocab`)."""
+    """Token helpers over the vocabulary of a loaded llama model (which must outlive them)."""
 
     vocab: Any
     n_vocab: int
 
-    def _init_vocab(self, model: Any) -> None:
+    def __init__(self, model: Any) -> None:
         self.vocab = L.llama_model_get_vocab(model)
         self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
         self._pieces: dict[int, bytes] = {}
@@ -206,14 +256,8 @@ class VocabModel(Vocab):
 
     def __init__(self, path: Path) -> None:
         ensure_backend()
-        mark = LOG.mark()
-        mp = L.llama_model_default_params()
-        set_fields(mp, vocab_only=True)
-        model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
-        if not model:
-            raise ModelFileError(f"{path}: llama.cpp cannot load its vocabulary: {NativeModel._reason(mark)}")
-        self.model = model
-        self._init_vocab(model)
+        self.model = load_model(path, LOG.mark(), "load its vocabulary", vocab_only=True)
+        super().__init__(self.model)
 
     def close(self) -> None:
         if getattr(self, "model", None):
@@ -239,7 +283,6 @@ class NativeModel(Vocab):
         self.path = path
         mark = LOG.mark()
 
-        mp = L.llama_model_default_params()
         if options.mmap and options.mlock:
             mode = L.LLAMA_LOAD_MODE_MMAP_MLOCK
         elif options.mmap:
@@ -253,16 +296,12 @@ class NativeModel(Vocab):
         if progress is not None:
             self._progress_cb = L.llama_progress_callback(lambda value, _data: bool(progress(value)))
             fields["progress_callback"] = self._progress_cb
-        set_fields(mp, **fields)
-        model = L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
-        if not model:
-            raise ModelFileError(f"{path}: llama.cpp cannot load it: {self._reason(mark)}")
+        model = load_model(path, mark, **fields)
         self.model = model
-        self._init_vocab(model)
+        super().__init__(model)
         self.n_layer = int(L.llama_model_n_layer(model))
         self.n_ctx_train = int(L.llama_model_n_ctx_train(model))
 
-        cp = L.llama_context_default_params()
         flash = {
             "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
             "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -288,42 +327,21 @@ class NativeModel(Vocab):
         if options.rope_scale:
             ctx_fields["rope_scaling_type"] = L.LLAMA_ROPE_SCALING_TYPE_LINEAR
             ctx_fields["rope_freq_scale"] = 1.0 / float(options.rope_scale)
-        set_fields(cp, **ctx_fields)
-        ctx = L.llama_init_from_model(model, cp)
-        if not ctx:
+        try:
+            ctx = new_context(model, path, mark, **ctx_fields)
+        except ModelFileError:
             L.llama_model_free(model)
             self.model = None
-            raise ModelFileError(f"{path}: llama.cpp cannot create the context: {self._reason(mark)}")
+            raise
         self.ctx = ctx
         self.memory = L.llama_get_memory(ctx)
         self.n_ctx = int(L.llama_n_ctx(ctx))
         self.n_batch = options.batch
         self.kv_tokens: list[int] = []
         self.load_log = LOG.lines_since(mark)
-        self.gpu_layers_offloaded = self.offloaded_layers(self.load_log, gpu_layers, self.n_layer)
+        self.gpu_layers_offloaded = offloaded_layers(self.load_log, gpu_layers, self.n_layer)
         self._one = (L.llama_token * 1)()
         self._one_batch = L.llama_batch_get_one(self._one, 1)
-
-    @staticmethod
-    def _reason(mark: int) -> str:
-        errors = LOG.errors_since(mark)
-        useful = [e for e in errors if "failed to load model" not in e] or errors
-        if not useful:
-            return "see the llama.cpp log (`cattery paths` shows where)"
-        # "llama_model_load: error loading model: unknown model architecture: 'x'" → the reason alone
-        reason = re.sub(r"^\w+: ", "", useful[0])
-        return reason.removeprefix("error loading model: ")
-
-    @staticmethod
-    def offloaded_layers(load_log: list[str], requested: int, n_layer: int) -> int:
-        """The layers llama.cpp says it offloaded in a load's log; else what was asked, capped."""
-        for line in load_log:
-            m = _OFFLOADED.search(line)
-            if m:
-                return int(m.group(1))
-        if not L.llama_supports_gpu_offload():
-            return 0
-        return n_layer + 1 if requested < 0 else min(requested, n_layer + 1)
 
     # -- KV cache -----------------------------------------------------------------
 
@@ -362,21 +380,21 @@ class NativeModel(Vocab):
             chunk = tokens[start : start + step]
             arr = (L.llama_token * len(chunk))(*chunk)
             status = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
-            if status != 0:
+            if status != DECODE_OK:
                 L.llama_memory_seq_rm(self.memory, 0, len(self.kv_tokens), -1)
                 return int(status)
             self.kv_tokens.extend(chunk)
-        return 0
+        return DECODE_OK
 
     def decode_one(self, token: int) -> int:
         """The hot path of generation: one token through a batch made once."""
         self._one[0] = token
         status = L.llama_decode(self.ctx, self._one_batch)
-        if status != 0:
+        if status != DECODE_OK:
             L.llama_memory_seq_rm(self.memory, 0, len(self.kv_tokens), -1)
             return int(status)
         self.kv_tokens.append(token)
-        return 0
+        return DECODE_OK
 
     def warmup(self) -> None:
         """Touch every weight once so the first real token is not slowed by mmap paging."""
