@@ -39,6 +39,7 @@ def test_a_chat_whose_window_slid_is_shifted_not_re_evaluated(engine: Engine) ->
         seg(engine, "user", "Write a short poem about an old cat watching the rain."),
     ]
     first = [t for part in [pinned, *turns] for t in part] + gen_prefix
+    engine.reset()
     engine.generate(first, greedy).result()
 
     # The window slides: the first exchange is evicted, a new one is added.
@@ -125,6 +126,7 @@ def test_without_shift_everything_after_the_prefix_is_evaluated(engine: Engine) 
     a = seg(engine, "user", "First message that will be evicted from the window soon enough.")
     b = seg(engine, "user", "Second message that stays in the window for the next turn as well.")
     gen = engine.tokenize("<|im_start|>assistant\n", add_bos=False)
+    engine.reset()
     engine.generate(pinned + a + b + gen, greedy).result()
     g = engine.generate(pinned + b + gen, greedy, allow_shift=False)
     g.result()

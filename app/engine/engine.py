@@ -249,6 +249,11 @@ class Engine:
         """What the next generation of `prompt` would reuse and evaluate, without running it."""
         return self._run(lambda m: plan_reuse(m.kv_tokens, self._prompt_tokens(m, prompt, None), m.can_shift))
 
+    def reset(self) -> None:
+        """Forget the KV cache, so the next prompt is evaluated from scratch: the benches
+        time cold evaluation with it and the tests start from a known cache."""
+        self._run(lambda m: m.clear_kv())
+
     def close(self) -> None:
         current = self._current
         if current is not None:
@@ -323,7 +328,7 @@ class Engine:
                 m.abort.clear()
 
     def _generate_on(self, m: NativeModel, gen: Generation) -> GenerationStats:
-        from app.engine.native import L
+        from app.engine.native import DECODE_ABORTED, DECODE_OK, L
 
         s = gen.sampler
         seed = s.seed if s.seed is not None else secrets.randbelow(0xFFFFFFFF)
@@ -350,10 +355,10 @@ class Engine:
         stats.prompt_evaluated = plan.to_evaluate
         status = m.decode(tokens[plan.reused :])
         stats.prompt_seconds = time.perf_counter() - start
-        if status == 2 or gen.cancelled:
+        if status == DECODE_ABORTED or gen.cancelled:
             stats.finish_reason = "cancelled"
             return stats
-        if status != 0:
+        if status != DECODE_OK:
             raise CatteryError(f"llama.cpp could not evaluate the prompt (status {status})")
 
         chain = m.make_sampler(s, seed, tokens)
@@ -366,6 +371,8 @@ class Engine:
     def _token_loop(
         m: NativeModel, gen: Generation, chain: Any, stats: GenerationStats, start: float, L: Any
     ) -> GenerationStats:
+        from app.engine.native import DECODE_ABORTED, DECODE_NO_SLOT, DECODE_OK
+
         # Locals for the hot path: one token costs a decode, a sample and little else.
         sample, ctx, piece, decode_one = L.llama_sampler_sample, m.ctx, m.piece, m.decode_one
         is_eog, vocab = L.llama_vocab_is_eog, m.vocab
@@ -405,10 +412,10 @@ class Engine:
                 finish = "context_full"
                 break
             status = decode_one(token)
-            if status != 0:
-                if status == 2 or cancel.is_set():
+            if status != DECODE_OK:
+                if status == DECODE_ABORTED or cancel.is_set():
                     finish = "cancelled"
-                elif status == 1:
+                elif status == DECODE_NO_SLOT:
                     finish = "context_full"
                 else:
                     raise CatteryError(f"llama.cpp decode failed (status {status})")
