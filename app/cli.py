@@ -166,19 +166,19 @@ def model_argument(ws: Any, ref: str | None) -> Path:
         hub = parse_ref(ref) if ref else None
         if hub is None or "not downloaded" not in str(exc):
             raise
-    from app.cli_models import ProgressLine
     from app.hub.download import download, plan_download
+    from app.progress import ProgressPrinter
     from app.units import fmt_size
 
     plan = plan_download(hub)
     if plan.kind != "gguf":
         raise CatteryError(f"{ref}: a safetensors checkpoint, not a GGUF model: convert it with `cattery convert`")
     print(f"downloading {plan.label} ({fmt_size(plan.size)})", file=sys.stderr)
-    bar = ProgressLine(plan.label)
+    bar = ProgressPrinter(plan.label, every=10)
     try:
-        paths = download(plan, progress=bar)
+        paths = download(plan, progress=bar.download)
     finally:
-        bar.end()
+        bar.end_line()
     return paths[0]
 
 
@@ -253,20 +253,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
     sampler = ws.sampler(args.preset, _sampler_overrides(args))
     if args.tui or (not args.plain and sys.stdin.isatty() and sys.stdout.isatty()):
         return _run_tui(args, ws, sampler)
-    import secrets
-
-    from app.plain_chat import PlainChat
-    from app.prompt.tokens import tokenizer_from
+    from app.plain_chat import PlainChat, memory_store
+    from app.session.chat import ChatSession, new_chat_seed
 
     system = args.system if args.system is not None else ws.settings.get("chat", "system", "")
-    _, recipe = _recipe(args, ws, system or "", secrets.randbelow(2**31))
+    seed = new_chat_seed()
+    card_ref, recipe = _recipe(args, ws, system or "", seed)
     engine, choice = _load_engine(args, ws)
+    store = None
     try:
         report = engine.report
         assert report is not None and engine.info is not None
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
-        builder = recipe.builder(choice.name, engine.info, tokenizer_from(engine))
+        store = memory_store()  # the line chat saves nothing: its turns live as long as the run
+        session = ChatSession.create(store, recipe, sampler, card_ref=card_ref, chat_seed=seed)
+        session.attach(engine, choice)
+        builder = session.builder
+        assert builder is not None
         cp = recipe.card
         for warning in _lint_warnings(builder, builder.tokenizer):
             print(f"warning: {warning}", file=sys.stderr)
@@ -280,14 +284,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        chat = PlainChat(engine, builder, sampler, interactive=interactive, format_note=format_note)
-        if cp is not None:
-            chat.macros = cp.context
-            chat.greetings = list(cp.greetings)
-            if cp.greetings:
-                chat.greet(cp.greetings[0])
+        chat = PlainChat(session, interactive=interactive, format_note=format_note)
+        chat.greet()
         return chat.run()
     finally:
+        if store is not None:
+            store.close()
         engine.close()
 
 

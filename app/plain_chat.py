@@ -1,5 +1,10 @@
 """`cattery chat --plain`: a line-based chat on stdin/stdout, for scripts and plain terminals.
 
+A thin loop over the one chat core, `ChatSession` (app/session/chat.py), which the
+full-screen app drives too: the history, the window, macros, greetings and the reply
+reserve are the session's. The session keeps its messages in the store it was opened
+on; the line chat is given one in memory (`memory_store`), so nothing is saved.
+
 stdout carries only the model's replies (and what a slash command was asked to
 print), so a script can pipe lines in and read replies out; the banner, warnings
 and notices go to stderr. Ctrl-C stops a reply and keeps the chat going.
@@ -9,18 +14,15 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
-from app.cards.macros import MacroContext, expand
-from app.engine.engine import Engine, Generation
-from app.engine.options import SamplerSettings
-from app.engine.stats import GenerationStats
+from app.chats.store import ChatStore
 from app.errors import CatteryError
-from app.prompt.builder import BuiltPrompt, PromptBuilder
-from app.prompt.segments import Message
-from app.prompt.window import WindowState
+from app.session.chat import ChatSession
 
 HELP = """\
 /help          this list
@@ -34,30 +36,29 @@ An empty line lets the character speak again. Ctrl-C stops a reply.
 A line ending in \\ continues on the next line."""
 
 
+def memory_store() -> ChatStore:
+    """A chat store that lives as long as the process: the line chat's turns, kept only while it runs."""
+    return ChatStore(Path(":memory:"))
+
+
 @dataclass
 class PlainChat:
-    engine: Engine
-    builder: PromptBuilder
-    sampler: SamplerSettings
+    """The line chat's loop: reads lines, runs slash commands, streams each turn of `session`.
+
+    `session` has a model attached (`ChatSession.attach`) before `run`."""
+
+    session: ChatSession
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     interactive: bool = False
     format_note: str = ""
-    last_stats: GenerationStats | None = None
-    last_prompt: BuiltPrompt | None = None
-    history: list[Message] = field(default_factory=list)
-    window: WindowState = field(default_factory=WindowState)
-    macros: MacroContext | None = None  # a card's macros, expanded in what the user types
-    greetings: list[str] = field(default_factory=list)  # the card's first message and its alternatives
-    _current: Generation | None = None
 
-    def greet(self, greeting: str) -> None:
-        """The character speaks first: the greeting opens the conversation."""
-        if not self.greetings:
-            self.greetings = [greeting]
-        self.history.append(Message("assistant", greeting))
-        print(greeting, file=self.stdout if self.interactive else self.stderr, flush=True)
+    def greet(self) -> None:
+        """The character speaks first: the greeting that opens the chat is shown (none: nothing)."""
+        msgs = self.session.messages
+        if msgs and msgs[0].role == "assistant":
+            print(msgs[0].text, file=self.stdout if self.interactive else self.stderr, flush=True)
 
     def note(self, text: str) -> None:
         print(text, file=self.stderr, flush=True)
@@ -118,15 +119,9 @@ class PlainChat:
         if name == "/help":
             self.out(HELP)
         elif name == "/system":
-            if arg.strip():
-                self.builder.system = arg.strip()
-                self.note("(system prompt set)")
-            else:
-                self.out(self.builder.system or "(no system prompt)")
+            self.system(arg.strip())
         elif name == "/reset":
-            greeting = self.history[:1] if self.history and self.history[0].role == "assistant" else []
-            self.history[:] = greeting
-            self.window = WindowState()
+            self.session.clear()
             self.note("(conversation cleared)")
         elif name == "/greeting":
             self.choose_greeting(arg.strip())
@@ -138,10 +133,24 @@ class PlainChat:
             self.note(f"unknown command {name}; /help lists them")
         return None
 
+    def system(self, text: str) -> None:
+        """Set the system prompt for the rest of this run (empty: show it)."""
+        builder = self.session.builder
+        assert builder is not None
+        if text:
+            with self.session.lock:
+                builder.system = text
+            self.note("(system prompt set)")
+        else:
+            self.out(builder.system or "(no system prompt)")
+
     def lore_text(self) -> str:
         """The entries the last prompt switched on and why, and where the Author's Note went."""
-        dynamic = self.builder.dynamic
-        active = getattr(dynamic, "active", None)
+        from app.session.lore import ChatExtras
+
+        builder = self.session.builder
+        extras = builder.dynamic if builder is not None and isinstance(builder.dynamic, ChatExtras) else None
+        active = extras.active if extras is not None else None
         if active is None:
             lines = ["no lorebook in this chat"]
         else:
@@ -149,9 +158,9 @@ class PlainChat:
                 f"{a.book or 'lorebook'} #{a.entry.uid}" + (f" {a.entry.name}" if a.entry.name else "") + f": {a.why}"
                 for a in active
             ] or ["no lore entries are active"]
-        note = getattr(dynamic, "note", None)
+        note = extras.note if extras is not None else None
         if note is not None and note.text.strip():
-            built = self.last_prompt
+            built = self.session.last_built
             where = next((i for i in built.insertions if "author_note" in i.kinds), None) if built else None
             if where is not None:
                 spot = "right before the reply" if where.before is None else f"before message {where.before + 1}"
@@ -162,75 +171,66 @@ class PlainChat:
 
     def choose_greeting(self, arg: str) -> None:
         """The card's alternate greetings are the first message's swipes: pick one before you write."""
-        if not self.greetings:
+        greetings = self.session.recipe.greetings
+        if not greetings:
             self.note("this chat has no greeting")
             return
         if not arg:
-            self.out("\n".join(f"{i + 1}. {g.splitlines()[0][:100]}" for i, g in enumerate(self.greetings)))
+            self.out("\n".join(f"{i + 1}. {g.splitlines()[0][:100]}" for i, g in enumerate(greetings)))
             return
-        if not arg.isdigit() or not 1 <= int(arg) <= len(self.greetings):
-            self.note(f"/greeting takes a number from 1 to {len(self.greetings)}")
+        if not arg.isdigit() or not 1 <= int(arg) <= len(greetings):
+            self.note(f"/greeting takes a number from 1 to {len(greetings)}")
             return
-        if any(m.role == "user" for m in self.history):
+        if any(m.role == "user" for m in self.session.messages):
             self.note("the greeting can only be changed before your first message (/reset first)")
             return
-        self.history[:] = [Message("assistant", self.greetings[int(arg) - 1])]
-        self.out(self.greetings[int(arg) - 1])
+        self.out(self.session.open_with_greeting(int(arg) - 1))
 
     def stats_text(self) -> str:
-        report = self.engine.report
+        session = self.session
+        engine = session.engine
+        assert engine is not None
+        report = engine.report
         lines = []
         if report is not None:
             lines.append(
                 f"model {report.path.name}: {report.placement}, ctx {report.n_ctx} "
                 f"(trained {report.n_ctx_train}), {report.threads} threads, format: {self.format_note}"
             )
-        in_window = len(self.history) - self.window.start
-        lines.append(f"messages: {len(self.history)} ({in_window} in the window)")
-        built = self.last_prompt
+        count = len(session.messages)
+        lines.append(f"messages: {count} ({count - session.window.start} in the window)")
+        built = session.last_built
         if built is not None and built.tokens is not None:
             lines.append(
                 f"last prompt: {len(built.tokens)} tokens ({built.pinned_tokens} pinned) of a budget of "
                 f"{built.budget}; {len(built.dropped)} messages have left the window"
             )
-        lines.append(f"last reply: {self.last_stats.summary()}" if self.last_stats else "last reply: none yet")
-        if self.history:
-            upcoming = self.builder.build(
-                self.history,
-                n_ctx=self.engine.n_ctx,
-                reserve=self.reserve,
-                state=WindowState(self.window.start, self.window.examples_dropped),
+        stats = session.last_stats
+        lines.append(f"last reply: {stats.summary()}" if stats else "last reply: none yet")
+        upcoming = session.preview() if session.messages else None
+        if upcoming is not None:
+            lines.append(
+                f"next turn: your message plus {upcoming.to_evaluate} tokens to evaluate ({upcoming.reused} cached)"
             )
-            plan = self.engine.plan(upcoming.tokens or [])
-            lines.append(f"next turn: your message plus {plan.to_evaluate} tokens to evaluate ({plan.reused} cached)")
         return "\n".join(lines)
-
-    @property
-    def reserve(self) -> int:
-        return min(self.sampler.max_tokens, self.engine.n_ctx // 2)
 
     def reply(self, text: str | None) -> None:
         """A reply to `text`; None: the character speaks again after its own message (an empty line)."""
-        from app.session.chat import speak_again_history
-
-        if text is not None:
-            if self.macros is not None:
-                text = expand(text, self.macros)
-            self.history.append(Message("user", text))
+        session = self.session
+        added = None
         try:
-            prompt = self.history if text is not None else speak_again_history(self.builder, self.history)
-            built = self.builder.build(prompt, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=self.window)
-        except CatteryError as exc:
             if text is not None:
-                self.history.pop()
+                added = session.add_user(text)  # the card's macros expanded, as the app does
+            turn = session.begin("reply" if text is not None else "speak")
+        except CatteryError as exc:
+            self._take_back(added)
             self.note(f"error: {exc}")
             return
-        if built.evicted_now:
-            self.note(f"({len(built.evicted_now)} older messages left the context window)")
-        self.last_prompt = built
-        gen = self.engine.generate(built.tokens or built.text, self.sampler, stop=built.stop)
+        if turn.built.evicted_now:
+            self.note(f"({len(turn.built.evicted_now)} older messages left the context window)")
+        gen = turn.generation
         previous = signal.getsignal(signal.SIGINT)
-        in_main = _in_main_thread()
+        in_main = threading.current_thread() is threading.main_thread()
         if in_main:
             signal.signal(signal.SIGINT, lambda *_: gen.cancel())
         try:
@@ -238,8 +238,7 @@ class PlainChat:
                 self.stdout.write(piece)
                 self.stdout.flush()
         except CatteryError as exc:
-            if text is not None:
-                self.history.pop()
+            self._take_back(added)
             self.note(f"\nerror: {exc}")
             return
         finally:
@@ -247,13 +246,18 @@ class PlainChat:
                 signal.signal(signal.SIGINT, previous)
         self.stdout.write("\n")
         self.stdout.flush()
-        self.last_stats = gen.stats
-        self.history.append(Message("assistant", gen.text.strip()))
+        try:
+            session.finish(turn)
+        except CatteryError as exc:
+            self.note(f"error: {exc}")
+            return
         if gen.stats and gen.stats.finish_reason == "cancelled":
             self.note("(stopped)")
 
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    def _take_back(self, index: int | None) -> None:
+        """A message that got no reply (the prompt could not be built, the model failed) is not kept."""
+        if index is not None:
+            try:
+                self.session.delete(index)
+            except CatteryError as exc:
+                self.note(f"error: {exc}")

@@ -366,6 +366,30 @@ class ChatSession:
             self.reload()
             return count
 
+    def clear(self) -> None:
+        """Forget the conversation but the character's message that opens it (the greeting); the
+        window starts over. The line chat's `/reset`."""
+        with self.lock:
+            keep = 1 if self.messages and self.messages[0].role == "assistant" else 0
+            if len(self.messages) > keep:
+                self.store.delete_message(self.messages[keep].id, and_after=True)
+            self.window = WindowState()
+            self._save_window()
+            self.reload()
+
+    def open_with_greeting(self, number: int) -> str:
+        """Open the chat with the card's greeting `number` (0: its first message) and nothing after it;
+        the greeting's text. The greetings are the first message's alternatives (`create`), so this is
+        for a chat the user has not written in yet: the caller checks."""
+        with self.lock:
+            if len(self.messages) > 1:
+                self.store.delete_message(self.messages[1].id, and_after=True)
+            self.store.select_swipe(self.messages[0].id, number)
+            self.window = WindowState()  # a new opening: the window starts over with it
+            self._save_window()
+            self.reload()
+            return self.messages[0].text
+
     def delete_alternative(self, index: int) -> tuple[int, int]:
         """Delete the alternative shown of a message, not the message: (the one shown now, how many are left).
 
