@@ -1,9 +1,11 @@
 """The Cattery app: the screens as modes (F2…F6), the model loaded in the background, the chat
 being shown, the keymap and the theme from the settings.
 
-The app owns one engine and one chat session at a time. Screens watch two of its
-reactive attributes, `model_status` and `session_serial`, instead of being called;
-workers post messages and never touch widgets.
+The app owns one engine and one chat session at a time, kept in a `TuiState`
+(app/tui/state.py) that the screens read. Screens watch three of the app's reactive
+attributes instead of being called: `model_status`, `session_serial` (the chat screen
+stops its reply and keeps its draft when another chat replaces its own) and
+`settings_serial`. Workers post messages and never touch widgets.
 """
 
 from __future__ import annotations
@@ -29,8 +31,17 @@ from app.session.chat import ChatSession, hash_model, open_session, start_sessio
 from app.session.launch import Launch
 from app.session.workspace import ModelLoad, RememberedModelGone, Workspace
 from app.tui.guard import ENVIRONMENT, error_line, reported
-from app.tui.keys import bindings, key_table, read_keymap
+from app.tui.keys import bindings, key_table
+from app.tui.messages import ModelLoaded, ModelLoadFailed, ModelLoading
 from app.tui.safe_text import strip_controls_everywhere
+from app.tui.screens.characters import CharactersScreen
+from app.tui.screens.chat import ChatScreen
+from app.tui.screens.chats import ChatsScreen
+from app.tui.screens.hub import HubScreen
+from app.tui.screens.models import ModelsScreen
+from app.tui.screens.settings import SettingsScreen
+from app.tui.screens.workshop import WorkshopScreen
+from app.tui.state import SharedField, TuiState
 from app.tui.widgets.status_bar import ModelStatus
 
 log = logging.getLogger("cattery.tui")
@@ -39,16 +50,11 @@ SHOWN_WARNINGS = 4  # at start, as notifications; the Settings screen lists them
 OUTSIDE_CHANGES_EVERY = 2.0  # seconds between looks for chats changed by the command line beside the app
 
 
-def _screens() -> dict[str, Any]:
-    from app.tui.screens.characters import CharactersScreen
-    from app.tui.screens.chat import ChatScreen
-    from app.tui.screens.chats import ChatsScreen
-    from app.tui.screens.hub import HubScreen
-    from app.tui.screens.models import ModelsScreen
-    from app.tui.screens.settings import SettingsScreen
-    from app.tui.screens.workshop import WorkshopScreen
-
-    return {
+class CatteryApp(App[None]):
+    TITLE = "Cattery"
+    CSS_PATH = str(asset_path("styles", "cattery.tcss"))
+    BINDINGS: ClassVar[list[Binding]] = bindings("app")
+    MODES: ClassVar[dict[str, Any]] = {
         "chat": ChatScreen,
         "characters": CharactersScreen,
         "models": ModelsScreen,
@@ -57,39 +63,32 @@ def _screens() -> dict[str, Any]:
         "hub": HubScreen,
         "workshop": WorkshopScreen,
     }
-
-
-class CatteryApp(App[None]):
-    TITLE = "Cattery"
-    CSS_PATH = str(asset_path("styles", "cattery.tcss"))
-    BINDINGS: ClassVar[list[Binding]] = bindings("app")
-    MODES: ClassVar[dict[str, Any]] = {}  # filled in __init__: the screen modules import this one
     DEFAULT_MODE = "chat"
 
     model_status: reactive[ModelStatus] = reactive(ModelStatus, always_update=True, init=False)
     session_serial: reactive[int] = reactive(0, always_update=True, init=False)
+    settings_serial: reactive[int] = reactive(0, always_update=True, init=False)
+
+    # The state the screens share, as the app's own attributes (tests and app/tui/run.py read them).
+    ws: SharedField[Workspace] = SharedField()
+    launch: SharedField[Launch] = SharedField()
+    engine: SharedField[Engine] = SharedField()
+    session: SharedField[ChatSession | None] = SharedField()
+    keymap: SharedField[dict[str, str]] = SharedField()
+    settings_warnings: SharedField[list[str]] = SharedField()
+    start_notes: SharedField[list[str]] = SharedField()
+    image_mode: SharedField[str] = SharedField()
+    shown_messages: SharedField[int] = SharedField()
 
     def __init__(self, workspace: Workspace, launch: Launch | None = None, *, engine: Engine | None = None) -> None:
-        type(self).MODES = _screens()
         strip_controls_everywhere()
         super().__init__()
         # The line printed on leaving (an error, a crash) stays one line whatever the terminal's width.
         self.error_console.soft_wrap = True
-        self.ws = workspace
-        self.launch = launch or Launch()
-        self.owns_engine = engine is None
-        self.engine = engine or Engine(log_file=workspace.paths.llama_log)
-        self.session: ChatSession | None = None
+        self.shared = TuiState(workspace, launch or Launch(), engine or Engine(log_file=workspace.paths.llama_log))
         self._load_cancel = threading.Event()
-        settings = workspace.settings
-        self.keymap, key_warnings = read_keymap(dict(settings.section("keys")), str(settings.path))
-        # What was wrong with settings.toml (each value fell back to its default): shown once mounted.
-        self.settings_warnings: list[str] = [*settings.warnings, *key_warnings]
-        self.start_notes: list[str] = []  # other problems found before the app started (app/tui/run.py)
-        self.image_mode = str(settings.get("ui", "images", "auto"))
-        self.cursor_blink = bool(settings.get("ui", "cursor_blink", True))
-        self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))
-        self._avatars: dict[str, bytes | None] = {}
+        key_warnings = self.shared.read_settings()
+        self.settings_warnings = [*workspace.settings.warnings, *key_warnings]
         self._data_version: int | None = None  # the chat database as last seen (see _outside_changes)
         if self.engine.loaded and self.engine.report is not None:
             # A model loaded before the app started (tests, benchmarks): use it as it is.
@@ -269,14 +268,7 @@ class CatteryApp(App[None]):
         return True
 
     def set_session(self, session: ChatSession, *, switch: bool = True) -> None:
-        chat = self._chat_screen()
-        if chat is not None and chat.busy is not None:
-            chat.action_stop()  # the stopped reply is saved in its own chat
-            chat.busy = None
-            chat.pending = None
-        chat_screen_draft = chat.save_draft if chat is not None else None
-        if chat_screen_draft is not None:
-            chat_screen_draft()
+        """Open `session`; the chat screen, told by `session_serial`, stops the last one's reply and keeps its draft."""
         self.session = session
         session.on_title = self._title_changed
         self.launch.note = None  # saved with the first chat; the next ones keep their own
@@ -350,13 +342,10 @@ class CatteryApp(App[None]):
                 line += "; choose another on the Models screen (F4)"
             self.model_status = ModelStatus("failed", None, error=line)
             return
-        chat = self._chat_screen()
-        if chat is not None and chat.busy not in (None, "waiting"):
-            chat.action_stop()
         if self.session is not None:
             self.session.detach()
         self._load_cancel.clear()
-        self.model_status = ModelStatus("loading", plan.path, 0.0)
+        self.model_status = ModelStatus("loading", plan.path, 0.0)  # the chat screen stops a reply being written
         self._load_worker(plan)
 
     def cancel_load(self) -> None:
@@ -371,7 +360,7 @@ class CatteryApp(App[None]):
             now = time.monotonic()
             if now - last[0] > 0.05 or value >= 1.0:
                 last[0] = now
-                self.call_from_thread(self._loading, path, value)
+                self.post_message(ModelLoading(path, value))
             return not self._load_cancel.is_set()
 
         try:
@@ -382,29 +371,32 @@ class CatteryApp(App[None]):
                 session.attach(self.engine, choice)
         except CatteryError as exc:
             message = "loading was cancelled" if self._load_cancel.is_set() else error_line(exc)
-            self.call_from_thread(self._load_failed, path, message)
+            self.post_message(ModelLoadFailed(path, message))
             return
         except OSError as exc:  # a file or folder the load needs (the model, its log) cannot be used
-            self.call_from_thread(self._load_failed, path, error_line(exc, "load the model"))
+            self.post_message(ModelLoadFailed(path, error_line(exc, "load the model")))
             return
         except Exception as exc:
             log.exception("loading a model")
-            self.call_from_thread(self._load_failed, path, f"{type(exc).__name__}: {exc}")
+            self.post_message(ModelLoadFailed(path, f"{type(exc).__name__}: {exc}"))
             return
-        self.call_from_thread(self._loaded, path, report, choice, session)
+        self.post_message(ModelLoaded(path, report, choice, session))
 
-    def _loading(self, path: Path, value: float) -> None:
+    def on_model_loading(self, event: ModelLoading) -> None:
+        path = event.path
         if self.model_status.state == "loading" and self.model_status.path == path:
-            self.model_status = ModelStatus("loading", path, value)
+            self.model_status = ModelStatus("loading", path, event.progress)
 
-    def _load_failed(self, path: Path, message: str) -> None:
+    def on_model_load_failed(self, event: ModelLoadFailed) -> None:
         from app.tui.wording import about_file
 
+        path, message = event.path, event.error
         self.model_status = ModelStatus("failed", path, error=message)
         self.notify(about_file(path, message), severity="error", timeout=12)  # the file named once
 
-    def _loaded(self, path: Path, report: Any, choice: Any, attached: ChatSession | None) -> None:
-        if attached is not self.session:
+    def on_model_loaded(self, event: ModelLoaded) -> None:
+        path, report, choice = event.path, event.report, event.choice
+        if event.attached is not self.session:
             self._attach(self.session)
         from app.tui.wording import in_app
 
@@ -426,24 +418,13 @@ class CatteryApp(App[None]):
 
     def apply_settings(self) -> None:
         """Use saved settings at once: keys, look, and the open chat's prompt and sampler."""
-        settings = self.ws.settings
-        self.keymap, key_warnings = read_keymap(dict(settings.section("keys")), str(settings.path))
-        self.settings_warnings = [*settings.warnings, *key_warnings, *self._theme_warning()]  # the file as saved
+        key_warnings = self.shared.read_settings()
+        self.settings_warnings = [*self.ws.settings.warnings, *key_warnings, *self._theme_warning()]  # as saved
         self.set_keymap(self.keymap)
-        self.image_mode = str(settings.get("ui", "images", "auto"))
-        self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))
-        chat = self._chat_screen()
-        if chat is not None:
-            from app.tui.widgets.chat_input import ChatInput
-
-            chat.query_one(ChatInput).set_keys(self.keymap)
         if self.launch.sampler is not None:
             self.launch.sampler = None  # the command line's sampler was for that run; the settings win now
-        s = self.session
-        if s is not None and (chat is None or chat.busy is None):
-            if chat is not None:
-                chat.shown_chat = None  # redraw: names and avatars may have changed
-            self.open_chat(s.chat_id, switch=False)
+        # The chat screen takes the keys and opens its chat again (names and avatars may have changed).
+        self.settings_serial += 1
 
     # -- help and the command palette ----------------------------------------------------
 

@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from app.session.chat import MessageFit, Outcome, Preview, Turn
+    from pathlib import Path
+
+    from app.engine.stats import LoadReport
+    from app.prompt.builder import FormatChoice
+    from app.session.chat import ChatSession, MessageFit, Outcome, Preview, Turn
 
 
 class TurnStarted(Message):
@@ -72,3 +76,30 @@ class CardImported(Message):
         self.ref = ref
         self.line = line
         self.error = error
+
+
+class ModelLoading(Message):
+    """How far the model's load is (0 to 1)."""
+
+    def __init__(self, path: Path, progress: float) -> None:
+        super().__init__()
+        self.path = path
+        self.progress = progress
+
+
+class ModelLoadFailed(Message):
+    def __init__(self, path: Path, error: str) -> None:
+        super().__init__()
+        self.path = path
+        self.error = error
+
+
+class ModelLoaded(Message):
+    """The model is loaded; `attached`: the chat the worker attached it to (another may be open by now)."""
+
+    def __init__(self, path: Path, report: LoadReport, choice: FormatChoice, attached: ChatSession | None) -> None:
+        super().__init__()
+        self.path = path
+        self.report = report
+        self.choice = choice
+        self.attached = attached

@@ -18,6 +18,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, Footer, Input, Label, ListItem, ListView, Markdown, OptionList, Static
 
 from app.cards.card import Card
@@ -27,11 +28,11 @@ from app.tui.messages import CardImported
 from app.tui.plain import plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
 from app.tui.screens.fitted import FittedScreen
+from app.tui.state import SharedState
 from app.tui.widgets.avatar import Avatar
 
 if TYPE_CHECKING:
     from app.session.characters import CharacterEntry
-    from app.tui.app import CatteryApp
 
 
 LIBRARY_CHECK_EVERY = 2.0  # seconds between looks at the library folder while the screen is shown
@@ -120,7 +121,32 @@ class CharacterItem(ListItem):
                         yield Label(plain(", ".join(d["tags"][:6])), classes="muted char-tags")
 
 
-class CharactersScreen(FittedScreen):
+class ChatsCounted(Message):
+    """Chats by card reference; None: the chats database could not be read."""
+
+    def __init__(self, counts: Counter[str] | None) -> None:
+        super().__init__()
+        self.counts = counts
+
+
+class LibraryRead(Message):
+    """Every card of the library, read; `seen`: the folder's signature before the read."""
+
+    def __init__(
+        self, characters: list[Character], select: str | None, seen: object, counts: Counter[str] | None
+    ) -> None:
+        super().__init__()
+        self.characters = characters
+        self.select = select
+        self.seen = seen
+        self.counts = counts
+
+
+class LibraryUnread(Message):
+    """Reading the library failed (a bug, which the worker reports): the next look reads it again."""
+
+
+class CharactersScreen(SharedState, FittedScreen):
     KEY_SECTION = "characters"
     BINDINGS: ClassVar[list[Binding]] = bindings("characters")
 
@@ -132,10 +158,6 @@ class CharactersScreen(FittedScreen):
         self.chat_counts: Counter[str] | None = None  # chats by card reference; None: not counted (yet)
         self.library_seen: object = None  # the library folder's signature when the list was read
         self._reading = False
-
-    @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="split", id="char-split"):
@@ -169,8 +191,8 @@ class CharactersScreen(FittedScreen):
         self.watch(self.app, "session_serial", lambda _: self.count_chats() if self.is_current else None, init=False)
 
     def on_screen_resume(self) -> None:
-        if self.cattery.session is not None and self.current is None:
-            self.want_ref = self.cattery.session.card_ref
+        if self.shared.session is not None and self.current is None:
+            self.want_ref = self.shared.session.card_ref
         timer = getattr(self, "library_timer", None)
         if timer is not None:
             timer.resume()
@@ -189,20 +211,20 @@ class CharactersScreen(FittedScreen):
 
         if self._reading:
             return
-        if library_signature(self.cattery.ws.cards.root) != self.library_seen:
+        if library_signature(self.shared.ws.cards.root) != self.library_seen:
             self.refresh_list(self.current.entry.ref if self.current else None)
 
     @work(thread=True, exclusive=True, group="character-chats", exit_on_error=False)
     def count_chats(self) -> None:
         try:
-            counts = Counter(c.card_ref for c in self.cattery.ws.store.list_chats(None) if c.card_ref)
+            counts = Counter(c.card_ref for c in self.shared.ws.store.list_chats(None) if c.card_ref)
         except ENVIRONMENT:  # the chats database cannot be read: the counts say so, the cards are listed
-            self.app.call_from_thread(self._show_counts, None)
+            self.post_message(ChatsCounted(None))
             return
-        self.app.call_from_thread(self._show_counts, counts)
+        self.post_message(ChatsCounted(counts))
 
-    def _show_counts(self, counts: Counter[str] | None) -> None:
-        self.chat_counts = counts
+    def on_chats_counted(self, event: ChatsCounted) -> None:
+        self.chat_counts = event.counts
         for item in self.query(CharacterItem):
             item.set_chats(self._count(item.character))
         if self.current is not None:
@@ -217,7 +239,7 @@ class CharactersScreen(FittedScreen):
         self._reading = True  # the timer does not start another read meanwhile
         self._read_list(select)
 
-    def _read_failed(self) -> None:
+    def on_library_unread(self, event: LibraryUnread) -> None:
         self._reading = False
 
     @work(thread=True, exclusive=True, group="characters", exit_on_error=False)
@@ -226,13 +248,13 @@ class CharactersScreen(FittedScreen):
         try:
             self._read_cards(select)
         except Exception:  # a bug: the worker reports it; the library is looked at again next time
-            self.app.call_from_thread(self._read_failed)
+            self.post_message(LibraryUnread())
             raise
 
     def _read_cards(self, select: str | None) -> None:
         from app.session.namesakes import Namesake, library_signature, tell_apart
 
-        ws = self.cattery.ws
+        ws = self.shared.ws
         seen = library_signature(ws.cards.root)  # before reading: a change meanwhile is read next time
         out: list[Character] = []
         try:
@@ -254,20 +276,19 @@ class CharactersScreen(FittedScreen):
             counts: Counter[str] | None = Counter(c.card_ref for c in ws.store.list_chats(None) if c.card_ref)
         except ENVIRONMENT:
             counts = None
-        self.app.call_from_thread(self._show_list, out, select, seen, counts)
+        self.post_message(LibraryRead(out, select, seen, counts))
 
-    def _show_list(
-        self, characters: list[Character], select: str | None, seen: object = None, counts: Counter[str] | None = None
-    ) -> None:
+    def on_library_read(self, event: LibraryRead) -> None:
+        characters, select, counts = event.characters, event.select, event.counts
         self._reading = False
-        self.library_seen = seen
+        self.library_seen = event.seen
         # The library was read because it is new to this screen or changed: a card added or removed
         # may make or end two of one name, which the chat's title and the chat list show.
         self.cattery.session_serial += 1
         self.chat_counts = counts
         self.characters = characters
-        if select is None and self.cattery.session is not None:
-            select = self.cattery.session.card_ref
+        if select is None and self.shared.session is not None:
+            select = self.shared.session.card_ref
         self.filter(self.query_one("#char-search", Input).value, select)
 
     def filter(self, text: str, select: str | None = None) -> None:
@@ -275,7 +296,7 @@ class CharactersScreen(FittedScreen):
         shown = [c for c in self.characters if all(w in c.haystack for w in words)]
         lv = self.query_one("#char-list", ListView)
         lv.clear()
-        lv.extend(CharacterItem(c, self.cattery.image_mode, self._count(c)) for c in shown)
+        lv.extend(CharacterItem(c, self.shared.image_mode, self._count(c)) for c in shown)
         total = len(self.characters)
         self.query_one("#char-count", Static).update(
             f"{len(shown)} of {total}"
@@ -337,14 +358,14 @@ class CharactersScreen(FittedScreen):
             meta.update(plain(character.error or ""))
             text.update("")
             return
-        slot.mount(Avatar(card.name, card.avatar, mode=self.cattery.image_mode, big=True))
+        slot.mount(Avatar(card.name, card.avatar, mode=self.shared.image_mode, big=True))
         d = card.data
         nickname = f" ({d['nickname']})" if d.get("nickname") and d["nickname"] != card.name else ""
         title.update(plain(character.shown_name + nickname))
         self._show_facts(character)
         from app.cards.macros import MacroContext, expand
 
-        user = self.cattery.ws.settings.get("persona", "name", "User")
+        user = self.shared.ws.settings.get("persona", "name", "User")
         ctx = MacroContext(char=card.display_name, user=user)
         for i, g in enumerate([d["first_mes"], *d["alternate_greetings"]]):
             if g.strip():
@@ -394,7 +415,7 @@ class CharactersScreen(FittedScreen):
             return
         latest = None
         with reported(self):
-            latest = self.cattery.ws.store.latest_chat(c.entry.ref)
+            latest = self.shared.ws.store.latest_chat(c.entry.ref)
         if latest is not None and self.cattery.open_chat(latest):
             return
         self.action_new_chat()
@@ -423,7 +444,7 @@ class CharactersScreen(FittedScreen):
         try:
             source = Path(path).expanduser()
             card = read_card(source)
-            entry = self.cattery.ws.cards.add(card, str(source.absolute()))
+            entry = self.shared.ws.cards.add(card, str(source.absolute()))
         except ENVIRONMENT as exc:
             self.post_message(CardImported(None, f"not imported: {error_line(exc, 'read the card')}", error=True))
             return
@@ -445,7 +466,7 @@ class CharactersScreen(FittedScreen):
         def go(yes: bool | None) -> None:
             if yes:
                 with reported(self, outcome="not removed") as removed:
-                    self.cattery.ws.cards.remove(c.entry.ref.partition(":")[2])
+                    self.shared.ws.cards.remove(c.entry.ref.partition(":")[2])
                 if not removed.ok:
                     return
                 self.notify(f"removed {c.entry.name} (its chats are kept)")

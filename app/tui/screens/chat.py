@@ -26,6 +26,7 @@ from app.tui.keys import ScreenKeysFirst, bindings, display, keys_of
 from app.tui.messages import DraftMeasured, Piece, PreviewReady, TurnDone, TurnStarted
 from app.tui.plain import plain
 from app.tui.screens.dialogs import ConfirmScreen, EditScreen, TextScreen
+from app.tui.state import SharedState
 from app.tui.widgets.chat_input import ChatInput
 from app.tui.widgets.message_view import MessageView, ReplyStream
 from app.tui.widgets.status_bar import ModelLine, ModelStatus, StatusBar
@@ -33,7 +34,6 @@ from app.tui.widgets.status_bar import ModelLine, ModelStatus, StatusBar
 if TYPE_CHECKING:
     from app.chats.store import StoredMessage
     from app.session.chat import ChatSession, MessageFit, Preview, Turn
-    from app.tui.app import CatteryApp
 
 log = logging.getLogger("cattery.tui")
 
@@ -92,7 +92,7 @@ def describe_provenance(prov: dict[str, Any], state: str) -> str:
     return "\n".join(lines)
 
 
-class ChatScreen(ScreenKeysFirst, Screen[None]):
+class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
     KEY_SECTION = "chat"
     BINDINGS: ClassVar[list[Binding]] = bindings("chat")
     # Whatever way the chat comes back with nothing focused, the keys go to the box.
@@ -113,6 +113,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         self.views: list[MessageView] = []
         self.first_shown = 0
         self.shown_chat: int | None = None
+        self._session_seen: ChatSession | None = None  # the app's session when last looked at
         self.preview: Preview | None = None
         self.turn_context: Preview | None = None  # the context of the turn being written
         self.draft_fit: MessageFit | None = None  # the box's text against the room for one message
@@ -127,12 +128,8 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         self._draft_error: str | None = None  # said once, not at every pause in typing
 
     @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
-
-    @property
     def session(self) -> ChatSession | None:
-        return self.cattery.session
+        return self.shared.session
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top-bar"):
@@ -144,7 +141,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         yield ProgressBar(id="load-progress", total=100, show_eta=False)
         yield StatusBar(id="status")
         yield ChatInput(
-            keymap=self.cattery.keymap,
+            keymap=self.shared.keymap,
             id="input",
             placeholder="Message · Enter sends · Ctrl+J new line · Esc stops · F1 keys",
         )
@@ -152,10 +149,11 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
 
     def on_mount(self) -> None:
         area = self._box = self.query_one(ChatInput)  # kept: its text is still read as the app closes
-        area.cursor_blink = self.cattery.cursor_blink
+        area.cursor_blink = self.shared.cursor_blink
         self.query_one("#messages", VerticalScroll).anchor()
         self.watch(self.app, "session_serial", self._session_changed)
         self.watch(self.app, "model_status", self._model_changed)
+        self.watch(self.app, "settings_serial", self._settings_applied, init=False)
         self.watch(self.app, "app_focus", self._app_focus_changed, init=False)
         area.focus()
 
@@ -195,12 +193,42 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
 
     def _session_changed(self, _serial: int) -> None:
         session = self.session
+        if session is not self._session_seen:
+            left, self._session_seen = self._session_seen, session
+            if left is not None:
+                self._leave(left, session)
         if session is None:
             return
         if self.shown_chat != session.chat_id:
             self.show_chat(session)
         else:
             self._update_title()  # renamed (Chats screen)
+
+    def _leave(self, left: ChatSession, now: ChatSession | None) -> None:
+        """The app opened another chat, or this one again: the reply being written stops (it is
+        saved in its own chat), one waiting for the model is dropped, and the box's text is kept as
+        the draft of the chat it was typed in."""
+        if self.pending is not None:
+            self.notify("the reply will not be written")
+            if now is not None and now.chat_id == left.chat_id:
+                self.pending = None
+                self.sync()  # the same chat stays drawn: its waiting reply goes
+        elif self.busy is not None:
+            self.cancel_asked = True
+            if self.turn is not None:
+                self.turn.cancel()
+        self.busy = None
+        self.pending = None
+        self.save_draft(session=left)
+
+    def _settings_applied(self, _serial: int) -> None:
+        """Settings were saved: the box takes the new keys, and the open chat is opened again with
+        them (names, avatars, prompt), unless a reply is being written."""
+        self.query_one(ChatInput).set_keys(self.shared.keymap)
+        s = self.session
+        if s is not None and self.busy is None:
+            self.shown_chat = None  # drawn again even if it is the same chat
+            self.cattery.open_chat(s.chat_id, switch=False)
 
     def show_chat(self, session: ChatSession) -> None:
         self.shown_chat = session.chat_id
@@ -215,7 +243,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         self.views = []
         # The newest messages first, for the first frame; the rest of the batch right after
         # (they are above, out of sight, when the chat opens).
-        shown = self.cattery.shown_messages
+        shown = self.shared.shown_messages
         n = len(session.messages)
         self.first_shown = max(0, n - min(shown, FIRST_FRAME_MESSAGES))
         views = [self._make_view(session, i, session.messages[i]) for i in range(self.first_shown, n)]
@@ -254,7 +282,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
             if s.recipe.card is not None:  # another card of this name: "Seraphina (by Alice)" (issue 14)
                 from app.session.namesakes import library_names
 
-                mark = library_names(self.cattery.ws.cards).mark(s.card_ref)
+                mark = library_names(self.shared.ws.cards).mark(s.card_ref)
                 who += f" ({mark})" if mark else ""
             self.query_one("#chat-title", Static).update(plain(f" {who} · {s.title}"))
 
@@ -262,7 +290,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         role = role or (m.role if m is not None else "assistant")
         speaker = session.speaker(index) if m is not None else session.char_name
         avatar = self.cattery.avatar_for(role)
-        return MessageView(index, m, speaker, role, avatar, self.cattery.image_mode)
+        return MessageView(index, m, speaker, role, avatar, self.shared.image_mode)
 
     @on(Button.Pressed, "#earlier")
     def earlier_pressed(self) -> None:
@@ -280,7 +308,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         if s is None or not self.first_shown:
             return
         if start is None:
-            start = max(0, self.first_shown - self.cattery.shown_messages)
+            start = max(0, self.first_shown - self.shared.shown_messages)
         views = [self._make_view(s, i, s.messages[i]) for i in range(start, self.first_shown)]
         box = self.query_one("#messages", VerticalScroll)
         if not keep_bottom:
@@ -348,6 +376,8 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
     # -- status --------------------------------------------------------------------------
 
     def _model_changed(self, status: ModelStatus) -> None:
+        if status.state == "loading" and status.progress == 0.0 and self.busy not in (None, "waiting"):
+            self.action_stop()  # another model is coming: the reply being written stops and is saved
         bar = self.query_one("#load-progress", ProgressBar)
         bar.set_class(status.state == "loading", "-shown")
         bar.update(progress=int(status.progress * 100))
@@ -378,7 +408,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
 
     def _context_keys(self) -> str:
         """Where the context is changed in the app (never a command-line flag)."""
-        return f"Models screen, {display(keys_of('app.models', self.cattery.keymap))}"
+        return f"Models screen, {display(keys_of('app.models', self.shared.keymap))}"
 
     # -- will the message fit? ------------------------------------------------------------
 
@@ -517,7 +547,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
     def _say_busy(self, kind: str) -> None:
         """A turn asked for while another is written: one line saying why nothing starts."""
         what = ASKED.get(kind, kind)
-        stop = display(keys_of("chat.stop", self.cattery.keymap))
+        stop = display(keys_of("chat.stop", self.shared.keymap))
         if self.busy == "waiting":
             self.notify(
                 f"{what}: not while a reply waits for the model to load ({stop} cancels it)", severity="warning"
@@ -583,7 +613,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
     def _overflow_line(self) -> str:
         return (
             "the prompt does not fit in the context: shorten or delete the last message (select it with"
-            f" {display(keys_of('chat.select', self.cattery.keymap))}), or load the model with a larger"
+            f" {display(keys_of('chat.select', self.shared.keymap))}), or load the model with a larger"
             f" context ({self._context_keys()})"
         )
 
@@ -782,8 +812,9 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         # The app's own unmount comes too late: its screens are gone by then.
         self.save_draft(leaving=True)
 
-    def save_draft(self, *, leaving: bool = False) -> None:
-        s = self.session
+    def save_draft(self, *, leaving: bool = False, session: ChatSession | None = None) -> None:
+        """Keep the box's text as the draft of `session` (the chat shown, unless another replaced it)."""
+        s = session or self.session
         box = self._box
         if s is None or box is None or (self.busy == "impersonate" and not leaving):
             return
@@ -926,7 +957,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
             question = f"Delete this message and the {after} after it?"
             self.app.push_screen(ConfirmScreen(question, "Delete"), go)
         elif alternatives > 1:  # more than what is shown goes: asked, with the way to delete only that one
-            only = display(keys_of("message.delete_alternative", self.cattery.keymap))
+            only = display(keys_of("message.delete_alternative", self.shared.keymap))
             question = (
                 f"Delete this message with all {alternatives} of its alternatives? ({only} deletes only the one shown)"
             )
@@ -940,7 +971,7 @@ class ChatScreen(ScreenKeysFirst, Screen[None]):
         assert s is not None
         m = s.messages[index]
         if len(m.swipes) < 2:
-            whole = display(keys_of("message.delete", self.cattery.keymap))
+            whole = display(keys_of("message.delete", self.shared.keymap))
             self.notify(f"this is the message's only alternative: {whole} deletes the message", severity="warning")
             return
         message_id, shown = m.id, m.active

@@ -25,10 +25,10 @@ from app.tui.messages import ChatsMoved
 from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
 from app.tui.screens.fitted import FittedScreen
+from app.tui.state import SharedState
 
 if TYPE_CHECKING:
     from app.chats.store import ChatSummary
-    from app.tui.app import CatteryApp
 
 
 def when(ts: float) -> str:
@@ -63,7 +63,7 @@ def file_name(title: str) -> str:
     return re.sub(r"[^\w.-]+", "_", title).strip("_") or "chat"
 
 
-class ChatsScreen(FittedScreen):
+class ChatsScreen(SharedState, FittedScreen):
     KEY_SECTION = "chats"
     BINDINGS: ClassVar[list[Binding]] = bindings("chats")
 
@@ -71,10 +71,6 @@ class ChatsScreen(FittedScreen):
         super().__init__()
         self.show_all = False
         self.summaries: dict[int, ChatSummary] = {}
-
-    @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Static("", id="chats-title", classes="pane-title")
@@ -101,18 +97,18 @@ class ChatsScreen(FittedScreen):
         self.refresh_table()
 
     def _card_ref(self) -> str | None:
-        s = self.cattery.session
+        s = self.shared.session
         return s.card_ref if s is not None else None
 
     def refresh_table(self) -> None:
-        store = self.cattery.ws.store
+        store = self.shared.ws.store
         ref = self._card_ref()
         every = self.show_all or ref is None
         with reported(self) as listed:
             rows = store.list_chats(None if every else ref)
         if not listed.ok:
             return  # the table keeps what it showed
-        s = self.cattery.session
+        s = self.shared.session
         names = self._names()
         who = names(s.card_ref, s.char_name) if s is not None else "this character"
         self.query_one("#chats-title", Static).update(plain("All chats" if every else f"Chats with {who}"))
@@ -138,7 +134,7 @@ class ChatsScreen(FittedScreen):
         card has the same name (the library is read again only when it changed)."""
         from app.session.namesakes import library_names
 
-        names = library_names(self.cattery.ws.cards)
+        names = library_names(self.shared.ws.cards)
         try:
             labels = names.labels()
         except ENVIRONMENT:  # the library cannot be read: the names the chats stored
@@ -175,11 +171,11 @@ class ChatsScreen(FittedScreen):
                 return
             stored = title
             with reported(self, outcome="not renamed") as renamed:
-                stored = self.cattery.ws.store.rename_chat(chat.id, title)  # one line, bounded
+                stored = self.shared.ws.store.rename_chat(chat.id, title)  # one line, bounded
             if not renamed.ok:  # asked again, with what was typed
                 self.app.push_screen(AskScreen("Rename the chat", title), done)
                 return
-            s = self.cattery.session
+            s = self.shared.session
             if s is not None and s.chat_id == chat.id:
                 s.title, s.title_auto = stored, False  # the person's now: never replaced
                 self.cattery.session_serial += 1
@@ -195,10 +191,10 @@ class ChatsScreen(FittedScreen):
         def go(yes: bool | None) -> None:
             if not yes:
                 return
-            s = self.cattery.session
+            s = self.shared.session
             was_open = s is not None and s.chat_id == chat.id
             with reported(self, outcome="not deleted") as deleted:
-                self.cattery.ws.store.delete_chat(chat.id)
+                self.shared.ws.store.delete_chat(chat.id)
             if not deleted.ok:
                 return
             self.notify(f"deleted {chat.title}")
@@ -247,9 +243,9 @@ class ChatsScreen(FittedScreen):
         target = Path(path).expanduser()
         try:
             if target.suffix.lower() in (".md", ".markdown"):
-                export_markdown(self.cattery.ws.store, chat_id, target)
+                export_markdown(self.shared.ws.store, chat_id, target)
             else:
-                export_st_chat(self.cattery.ws.store, chat_id, target)
+                export_st_chat(self.shared.ws.store, chat_id, target)
         except OSError as exc:
             self.post_message(ChatsMoved(f"not exported to {path}: {write_problem(target, exc)}", error=True))
             return
@@ -267,7 +263,7 @@ class ChatsScreen(FittedScreen):
         from app.chats.transfer import import_st_chat
 
         try:
-            chat_id = import_st_chat(self.cattery.ws.store, Path(path).expanduser(), None)
+            chat_id = import_st_chat(self.shared.ws.store, Path(path).expanduser(), None)
         except ENVIRONMENT as exc:
             self.post_message(ChatsMoved(f"not imported: {error_line(exc, 'read the chat file')}", error=True))
             return
@@ -288,11 +284,11 @@ class ChatsScreen(FittedScreen):
 
     def _link_character(self, chat_id: int) -> None:
         """An imported chat belongs to the character of that name, when the library has one."""
-        store = self.cattery.ws.store
+        store = self.shared.ws.store
         name = (store.chat(chat_id)["card_name"] or "").lower()
         if not name:
             return
-        for entry in self.cattery.ws.characters():
+        for entry in self.shared.ws.characters():
             if entry.name.lower() == name:
                 store.set_card_ref(chat_id, entry.ref)
                 return

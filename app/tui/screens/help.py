@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,9 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
 from app.tui.keys import SECTION_TITLES, display, key_table, keys_of
-
-if TYPE_CHECKING:
-    from app.tui.app import CatteryApp
+from app.tui.state import SharedState
 
 INTRO = (
     "Keys are remapped in settings.toml under [keys] by the action's id, e.g. "
@@ -22,11 +20,11 @@ INTRO = (
 )
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(SharedState, ModalScreen[None]):
     BINDINGS: ClassVar[list[Binding]] = [Binding("escape,f1,q", "close", "Close")]
 
     def compose(self) -> ComposeResult:
-        app: CatteryApp = self.app  # type: ignore[assignment]
+        keymap = self.shared.keymap
         with VerticalScroll():
             yield Static("Cattery: keys", classes="pane-title")
             yield Static(INTRO, classes="muted", markup=False)
@@ -37,7 +35,7 @@ class HelpScreen(ModalScreen[None]):
                 table.add_column("what", width=56)
                 table.add_column("id", width=26)
                 for a in actions:
-                    table.add_row(display(keys_of(a.id, app.keymap)), a.text, a.id)
+                    table.add_row(display(keys_of(a.id, keymap)), a.text, a.id)
                 yield table
         yield Footer(compact=True, show_command_palette=False)  # Ctrl+P: F1 says so
 

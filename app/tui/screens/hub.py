@@ -15,19 +15,21 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Static
 
 from app.errors import CatteryError
 from app.tui.keys import bindings
 from app.tui.plain import cell, plain
 from app.tui.screens.fitted import FittedScreen
+from app.tui.state import SharedState
 from app.units import fmt_size
 
 if TYPE_CHECKING:
-    from app.hub.download import Plan, Progress
+    from app.hub.download import DownloadStatus as Progress
+    from app.hub.download import Plan
     from app.hub.names import GGUFModel
     from app.hub.remote import RepoHit
-    from app.tui.app import CatteryApp
 
 
 def progress_text(p: Progress) -> str:
@@ -36,7 +38,69 @@ def progress_text(p: Progress) -> str:
     return f"{fmt_size(p.done)} of {fmt_size(p.total)}, {fmt_size(p.speed)}/s{left}"
 
 
-class HubScreen(FittedScreen):
+class HubSaid(Message):
+    """A line for the state line below the tables (what a worker ran into)."""
+
+    def __init__(self, text: str, error: bool = False) -> None:
+        super().__init__()
+        self.text = text
+        self.error = error
+
+
+class HitsFound(Message):
+    def __init__(self, query: str, hits: list[RepoHit]) -> None:
+        super().__init__()
+        self.query = query
+        self.hits = hits
+
+
+class RepoUnreadable(Message):
+    def __init__(self, repo: str, error: str) -> None:
+        super().__init__()
+        self.repo = repo
+        self.error = error
+
+
+class ModelsListed(Message):
+    """A repo's GGUF models, before their headers are read."""
+
+    def __init__(self, repo: str, commit: str, models: list[GGUFModel], unique: set[str]) -> None:
+        super().__init__()
+        self.repo = repo
+        self.commit = commit
+        self.models = models
+        self.unique = unique
+
+
+class VerdictRead(Message):
+    """One model's header read: its quant type and whether it fits this machine."""
+
+    def __init__(self, repo: str, label: str, quant: str, text: str) -> None:
+        super().__init__()
+        self.repo = repo
+        self.label = label
+        self.quant = quant
+        self.text = text
+
+
+class DownloadProgress(Message):
+    def __init__(self, label: str, progress: Progress) -> None:
+        super().__init__()
+        self.label = label
+        self.progress = progress
+
+
+class DownloadEnded(Message):
+    """The download ended: the file's path, or the error line."""
+
+    def __init__(self, label: str, path: Path | None, error: str | None) -> None:
+        super().__init__()
+        self.label = label
+        self.path = path
+        self.error = error
+
+
+class HubScreen(SharedState, FittedScreen):
     KEY_SECTION = "hub"
     BINDINGS: ClassVar[list[Binding]] = bindings("hub")
 
@@ -49,10 +113,6 @@ class HubScreen(FittedScreen):
         self.cancel = threading.Event()
         self.downloading: str | None = None
         self.downloaded: Path | None = None
-
-    @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="hub-body"):
@@ -103,11 +163,15 @@ class HubScreen(FittedScreen):
         try:
             hits = search(query, limit=25)
         except CatteryError as exc:
-            self.app.call_from_thread(self.state, str(exc), True)
+            self.post_message(HubSaid(str(exc), True))
             return
-        self.app.call_from_thread(self._show_hits, query, hits)
+        self.post_message(HitsFound(query, hits))
 
-    def _show_hits(self, query: str, hits: list[RepoHit]) -> None:
+    def on_hub_said(self, event: HubSaid) -> None:
+        self.state(event.text, event.error)
+
+    def on_hits_found(self, event: HitsFound) -> None:
+        query, hits = event.query, event.hits
         table = self.query_one("#hub-repos", DataTable)
         table.clear()
         self.hits = {h.id: h for h in hits}
@@ -141,12 +205,11 @@ class HubScreen(FittedScreen):
         try:
             commit, models, _ = repo_models(repo)
         except CatteryError as exc:
-            self.app.call_from_thread(self.state, str(exc), True)
-            self.app.call_from_thread(self.query_one("#hub-files-title", Static).update, plain(f"{repo}: not readable"))
+            self.post_message(RepoUnreadable(repo, str(exc)))
             return
         unique = unique_quants(models)
-        self.app.call_from_thread(self._show_models, repo, commit, models, unique)
-        ws = self.cattery.ws
+        self.post_message(ModelsListed(repo, commit, models, unique))
+        ws = self.shared.ws
         ram, vram = machine_memory()
         options = ws.load_options({})
         # The same bounded reads as `cattery models files`: the first models of the repo, a few at a time.
@@ -161,9 +224,14 @@ class HubScreen(FittedScreen):
                 quant = info.file_type or model.quant or "?"
             except CatteryError as exc:
                 text, quant = f"header unreadable: {exc}", model.quant or "?"
-            self.app.call_from_thread(self._set_verdict, repo, model.label(repo, model.quant in unique), quant, text)
+            self.post_message(VerdictRead(repo, model.label(repo, model.quant in unique), quant, text))
 
-    def _show_models(self, repo: str, commit: str, models: list[GGUFModel], unique: set[str]) -> None:
+    def on_repo_unreadable(self, event: RepoUnreadable) -> None:
+        self.state(event.error, True)
+        self.query_one("#hub-files-title", Static).update(plain(f"{event.repo}: not readable"))
+
+    def on_models_listed(self, event: ModelsListed) -> None:
+        repo, commit, models, unique = event.repo, event.commit, event.models, event.unique
         if repo != self.repo:
             return
         self.commit = commit
@@ -182,12 +250,12 @@ class HubScreen(FittedScreen):
         if models:
             table.focus()
 
-    def _set_verdict(self, repo: str, label: str, quant: str, text: str) -> None:
-        if repo != self.repo or label not in self.models:
+    def on_verdict_read(self, event: VerdictRead) -> None:
+        if event.repo != self.repo or event.label not in self.models:
             return
         table = self.query_one("#hub-files", DataTable)
-        table.update_cell(label, "quant", cell(quant), update_width=True)
-        table.update_cell(label, "fit", cell(text), update_width=True)
+        table.update_cell(event.label, "quant", cell(event.quant), update_width=True)
+        table.update_cell(event.label, "fit", cell(event.text), update_width=True)
 
     def _chosen(self) -> str | None:
         table = self.query_one("#hub-files", DataTable)
@@ -235,25 +303,27 @@ class HubScreen(FittedScreen):
             now = time.monotonic()
             if now - last[0] > 0.1 or p.done >= p.total:
                 last[0] = now
-                self.app.call_from_thread(self._progress, label, p)
+                self.post_message(DownloadProgress(label, p))
 
         try:
             plan: Plan = plan_download(ref)
             paths = download(plan, progress=progress, cancel=self.cancel)
         except CatteryError as exc:
-            self.app.call_from_thread(self._download_ended, label, None, str(exc))
+            self.post_message(DownloadEnded(label, None, str(exc)))
             return
         except Exception as exc:  # on screen, never a crash
-            self.app.call_from_thread(self._download_ended, label, None, f"{type(exc).__name__}: {exc}")
+            self.post_message(DownloadEnded(label, None, f"{type(exc).__name__}: {exc}"))
             return
-        self.app.call_from_thread(self._download_ended, label, paths[0], None)
+        self.post_message(DownloadEnded(label, paths[0], None))
 
-    def _progress(self, label: str, p: Progress) -> None:
+    def on_download_progress(self, event: DownloadProgress) -> None:
+        p = event.progress
         bar = self.query_one("#hub-progress", ProgressBar)
         bar.update(progress=int(100 * p.done / p.total) if p.total else 100)
-        self.state(f"{label}: {progress_text(p)}")
+        self.state(f"{event.label}: {progress_text(p)}")
 
-    def _download_ended(self, label: str, path: Path | None, error: str | None) -> None:
+    def on_download_ended(self, event: DownloadEnded) -> None:
+        label, path, error = event.label, event.path, event.error
         self.downloading = None
         self.query_one("#hub-download", Button).disabled = not self.models
         self.query_one("#hub-cancel", Button).disabled = True

@@ -23,11 +23,11 @@ from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings
 from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen
+from app.tui.state import SharedState
 
 if TYPE_CHECKING:
     from app.session.chat import ChatSession, LoreState
     from app.session.lore import BookRow
-    from app.tui.app import CatteryApp
 
 POSITION_NAMES = {
     "before_char": "before the character",
@@ -69,7 +69,7 @@ def where_text(placement: str, entry_position: str, depth: int, role: str) -> st
     return POSITION_NAMES.get(entry_position, entry_position)
 
 
-class WorldInfoScreen(ModalScreen[None]):
+class WorldInfoScreen(SharedState, ModalScreen[None]):
     KEY_SECTION = "lore"
     BINDINGS: ClassVar[list[Binding]] = bindings("lore")
 
@@ -80,12 +80,8 @@ class WorldInfoScreen(ModalScreen[None]):
         self.loaded = False
 
     @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
-
-    @property
     def session(self) -> ChatSession | None:
-        return self.cattery.session
+        return self.shared.session
 
     def compose(self) -> ComposeResult:
         s = self.session
@@ -135,11 +131,11 @@ class WorldInfoScreen(ModalScreen[None]):
         if s is None:
             self.post_message(LoreLoaded([], None, [], "no chat is open"))
             return
-        app = self.cattery
+        ws = self.shared.ws
         try:
-            reload_recipe(app.ws, s, **app.session_overrides())
+            reload_recipe(ws, s, **self.cattery.session_overrides())
             lore = s.recipe.lore
-            rows = book_rows(lore, app.ws.lore_library.books()) if lore is not None else []
+            rows = book_rows(lore, ws.lore_library.books()) if lore is not None else []
             state = s.lore_now()
         except ENVIRONMENT as exc:
             self.post_message(LoreLoaded([], None, [], error_line(exc)))
@@ -246,7 +242,7 @@ class WorldInfoScreen(ModalScreen[None]):
             return
         attached = scope not in row.scopes
         with reported(self, outcome="nothing was changed") as done:
-            problem = set_attached(self.cattery.ws, row, scope, attached, chat_id=s.chat_id, card_ref=s.card_ref)
+            problem = set_attached(self.shared.ws, row, scope, attached, chat_id=s.chat_id, card_ref=s.card_ref)
         if not done.ok:
             return
         if problem:
@@ -283,7 +279,7 @@ class WorldInfoScreen(ModalScreen[None]):
         from pathlib import Path
 
         try:
-            found, new = self.cattery.ws.lore_library.add(Path(path))
+            found, new = self.shared.ws.lore_library.add(Path(path))
         except ENVIRONMENT as exc:
             self.post_message(LoreImported(error_line(exc, "import the lorebook"), None, error=True))
             return
@@ -304,7 +300,7 @@ class WorldInfoScreen(ModalScreen[None]):
         if row is None or row.origin != "library" or row.ref is None:
             self.notify("only a book of the library can be removed from it", severity="warning")
             return
-        ws = self.cattery.ws
+        ws = self.shared.ws
         name = row.ref
         with reported(self) as counted:
             chats, cards = ws.store.lorebook_users(name)

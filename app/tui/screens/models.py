@@ -16,6 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
 from app.engine.options import KV_CACHE_TYPES
@@ -25,6 +26,7 @@ from app.tui.keys import bindings
 from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen
 from app.tui.screens.fitted import FittedScreen
+from app.tui.state import SharedState
 from app.tui.widgets.status_bar import ModelStatus, placement
 from app.tui.wording import about_file
 from app.units import fmt_size
@@ -32,7 +34,6 @@ from app.units import fmt_size
 if TYPE_CHECKING:
     from app.engine.metadata import ModelInfo
     from app.hub.library import LibraryEntry
-    from app.tui.app import CatteryApp
 
 AUTO = "auto"
 # Off is `--no-memory-check`: load a model that looks too big for the free RAM (swap, a GPU it cannot see).
@@ -72,7 +73,23 @@ def model_facts(row: ModelRow, format_name: str) -> str:
     return "\n".join(lines)
 
 
-class ModelsScreen(FittedScreen):
+class RowsListed(Message):
+    """The library's files, listed; their headers are read next."""
+
+    def __init__(self, rows: list[ModelRow]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
+class RowRead(Message):
+    """One file's header read (or found unreadable)."""
+
+    def __init__(self, row: ModelRow) -> None:
+        super().__init__()
+        self.row = row
+
+
+class ModelsScreen(SharedState, FittedScreen):
     KEY_SECTION = "models"
     BINDINGS: ClassVar[list[Binding]] = bindings("models")
 
@@ -80,10 +97,6 @@ class ModelsScreen(FittedScreen):
         super().__init__()
         self.rows: dict[str, ModelRow] = {}
         self.current: ModelRow | None = None
-
-    @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         from app.prompt.formats import format_names
@@ -174,22 +187,23 @@ class ModelsScreen(FittedScreen):
         from app.hub.library import hf_cache_entries
 
         try:
-            entries = self.cattery.ws.models()
+            entries = self.shared.ws.models()
             known = {e.path.resolve() for e in entries}
             entries += [e for e in hf_cache_entries() if e.path.resolve() not in known]
         except ENVIRONMENT as exc:  # a models folder that cannot be read
             self.app.notify(error_line(exc, "read the models folder"), severity="error", timeout=10)
             return
         rows = [ModelRow(e) for e in entries]
-        self.app.call_from_thread(self._show_rows, rows)
+        self.post_message(RowsListed(rows))
         for row in rows:
             try:
                 row.info = read_model_info(row.entry.path)
             except ENVIRONMENT as exc:
                 row.error = error_line(exc, "read the model")
-            self.app.call_from_thread(self._update_row, row)
+            self.post_message(RowRead(row))
 
-    def _show_rows(self, rows: list[ModelRow]) -> None:
+    def on_rows_listed(self, event: RowsListed) -> None:
+        rows = event.rows
         table = self.query_one("#model-table", DataTable)
         table.clear()
         self.rows = {r.key: r for r in rows}
@@ -217,7 +231,8 @@ class ModelsScreen(FittedScreen):
             return {"ready": "●", "loading": "…", "failed": "✗"}.get(status.state, "")
         return ""
 
-    def _update_row(self, row: ModelRow) -> None:
+    def on_row_read(self, event: RowRead) -> None:
+        row = event.row
         table = self.query_one("#model-table", DataTable)
         if row.key not in self.rows:
             return
@@ -250,8 +265,8 @@ class ModelsScreen(FittedScreen):
         self.current = row
         from app.prompt.builder import choose_format
 
-        saved = self.cattery.ws.saved_load_settings(row.entry.path)
-        fmt = saved.get("format") or self.cattery.ws.settings.get("chat", "format", "") or None
+        saved = self.shared.ws.saved_load_settings(row.entry.path)
+        fmt = saved.get("format") or self.shared.ws.settings.get("chat", "format", "") or None
         try:
             name = choose_format(fmt, row.info).name if row.info is not None else "?"
         except CatteryError:
@@ -328,7 +343,7 @@ class ModelsScreen(FittedScreen):
             state.update(plain(error_line(exc)))
             state.set_class(True, "error-line")
             return
-        problem = self.cattery.ws.save_load_settings(row.entry.path, values)
+        problem = self.shared.ws.save_load_settings(row.entry.path, values)
         if problem:
             self.notify(problem, severity="warning")
         fmt = values.pop("format", None)
@@ -377,7 +392,7 @@ class ModelsScreen(FittedScreen):
             if not is_dir:
                 self.notify(f"{folder}: not a folder", severity="error")
                 return
-            problem = self.cattery.ws.add_model_dir(folder)  # stored absolute: the same folder from anywhere
+            problem = self.shared.ws.add_model_dir(folder)  # stored absolute: the same folder from anywhere
             if problem:
                 self.notify(problem, severity="error")
             self.notify(f"looking for models in {folder}")

@@ -5,7 +5,7 @@ and the preset), and applied to the open chat at once."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -19,9 +19,7 @@ from app.tui.keys import check_keys, display, key_table, keys_of
 from app.tui.plain import plain
 from app.tui.screens.dialogs import AskScreen
 from app.tui.screens.fitted import FittedScreen
-
-if TYPE_CHECKING:
-    from app.tui.app import CatteryApp
+from app.tui.state import SharedState
 
 SAMPLER_FIELDS: list[tuple[str, str, type]] = [
     ("temperature", "Temperature (0 = greedy)", float),
@@ -41,7 +39,7 @@ SAMPLER_FIELDS: list[tuple[str, str, type]] = [
 IMAGE_MODES = [("auto: pictures where the terminal draws them", "auto"), ("on: always", "on"), ("off: initials", "off")]
 
 
-class SettingsScreen(FittedScreen):
+class SettingsScreen(SharedState, FittedScreen):
     KEY_SECTION = "settings"
     BINDINGS: ClassVar[list[Binding]] = [
         Binding(a.keys, a.action, a.label, show=a.show, id=a.id) for a in key_table()["settings"]
@@ -51,10 +49,6 @@ class SettingsScreen(FittedScreen):
         super().__init__()
         self.keys: dict[str, str] = {}
         self._asking = False
-
-    @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="settings-body"):
@@ -116,14 +110,14 @@ class SettingsScreen(FittedScreen):
     # -- filling and reading the form -------------------------------------------------
 
     def show_warnings(self) -> None:
-        warnings = self.cattery.settings_warnings
+        warnings = self.shared.settings_warnings
         box = self.query_one("#settings-warnings", Static)
         box.display = bool(warnings)
         head = "Not used from the settings file (the defaults are used instead):"
         box.update(plain("\n".join([head, *(f"· {w}" for w in warnings)]) if warnings else ""))
 
     def load_values(self) -> None:
-        ws = self.cattery.ws
+        ws = self.shared.ws
         s = ws.settings
         self.show_warnings()
         state = self.query_one("#settings-state", Static)
@@ -148,7 +142,7 @@ class SettingsScreen(FittedScreen):
         theme.value = self.app.theme if self.app.theme in self.app.available_themes else "textual-dark"
         self.query_one("#images", Select).value = s.get("ui", "images", "auto")
         self.query_one("#shown_messages", Input).value = str(s.get("ui", "shown_messages", 60))
-        self.keys = dict(self.cattery.keymap)
+        self.keys = dict(self.shared.keymap)
         self._fill_keys()
 
     def _fill_sampler(self, sampler: SamplerSettings) -> None:
@@ -231,7 +225,7 @@ class SettingsScreen(FittedScreen):
             self.load_values()
 
     def action_save(self) -> None:
-        ws = self.cattery.ws
+        ws = self.shared.ws
         s = ws.settings
         state = self.query_one("#settings-state", Static)
         try:

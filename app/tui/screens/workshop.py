@@ -1,8 +1,8 @@
 """The workshop: run a build recipe, or quantize a model of the library, with a progress bar.
 
-The work runs in a thread worker; its progress reaches the screen through
-`call_from_thread`, and Esc asks it to stop (the converters write under temporary
-names, so a stopped run leaves no file under a final name).
+The work runs in a thread worker that posts its progress and its end as messages
+(it never waits for the screen), and Esc asks it to stop (the converters write under
+temporary names, so a stopped run leaves no file under a final name).
 
 What `cattery quantize` and `cattery build` take as flags are controls here: the type
 (every type llama.cpp has), an importance matrix, "Allow requantizing" and "Overwrite".
@@ -23,6 +23,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, Checkbox, Footer, Input, Label, ProgressBar, Select, Static
 
 from app.errors import CatteryError
@@ -32,10 +33,10 @@ from app.tui.keys import bindings
 from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import PathSuggester
 from app.tui.screens.fitted import FittedScreen
+from app.tui.state import SharedState
 
 if TYPE_CHECKING:
     from app.hub.library import LibraryEntry
-    from app.tui.app import CatteryApp
 
 DEFAULT_TYPE = "Q4_K_M"
 ALLOW = "“Allow requantizing”"
@@ -90,7 +91,42 @@ def type_options() -> list[tuple[str, str]]:
     return out
 
 
-class WorkshopScreen(FittedScreen):
+class HeadersRead(Message):
+    """Whether each model of the library is quantized, from its header."""
+
+    def __init__(self, read: list[Source]) -> None:
+        super().__init__()
+        self.read = read
+
+
+class WorkProgress(Message):
+    def __init__(self, done: int, total: int, what: str, nbytes: int, total_bytes: int) -> None:
+        super().__init__()
+        self.done = done
+        self.total = total
+        self.what = what
+        self.nbytes = nbytes
+        self.total_bytes = total_bytes
+
+
+class StageReached(Message):
+    """A build's next stage (download, merge, convert, quantize)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class WorkEnded(Message):
+    """The build or quantizing ended: the model made, or the error line."""
+
+    def __init__(self, result: Path | None, error: str | None) -> None:
+        super().__init__()
+        self.result = result
+        self.error = error
+
+
+class WorkshopScreen(SharedState, FittedScreen):
     KEY_SECTION = "workshop"
     BINDINGS: ClassVar[list[Binding]] = bindings("workshop")
 
@@ -104,10 +140,6 @@ class WorkshopScreen(FittedScreen):
         self.where = "app"  # how core messages are worded: "build" while a recipe runs
         self.sources: dict[str, Source] = {}
         self._read: dict[tuple[str, int, int], Source] = {}  # (path, size, mtime) → what its header said
-
-    @property
-    def cattery(self) -> CatteryApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="workshop-body"):
@@ -157,7 +189,7 @@ class WorkshopScreen(FittedScreen):
     def refresh_models(self) -> None:
         """List the library at once; whether each model is quantized comes from its header, read in a worker."""
         with reported(self, "read the models folder") as listed:
-            entries = self.cattery.ws.models()
+            entries = self.shared.ws.models()
         if not listed.ok:
             return
         sources: dict[str, Source] = {}
@@ -192,10 +224,10 @@ class WorkshopScreen(FittedScreen):
                 continue
             quantized = is_quantized_type(file_type) if file_type else None
             read.append(Source(e, file_type, quantized))
-        self.app.call_from_thread(self._headers_read, read)
+        self.post_message(HeadersRead(read))
 
-    def _headers_read(self, read: list[Source]) -> None:
-        for src in read:
+    def on_headers_read(self, event: HeadersRead) -> None:
+        for src in event.read:
             key = self._key(src.entry.path)
             if key is not None:
                 self._read[key] = src
@@ -285,7 +317,10 @@ class WorkshopScreen(FittedScreen):
         """Called from the worker: stops it when asked, shows how far it is."""
         if self.stop.is_set():
             raise Stopped(f"{self.running}: stopped; nothing was left under a final name")
-        self.app.call_from_thread(self._show_progress, done, total, what, nbytes, total_bytes)
+        self.post_message(WorkProgress(done, total, what, nbytes, total_bytes))
+
+    def on_work_progress(self, event: WorkProgress) -> None:
+        self._show_progress(event.done, event.total, event.what, event.nbytes, event.total_bytes)
 
     def _show_progress(self, done: int, total: int, what: str, nbytes: int, total_bytes: int) -> None:
         pct = int(100 * self.meter.fraction(done, total, nbytes, total_bytes))
@@ -303,7 +338,11 @@ class WorkshopScreen(FittedScreen):
             return error_line(exc, "write the model", self.where)
         return f"{type(exc).__name__}: {exc}"
 
-    def _ended(self, result: Path | None, error: str | None) -> None:
+    def on_stage_reached(self, event: StageReached) -> None:
+        self._stage(event.text)
+
+    def on_work_ended(self, event: WorkEnded) -> None:
+        result, error = event.result, event.error
         what = self.running
         self.running = None
         self.query_one("#stop", Button).disabled = True
@@ -331,23 +370,23 @@ class WorkshopScreen(FittedScreen):
     def _build(self, recipe: Path, force: bool = False) -> None:
         from converters.build import load_build, run_build
 
-        ws = self.cattery.ws
+        ws = self.shared.ws
         try:
             plan = load_build(recipe)
             result = run_build(
                 recipe,
                 ws.paths.models_dir,
                 progress=self._progress,
-                on_stage=lambda text: self.app.call_from_thread(self._stage, text),
+                on_stage=lambda text: self.post_message(StageReached(text)),
                 force=force,
             )
             for path in result.outputs:
                 if plan.format:
                     ws.save_load_settings(path, {"format": plan.format})
         except Exception as exc:  # on screen, never a crash
-            self.app.call_from_thread(self._ended, None, self._failed(exc))
+            self.post_message(WorkEnded(None, self._failed(exc)))
             return
-        self.app.call_from_thread(self._ended, result.chat_model, None)
+        self.post_message(WorkEnded(result.chat_model, None))
 
     def action_quantize(self) -> None:
         src = self.chosen()
@@ -364,7 +403,7 @@ class WorkshopScreen(FittedScreen):
             return
         from converters.quantize import output_stem
 
-        out = self.cattery.ws.paths.models_dir / f"{output_stem(src.entry.path)}.{qtype.upper()}.gguf"
+        out = self.shared.ws.paths.models_dir / f"{output_stem(src.entry.path)}.{qtype.upper()}.gguf"
         if out.exists() and not self.query_one("#overwrite", Checkbox).value:
             self.refuse(f"{out}: already exists; switch on {OVERWRITE} to replace it")
             return
@@ -381,9 +420,9 @@ class WorkshopScreen(FittedScreen):
             out.parent.mkdir(parents=True, exist_ok=True)
             quantize(src, out, qtype, progress=self._progress, allow_requantize=allow, imatrix=imatrix)
         except Exception as exc:  # on screen, never a crash
-            self.app.call_from_thread(self._ended, None, self._failed(exc))
+            self.post_message(WorkEnded(None, self._failed(exc)))
             return
-        self.app.call_from_thread(self._ended, out, None)
+        self.post_message(WorkEnded(out, None))
 
     def action_stop(self) -> None:
         if self.running:
