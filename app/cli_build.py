@@ -11,7 +11,7 @@ from typing import Any
 
 def cmd_build(args: argparse.Namespace) -> int:
     from app.cli import open_workspace
-    from app.cli_convert import progress_printer
+    from app.progress import ProgressPrinter
     from converters.build import load_build, run_build
 
     ws = open_workspace()
@@ -19,7 +19,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     stages: list[Any] = []
 
     def on_stage(text: str) -> None:
-        stages.append(progress_printer(text))
+        stages.append(ProgressPrinter(text))
         print(text, file=sys.stderr, flush=True)
 
     def progress(done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> None:

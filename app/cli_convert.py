@@ -7,56 +7,10 @@ imported until a command runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from app.terminal import rewrite_line
-
-
-class ProgressPrinter:
-    """A progress callback for converters: one line on stderr, redrawn in a terminal.
-
-    Without a terminal (a log, CI) a line is printed each quarter, without the tensor
-    names, so that a log stays readable. `end_line()` before printing anything else
-    mid-way, so that the text does not land on the progress line.
-    """
-
-    def __init__(self, label: str, unit: str = "tensors") -> None:
-        from app.progress import Meter
-
-        self.label = label
-        self.meter = Meter(unit)
-        self.tty = sys.stderr.isatty()
-        self._last_pct = -1
-        self._open = False
-
-    def __call__(self, done: int, total: int, what: str = "", nbytes: int = 0, total_bytes: int = 0) -> None:
-        fraction = self.meter.fraction(done, total, nbytes, total_bytes)
-        if self.tty:
-            import shutil
-
-            width = shutil.get_terminal_size((100, 24)).columns - 1
-            text = f"{self.label}: {self.meter.line(done, total, what, nbytes, total_bytes)}"[:width]
-            rewrite_line(sys.stderr, f"{text:<{width}}")
-            self._open = True
-            if fraction >= 1:
-                self.end_line()
-            sys.stderr.flush()
-            return
-        pct = int(100 * fraction)
-        if pct >= self._last_pct + 25 or (fraction >= 1 and pct != self._last_pct):
-            self._last_pct = pct
-            print(f"{self.label}: {self.meter.line(done, total, '', nbytes, total_bytes)}", file=sys.stderr, flush=True)
-
-    def end_line(self) -> None:
-        if self._open:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self._open = False
-
-
-progress_printer = ProgressPrinter
+from app.progress import ProgressPrinter
 
 
 def _already_gguf(src: str) -> None:
@@ -89,7 +43,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         outtype=args.outtype,
         pre_tokenizer=args.pre_tokenizer,
         chat_format=args.chat_format,
-        progress=progress_printer("convert"),
+        progress=ProgressPrinter("convert"),
     )
     print(report.summary() if hasattr(report, "summary") else f"wrote {args.output}")
     return 0
@@ -100,7 +54,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     from converters.unpack import unpack
 
     src = model_argument(open_workspace(), args.src)
-    out = unpack(src, Path(args.output).expanduser(), progress=progress_printer("unpack"), dtype=args.dtype)
+    out = unpack(src, Path(args.output).expanduser(), progress=ProgressPrinter("unpack"), dtype=args.dtype)
     print(f"wrote {out}")
     return 0
 

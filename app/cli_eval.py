@@ -21,8 +21,8 @@ def _read_text(path: Path) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from app.cli import model_argument, open_workspace
-    from app.cli_convert import progress_printer
     from app.engine.options import parse_gpu_layers
+    from app.progress import ProgressPrinter
     from converters.perplexity import perplexity
 
     gpu_layers = parse_gpu_layers(args.gpu_layers)  # a bad value is refused before a download or a load
@@ -34,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         n_ctx=args.ctx,
         threads=args.threads,
         chunks=args.chunks,
-        progress=progress_printer("eval", unit="chunks"),
+        progress=ProgressPrinter("eval", unit="chunks"),
         gpu_layers=gpu_layers,
     )
     if report.warning:

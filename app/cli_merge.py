@@ -13,7 +13,7 @@ from typing import Any
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from app.cli_convert import progress_printer
+    from app.progress import ProgressPrinter
     from converters.merge import merge, peak_memory, plan_merge
     from converters.merge_recipe import load_recipe
 
@@ -39,7 +39,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
         raise CatteryError(f"{args.recipe}: say where the merge goes: -o OUT_DIR or -o OUT.gguf (or --dry-run)")
     gguf = {"outtype": args.outtype, "pre_tokenizer": args.pre_tokenizer, "chat_format": args.chat_format}
-    result = merge(recipe, Path(args.output), progress=progress_printer("merge"), force=args.force, gguf=gguf)
+    result = merge(recipe, Path(args.output), progress=ProgressPrinter("merge"), force=args.force, gguf=gguf)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(result.summary())

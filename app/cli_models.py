@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import CatteryError
-from app.terminal import rewrite_line
 from app.units import fmt_range, fmt_size
 
 
@@ -228,52 +227,26 @@ def cmd_files(args: argparse.Namespace) -> int:
     return 0
 
 
-class ProgressLine:
-    """One line on stderr, rewritten in place on a terminal; a few lines otherwise."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stderr.isatty()
-        self.last_pct = -10
-        self.shown = False
-
-    def __call__(self, p: Any) -> None:
-        pct = int(100 * p.done / p.total) if p.total else 100
-        eta = p.eta
-        left = f"{int(eta // 60)}:{int(eta % 60):02d} left" if eta is not None else ""
-        text = f"{self.label}  {fmt_size(p.done)} / {fmt_size(p.total)} ({pct}%)  {fmt_size(p.speed)}/s  {left}"
-        if self.tty:
-            rewrite_line(sys.stderr, text[:160].ljust(100))
-            self.shown = True
-        elif pct >= self.last_pct + 10 or pct == 100:
-            self.last_pct = pct
-            print(text, file=sys.stderr, flush=True)
-
-    def end(self) -> None:
-        if self.tty and self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def cmd_download(args: argparse.Namespace) -> int:
     from app.hub.download import download, plan_download
     from app.hub.names import parse_ref, shown
+    from app.progress import ProgressPrinter
 
     ref = parse_ref(args.ref)
     if ref is None:
         raise CatteryError(f"{shown(args.ref)}: not a hub name (owner/repo, owner/repo:Q4_K_M or owner/repo:file.gguf)")
     plan = plan_download(ref, args.revision)
     print(f"{plan.label}: {len(plan.files)} file(s), {fmt_size(plan.size)}", file=sys.stderr)
-    bar = ProgressLine(plan.label)
+    bar = ProgressPrinter(plan.label, every=10)
     start = time.monotonic()
     try:
-        paths = download(plan, progress=bar)
+        paths = download(plan, progress=bar.download)
     except KeyboardInterrupt:
-        bar.end()
+        bar.end_line()
         print("stopped; what arrived is kept: run the same command again to continue", file=sys.stderr)
         return 130
     finally:
-        bar.end()
+        bar.end_line()
     took = time.monotonic() - start
     print(f"done in {took:.1f} s; SHA-256 checked", file=sys.stderr)
     for path in paths:

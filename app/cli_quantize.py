@@ -30,7 +30,7 @@ def _named(ref: str) -> bool:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from app.cli import model_argument, open_workspace
-    from app.cli_convert import progress_printer
+    from app.progress import ProgressPrinter
 
     ws = open_workspace()
     named = _named(args.src)
@@ -40,7 +40,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         # go into the library (where `models list` shows them), not beside a cache blob or in site-packages.
         ws.paths.models_dir.mkdir(parents=True, exist_ok=True)
         args.output = str(ws.paths.models_dir) + os.sep
-    return quantize_files(args, progress_printer("quantize"))
+    return quantize_files(args, ProgressPrinter("quantize"))
 
 
 def _unique_types(names: Sequence[str]) -> list[QuantType]:

@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from converters.errors import CheckpointError
+from converters.llama_layout import GLOBAL, LAYER, Module, dimensions
 
 INT_LIMITS = {
     "hidden_size": 1 << 17,
@@ -175,32 +176,12 @@ def expected_shapes(
     hp: dict[str, Any],
 ) -> tuple[dict[str, tuple[tuple[int, str], ...]], dict[str, tuple[tuple[int, str], ...]]]:
     """(global tensors, per-layer tensors): each dimension with the config key it comes from."""
-    hidden = (hp["hidden_size"], "hidden_size")
-    vocab = (hp["vocab_size"], "vocab_size")
-    q = (hp["num_attention_heads"] * hp["head_dim"], "num_attention_heads × head_dim")
-    kv = (hp["num_key_value_heads"] * hp["head_dim"], "num_key_value_heads × head_dim")
-    ffn = (hp["intermediate_size"], "intermediate_size")
-    glob = {
-        "model.embed_tokens.weight": (vocab, hidden),
-        "lm_head.weight": (vocab, hidden),
-        "model.norm.weight": (hidden,),
-    }
-    layer = {
-        "input_layernorm.weight": (hidden,),
-        "post_attention_layernorm.weight": (hidden,),
-        "self_attn.q_proj.weight": (q, hidden),
-        "self_attn.k_proj.weight": (kv, hidden),
-        "self_attn.v_proj.weight": (kv, hidden),
-        "self_attn.o_proj.weight": (hidden, q),
-        "self_attn.q_proj.bias": (q,),
-        "self_attn.k_proj.bias": (kv,),
-        "self_attn.v_proj.bias": (kv,),
-        "self_attn.o_proj.bias": (hidden,),
-        "mlp.gate_proj.weight": (ffn, hidden),
-        "mlp.up_proj.weight": (ffn, hidden),
-        "mlp.down_proj.weight": (hidden, ffn),
-    }
-    return glob, layer
+    dims = dimensions(hp)
+
+    def sized(modules: tuple[Module, ...]) -> dict[str, tuple[tuple[int, str], ...]]:
+        return {name: tuple(dims[d] for d in shape) for m in modules for name, shape in m.shapes().items()}
+
+    return sized(GLOBAL), sized(LAYER)
 
 
 def check_shapes(hp: dict[str, Any], shapes: dict[str, tuple[int, ...]], where: str) -> None:

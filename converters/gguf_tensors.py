@@ -23,25 +23,8 @@ from typing import Any
 import numpy as np
 
 from converters.checkpoint import CheckpointError
+from converters.llama_layout import HF_GLOBAL, HF_LAYER, required_gguf
 
-# The HF llama module names, as LlamaForCausalLM's state dict has them; each maps to a
-# GGUF name through gguf-py's map (checked in `hf_names`), and back for unpacking.
-HF_GLOBAL = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
-HF_LAYER = (
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "self_attn.q_proj.bias",
-    "self_attn.k_proj.bias",
-    "self_attn.v_proj.bias",
-    "self_attn.o_proj.bias",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-)
 # Buffers some checkpoints carry that llama.cpp's converter drops.
 SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 
@@ -59,7 +42,7 @@ def gguf_name(hf_name: str, tmap: Any) -> str | None:
 
 
 def hf_names_by_gguf(n_layers: int) -> dict[str, str]:
-    """GGUF name → the HF llama name, for unpacking."""
+    """GGUF name → the HF llama name, for unpacking (each name of the layout table through gguf-py's map)."""
     tmap = name_map(n_layers)
     names = list(HF_GLOBAL) + [f"model.layers.{i}.{n}" for i in range(n_layers) for n in HF_LAYER]
     out = {}
@@ -352,11 +335,7 @@ def read_f32(source: Any, name: str) -> np.ndarray:
 
 
 def _check_complete(seen: dict[str, str], n_layers: int, tied: bool, where: str) -> None:
-    need = ["token_embd.weight", "output_norm.weight"]
-    for i in range(n_layers):
-        need += [f"blk.{i}.{n}.weight" for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")]
-        need += [f"blk.{i}.{n}.weight" for n in ("ffn_norm", "ffn_gate", "ffn_up", "ffn_down")]
-    missing = [n for n in need if n not in seen]
+    missing = [n for n in required_gguf(n_layers) if n not in seen]
     if missing:
         first = hf_names_by_gguf(n_layers)[missing[0]]
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""

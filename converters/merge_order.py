@@ -17,20 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-EMBEDDING = "model.embed_tokens.weight"
-LM_HEAD = "lm_head.weight"
-FINAL_NORM = "model.norm.weight"
-LAYER_MODULES = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-    "input_layernorm",
-    "post_attention_layernorm",
-)
+from converters.llama_layout import EMBEDDING, FINAL_NORM, LAYER_MODULES, LM_HEAD
+
+__all__ = ["EMBEDDING", "FINAL_NORM", "LAYER_MODULES", "LM_HEAD", "gradient_t", "module_order", "sort_key"]
+
 PARAMETERS = ("weight", "bias")  # nn.Linear registers its weight before its bias
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")

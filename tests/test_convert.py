@@ -712,3 +712,16 @@ def test_a_merged_source_converts_like_its_checkpoint(tmp_path: Path) -> None:
     with Checkpoint.open(folder) as ck:
         convert_source(Lazy(ck), folder, tmp_path / "b.gguf", outtype="f16")
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+
+
+def test_the_llama_layout_table_agrees_with_gguf_py() -> None:
+    """converters/llama_layout.py's GGUF names are the ones gguf-py's map (llama.cpp's converter) gives."""
+    from converters.gguf_tensors import hf_names_by_gguf
+    from converters.llama_layout import GLOBAL, LAYER
+
+    by_gguf = hf_names_by_gguf(2)
+    for m in GLOBAL:
+        assert by_gguf[f"{m.gguf}.weight"] == f"{m.hf}.weight"
+    for m in LAYER:
+        for param in m.params:
+            assert by_gguf[f"blk.1.{m.gguf}.{param}"] == f"model.layers.1.{m.hf}.{param}"

@@ -16,22 +16,12 @@ import pytest
 
 from app.errors import CatteryError
 from converters.checkpoint import Checkpoint, ShardedWriter, TensorPlan, to_dtype
+from converters.llama_layout import LAYER_MODULES
 from converters.merge import merge, plan_merge, run_merge
 from converters.merge_order import module_order
 from converters.merge_recipe import RecipeError, load_recipe, parse_recipe
 from tests.conftest import run_cattery
 
-LAYER_MODULES = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-    "input_layernorm",
-    "post_attention_layernorm",
-]
 TOL = 1e-6
 
 

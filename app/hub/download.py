@@ -49,8 +49,8 @@ from app.resources import require_disk
 __all__ = [
     "PARTIAL_SUFFIX",
     "DownloadCancelled",
+    "DownloadStatus",
     "Plan",
-    "Progress",
     "cache_dir",
     "cached_path",
     "choose_model",
@@ -85,7 +85,10 @@ class Plan:
 
 
 @dataclass
-class Progress:
+class DownloadStatus:
+    """How far a download is, as its progress callback gets it (a transfer has a speed; a conversion,
+    which reports through app.progress.Progress, does not)."""
+
     file: str
     done: int  # bytes of the whole plan on disk so far
     total: int
@@ -169,11 +172,11 @@ def _hash_file(path: Path, hasher: Any) -> None:
             hasher.update(block)
 
 
-class _Meter:
-    """Counts bytes for the progress callback and stops the transfer when cancelled."""
+class _ByteCounter:
+    """Counts a transfer's bytes, measures its speed for the progress callback, and stops it when cancelled."""
 
     def __init__(
-        self, plan: Plan, done: int, callback: Callable[[Progress], None] | None, cancel: threading.Event | None
+        self, plan: Plan, done: int, callback: Callable[[DownloadStatus], None] | None, cancel: threading.Event | None
     ):
         self.plan = plan
         self.done = done
@@ -196,13 +199,13 @@ class _Meter:
             self.last_call = now
             t0, d0 = self.samples[0]
             speed = (self.done - d0) / (now - t0) if now > t0 else 0.0
-            self.callback(Progress(self.file, self.done, self.plan.size, speed, self.started))
+            self.callback(DownloadStatus(self.file, self.done, self.plan.size, speed, self.started))
 
 
 def download(
     plan: Plan,
     *,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[DownloadStatus], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> list[Path]:
     """Fetch every file of the plan not in the cache yet; the local paths, in the plan's order."""
@@ -214,10 +217,10 @@ def download(
     need = sum(f.size - have[f.path] for f in missing)
     require_disk(cache_dir(), need, f"{plan.label} in the cache")
     done = plan.size - need
-    meter = _Meter(plan, done, progress, cancel)
+    counter = _ByteCounter(plan, done, progress, cancel)
     for f in missing:
-        meter.file = f.path
-        blob = _Transfer(plan, f, meter).run()
+        counter.file = f.path
+        blob = _Transfer(plan, f, counter).run()
         try:
             link_snapshot(plan.repo, plan.commit, f.path, blob)
         except OSError as exc:
@@ -246,7 +249,7 @@ class _Transfer:
     """One file into its partial file: appended, hashed as it arrives, never past the declared
     size; continued with a Range after a dropped connection; checked, then renamed to its blob."""
 
-    def __init__(self, plan: Plan, f: RemoteFile, meter: _Meter) -> None:
+    def __init__(self, plan: Plan, f: RemoteFile, meter: _ByteCounter) -> None:
         self.plan = plan
         self.f = f
         self.meter = meter
