@@ -3,8 +3,8 @@
 Every change goes to the chat store at once, and every turn (a reply, a regenerated
 or continued reply, an impersonated user line) is a generation whose result is
 committed the moment it ends, from the thread that consumed it. Nothing here knows
-about the screen: the full-screen app calls these methods from its workers and
-shows what they return.
+about the screen: the full-screen app calls these methods from its workers, the
+line chat (app/plain_chat.py) from its loop, and each shows what they return.
 
 Threads: one turn at a time runs (the app enforces it); `lock` keeps prompt builds
 and message changes from interleaving between the UI thread and a worker.
@@ -540,7 +540,7 @@ class ChatSession:
             return Outcome(turn.kind, reply, stopped, stats, index)
 
     def run(self, kind: str = "reply", index: int | None = None) -> Outcome:
-        """A whole turn on this thread (the plain chat, tests)."""
+        """A whole turn on this thread, without streaming (tests, scripts)."""
         turn = self.begin(kind, index)
         turn.generation.result()
         return self.finish(turn)
