@@ -131,6 +131,8 @@ class _Scorer:
         """NLL of chunk[first+1:] from a fresh cache, as perplexity.cpp's perplexity() scores one chunk."""
         import numpy as np
 
+        from app.engine.native import DECODE_OK
+
         L = self.L
         n_ctx = len(chunk)
         L.llama_memory_clear(self.memory, True)
@@ -153,7 +155,7 @@ class _Scorer:
                 n_out += wanted
             b.n_tokens = size
             status = L.llama_decode(self.ctx, b)
-            if status != 0:
+            if status != DECODE_OK:
                 raise CatteryError(f"llama.cpp failed to evaluate a chunk (llama_decode returned {status})")
             if not n_out:
                 continue

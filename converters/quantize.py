@@ -4,8 +4,8 @@ llama.cpp does the work; Cattery decides nothing about the bytes. What it adds:
 every check it can make before llama.cpp starts writing (the type exists, the input
 is a GGUF that is not already quantized, an importance matrix is there when the type
 needs one and covers the tensors that need it, the disk has room for the result),
-a size estimate from the tensor list (which type each tensor will get, see
-converters/quant_types.py), progress from llama.cpp's own per-tensor log lines,
+a size estimate from the tensor list (which type each tensor will get, from llama.cpp's
+own dry run: converters/quant_native.py), progress from llama.cpp's own per-tensor log lines,
 llama.cpp's log kept off the terminal with its failure turned into one line, and an
 output that appears under its final name only when complete.
 
@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,15 @@ from app.progress import Progress
 from app.resources import require_disk
 from converters.imatrix import ImportanceMatrix, read_imatrix
 from converters.partials import clean_leftovers, hold_folder
+from converters.quant_native import NativeParams, dry_run, failure_reason, imatrix_keys, native_params
 from converters.quant_types import (
     ModelShape,
     QuantType,
     TensorEntry,
     TypeOptions,
     TypePlan,
-    ggml_type_id,
     is_quantized,
     lookup,
-    plan_types,
     tensor_bytes,
 )
 
@@ -191,19 +190,16 @@ def estimate(
     *,
     imatrix: Path | ImportanceMatrix | None = None,
 ) -> QuantEstimate:
-    """The output's size from the tensor list: each tensor's type under the file type's mixture,
+    """The output's size from the tensor list: each tensor's type as llama.cpp's dry run chooses it,
     the types' block sizes (gguf-py's GGML_QUANT_SIZES) and llama.cpp's padding."""
     source = src if isinstance(src, SourceModel) else read_source(Path(src))
     qt = qtype if isinstance(qtype, QuantType) else lookup(qtype)
     imat = read_imatrix(Path(imatrix)) if isinstance(imatrix, str | Path) else imatrix
     opts = replace(options or TypeOptions(), has_imatrix=imat is not None)
-    try:
-        plan = plan_types(qt, source.shape, source.tensors, opts)
-    except CatteryError as exc:
-        raise CatteryError(f"{source.path}: {qt.name}: {exc}") from None
+    plan = dry_run(source.path, qt, source.tensors, opts, imat)
     header = source.header_bytes
     if imat is not None:
-        header += sum(_kv_size(key, value) for key, value in _imatrix_keys(imat))
+        header += sum(_kv_size(key, value) for key, value in imatrix_keys(imat))
     size = _pad(header)
     for t in plan.tensors:
         size += _pad(tensor_bytes(t.new_type, t.shape))
@@ -258,99 +254,6 @@ def check_imatrix(source: SourceModel, est: QuantEstimate, imatrix: ImportanceMa
             )
 
 
-# -- llama.cpp's parameters -------------------------------------------------------------
-
-
-@dataclass
-class _NativeParams:
-    """The params struct and everything its pointers point into (kept alive for the call)."""
-
-    params: Any
-    keep: list[Any] = field(default_factory=list)
-
-
-def _native_params(
-    ftype: int,
-    *,
-    threads: int | None,
-    allow_requantize: bool,
-    opts: TypeOptions,
-    imatrix: ImportanceMatrix | None,
-) -> _NativeParams:
-    import llama_cpp as L
-    import numpy as np
-
-    from app.engine.native import set_fields
-
-    params = L.llama_model_quantize_default_params()
-    out = _NativeParams(params)
-    fields: dict[str, Any] = {
-        "nthread": int(threads or 0),
-        "ftype": ftype,
-        "allow_requantize": allow_requantize,
-        "quantize_output_tensor": not opts.leave_output_tensor,
-        "only_copy": False,
-        "pure": opts.pure,
-        "keep_split": False,
-        "dry_run": False,
-    }
-    if opts.output_tensor_type:
-        fields["output_tensor_type"] = ggml_type_id(opts.output_tensor_type)
-    if opts.token_embedding_type:
-        fields["token_embedding_type"] = ggml_type_id(opts.token_embedding_type)
-    if opts.overrides:
-        arr = (L.llama_model_tensor_override * (len(opts.overrides) + 1))()
-        for i, (pattern, type_name) in enumerate(opts.overrides):
-            arr[i].pattern = pattern.encode()
-            arr[i].type = ggml_type_id(type_name)
-        arr[len(opts.overrides)].pattern = None
-        out.keep.append(arr)
-        fields["tt_overrides"] = ctypes.cast(arr, ctypes.POINTER(L.llama_model_tensor_override))
-    if imatrix is not None:
-        entries = [(name, np.ascontiguousarray(v, dtype=np.float32)) for name, v in imatrix.entries.items()]
-        arr = (L.llama_model_imatrix_data * (len(entries) + 1))()
-        for i, (name, values) in enumerate(entries):
-            arr[i].name = name.encode()
-            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = values.size
-        arr[len(entries)].name = None
-        out.keep += [arr, entries]
-        fields["imatrix"] = ctypes.cast(arr, ctypes.POINTER(L.llama_model_imatrix_data))
-        kvs = _imatrix_kv_overrides(imatrix)
-        out.keep.append(kvs)
-        fields["kv_overrides"] = ctypes.cast(kvs, ctypes.POINTER(L.llama_model_kv_override))
-    set_fields(params, **fields)
-    return out
-
-
-def _imatrix_keys(imatrix: ImportanceMatrix) -> list[tuple[str, str | int]]:
-    """The quantize.imatrix.* keys llama-quantize records, so the file says how it was made."""
-    values: list[tuple[str, str | int]] = [("quantize.imatrix.file", str(imatrix.path)[:127])]
-    if imatrix.datasets:
-        values.append(("quantize.imatrix.dataset", imatrix.datasets[0][:127]))
-    values.append(("quantize.imatrix.entries_count", len(imatrix.entries)))
-    if imatrix.chunks:
-        values.append(("quantize.imatrix.chunks_count", int(imatrix.chunks)))
-    return values
-
-
-def _imatrix_kv_overrides(imatrix: ImportanceMatrix) -> Any:
-    import llama_cpp as L
-
-    values = _imatrix_keys(imatrix)
-    arr = (L.llama_model_kv_override * (len(values) + 1))()
-    for i, (key, value) in enumerate(values):
-        arr[i].key = key.encode()
-        if isinstance(value, str):
-            arr[i].tag = L.LLAMA_KV_OVERRIDE_TYPE_STR
-            arr[i].value.val_str = value.encode()[:127]
-        else:
-            arr[i].tag = L.LLAMA_KV_OVERRIDE_TYPE_INT
-            arr[i].value.val_i64 = value
-    arr[len(values)].key = b""
-    return arr
-
-
 # -- running it -------------------------------------------------------------------------
 
 
@@ -378,19 +281,8 @@ class QuantReport:
         )
 
 
-def _failure_reason(mark: int) -> str:
-    from app.engine.llama_log import LOG
-
-    lines = LOG.lines_since(mark)
-    for line in reversed(lines):
-        if "failed to quantize:" in line:
-            return line.split("failed to quantize:", 1)[1].strip()
-    errors = [e for e in LOG.errors_since(mark) if e.strip("= ")]
-    return errors[-1] if errors else "see the llama.cpp log"
-
-
 def _run_native(
-    src: Path, tmp_out: Path, native: _NativeParams, workdir: Path, progress: Progress | None, sizes: dict[str, int]
+    src: Path, tmp_out: Path, native: NativeParams, workdir: Path, progress: Progress | None, sizes: dict[str, int]
 ) -> str:
     """llama_model_quantize on its own thread, so that Ctrl-C and progress reach Python meanwhile.
 
@@ -435,7 +327,7 @@ def _run_native(
         raise
     if "exc" in result:
         raise result["exc"]
-    return "" if result.get("rc") == 0 else _failure_reason(mark)
+    return "" if result.get("rc") == 0 else failure_reason(mark)
 
 
 def _output_types(path: Path) -> dict[str, int]:
@@ -486,7 +378,7 @@ def quantize(
     except OSError as exc:
         raise CatteryError(f"{out.parent}: cannot make the output folder: {exc.strerror}") from None
     require_disk(out.parent, est.size, out.name)
-    native = _native_params(qt.ftype, threads=threads, allow_requantize=allow_requantize, opts=opts, imatrix=imat)
+    native = native_params(qt.ftype, threads=threads, allow_requantize=allow_requantize, opts=opts, imatrix=imat)
     ensure_backend()
     clean_leftovers(out.parent)  # what a killed quantization into this folder left
     try:

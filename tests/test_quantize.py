@@ -35,6 +35,7 @@ from app.resources import require_disk
 from converters import quantize as Q
 from converters.imatrix import read_imatrix
 from converters.perplexity import perplexity
+from converters.quant_native import native_params
 from converters.quant_types import TypeOptions, all_types, lookup, tensor_bytes
 from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.gguf_files import dequantized_copy, split_copy, write_gguf
@@ -176,7 +177,7 @@ def llama_dry_run(src: Path, qtype: str, imatrix: Path | None = None, **options:
     qt = lookup(qtype)
     imat = read_imatrix(imatrix) if imatrix else None
     opts = dataclasses.replace(TypeOptions.parse(**options), has_imatrix=imat is not None)  # type: ignore[arg-type]
-    native = Q._native_params(qt.ftype, threads=1, allow_requantize=False, opts=opts, imatrix=imat)
+    native = native_params(qt.ftype, threads=1, allow_requantize=False, opts=opts, imatrix=imat)
     native.params.dry_run = True
     mark = LOG.mark()
     rc = L.llama_model_quantize(str(src).encode(), str(src.with_suffix(".none")).encode(), ctypes.byref(native.params))
