@@ -1,1 +1,1 @@
-"""The Textual chat app (preview: the chat screen; characters, models, settings and chats screens to come)."""
+"""The Textual app: app.py runs the screens (screens/) as modes; state.py is what they share."""

@@ -42,10 +42,13 @@ class TurnDone(Message):
 
 
 class PreviewReady(Message):
-    def __init__(self, chat_id: int, preview: Preview | None) -> None:
+    """The context the next reply would have; `error`: why it could not be counted."""
+
+    def __init__(self, chat_id: int, preview: Preview | None, error: str = "") -> None:
         super().__init__()
         self.chat_id = chat_id
         self.preview = preview
+        self.error = error
 
 
 class DraftMeasured(Message):

@@ -500,11 +500,13 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
         try:
             preview = session.preview()
         except CatteryError as exc:
-            self.app.call_from_thread(self.app.notify, str(exc), severity="warning")
-            preview = None
+            self.post_message(PreviewReady(session.chat_id, None, str(exc)))
+            return
         self.post_message(PreviewReady(session.chat_id, preview))
 
     def on_preview_ready(self, event: PreviewReady) -> None:
+        if event.error:
+            self.notify(event.error, severity="warning")
         if self.session is None or event.chat_id != self.session.chat_id:
             return
         self.preview = event.preview
