@@ -256,7 +256,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from app.plain_chat import PlainChat, memory_store
     from app.session.chat import ChatSession, new_chat_seed
 
-    system = args.system if args.system is not None else ws.settings.get("chat", "system", "")
+    system = args.system if args.system is not None else ws.settings.chat.system
     seed = new_chat_seed()
     card_ref, recipe = _recipe(args, ws, system or "", seed)
     engine, choice = _load_engine(args, ws)
@@ -638,7 +638,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     leading = history.pop(0).content if session is None and history and history[0].role == "system" else None
     system = args.system if args.system is not None else leading
     if system is None:
-        system = settings.get("chat", "system", "") or None
+        system = settings.chat.system or None
     path = _prompt_model(ws, args)
     info = read_model_info(path) if path is not None else None
     choice = ws.chat_format(path, info, args.format)
@@ -654,7 +654,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             vocab = VocabModel(info.path)
             tokenizer = tokenizer_from(vocab)
             n_ctx = round_ctx(args.ctx) if args.ctx else ws.chat_context(path, info)
-        wanted = args.reserve if args.reserve is not None else int(settings.get("chat", "max_tokens", 512))
+        wanted = args.reserve if args.reserve is not None else settings.chat.max_tokens
         reserve = reply_reserve(wanted, n_ctx)
         if session is not None:
             recipe = dataclasses.replace(session.recipe, note=_note(args, session.recipe.note))  # never saved here

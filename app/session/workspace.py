@@ -95,7 +95,7 @@ class Workspace:
     def store(self) -> ChatStore:
         from app.chats.store import ChatStore
 
-        return ChatStore(self.paths.chats_db, busy_timeout=float(self.settings.get("chats", "busy_timeout", 10.0)))
+        return ChatStore(self.paths.chats_db, busy_timeout=self.settings.chats.busy_timeout)
 
     @cached_property
     def cards(self) -> CardLibrary:
@@ -130,12 +130,12 @@ class Workspace:
         return os.path.abspath(Path(path).expanduser())
 
     def model_dirs(self) -> list[Path]:
-        return [self.paths.models_dir, *(self.settings_path(d) for d in self.settings.get("model", "dirs", []))]
+        return [self.paths.models_dir, *(self.settings_path(d) for d in self.settings.model.dirs)]
 
     def add_model_dir(self, folder: Path | str) -> str | None:
         """Remember a folder of models (absolute); the error line when the settings cannot be saved."""
         stored = self.stored_path(folder)
-        dirs = list(self.settings.get("model", "dirs", []))
+        dirs = list(self.settings.model.dirs)
         if stored in dirs or any(self.settings_path(d) == Path(stored) for d in dirs):
             return None
         self.settings.set("model", "dirs", [*dirs, stored])
@@ -162,7 +162,7 @@ class Workspace:
         if explicit:
             return self.resolve_model(explicit)
         for key in ("default", "last_used"):
-            ref = self.settings.get("model", key, "")
+            ref = getattr(self.settings.model, key)
             if not ref:
                 continue
             try:
@@ -174,7 +174,7 @@ class Workspace:
     def remember_model(self, path: Path) -> str | None:
         """The model to open next time: stored as an absolute path, so any folder finds it."""
         stored = self.stored_path(path)
-        if self.settings.get("model", "last_used", "") == stored:
+        if self.settings.model.last_used == stored:
             return None
         self.settings.set("model", "last_used", stored)
         return self.save_settings()
@@ -205,7 +205,7 @@ class Workspace:
 
     @property
     def default_ctx(self) -> int:
-        return int(self.settings.get("model", "ctx", 4096) or 4096)
+        return self.settings.model.ctx
 
     def model_load(
         self, model: Path | str | None, overrides: dict[str, Any] | None = None, fmt: str | None = None
@@ -230,7 +230,7 @@ class Workspace:
         from app.prompt.builder import choose_format
 
         saved = self.saved_load_settings(path).get("format") if path is not None else None
-        wanted = explicit or saved or self.settings.get("chat", "format", "") or None
+        wanted = explicit or saved or self.settings.chat.format or None
         return choose_format(wanted, info)
 
     def chat_context(self, path: Path, info: ModelInfo, overrides: dict[str, Any] | None = None) -> int:
@@ -246,9 +246,9 @@ class Workspace:
     def sampler(self, preset: str | None = None, overrides: dict[str, Any] | None = None) -> SamplerSettings:
         from app.engine.options import SamplerSettings, load_preset
 
-        sampler = load_preset(preset or self.settings.get("chat", "preset", "default"))
+        sampler = load_preset(preset or self.settings.chat.preset)
         sampler = SamplerSettings.from_mapping(dict(self.settings.section("sampler")), sampler)
-        sampler.max_tokens = int(self.settings.get("chat", "max_tokens", sampler.max_tokens))
+        sampler.max_tokens = self.settings.chat.max_tokens
         changes = {k: v for k, v in (overrides or {}).items() if v is not None and k in SAMPLER_KEYS}
         sampler = sampler.updated(**changes)
         if (overrides or {}).get("ban_eos"):
@@ -269,7 +269,7 @@ class Workspace:
         return resolve_character(ref, self.cards)
 
     def default_character(self) -> str | None:
-        ref = self.settings.get("chat", "card", "")
+        ref = self.settings.chat.card
         return ref or None
 
     def recipe(
@@ -349,14 +349,14 @@ class Workspace:
             card=card,
             character=character,
             chat=chat,
-            everywhere=list(self.settings.get("chat", "lorebooks", [])),
+            everywhere=list(self.settings.chat.lorebooks),
             command_line=command_line or [],
         )
         lore.warnings[:0] = problems
         return lore
 
     def global_lorebooks(self) -> list[str]:
-        return list(self.settings.get("chat", "lorebooks", []))
+        return list(self.settings.chat.lorebooks)
 
     def set_global_lorebook(self, ref: str, attached: bool) -> str | None:
         """Attach a book to every chat (or not): `[chat] lorebooks` in the settings; the error line
