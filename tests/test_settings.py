@@ -18,7 +18,7 @@ def test_defaults_and_user_overrides(tmp_path: Path) -> None:
     assert s.get("model", "ctx") == 8192
     assert s.get("model", "gpu_layers") == "auto"  # from the defaults
     assert s.get("chat", "system") == "Meow."
-    opts = LoadOptions.from_settings(s.section("model"))
+    opts = LoadOptions.from_settings(s.model)
     assert opts.gpu_layers is None and opts.batch == 512 and opts.mmap
 
 

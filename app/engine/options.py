@@ -6,9 +6,12 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.errors import CatteryError
+
+if TYPE_CHECKING:
+    from app.settings_view import ModelPrefs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -131,22 +134,19 @@ class LoadOptions:
             raise CatteryError(f"--rope-freq-base must be positive, got {self.rope_freq_base}")
 
     @classmethod
-    def from_settings(cls, model_section: dict[str, Any]) -> LoadOptions:
-        def opt_int(key: str) -> int | None:
-            value = model_section.get(key)
-            return int(value) if value else None
-
+    def from_settings(cls, prefs: ModelPrefs) -> LoadOptions:
+        """The settings' [model] table as load options; 0 (ctx, threads) means "let the engine choose"."""
         return cls(
-            ctx=opt_int("ctx"),
-            gpu_layers=parse_gpu_layers(model_section.get("gpu_layers", "auto")),
-            threads=opt_int("threads"),
-            threads_batch=opt_int("threads_batch"),
-            batch=int(model_section.get("batch", 512)),
-            flash_attn=str(model_section.get("flash_attn", "auto")),  # type: ignore[arg-type]
-            cache_type_k=str(model_section.get("cache_type_k", "f16")),
-            cache_type_v=str(model_section.get("cache_type_v", "f16")),
-            mmap=bool(model_section.get("mmap", True)),
-            mlock=bool(model_section.get("mlock", False)),
+            ctx=prefs.ctx or None,
+            gpu_layers=parse_gpu_layers(prefs.gpu_layers),
+            threads=prefs.threads or None,
+            threads_batch=prefs.threads_batch or None,
+            batch=prefs.batch,
+            flash_attn=prefs.flash_attn,  # type: ignore[arg-type]
+            cache_type_k=prefs.cache_type_k,
+            cache_type_v=prefs.cache_type_v,
+            mmap=prefs.mmap,
+            mlock=prefs.mlock,
         )
 
 

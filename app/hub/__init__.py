@@ -1,1 +1,1 @@
-"""Models: the bundled default, the local model library, and (later) the Hugging Face hub."""
+"""Models: the bundled default, the local model library, and the Hugging Face hub."""

@@ -184,7 +184,7 @@ class Workspace:
         from app.engine.options import LoadOptions, parse_gpu_layers
 
         over = {k: v for k, v in (overrides or {}).items() if v is not None}
-        opts = LoadOptions.from_settings(self.settings.section("model"))
+        opts = LoadOptions.from_settings(self.settings.model)
         opts.ctx = over.get("ctx")  # the settings' ctx is the default, not a request
         if "gpu_layers" in over:
             opts.gpu_layers = parse_gpu_layers(over["gpu_layers"])
@@ -295,15 +295,15 @@ class Workspace:
 
         s = self.settings
         if system is None:
-            system = s.get("chat", "system", "") or None
-        user = user or s.get("persona", "name", "User")
-        char = char or s.get("chat", "char_name", "Assistant")
-        placement = lore_placement or s.get("lore", "placement", "card")
-        pin = bool(s.get("chat", "pin_examples", False))
+            system = s.chat.system or None
+        user = user or s.persona.name
+        char = char or s.chat.char_name
+        placement = lore_placement or s.lore.placement
+        pin = s.chat.pin_examples
         lore = self.chat_lore(card, card_ref=card_ref, chat_id=chat_id, command_line=lorebooks or [])
         if card is None:
             return PromptRecipe(system, user, char, None, lore.lorebooks, placement, pin, None, lore=lore, note=note)
-        persona = Persona(user, s.get("persona", "description", ""))
+        persona = Persona(user, s.persona.description)
         cp = card_prompt(card, global_system=system or "", persona=persona, chat_seed=chat_seed)
         return PromptRecipe(
             cp.system or None, cp.user, cp.char, cp, lore.lorebooks, placement, pin, card, lore=lore, note=note

@@ -2,10 +2,11 @@
 being shown, the keymap and the theme from the settings.
 
 The app owns one engine and one chat session at a time, kept in a `TuiState`
-(app/tui/state.py) that the screens read. Screens watch three of the app's reactive
+(app/tui/state.py) that the screens read. Screens watch four of the app's reactive
 attributes instead of being called: `model_status`, `session_serial` (the chat screen
-stops its reply and keeps its draft when another chat replaces its own) and
-`settings_serial`. Workers post messages and never touch widgets.
+stops its reply and keeps its draft when another chat replaces its own),
+`settings_serial` and `prompt_serial` (lore or the Author's Note changed). Workers post
+messages and never touch widgets.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class CatteryApp(App[None]):
     model_status: reactive[ModelStatus] = reactive(ModelStatus, always_update=True, init=False)
     session_serial: reactive[int] = reactive(0, always_update=True, init=False)
     settings_serial: reactive[int] = reactive(0, always_update=True, init=False)
+    # What goes into the open chat's prompt beside its messages changed (a lorebook attached, the
+    # Author's Note saved): the chat screen counts its context again.
+    prompt_serial: reactive[int] = reactive(0, always_update=True, init=False)
 
     # The state the screens share, as the app's own attributes (tests and app/tui/run.py read them).
     ws: SharedField[Workspace] = SharedField()
@@ -138,7 +142,7 @@ class CatteryApp(App[None]):
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_mount(self) -> None:
-        theme = str(self.ws.settings.get("ui", "theme", "textual-dark"))
+        theme = self.ws.settings.ui.theme
         if theme in self.available_themes:
             self.theme = theme
         self.settings_warnings += self._theme_warning()
@@ -161,7 +165,7 @@ class CatteryApp(App[None]):
             self.load_model(self.launch.model, self.launch.load_overrides, self.launch.format)
 
     def _theme_warning(self) -> list[str]:
-        theme = str(self.ws.settings.get("ui", "theme", "textual-dark"))
+        theme = self.ws.settings.ui.theme
         if theme in self.available_themes:
             return []
         where = f"{self.ws.settings.path}: [ui] theme"
@@ -179,7 +183,7 @@ class CatteryApp(App[None]):
             self.notify(f"and {rest} more problems in the settings file: F6 lists them", severity="warning", timeout=15)
 
     def watch_theme(self, theme: str) -> None:
-        if self.is_mounted and theme != self.ws.settings.get("ui", "theme", ""):
+        if self.is_mounted and theme != self.ws.settings.ui.theme:
             self.ws.settings.set("ui", "theme", theme)
             problem = self.ws.save_settings()
             if problem:
@@ -215,8 +219,10 @@ class CatteryApp(App[None]):
         """What the command line asked for this run's chats (system, names, lorebooks), to build a recipe again."""
         return {k: v for k, v in self._session_kwargs().items() if k not in ("sampler", "note")}
 
-    def chat_screen(self) -> Any:
-        return self._chat_screen()
+    def prompt_changed(self) -> None:
+        """Lore or the Author's Note of the open chat changed; the chat screen, watching
+        `prompt_serial`, counts the next prompt again."""
+        self.prompt_serial += 1
 
     def open_initial_chat(self) -> None:
         """The last chat as it was; with --card, that character's last chat; --new starts one."""
@@ -467,9 +473,7 @@ class CatteryApp(App[None]):
                 return
             note = s.note
             self.notify(f"{note.describe()} (saved with this chat)" if note is not None else "Author's Note removed")
-            chat = self._chat_screen()
-            if chat is not None and hasattr(chat, "refresh_preview"):
-                chat.refresh_preview()
+            self.prompt_changed()
 
         self.push_screen(AuthorsNoteScreen(f"Author's Note · {who} · {s.title}", s.note, s.history()), done)
 

@@ -45,7 +45,7 @@ def run_app(ws: Workspace, launch: Launch) -> int:
     # takes over the terminal's input.
     from app.tui.widgets.avatar import prepare_pictures
 
-    prepare_pictures(str(ws.settings.get("ui", "images", "auto")))
+    prepare_pictures(ws.settings.ui.images)
     from app.tui.app import CatteryApp
 
     log, problem = _open_logs(ws.paths.log_dir)

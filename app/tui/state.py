@@ -46,9 +46,8 @@ class TuiState:
 
         settings = self.ws.settings
         self.keymap, key_warnings = read_keymap(dict(settings.section("keys")), str(settings.path))
-        self.image_mode = str(settings.get("ui", "images", "auto"))
-        self.cursor_blink = bool(settings.get("ui", "cursor_blink", True))
-        self.shown_messages = max(1, int(settings.get("ui", "shown_messages", 60)))
+        ui = settings.ui
+        self.image_mode, self.cursor_blink, self.shown_messages = ui.images, ui.cursor_blink, ui.shown_messages
         return key_warnings
 
 
@@ -86,7 +85,7 @@ class Host(Protocol):
     def open_chat(self, chat_id: int, *, switch: bool = True) -> bool: ...
     def apply_settings(self) -> None: ...
     def avatar_for(self, role: str) -> bytes | None: ...
-    def chat_screen(self) -> Any: ...
+    def prompt_changed(self) -> None: ...
     def switch_mode(self, mode: str) -> AwaitComplete: ...
 
 

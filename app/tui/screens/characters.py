@@ -365,7 +365,7 @@ class CharactersScreen(SharedState, FittedScreen):
         self._show_facts(character)
         from app.cards.macros import MacroContext, expand
 
-        user = self.shared.ws.settings.get("persona", "name", "User")
+        user = self.shared.ws.settings.persona.name
         ctx = MacroContext(char=card.display_name, user=user)
         for i, g in enumerate([d["first_mes"], *d["alternate_greetings"]]):
             if g.strip():

@@ -154,6 +154,7 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
         self.watch(self.app, "session_serial", self._session_changed)
         self.watch(self.app, "model_status", self._model_changed)
         self.watch(self.app, "settings_serial", self._settings_applied, init=False)
+        self.watch(self.app, "prompt_serial", lambda _: self.call_after_refresh(self.refresh_preview), init=False)
         self.watch(self.app, "app_focus", self._app_focus_changed, init=False)
         area.focus()
 

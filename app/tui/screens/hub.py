@@ -26,13 +26,12 @@ from app.tui.state import SharedState
 from app.units import fmt_size
 
 if TYPE_CHECKING:
-    from app.hub.download import DownloadStatus as Progress
-    from app.hub.download import Plan
+    from app.hub.download import DownloadStatus, Plan
     from app.hub.names import GGUFModel
     from app.hub.remote import RepoHit
 
 
-def progress_text(p: Progress) -> str:
+def progress_text(p: DownloadStatus) -> str:
     eta = p.eta
     left = f", {int(eta // 60)}:{int(eta % 60):02d} left" if eta is not None else ""
     return f"{fmt_size(p.done)} of {fmt_size(p.total)}, {fmt_size(p.speed)}/s{left}"
@@ -84,7 +83,7 @@ class VerdictRead(Message):
 
 
 class DownloadProgress(Message):
-    def __init__(self, label: str, progress: Progress) -> None:
+    def __init__(self, label: str, progress: DownloadStatus) -> None:
         super().__init__()
         self.label = label
         self.progress = progress
@@ -299,7 +298,7 @@ class HubScreen(SharedState, FittedScreen):
 
         last = [0.0]
 
-        def progress(p: Progress) -> None:
+        def progress(p: DownloadStatus) -> None:
             now = time.monotonic()
             if now - last[0] > 0.1 or p.done >= p.total:
                 last[0] = now

@@ -256,9 +256,7 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
         """Read everything again, and let the chat count its context with the new books."""
         self.loaded = False
         self.load()
-        chat = self.cattery.chat_screen()
-        if chat is not None and hasattr(chat, "refresh_preview"):
-            chat.call_after_refresh(chat.refresh_preview)
+        self.cattery.prompt_changed()
 
     def action_import_book(self) -> None:
         def chosen(path: str | None) -> None:

@@ -263,12 +263,9 @@ class ModelsScreen(SharedState, FittedScreen):
             return
         first = row is not self.current
         self.current = row
-        from app.prompt.builder import choose_format
-
         saved = self.shared.ws.saved_load_settings(row.entry.path)
-        fmt = saved.get("format") or self.shared.ws.settings.get("chat", "format", "") or None
         try:
-            name = choose_format(fmt, row.info).name if row.info is not None else "?"
+            name = self.shared.ws.chat_format(row.entry.path, row.info).name if row.info is not None else "?"
         except CatteryError:
             name = "?"
         self.query_one("#model-title", Static).update(plain(row.entry.name))

@@ -123,10 +123,10 @@ class SettingsScreen(SharedState, FittedScreen):
         state = self.query_one("#settings-state", Static)
         state.set_class(False, "error-line")
         state.update(plain(f"file: {s.path}"))
-        self.query_one("#system", TextArea).text = s.get("chat", "system", "") or ""
-        self.query_one("#persona-name", Input).value = s.get("persona", "name", "User")
-        self.query_one("#persona-description", TextArea).text = s.get("persona", "description", "")
-        preset = s.get("chat", "preset", "default")
+        self.query_one("#system", TextArea).text = s.chat.system
+        self.query_one("#persona-name", Input).value = s.persona.name
+        self.query_one("#persona-description", TextArea).text = s.persona.description
+        preset = s.chat.preset
         select = self.query_one("#preset", Select)
         with select.prevent(Select.Changed):
             select.value = preset if preset in preset_names() else "default"
@@ -137,11 +137,11 @@ class SettingsScreen(SharedState, FittedScreen):
             state.set_class(True, "error-line")
             state.update(plain(f"{exc}; showing the default preset's values"))
         self._fill_sampler(sampler)
-        self.query_one("#max_tokens", Input).value = str(s.get("chat", "max_tokens", 512))
+        self.query_one("#max_tokens", Input).value = str(s.chat.max_tokens)
         theme = self.query_one("#theme", Select)
         theme.value = self.app.theme if self.app.theme in self.app.available_themes else "textual-dark"
-        self.query_one("#images", Select).value = s.get("ui", "images", "auto")
-        self.query_one("#shown_messages", Input).value = str(s.get("ui", "shown_messages", 60))
+        self.query_one("#images", Select).value = s.ui.images
+        self.query_one("#shown_messages", Input).value = str(s.ui.shown_messages)
         self.keys = dict(self.shared.keymap)
         self._fill_keys()
 
