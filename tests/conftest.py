@@ -14,6 +14,7 @@ import pytest
 from app.engine.engine import Engine
 from app.engine.options import LoadOptions, SamplerSettings
 from app.hub.bundled import find_bundled_model, missing_model_message
+from app.session.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 # Real files from other apps (origin and license in tests/fixtures/README.md): never read from
@@ -75,6 +76,14 @@ def cattery_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("CATTERY_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def ws(cattery_home: Path) -> Iterator[Workspace]:
+    """A workspace on a fresh CATTERY_HOME: settings, paths, the chat store and the card library."""
+    w = Workspace()
+    yield w
+    w.close()
 
 
 def run_cattery(

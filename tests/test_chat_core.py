@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import pytest
-
 from app.engine.options import SamplerSettings
 from app.plain_chat import PlainChat, memory_store
 from app.prompt.builder import FormatChoice
@@ -15,13 +13,6 @@ from app.session.chat import ChatSession, new_chat_seed, reply_reserve
 from app.session.workspace import ModelLoad, Workspace
 
 GREEDY = SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
-
-
-@pytest.fixture
-def ws(cattery_home: Path) -> Workspace:
-    w = Workspace()
-    yield w
-    w.close()
 
 
 def line_chat(ws: Workspace, engine, card: str, script: str) -> tuple[PlainChat, io.StringIO, io.StringIO]:

@@ -15,7 +15,7 @@ import pytest
 
 from app.tui.app import CatteryApp
 from tests.conftest import run_cattery
-from tests.test_tui_kill import Terminal
+from tests.terminal import Terminal
 from tests.tui_helpers import SIZE, make_app
 
 TITLE = "\x1b]0;PWNED-TITLE\x07"  # would retitle the terminal window

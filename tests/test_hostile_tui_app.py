@@ -41,7 +41,7 @@ from app.tui.widgets.chat_input import ChatInput
 from app.tui.widgets.message_view import MessageView
 from tests import hostile_cases_tui as cases
 from tests.hostile import run_bounded
-from tests.test_tui_kill import Terminal
+from tests.terminal import Terminal
 from tests.tui_helpers import SIZE, answer, chat_screen, greedy, make_app, send, wait_idle, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from app.instance import (
     running_app,
 )
 from tests.conftest import DEADLINE, ROOT, run_cattery
-from tests.test_tui_kill import Terminal, rows, wait_rows
+from tests.terminal import Terminal, rows, wait_rows
 from tests.tui_helpers import SIZE, chat_screen, make_app, wait_until
 
 MODEL_LINE = "SmolLM2-135M-Instruct.Q4_1 · "

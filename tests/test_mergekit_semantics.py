@@ -19,7 +19,7 @@ from converters.merge import merge, plan_merge
 from converters.merge_methods import fma_, torch_sum_f32
 from converters.merge_order import gradient_t
 from converters.merge_recipe import parse_recipe
-from tests.test_merge import make_llama, read_out
+from tests.llama_checkpoints import make_llama, read_out
 
 ENDS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
 

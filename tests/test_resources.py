@@ -20,7 +20,7 @@ from app import resources
 from app.resources import NotEnoughDisk, NotEnoughMemory, cgroup_room, free_disk, require_disk, require_memory
 from converters.merge import merge, peak_memory, plan_merge
 from converters.merge_recipe import parse_recipe
-from tests.test_merge import make_llama
+from tests.llama_checkpoints import make_llama
 
 
 def fake_cgroup(tmp_path: Path, version: int, limit: str, used: int) -> tuple[Path, Path]:

@@ -19,13 +19,6 @@ from app.session.workspace import Workspace
 GREEDY = SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=24)
 
 
-@pytest.fixture
-def ws(cattery_home: Path) -> Workspace:
-    w = Workspace()
-    yield w
-    w.close()
-
-
 def attached(session: ChatSession, engine) -> ChatSession:
     session.attach(engine, FormatChoice("gguf", "GGUF chat template"))
     return session
