@@ -1,6 +1,6 @@
 """Time and peak memory of the worst hostile inputs at every door (issue 13).
 
-Each door's worst cases live in `tests/hostile_cases_<door>.py` as `WORST_CASES`
+Each door's worst cases live in `tests/hostile/cases_<door>.py` as `WORST_CASES`
 (zero-argument callables that build the input and push it through the real code
 path); the tests use them too. Each case runs in a fresh child process, so its peak
 memory is its own: the child resets its peak-RSS counter (/proc/self/clear_refs)
@@ -39,11 +39,11 @@ KILL_AFTER = 60.0  # a case still running after this is reported as hung
 
 
 def doors() -> list[str]:
-    return sorted(p.stem.removeprefix("hostile_cases_") for p in (ROOT / "tests").glob("hostile_cases_*.py"))
+    return sorted(p.stem.removeprefix("cases_") for p in (ROOT / "tests" / "hostile").glob("cases_*.py"))
 
 
 def _cases(door: str) -> list[tuple[str, Any]]:
-    module = importlib.import_module(f"tests.hostile_cases_{door}")
+    module = importlib.import_module(f"tests.hostile.cases_{door}")
     return list(module.WORST_CASES)
 
 

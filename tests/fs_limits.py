@@ -10,7 +10,7 @@ Two ways, both real failures of the real system calls (nothing mocked):
   tests and CI have here; elsewhere those tests are skipped, saying why.
 - `with_file_size_limit(fn, limit)`: calls `fn` under RLIMIT_FSIZE, so a write past
   `limit` bytes fails with EFBIG, which is how a quota or a full disk looks to a
-  program: works for any user, anywhere (use it inside `tests.hostile.run_bounded`,
+  program: works for any user, anywhere (use it inside `tests.hostile.bounds.run_bounded`,
   which forks, so the limit never reaches the test process).
 """
 

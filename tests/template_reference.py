@@ -1,5 +1,5 @@
 """The yardstick for chat templates: a render as Hugging Face's transformers does it, and the
-checks of Cattery's `gguf` format against it (tests/test_templates_exact.py, bench/templates.py).
+checks of Cattery's `gguf` format against it (tests/unit/prompt/test_templates_exact.py, bench/templates.py).
 
 transformers renders a chat template in an `ImmutableSandboxedEnvironment` with
 `trim_blocks`, `lstrip_blocks`, the `loopcontrols` extension and its `{% generation %}` tag,

@@ -25,7 +25,7 @@ from app.untrusted import json_cost, parse_json
 # The bounds of an imported chat file. The longest honest SillyTavern chats seen are
 # tens of MB (thousands of messages, each with a few swipes); the bounds sit above
 # those and keep a whole import inside 5 s and 256 MB (bench/hostile.py measures the
-# worst cases from tests/hostile_cases_chats.py).
+# worst cases from tests/hostile/cases_chats.py).
 MAX_CHAT_FILE = 32 * 1024 * 1024
 MAX_LINE = 8 * 1024 * 1024  # one message with all its swipes
 MAX_MESSAGES = 50_000

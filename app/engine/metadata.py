@@ -159,7 +159,7 @@ def check_loadable(fields: Fields, arch: str, vocab_size: int | None) -> None:
 
     A block count past its 512-layer arrays makes llama.cpp write out of bounds (a
     published exploit); an unknown RoPE scaling type or inconsistent expert counts hit a
-    `GGML_ASSERT` and abort the whole process (tests/test_hostile_gguf.py shows both with
+    `GGML_ASSERT` and abort the whole process (tests/hostile/test_hostile_gguf.py shows both with
     the llama.cpp installed here); older builds also assert on a tokens or merges array
     that is not strings, and read scores and token types past their end when shorter
     than the vocabulary. Cattery checks them all before llama.cpp runs.

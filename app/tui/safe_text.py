@@ -18,7 +18,7 @@ def strip_controls_everywhere() -> None:
     """Make Rich's and Textual's own control-code stripping remove every control character.
 
     Idempotent. Raises if either library no longer has its table, so that an upgrade
-    that moves it is noticed (tests/test_hostile_tui.py) rather than silently unsafe.
+    that moves it is noticed (tests/hostile/test_hostile_tui.py) rather than silently unsafe.
     """
     import rich.control
     import textual.content

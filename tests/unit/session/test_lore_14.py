@@ -55,6 +55,7 @@ def test_the_cards_own_book_and_the_same_file_are_one_book(cattery_home: Path, t
     assert all(r.stdout.count(text) == 1 for text in contents())
 
 
+@pytest.mark.slow
 def test_lore_in_the_line_chat_lists_each_entry_once(cattery_home: Path) -> None:
     r = run_cattery(
         "chat",

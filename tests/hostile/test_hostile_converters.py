@@ -2,7 +2,7 @@
 
 Every hostile input goes through the real code path (`Checkpoint.open`, `convert`,
 `load_vocab`, `LoraAdapter.open`, `load_recipe`, `merge`, `load_build`) in a forked
-child under tests.hostile's bounds (5 s, 256 MB): it must be accepted or refused with
+child under tests.hostile.bounds's bounds (5 s, 256 MB): it must be accepted or refused with
 the project's own error in one line naming the file, and a refused conversion or merge
 leaves nothing in its output folder. Hypothesis mutates a real safetensors file (its
 length prefix and its JSON header), a real config.json and a real recipe. A few inputs
@@ -32,8 +32,8 @@ from converters.checkpoint import Checkpoint
 from converters.hf_to_gguf import convert
 from tests.conftest import ROOT, run_cattery
 from tests.hf_fixtures import random_llama
-from tests.hostile import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
-from tests.hostile_cases_converters import (
+from tests.hostile.bounds import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
+from tests.hostile.cases_converters import (
     WORST_CASES,
     backtracking_pre_tokenizer,
     bpe_tokenizer_json,

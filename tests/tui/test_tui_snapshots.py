@@ -4,7 +4,7 @@ The app runs for real on the bundled model; to keep the pictures the same on eve
 machine, the chats get fixed dates, times are shown in UTC, the cursor does not
 blink, the KV cache starts empty, and the load report's machine-dependent numbers (load time, threads) are
 set to fixed values before the picture is taken. Update them with
-`pytest tests/test_tui_snapshots.py --snapshot-update` and look at the SVGs.
+`pytest tests/tui/test_tui_snapshots.py --snapshot-update` and look at the SVGs.
 """
 
 from __future__ import annotations

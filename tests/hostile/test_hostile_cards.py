@@ -1,7 +1,7 @@
 """Cards and lorebooks from strangers (issue 13): every hostile file is accepted or refused in
 one line, within 5 s and 256 MB, and nothing is written outside the cards folder.
 
-Each case runs through tests.hostile (a forked child under the time and memory bounds),
+Each case runs through tests.hostile.bounds (a forked child under the time and memory bounds),
 on the real readers, the real library on disk, the real prompt pieces (macros, examples,
 lorebook activation) and the real writers. The hypothesis tests start from real valid
 files of each format and mutate them; whatever a mutation makes must be refused as a
@@ -56,8 +56,8 @@ from app.errors import CatteryError
 from app.prompt.segments import Message
 from app.prompt.st_import import import_st_preset
 from tests.conftest import FIXTURES, run_cattery
-from tests.hostile import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
-from tests.hostile_cases_cards import (
+from tests.hostile.bounds import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
+from tests.hostile.cases_cards import (
     WORST_CASES,
     YAML_ALIAS_BOMB,
     book_card,

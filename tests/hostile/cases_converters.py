@@ -9,7 +9,7 @@ starting point most cases mutate.
 `WORST_CASES` are the inputs that used to hang, recurse or eat memory (or that would
 if a bound were dropped): each builds its input in a temporary folder and pushes it
 through the real code path; bench/hostile.py times each and measures its peak
-memory, and tests/test_hostile_converters.py runs them under tests.hostile's bounds.
+memory, and tests/hostile/test_hostile_converters.py runs them under tests.hostile.bounds's bounds.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def test_settings_are_saved_and_applied_to_the_open_chat(cattery_home: Path, eng
 
 def test_a_bad_keys_entry_is_one_warning_and_the_rest_is_used() -> None:
     """An unknown action id or a key Textual never reports costs that entry, not the app
-    (issue 13; the app itself with such a file: tests/test_hostile_tui_app.py)."""
+    (issue 13; the app itself with such a file: tests/hostile/test_hostile_tui_app.py)."""
     from app.errors import SettingsError
     from app.tui.keys import check_keys, read_keymap
 

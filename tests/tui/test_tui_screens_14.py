@@ -354,6 +354,7 @@ async def tab_through(pilot: Any, app: Any, limit: int = 60) -> list[Any]:
 
 
 @pytest.mark.parametrize("size", [*SMALL, SIZE], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.slow
 def test_every_control_of_every_screen_can_be_reached_and_seen(cattery_home: Path, size: tuple[int, int]) -> None:
     app = bare_app()
     problems: list[str] = []
@@ -416,6 +417,7 @@ def test_settings_and_workshop_labels_are_never_cut(cattery_home: Path, size: tu
 # The widest and the smallest: a dropdown's keys do not change with the size, only whether its list
 # has room to open (the control walk above checks every control at 60x16 too).
 @pytest.mark.parametrize("size", [SIZE, SMALL[0]], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.slow
 def test_dropdowns_open_move_and_close_from_the_keyboard(cattery_home: Path, size: tuple[int, int]) -> None:
     app = bare_app()
 

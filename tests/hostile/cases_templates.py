@@ -1,4 +1,4 @@
-"""The worst chat templates (issue 13), for bench/hostile.py and tests/test_hostile_templates.py.
+"""The worst chat templates (issue 13), for bench/hostile.py and tests/hostile/test_hostile_templates.py.
 
 Each case renders a hostile `tokenizer.chat_template` through the real code path,
 `render_chat_template`, as the prompt builder does for a model file. Each is refused

@@ -1,6 +1,6 @@
 """Hostile and broken input at the chats door (issue 13): SillyTavern chat files, the SQLite store.
 
-Every case runs through tests.hostile (a forked child under the 5 s / 256 MB bounds) or
+Every case runs through tests.hostile.bounds (a forked child under the 5 s / 256 MB bounds) or
 through the real `cattery` command. An import is all or nothing: each refused file is
 checked to have left no chat behind and the chats already saved untouched.
 """
@@ -27,10 +27,10 @@ from app.chats.schema import MIGRATIONS
 from app.chats.store import ChatStore
 from app.chats.transfer import export_markdown, export_st_chat, import_st_chat
 from app.errors import CatteryError, DiskError
-from tests import hostile_cases_chats as cases
 from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.fs_limits import in_private_tmpfs, need_private_mounts, with_file_size_limit
-from tests.hostile import (
+from tests.hostile import cases_chats as cases
+from tests.hostile.bounds import (
     assert_bounded,
     assert_one_line_failure,
     assert_refused,

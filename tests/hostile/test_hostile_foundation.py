@@ -25,7 +25,7 @@ from app.untrusted import (
     require,
 )
 from tests.conftest import run_cattery
-from tests.hostile import assert_bounded, assert_refused, run_bounded
+from tests.hostile.bounds import assert_bounded, assert_refused, run_bounded
 
 # -- JSON ------------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ def test_error_text_from_outside_stays_one_line(capsys: pytest.CaptureFixture[st
 
 
 def test_the_bounds_helper_tells_the_outcomes() -> None:
-    """tests/hostile.py itself: each kind of ending is told apart (a helper that cannot fail is no check)."""
+    """tests/hostile/bounds.py itself: each kind of ending is told apart (a helper that cannot fail is no check)."""
 
     def slow() -> None:
         import time

@@ -2,7 +2,7 @@
 from the hub, and refs typed on the command line.
 
 Every case runs the real code (the real huggingface_hub connection, the real cache writes)
-against the loopback test hub taught to lie (tests/hub_server.py), inside tests.hostile's
+against the loopback test hub taught to lie (tests/hub_server.py), inside tests.hostile.bounds's
 bounds: accepted or refused in one line of Cattery's own error, within 5 s and 256 MB. After
 each, the folder around the Hugging Face cache is walked: nothing may have appeared outside
 the cache, and every link in the cache must lead inside it. Hypothesis mutates each of the
@@ -29,7 +29,7 @@ import app.hub.download
 import app.hub.remote  # noqa: F401
 from app.hub.names import parse_ref, path_problem, revision_problem
 from tests.conftest import run_cattery
-from tests.hostile import (
+from tests.hostile.bounds import (
     Outcome,
     assert_bounded,
     assert_one_line_failure,
@@ -38,7 +38,7 @@ from tests.hostile import (
     mutate_bytes,
     run_bounded,
 )
-from tests.hostile_cases_hub import (
+from tests.hostile.cases_hub import (
     SMALL,
     WORST_CASES,
     download_ref,
@@ -585,6 +585,7 @@ def test_mutated_search_answers(lying: HubServer, edits: list[tuple[int, int, in
 
 @MUTATIONS
 @given(edits=EDITS)
+@pytest.mark.slow
 def test_mutated_download_bodies(lying: HubServer, edits: list[tuple[int, int, int]]) -> None:
     repo_id = new_repo_id("mut-body")
     f = gguf_repo(lying, repo_id).files[FILE]

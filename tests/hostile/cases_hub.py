@@ -7,8 +7,8 @@ a download body that never ends (a 1.5 kB file used to receive 128 MiB and more)
 or a listing of millions of entries, a listing just under the byte limit with the most
 entries it can hold, JSON nested 100,000 deep, a gzip bomb, a remote GGUF header that asks
 for a terabyte-long string, a range answer that never ends, an answer that trickles in.
-bench/hostile.py times each and measures its peak memory; tests/test_hostile_hub.py runs
-them under tests.hostile's bounds.
+bench/hostile.py times each and measures its peak memory; tests/hostile/test_hostile_hub.py runs
+them under tests.hostile.bounds's bounds.
 """
 
 from __future__ import annotations

@@ -39,12 +39,12 @@ from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen, ConfirmScreen, EditScreen
 from app.tui.widgets.chat_input import ChatInput
 from app.tui.widgets.message_view import MessageView
-from tests import hostile_cases_tui as cases
-from tests.hostile import run_bounded
+from tests.hostile import cases_tui as cases
+from tests.hostile.bounds import run_bounded
 from tests.terminal import Terminal
 from tests.tui_helpers import SIZE, answer, chat_screen, greedy, make_app, send, wait_idle, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers --------------------------------------------------------------------------------

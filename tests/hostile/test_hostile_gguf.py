@@ -1,7 +1,7 @@
 """GGUF headers from strangers (issue 13, the GGUF door): bounded, one line, before llama.cpp.
 
 Every hostile header here is read through the real code path (`read_model_info`, the
-converters' `GGUFFile`, quantize's `read_source`) in a forked child under tests.hostile's
+converters' `GGUFFile`, quantize's `read_source`) in a forked child under tests.hostile.bounds's
 bounds (5 s, 256 MB): it must be accepted or refused with a `CatteryError` of one line
 naming the file. Hypothesis then mutates real headers (one written by gguf-py, and the
 bundled model's own) byte by byte. A few files go through the real `cattery` command, and
@@ -39,8 +39,8 @@ from app.errors import InputError, ModelFileError
 from app.terminal import strip_controls
 from tests.conftest import run_cattery
 from tests.gguf_files import write_gguf
-from tests.hostile import Outcome, assert_bounded, assert_one_line_failure, assert_refused, run_bounded
-from tests.hostile_cases_gguf import (
+from tests.hostile.bounds import Outcome, assert_bounded, assert_one_line_failure, assert_refused, run_bounded
+from tests.hostile.cases_gguf import (
     ARRAY,
     BOOL,
     F32,

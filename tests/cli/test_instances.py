@@ -193,6 +193,7 @@ def test_a_second_app_is_one_line_and_a_killed_one_blocks_nothing(cattery_home: 
         third.kill()
 
 
+@pytest.mark.slow
 def test_the_line_chat_and_the_commands_work_beside_the_app(cattery_home: Path, tmp_path: Path) -> None:
     db = cattery_home / "data" / "chats.sqlite3"
     app = Terminal(["--card", "none", "--temp", "0", "-n", "12"], cattery_home)

@@ -25,10 +25,10 @@ from app.paths import Paths
 from app.session.workspace import Workspace
 from app.settings import MAX_SETTINGS_FILE, Settings, apply_changes
 from app.settings_schema import EXPLICIT, MODEL_FILE, SAMPLER, check_settings, rule_from_default
-from tests import hostile_cases_chats as cases
 from tests.conftest import DEADLINE, ROOT, run_cattery
 from tests.fs_limits import in_private_tmpfs, need_private_mounts, with_file_size_limit
-from tests.hostile import assert_one_line_failure, assert_refused, byte_edits, mutate_bytes, run_bounded
+from tests.hostile import cases_chats as cases
+from tests.hostile.bounds import assert_one_line_failure, assert_refused, byte_edits, mutate_bytes, run_bounded
 
 
 def _write(tmp_path: Path, body: str | bytes) -> Path:

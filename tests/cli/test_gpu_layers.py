@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DEADLINE, ROOT
 
 # -- bench/decode.py ------------------------------------------------------------------------
@@ -29,6 +31,7 @@ def _bench_decode(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_bench_decode_puts_both_sides_on_the_layers_asked(tmp_path: Path) -> None:
     """`--gpu-layers all` reaches both sides: the bare loop gets what the engine offloaded."""
     out = tmp_path / "decode.json"
@@ -68,6 +71,7 @@ def _eval(model_path: Path, home: Path, *extra: str) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.slow
 def test_eval_takes_gpu_layers_as_chat_does(model_path: Path, cattery_home: Path) -> None:
     import llama_cpp
 
@@ -291,6 +295,7 @@ def test_chat_on_this_build_reports_its_placement(model_path: Path, cattery_home
 # -- bench/gpu.py ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_gpu_skips_in_one_line_without_offload_and_rehearses_every_step(tmp_path: Path) -> None:
     import llama_cpp
 

@@ -269,6 +269,7 @@ def test_cattery_prompt_shows_where_the_note_went(cattery_home: Path, tmp_path: 
             assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_the_line_chat_takes_a_note_and_lore_reports_it(cattery_home: Path) -> None:
     r = run_cattery(
         "chat",
@@ -296,6 +297,7 @@ def test_the_line_chat_takes_a_note_and_lore_reports_it(cattery_home: Path) -> N
 # -- the app ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_note_dialog_saves_with_the_chat_and_reaches_the_prompt(cattery_home: Path, engine) -> None:
     from textual.widgets import Input, TextArea
 

@@ -5,7 +5,7 @@ which gguf-py's writer refuses to. `WORST_CASES` are the inputs that used to han
 header reader or eat memory without bound (an array count of 2^63, 200,000 nested
 arrays, a billion metadata entries, nested short arrays that multiply, a string the
 size of the disk...); bench/hostile.py times each and measures its peak memory, and
-tests/test_hostile_gguf.py runs them under tests.hostile's bounds.
+tests/hostile/test_hostile_gguf.py runs them under tests.hostile.bounds's bounds.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hostile chat templates (issue 13): a GGUF's `tokenizer.chat_template` is code from a stranger.
 
-Every case runs in a forked child under the issue's bounds (tests/hostile.py) and must be
+Every case runs in a forked child under the issue's bounds (tests/hostile/bounds.py) and must be
 accepted, or refused with one line that names the model file. The render's own deadline
 is 1.5 s; the children are given 3 s so that a loaded machine does not make the tests
 flaky (bench/hostile.py measures the real times against the 2 s bound).
@@ -26,8 +26,8 @@ from app.prompt.chat_template import (
 from app.prompt.jinja_limits import LimitExceeded
 from app.prompt.segments import Message, render_template
 from tests.conftest import DEADLINE, FIXTURES, run_cattery
-from tests.hostile import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
-from tests.hostile_cases_templates import DAG, MESSAGES, MODEL, WORST_CASES, deep_tuple, render
+from tests.hostile.bounds import assert_bounded, assert_one_line_failure, assert_refused, run_bounded
+from tests.hostile.cases_templates import DAG, MESSAGES, MODEL, WORST_CASES, deep_tuple, render
 
 CHATML = (FIXTURES / "chatml.jinja").read_text(encoding="utf-8")  # an honest template
 
