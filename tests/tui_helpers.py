@@ -41,7 +41,12 @@ def _where(app: Any) -> str:
     """What the app showed when a wait ran out: a flaky wait under load is then readable from the log."""
     try:
         said = [n.message for n in app._notifications]
-        return f"screen {type(app.screen).__name__}, focus {app.focused!r}, notices {said[-5:]}"
+        s = app.session
+        chat = f"chat {s.chat_id} with {s.char_name!r}" if s is not None else "no chat"
+        return (
+            f"mode {app.current_mode}, screen {type(app.screen).__name__}, focus {app.focused!r}, {chat}, "
+            f"model {app.model_status.state}, notices {said[-5:]}"
+        )
     except Exception as exc:  # only a diagnosis: never hide the timeout itself
         return f"(the app's state could not be read: {exc!r})"
 
