@@ -190,13 +190,8 @@ class CatteryApp(App[None]):
                 self.notify(problem, severity="warning")
 
     def on_unmount(self) -> None:
-        self.save_draft()
+        # The chat screen keeps its own draft as it unmounts: by now the screens are gone.
         self.engine.cancel()
-
-    def save_draft(self) -> None:
-        chat = self._chat_screen()
-        if chat is not None and hasattr(chat, "save_draft"):
-            chat.save_draft()  # a draft that cannot be saved is one line in the log, not a crash at exit
 
     def get_screen_stack(self, mode: str) -> list[Screen[Any]]:
         return list(self._screen_stacks.get(mode, []))
@@ -313,10 +308,6 @@ class CatteryApp(App[None]):
             with contextlib.suppress(CatteryError):
                 s.refresh_title()
         self.session_serial += 1
-
-    def _chat_screen(self) -> Any:
-        stack = self.get_screen_stack("chat")
-        return stack[0] if stack else None
 
     def _attach(self, session: ChatSession | None) -> None:
         if session is None or self.model_status.choice is None:
