@@ -687,13 +687,14 @@ def _chat_note(saved: Any, options: dict[str, Any] | None) -> tuple[AuthorsNote 
     return note, note != base
 
 
-def reload_recipe(ws: Workspace, session: ChatSession, **overrides: Any) -> None:
-    """Build the chat's recipe again (its lorebooks changed) and use it from the next prompt."""
+def fresh_recipe(ws: Workspace, session: ChatSession, **overrides: Any) -> PromptRecipe:
+    """The chat's recipe as its card, books and settings are now, without using it yet: reading it
+    needs no model, while `use_recipe` waits for the model's tokenizer (busy during a reply)."""
     info = ws.store.chat(session.chat_id)
     _, card = ws.resolve_character(info["card_ref"])
     if card is None and not overrides.get("char"):
         overrides = {**overrides, "char": info["card_name"]}
-    recipe = _recipe(
+    return _recipe(
         ws,
         card,
         session.chat_seed,
@@ -702,7 +703,6 @@ def reload_recipe(ws: Workspace, session: ChatSession, **overrides: Any) -> None
         chat_id=session.chat_id,
         note=session.recipe.note,
     )
-    session.use_recipe(recipe)
 
 
 def open_session(

@@ -52,6 +52,16 @@ class LoreLoaded(Message):
         self.error = error
 
 
+class LoreActive(Message):
+    """The entries the next reply switches on, worked out after the books were shown: counting a
+    book's budget needs the model's tokenizer, which waits while a reply is being written."""
+
+    def __init__(self, state: LoreState, warnings: list[str]) -> None:
+        super().__init__()
+        self.state = state
+        self.warnings = warnings
+
+
 class LoreImported(Message):
     def __init__(self, line: str, name: str | None, *, error: bool = False) -> None:
         super().__init__()
@@ -77,7 +87,9 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
         super().__init__(classes="dialog")
         self.rows: list[BookRow] = []
         self.select_key: str | None = None  # the row to show selected after the next load
-        self.loaded = False
+        self.books_read = False  # the books are listed: they can be attached and detached
+        self.loaded = False  # and the next reply's entries are known
+        self._tell_chat = False  # a change made here reaches the chat's prompt once the recipe is in use
 
     @property
     def session(self) -> ChatSession | None:
@@ -124,7 +136,7 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
 
     @work(thread=True, exclusive=True, group="lore", exit_on_error=False)
     def load(self) -> None:
-        from app.session.chat import reload_recipe
+        from app.session.chat import fresh_recipe
         from app.session.lore import book_rows
 
         s = self.session
@@ -133,18 +145,26 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
             return
         ws = self.shared.ws
         try:
-            reload_recipe(ws, s, **self.cattery.session_overrides())
-            lore = s.recipe.lore
+            recipe = fresh_recipe(ws, s, **self.cattery.session_overrides())
+            lore = recipe.lore
             rows = book_rows(lore, ws.lore_library.books()) if lore is not None else []
-            state = s.lore_now()
         except ENVIRONMENT as exc:
             self.post_message(LoreLoaded([], None, [], error_line(exc)))
             return
-        self.post_message(LoreLoaded(rows, state, list(lore.warnings) if lore is not None else []))
+        warnings = list(lore.warnings) if lore is not None else []
+        self.post_message(LoreLoaded(rows, None, warnings))  # the books at once, even while a reply is written
+        try:
+            s.use_recipe(recipe)  # these wait for the model's tokenizer
+            state = s.lore_now()
+        except ENVIRONMENT as exc:
+            self.post_message(LoreLoaded(rows, None, warnings, error_line(exc)))
+            return
+        self.post_message(LoreActive(state, warnings))
 
     def on_lore_loaded(self, event: LoreLoaded) -> None:
-        self.loaded = True
+        self.books_read = True
         if event.error:
+            self.loaded = True
             self.query_one("#lore-book-info", Static).update(plain(event.error))
             return
         self.rows = event.rows
@@ -168,6 +188,13 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
         self._show_row_info()
         self._show_active(event.state, event.warnings)
 
+    def on_lore_active(self, event: LoreActive) -> None:
+        self.loaded = True
+        if self._tell_chat:  # the chat's session uses the new books now: its meter counts them
+            self._tell_chat = False
+            self.cattery.prompt_changed()
+        self._show_active(event.state, event.warnings)
+
     def _show_active(self, state: LoreState | None, warnings: list[str]) -> None:
         table = self.query_one("#lore-active", DataTable)
         table.clear()
@@ -182,7 +209,9 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
                 cell(a.why),
                 cell(where_text(placement, e.position, e.insert_depth, e.role)),
             )
-        if state is None or not state.active:
+        if state is None:
+            table.add_row(cell(""), cell("working out…"), cell(""), cell(""))
+        elif not state.active:
             table.add_row(cell(""), cell("no entry is active"), cell(""), cell(""))
         lines = list(warnings)
         note = s.note if s is not None else None
@@ -238,7 +267,7 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
 
         s = self.session
         row = self.current_row()
-        if s is None or row is None or not self.loaded:
+        if s is None or row is None or not self.books_read:
             return
         attached = scope not in row.scopes
         with reported(self, outcome="nothing was changed") as done:
@@ -254,9 +283,9 @@ class WorldInfoScreen(SharedState, ModalScreen[None]):
 
     def changed(self) -> None:
         """Read everything again, and let the chat count its context with the new books."""
-        self.loaded = False
+        self.books_read = self.loaded = False
+        self._tell_chat = True
         self.load()
-        self.cattery.prompt_changed()
 
     def action_import_book(self) -> None:
         def chosen(path: str | None) -> None:

@@ -294,3 +294,51 @@ def test_world_info_in_the_app(seraphina_home: Path, engine, tmp_path: Path) -> 
         store.close()
     assert '"Owls"' in (seraphina_home / "config" / "settings.toml").read_text()
     assert LoreLibrary(seraphina_home / "data" / "lorebooks").path("owls") is not None
+
+
+def test_world_info_lists_the_books_while_a_reply_is_written(seraphina_home: Path, engine, tmp_path: Path) -> None:
+    """The books need no model, so F9 lists them (and attaches one) at once; the next reply's
+    entries, which count with the model's tokenizer, follow when the engine is free again.
+
+    The engine's one thread is held by a job that waits on a gate, as a reply being written
+    holds it: the same wait, without a race against the reply's end."""
+    import threading
+
+    from textual.widgets import DataTable
+
+    from app.tui.screens.lore import WorldInfoScreen
+    from tests.conftest import DEADLINE
+
+    owls = tmp_path / "Owls.json"
+    owls.write_text(json.dumps({"entries": {"0": {"uid": 0, "key": ["greetings"], "content": "Owls greet at dusk."}}}))
+    assert run_cattery("lore", "import", str(owls), home=seraphina_home).returncode == 0
+    app = make_app(engine, card_ref="seraphina", card_explicit=True, new_chat=True)
+
+    def cells(screen: WorldInfoScreen, table: str, column: int) -> list[str]:
+        t = screen.query_one(table, DataTable)
+        return [str(t.get_row_at(i)[column]) for i in range(t.row_count)]
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: app.session is not None and app.session.ready, what="the chat")
+            gate = threading.Event()
+            held = engine._pool.submit(gate.wait, DEADLINE)  # the engine thread is busy from here
+            try:
+                await pilot.press("f9")
+                await wait_until(pilot, lambda: isinstance(app.screen, WorldInfoScreen), what="World Info")
+                screen = app.screen
+                await wait_until(pilot, lambda: screen.books_read, what="the books")
+                assert cells(screen, "#lore-books", 0) == ["Eldoria", "Owls"]
+                assert cells(screen, "#lore-active", 1) == ["working out…"]
+                screen.query_one("#lore-books", DataTable).move_cursor(row=1)
+                await pilot.press("space")  # the owls attached to this chat while the engine is busy
+                await wait_until(
+                    pilot, lambda: screen.books_read and cells(screen, "#lore-books", 2) == ["", "✓"], what="attached"
+                )
+                assert not screen.loaded and not held.done()
+            finally:
+                gate.set()
+            await wait_until(pilot, lambda: screen.loaded, what="the entries")
+            assert any("key 'forest'" in why for why in cells(screen, "#lore-active", 2))
+
+    asyncio.run(run())
