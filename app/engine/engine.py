@@ -23,6 +23,7 @@ from app.engine.options import LoadOptions, SamplerSettings
 from app.engine.placement import choose_gpu_layers
 from app.engine.preflight import DEFAULT_CTX, check_memory, choose_ctx, context_warnings
 from app.engine.reuse import ReusePlan, plan_reuse
+from app.engine.snapshot import KVState, SnapshotDamaged, SnapshotKey, SnapshotMismatch
 from app.engine.stats import GenerationStats, LoadReport
 from app.engine.textstream import TextStream
 from app.errors import CatteryError, ContextOverflowError
@@ -260,6 +261,95 @@ class Engine:
             current.cancel()
         self._pool.submit(self._close_model).result()
         self._pool.shutdown(wait=True)
+
+    # -- KV-cache snapshots ----------------------------------------------------------
+
+    def snapshot_key(self) -> SnapshotKey | None:
+        """What a state of the loaded model's cache is valid for; None when nothing is loaded.
+
+        Computed once per loaded model (the model file's identity reads 2 MiB of it)."""
+        m = self._model
+        report = self.report
+        if m is None or report is None:
+            return None
+        cached = self._snapshot_key_cache
+        if cached is not None and cached[0] is m:
+            return cached[1]
+        import llama_cpp as L
+
+        from app.engine.snapshot import build_identity, model_identity
+
+        found = m.context_settings()
+        rope_scale = 1.0 / report.rope_scale if report.rope_scale else 1.0
+        key = SnapshotKey(
+            model_id=model_identity(m.path),
+            n_ctx=m.n_ctx,
+            type_k=report.cache_type_k,
+            type_v=report.cache_type_v,
+            rope_freq_base=float(found.get("freq_base", report.rope_freq_base or 0.0)),
+            rope_freq_scale=float(found.get("freq_scale", rope_scale)),
+            flash_attn=str(found.get("flash_attn", report.flash_attn)),
+            build=build_identity(
+                str(L.__version__),
+                (L.llama_print_system_info() or b"").decode("utf-8", "replace"),
+                Path(getattr(L.llama_cpp._lib, "_name", "") or "") or None,
+            ),
+            seq_version=int(getattr(L, "LLAMA_STATE_SEQ_VERSION", 0)),
+        )
+        self._snapshot_key_cache = (m, key)
+        return key
+
+    _snapshot_key_cache: tuple[NativeModel, SnapshotKey] | None = None
+
+    def export_state(self, keep: int | None = None) -> KVState:
+        """Sequence 0's KV cache and the tokens it holds, as a job between generations.
+
+        Only a copy into memory happens on the engine thread (writing a file is the caller's,
+        on its own thread), so a turn asked for meanwhile waits for a memcpy, not a disk.
+        `keep` limits the state to the first `keep` tokens: the cache itself is trimmed to
+        them first (what is dropped would have been evaluated again anyway by a prompt that
+        differs there), so pass it only for a tail that is worth less than its bytes.
+        """
+        key = self.snapshot_key()
+        if key is None:
+            raise CatteryError("no model is loaded")
+
+        def job(m: NativeModel) -> KVState:
+            if keep is not None and keep < len(m.kv_tokens):
+                m.truncate_kv(max(0, keep))
+            data = m.export_state()
+            return KVState(key=key, tokens=list(m.kv_tokens), data=data)
+
+        return self._run(job)
+
+    def import_state(self, state: KVState) -> int:
+        """Put `state` in the KV cache in place of what is there; returns the tokens restored.
+
+        Refused (SnapshotMismatch) if it was made for another model, context, KV type, RoPE,
+        flash attention or build, or holds more tokens than the context: the cache is left
+        as it was. If llama.cpp does not take the bytes (SnapshotDamaged), the cache is
+        left empty. Afterwards the next prompt reuses the restored tokens as it would
+        its own: the common prefix, or a context shift.
+        """
+        key = self.snapshot_key()
+        if key is None:
+            raise CatteryError("no model is loaded")
+        why = key.difference(state.key)
+        if why is not None:
+            raise SnapshotMismatch(f"the snapshot was {why}")
+        tokens = state.tokens
+
+        def job(m: NativeModel) -> int:
+            if len(tokens) > m.n_ctx:
+                raise SnapshotMismatch(f"the snapshot holds {len(tokens)} tokens, the context {m.n_ctx}")
+            n_vocab = m.n_vocab
+            if any(not 0 <= t < n_vocab for t in tokens):
+                raise SnapshotDamaged("the snapshot holds a token the model does not have")
+            if not m.import_state(state.data, tokens):
+                raise SnapshotDamaged("llama.cpp did not take the snapshot's state (the cache was cleared)")
+            return len(tokens)
+
+        return self._run(job)
 
     # -- generation ----------------------------------------------------------------
 

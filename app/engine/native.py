@@ -11,6 +11,7 @@ Every method must run on the engine's own thread: a llama context is not thread-
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import re
@@ -147,6 +148,10 @@ class AbortFlag:
 
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+# llama.cpp's report of the context it made: "llama_context: freq_base = 100000.0", and
+# whether "auto" flash attention came out on: "Flash Attention enabled".
+_CTX_SETTING = re.compile(r"llama_context: (freq_base|freq_scale)\s*=\s*([0-9.eE+-]+)")
+_FLASH_RESOLVED = re.compile(r"Flash Attention (enabled|disabled)")
 
 
 def load_failure(mark: int) -> str:
@@ -403,6 +408,67 @@ class NativeModel(Vocab):
         self.decode([token])
         L.llama_set_warmup(self.ctx, False)
         self.clear_kv()
+
+    # -- sequence state (KV-cache snapshots) ---------------------------------------
+
+    def context_settings(self) -> dict[str, Any]:
+        """RoPE base/scale and flash attention as the context really has them, from llama.cpp's
+        own report of the context it made (the options say "auto" or 0 for "the model's")."""
+        found: dict[str, Any] = {}
+        for line in self.load_log:
+            m = _CTX_SETTING.search(line)
+            if m:
+                with contextlib.suppress(ValueError):
+                    found[m.group(1)] = float(m.group(2))
+            m = _FLASH_RESOLVED.search(line)
+            if m:
+                found["flash_attn"] = "on" if m.group(1) == "enabled" else "off"
+        return found
+
+    def state_size(self) -> int:
+        return int(L.llama_state_seq_get_size(self.ctx, 0))
+
+    def export_state(self) -> bytearray:
+        """Sequence 0's state, copied once by llama.cpp straight into a new buffer."""
+        size = self.state_size()
+        buf = bytearray(size)
+        if size == 0:
+            return buf
+        view = (ctypes.c_uint8 * size).from_buffer(buf)
+        written = int(L.llama_state_seq_get_data(self.ctx, view, size, 0))
+        del view  # release the export on `buf`
+        if written != size:
+            raise CatteryError(f"llama.cpp wrote {written} bytes of state where it said {size}")
+        return buf
+
+    def import_state(self, data: bytes | bytearray, tokens: Sequence[int]) -> bool:
+        """Replace the cache with `data` (a sequence state) holding `tokens`.
+
+        True if llama.cpp took it and the positions it holds are exactly 0..len(tokens)-1;
+        otherwise the cache is cleared (llama.cpp may have taken part of it) and False.
+        """
+        self.clear_kv()
+        if not tokens or not data:
+            return not tokens and not data
+        size = len(data)
+        # set_data only reads; a bytes object is copied into a ctypes array once, a
+        # bytearray is lent as it is.
+        buf = (
+            (ctypes.c_uint8 * size).from_buffer(data)
+            if isinstance(data, bytearray)
+            else ((ctypes.c_uint8 * size).from_buffer_copy(data))
+        )
+        try:
+            read = int(L.llama_state_seq_set_data(self.ctx, buf, size, 0))
+        finally:
+            del buf
+        lo = int(L.llama_memory_seq_pos_min(self.memory, 0))
+        hi = int(L.llama_memory_seq_pos_max(self.memory, 0))
+        if read != size or lo != 0 or hi != len(tokens) - 1:
+            self.clear_kv()
+            return False
+        self.kv_tokens[:] = list(tokens)
+        return True
 
     # -- sampling -----------------------------------------------------------------
 
