@@ -36,6 +36,7 @@ MAX_SHOWN = 100_000
 MAX_NAME = 256  # a persona or character name: one line
 MAX_LIST = 256  # folders or lorebooks in one list
 MAX_PATH = 4096  # PATH_MAX on Linux
+MAX_SNAPSHOT_MB = 1 << 24  # 16 TiB of KV snapshots: a limit, not a disk anyone has
 C_INT = 2**31 - 1
 MAX_WARNINGS = 20  # lines about one file: enough to fix it, never a screenful of noise
 
@@ -220,6 +221,10 @@ EXPLICIT: dict[tuple[str, str], Rule] = {
     ("chat", "max_tokens"): integer(1, MAX_TOKENS),
     ("lore", "placement"): choice("card", "end"),
     ("chats", "busy_timeout"): number(0.0, 600.0),
+    ("snapshots", "enabled"): boolean(),
+    ("snapshots", "disk_limit_mb"): integer(0, MAX_SNAPSHOT_MB),
+    ("snapshots", "memory_limit_mb"): integer(0, MAX_SNAPSHOT_MB),
+    ("snapshots", "keep"): choice("window", "all"),
     ("persona", "name"): text(max_len=MAX_NAME, one_line=True),
     ("ui", "images"): choice("auto", "on", "off"),
     ("ui", "shown_messages"): integer(1, MAX_SHOWN),

@@ -60,6 +60,14 @@ class ChatsPrefs:
 
 
 @dataclass(frozen=True)
+class SnapshotPrefs:
+    enabled: bool
+    disk_limit_mb: int
+    memory_limit_mb: int
+    keep: str  # "window" or "all"
+
+
+@dataclass(frozen=True)
 class PersonaPrefs:
     name: str
     description: str
@@ -79,6 +87,7 @@ SECTIONS: dict[str, type] = {
     "chat": ChatPrefs,
     "lore": LorePrefs,
     "chats": ChatsPrefs,
+    "snapshots": SnapshotPrefs,
     "persona": PersonaPrefs,
     "ui": UiPrefs,
 }
