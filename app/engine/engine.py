@@ -301,6 +301,13 @@ class Engine:
 
     _snapshot_key_cache: tuple[NativeModel, SnapshotKey] | None = None
 
+    def _check_key_of(self, m: NativeModel) -> None:
+        """On the engine thread: the key taken on the caller's thread is the running model's
+        (a load queued in between would make a state that says the wrong model)."""
+        cached = self._snapshot_key_cache
+        if cached is None or cached[0] is not m:
+            raise CatteryError("the model changed while its KV state was being saved or restored")
+
     def export_state(self, keep: int | None = None) -> KVState:
         """Sequence 0's KV cache and the tokens it holds, as a job between generations.
 
@@ -315,6 +322,7 @@ class Engine:
             raise CatteryError("no model is loaded")
 
         def job(m: NativeModel) -> KVState:
+            self._check_key_of(m)
             if keep is not None and keep < len(m.kv_tokens):
                 m.truncate_kv(max(0, keep))
             data = m.export_state()
@@ -340,6 +348,7 @@ class Engine:
         tokens = state.tokens
 
         def job(m: NativeModel) -> int:
+            self._check_key_of(m)
             if len(tokens) > m.n_ctx:
                 raise SnapshotMismatch(f"the snapshot holds {len(tokens)} tokens, the context {m.n_ctx}")
             n_vocab = m.n_vocab

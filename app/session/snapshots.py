@@ -16,6 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from app.engine.snapshot import (
+    MAX_HEADER,
     TEMP_SUFFIX,
     KVState,
     SnapshotDamaged,
@@ -27,6 +28,7 @@ from app.engine.snapshot import (
 from app.errors import disk_error
 
 SUFFIX = ".kv"
+HEADER_ROOM = 16 + MAX_HEADER  # a file is its state's nbytes plus at most this
 STALE_TEMP_SECONDS = 3600.0  # a temporary file this old is a save that was killed
 
 
@@ -87,8 +89,8 @@ class SnapshotStore:
     """One snapshot file per chat in `folder` (`<chat id>.kv`), at most `limit_bytes` in all.
 
     A file's mtime is its last use: a save writes it, a load touches it, and eviction
-    removes the least recently used first. The file just saved is never evicted, even
-    if it alone is over the limit (the caller checks the size before a big save).
+    removes the least recently used first, never the file just saved. A state bigger
+    than the whole limit is not saved at all (the caller says the size before a big save).
     """
 
     def __init__(self, folder: Path, limit_bytes: int) -> None:
@@ -103,8 +105,13 @@ class SnapshotStore:
 
     def save(self, chat_id: int, state: KVState) -> int:
         """Write the chat's snapshot (atomically) and evict old ones past the limit; the bytes
-        written. Raises DiskError (one line) if the folder cannot be written."""
+        written. A state bigger than the whole limit is not written (0, and the chat's older
+        snapshot is removed: it no longer matches the chat). Raises DiskError (one line)
+        if the folder cannot be written."""
         path = self.path(chat_id)
+        if state.nbytes > self.limit_bytes:
+            self.remove(chat_id)
+            return 0
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             written = write_snapshot(path, state)
@@ -121,12 +128,13 @@ class SnapshotStore:
         (None, why) if it had one that was another model's or settings', or damaged: that
         file is removed and `why` is one line for a notice.
 
-        `max_bytes` bounds the memory a load may take (default: the store's limit).
+        `max_bytes` bounds the memory a load may take (default: the store's limit, which
+        every file the store writes fits in).
         """
         path = self.path(chat_id)
         if not path.is_file():
             return None, None
-        cap = self.limit_bytes if max_bytes is None else max_bytes
+        cap = self.limit_bytes + HEADER_ROOM if max_bytes is None else max_bytes
         try:
             state = read_snapshot(path, key, max_bytes=cap)
         except (SnapshotMismatch, SnapshotDamaged) as exc:
