@@ -330,6 +330,11 @@ class Engine:
 
         return self._run(job)
 
+    def state_size(self) -> int:
+        """Bytes an `export_state()` now would take (llama.cpp counts without copying): for
+        saying the size before a big save."""
+        return self._run(lambda m: m.state_size())
+
     def import_state(self, state: KVState) -> int:
         """Put `state` in the KV cache in place of what is there; returns the tokens restored.
 

@@ -448,8 +448,10 @@ class NativeModel(Vocab):
         otherwise the cache is cleared (llama.cpp may have taken part of it) and False.
         """
         self.clear_kv()
-        if not tokens or not data:
-            return not tokens and not data
+        if not tokens:  # an empty cache: nothing to restore, whatever the bytes say
+            return True
+        if not data:
+            return False
         size = len(data)
         # set_data only reads; a bytes object is copied into a ctypes array once, a
         # bytearray is lent as it is.

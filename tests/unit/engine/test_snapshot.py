@@ -119,6 +119,10 @@ def test_export_keep_holds_only_the_first_tokens(saved: Saved, fresh: Engine) ->
     fresh.reset()
     assert fresh.import_state(part) == 300
     assert fresh.plan(saved.prompt).reused == 300
+    assert fresh.state_size() == len(part.data)
+    empty = fresh.export_state(keep=0)
+    assert empty.tokens == [] and fresh.cached_tokens() == []
+    assert fresh.import_state(empty) == 0 and fresh.cached_tokens() == []
 
 
 @pytest.mark.parametrize(
