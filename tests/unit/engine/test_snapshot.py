@@ -105,6 +105,18 @@ def test_a_restored_chat_evaluates_only_the_new_tokens_and_answers_the_same(save
     assert gen.stats is not None and gen.stats.prompt_evaluated == len(saved.new)
 
 
+def test_a_restored_chat_whose_window_slid_is_shifted_not_evaluated(saved: Saved, fresh: Engine) -> None:
+    """The pinned block kept, older turns dropped from the window: the restored cache is
+    shifted as a live one would be, and only the new message is evaluated."""
+    fresh.import_state(saved.state)
+    prompt = saved.prompt[:100] + saved.prompt[600:] + saved.new
+    plan = fresh.plan(prompt)
+    assert plan.shifted == len(saved.prompt) - 600 and plan.to_evaluate == len(saved.new)
+    gen = fresh.generate(prompt, greedy(8))
+    assert gen.result()
+    assert gen.stats is not None and gen.stats.prompt_evaluated == len(saved.new)
+
+
 def test_a_state_exported_again_is_the_same_bytes(saved: Saved, fresh: Engine) -> None:
     fresh.import_state(saved.state)
     again = fresh.export_state()
