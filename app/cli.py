@@ -253,25 +253,30 @@ def cmd_chat(args: argparse.Namespace) -> int:
     sampler = ws.sampler(args.preset, _sampler_overrides(args))
     if args.tui or (not args.plain and sys.stdin.isatty() and sys.stdout.isatty()):
         return _run_tui(args, ws, sampler)
-    from app.plain_chat import PlainChat, memory_store
-    from app.session.chat import ChatSession, new_chat_seed
+    from app.plain_chat import PlainChat
+    from app.session.chat import open_session, restart_session, start_session
 
-    system = args.system if args.system is not None else ws.settings.chat.system
-    seed = new_chat_seed()
-    card_ref, recipe = _recipe(args, ws, system or "", seed)
+    chat_id = _chat_to_continue(args, ws)
+    overrides = _session_overrides(args)
+    if chat_id is None:  # a character given, or the default one: checked before the model loads
+        card_ref, _ = ws.resolve_character(args.card if args.card is not None else ws.default_character())
     engine, choice = _load_engine(args, ws)
-    store = None
     try:
         report = engine.report
         assert report is not None and engine.info is not None
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
-        store = memory_store()  # the line chat saves nothing: its turns live as long as the run
-        session = ChatSession.create(store, recipe, sampler, card_ref=card_ref, chat_seed=seed)
+        if chat_id is not None:
+            session = open_session(ws, chat_id, sampler=sampler, **overrides)
+        else:
+            session = start_session(ws, card_ref, sampler=sampler, **overrides)
+        _remember_chat(ws, session.chat_id)  # as the app does: the next start continues it
+        for warning in session.recipe.lore.warnings if session.recipe.lore is not None else []:
+            print(f"warning: {warning}", file=sys.stderr)  # an attached book that is gone
         session.attach(engine, choice)
         builder = session.builder
         assert builder is not None
-        cp = recipe.card
+        cp = session.recipe.card
         for warning in _lint_warnings(builder, builder.tokenizer):
             print(f"warning: {warning}", file=sys.stderr)
         interactive = sys.stdin.isatty()
@@ -284,13 +289,67 @@ def cmd_chat(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        chat = PlainChat(session, interactive=interactive, format_note=format_note)
-        chat.greet()
+
+        def restart() -> Any:
+            new = restart_session(ws, chat.session, **overrides)
+            _remember_chat(ws, new.chat_id)
+            return new
+
+        chat = PlainChat(session, restart, interactive=interactive, format_note=format_note)
+        chat.greet(continued=chat_id is not None)
         return chat.run()
     finally:
-        if store is not None:
-            store.close()
         engine.close()
+        ws.close()
+
+
+def _chat_asked(args: argparse.Namespace, ws: Any) -> int | None:
+    """The saved chat given with --chat (checked: it exists, and nothing else asks for another)."""
+    if args.chat is None:
+        return None
+    if args.new or args.card is not None:
+        raise CatteryError("--chat continues a saved chat with its own character; leave out --new and --card")
+    return _chat_id(ws, args.chat)
+
+
+def _chat_to_continue(args: argparse.Namespace, ws: Any) -> int | None:
+    """The saved chat the line chat continues (None: a new one), as the app chooses it; never the
+    chat a running app has open (two writers would mix its messages): then a new one."""
+    from app.instance import chat_in_use, refuse_if_in_use
+    from app.session.chat import chat_to_open
+
+    if args.chat is not None:
+        chat_id = _chat_asked(args, ws)
+        assert chat_id is not None
+        refuse_if_in_use(ws.paths.data_dir, ws.store, chat_id, "continue")
+        return chat_id
+    card_ref = ws.resolve_character(args.card)[0] if args.card is not None else None
+    chat_id = chat_to_open(ws, by_card=args.card is not None, card_ref=card_ref, new=args.new)
+    if chat_id is not None and chat_in_use(ws.paths.data_dir, ws.store, chat_id) is not None:
+        print(f"(chat {chat_id} is open in the running app: this is a new chat)", file=sys.stderr)
+        return None
+    return chat_id
+
+
+def _remember_chat(ws: Any, chat_id: int) -> None:
+    """The next start continues this chat, unless an app runs: it records the chat it has open
+    there, which is how the other commands know not to touch that one."""
+    from app.instance import running_app
+
+    if running_app(ws.paths.data_dir) is None:
+        ws.store.set_state("last_chat", str(chat_id))
+
+
+def _session_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command line asks of this run's chat (app and line chat alike)."""
+    return {
+        "system": args.system,
+        "user": args.user,
+        "char": args.char,
+        "lorebooks": args.lorebook,
+        "lore_placement": args.lore_placement,
+        "note": _note_options(args),
+    }
 
 
 def _run_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
@@ -314,6 +373,7 @@ def _start_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
         model: Path | None = model_argument(ws, args.model) if args.model else ws.pick_model(None)
     except RememberedModelGone:
         model = None  # the app opens all the same, and its model line says what is gone
+    chat_id = _chat_asked(args, ws)
     card_ref = None
     if args.card is not None:
         card_ref, _ = ws.resolve_character(args.card)
@@ -343,6 +403,7 @@ def _start_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
         note=_note_options(args),
         sampler=sampler,
         new_chat=args.new,
+        chat_id=chat_id,
     )
     from app.terminal import raw_stream
     from app.tui.run import run_app
@@ -856,9 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--plain", action="store_true", help="line-based chat on stdin/stdout (the default without a terminal)"
     )
     chat.add_argument("--tui", action="store_true", help="the full-screen app (the default in a terminal)")
-    chat.add_argument(
-        "--new", action="store_true", help="start a new chat instead of reopening the last one (full-screen app)"
-    )
+    chat.add_argument("--new", action="store_true", help="start a new chat instead of continuing the last one")
+    chat.add_argument("--chat", metavar="ID", help="continue this saved chat (`cattery chats list`)")
     chat.set_defaults(func=cmd_chat)
 
     formats = sub.add_parser("formats", help="list, import and check prompt formats")

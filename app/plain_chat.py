@@ -2,8 +2,9 @@
 
 A thin loop over the one chat core, `ChatSession` (app/session/chat.py), which the
 full-screen app drives too: the history, the window, macros, greetings and the reply
-reserve are the session's. The session keeps its messages in the store it was opened
-on; the line chat is given one in memory (`memory_store`), so nothing is saved.
+reserve are the session's, and its turns are saved in the chat database as the app's
+are. Like the app, `cattery chat --plain` continues the last chat (`--chat ID` another,
+`--new` a new one).
 
 stdout carries only the model's replies (and what a slash command was asked to
 print), so a script can pipe lines in and read replies out; the banner, warnings
@@ -15,30 +16,23 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
-from app.chats.store import ChatStore
 from app.errors import CatteryError
 from app.session.chat import ChatSession
 
 HELP = """\
 /help          this list
 /system TEXT   set the system prompt (without TEXT: show it)
-/reset         forget the conversation (the system prompt stays)
+/reset         a new chat with this character (this one stays saved; the system prompt stays)
 /stats         model, placement and the last reply's speed
 /lore          the lorebook entries active in the last prompt, and the Author's Note
 /greeting [N]  list the card's greetings, or open with greeting N instead
 /quit          leave (Ctrl-D does too)
 An empty line lets the character speak again. Ctrl-C stops a reply.
 A line ending in \\ continues on the next line."""
-
-
-def memory_store() -> ChatStore:
-    """A chat store that lives as long as the process: the line chat's turns, kept only while it runs."""
-    return ChatStore(Path(":memory:"))
 
 
 @dataclass
@@ -48,17 +42,27 @@ class PlainChat:
     `session` has a model attached (`ChatSession.attach`) before `run`."""
 
     session: ChatSession
+    # `/reset`: a new chat in place of this one (session/chat.restart_session); the old one stays saved.
+    restart: Callable[[], ChatSession]
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     interactive: bool = False
     format_note: str = ""
 
-    def greet(self) -> None:
-        """The character speaks first: the greeting that opens the chat is shown (none: nothing)."""
-        msgs = self.session.messages
-        if msgs and msgs[0].role == "assistant":
-            print(msgs[0].text, file=self.stdout if self.interactive else self.stderr, flush=True)
+    def greet(self, *, continued: bool = False) -> None:
+        """The character speaks first: the greeting that opens the chat is shown (none: nothing).
+        A chat continued from an earlier run says so, and shows its last message."""
+        session = self.session
+        msgs = session.messages
+        where = self.stdout if self.interactive else self.stderr
+        if continued:
+            count = f"{len(msgs)} message" + ("" if len(msgs) == 1 else "s")
+            self.note(f"(continuing chat {session.chat_id} “{session.title}”, {count}; --new starts a new one)")
+            if msgs:
+                print(msgs[-1].text, file=where, flush=True)
+        elif msgs and msgs[0].role == "assistant":
+            print(msgs[0].text, file=where, flush=True)
 
     def note(self, text: str) -> None:
         print(text, file=self.stderr, flush=True)
@@ -121,8 +125,7 @@ class PlainChat:
         elif name == "/system":
             self.system(arg.strip())
         elif name == "/reset":
-            self.session.clear()
-            self.note("(conversation cleared)")
+            self.reset()
         elif name == "/greeting":
             self.choose_greeting(arg.strip())
         elif name == "/lore":
@@ -132,6 +135,18 @@ class PlainChat:
         else:
             self.note(f"unknown command {name}; /help lists them")
         return None
+
+    def reset(self) -> None:
+        """Forget the conversation: a new chat with the same character and greeting; the old one is kept."""
+        old = self.session
+        try:
+            self.session = self.restart()
+        except CatteryError as exc:
+            self.note(f"error: {exc}")
+            return
+        self.note("(conversation cleared)")
+        if old.messages:
+            self.note(f"(chat {old.chat_id} is kept: `cattery chat --chat {old.chat_id}` continues it)")
 
     def system(self, text: str) -> None:
         """Set the system prompt for the rest of this run (empty: show it)."""

@@ -99,12 +99,14 @@ class Terminal:
         os.close(self.master)
 
 
-def rows(db: Path) -> list[tuple[str, str, str]]:
+def rows(db: Path, chat_id: int | None = None) -> list[tuple[str, str, str]]:
+    """(role, state, text) of every message shown, chat by chat (or of one chat), read beside the app."""
     conn = sqlite3.connect(db)
     try:
+        where = "" if chat_id is None else f" WHERE m.chat_id = {int(chat_id)}"
         return conn.execute(
             "SELECT m.role, s.state, s.text FROM messages m JOIN swipes s ON s.message_id = m.id "
-            "AND s.idx = m.active_swipe ORDER BY m.chat_id, m.position"
+            f"AND s.idx = m.active_swipe{where} ORDER BY m.chat_id, m.position"
         ).fetchall()
     finally:
         conn.close()

@@ -366,17 +366,6 @@ class ChatSession:
             self.reload()
             return count
 
-    def clear(self) -> None:
-        """Forget the conversation but the character's message that opens it (the greeting); the
-        window starts over. The line chat's `/reset`."""
-        with self.lock:
-            keep = 1 if self.messages and self.messages[0].role == "assistant" else 0
-            if len(self.messages) > keep:
-                self.store.delete_message(self.messages[keep].id, and_after=True)
-            self.window = WindowState()
-            self._save_window()
-            self.reload()
-
     def open_with_greeting(self, number: int) -> str:
         """Open the chat with the card's greeting `number` (0: its first message) and nothing after it;
         the greeting's text. The greetings are the first message's alternatives (`create`), so this is
@@ -705,6 +694,24 @@ def fresh_recipe(ws: Workspace, session: ChatSession, **overrides: Any) -> Promp
     )
 
 
+def chat_to_open(
+    ws: Workspace, *, chat: int | None = None, by_card: bool = False, card_ref: str | None = None, new: bool = False
+) -> int | None:
+    """The stored chat a start continues, the same for the app and the line chat: the one asked for
+    (`--chat`); none with `--new`; with a character given (`--card`, `by_card`; None for "none"),
+    its last chat; else the last chat used. None: start a new one. A last chat that is gone
+    (deleted elsewhere) is not an error."""
+    store = ws.store
+    if chat is not None:
+        return chat
+    if new:
+        return None
+    if by_card:
+        return store.latest_chat(card_ref)
+    last = store.get_state("last_chat")
+    return int(last) if last and last.isascii() and last.isdigit() and store.has_chat(int(last)) else None
+
+
 def open_session(
     ws: Workspace, chat_id: int, *, sampler: SamplerSettings | None = None, **overrides: Any
 ) -> ChatSession:
@@ -727,16 +734,40 @@ def open_session(
 
 
 def start_session(
-    ws: Workspace, card_ref: str | None, *, greeting: int = 0, sampler: SamplerSettings | None = None, **overrides: Any
+    ws: Workspace,
+    card_ref: str | None,
+    *,
+    greeting: int = 0,
+    sampler: SamplerSettings | None = None,
+    store: ChatStore | None = None,
+    **overrides: Any,
 ) -> ChatSession:
-    """A new chat with a character (`None`: no character)."""
+    """A new chat with a character (`None`: no character), in the workspace's store unless given another."""
     ref, card = ws.resolve_character(card_ref)
     seed = new_chat_seed()
     note, _ = _chat_note(None, overrides.get("note"))
     recipe = _recipe(ws, card, seed, overrides, card_ref=ref, note=note)
     session = ChatSession.create(
-        ws.store, recipe, sampler or ws.sampler(), card_ref=ref, chat_seed=seed, greeting=greeting
+        store or ws.store, recipe, sampler or ws.sampler(), card_ref=ref, chat_seed=seed, greeting=greeting
     )
     if note is not None:
         session.set_note(note)
     return session
+
+
+def restart_session(ws: Workspace, session: ChatSession, **overrides: Any) -> ChatSession:
+    """A new chat in place of `session` (the line chat's `/reset`): the same character, opening
+    with the greeting shown, in the same store; the old chat stays as it was. It runs on the same
+    model and format, with this run's system prompt (`/system`) and its last prompt and reply
+    figures (what `/stats` shows of the model's work)."""
+    first = session.messages[0] if session.messages else None
+    greeting = first.active if first is not None and first.role == "assistant" else 0
+    new = start_session(
+        ws, session.card_ref, greeting=greeting, sampler=session.sampler, store=session.store, **overrides
+    )
+    if session.engine is not None and session.format_choice is not None:
+        new.attach(session.engine, session.format_choice)
+        if session.builder is not None and new.builder is not None:
+            new.builder.system = session.builder.system
+    new.last_built, new.last_stats = session.last_built, session.last_stats
+    return new

@@ -24,4 +24,5 @@ class Launch:
     note: dict[str, Any] | None = None  # the Author's Note options given (text, depth, every, role): for the first chat
     sampler: SamplerSettings | None = None
     new_chat: bool = False
+    chat_id: int | None = None  # --chat: this saved chat (checked to exist before the app starts)
     load_model: bool = True  # tests and benchmarks may start the app without loading one

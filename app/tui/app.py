@@ -28,7 +28,7 @@ from textual.screen import Screen
 from app.assets import asset_path
 from app.engine.engine import Engine
 from app.errors import CatteryError
-from app.session.chat import ChatSession, hash_model, open_session, start_session
+from app.session.chat import ChatSession, chat_to_open, hash_model, open_session, start_session
 from app.session.launch import Launch
 from app.session.workspace import ModelLoad, RememberedModelGone, Workspace
 from app.tui.guard import ENVIRONMENT, error_line, reported
@@ -220,21 +220,13 @@ class CatteryApp(App[None]):
         self.prompt_serial += 1
 
     def open_initial_chat(self) -> None:
-        """The last chat as it was; with --card, that character's last chat; --new starts one."""
-        store = self.ws.store
+        """The last chat as it was; --chat ID that one; with --card, that character's last chat;
+        --new starts one (`session/chat.chat_to_open`, as the line chat chooses)."""
         la = self.launch
         card = la.card_ref if la.card_explicit else None
-        if la.new_chat:
-            self.new_chat(card if la.card_explicit else self._default_card())
-            return
         chat_id: int | None = None
         with reported(self, severity="warning"):
-            if la.card_explicit:
-                chat_id = store.latest_chat(card)
-            else:
-                last = store.get_state("last_chat")
-                if last and last.isdigit() and store.has_chat(int(last)):
-                    chat_id = int(last)
+            chat_id = chat_to_open(self.ws, chat=la.chat_id, by_card=la.card_explicit, card_ref=card, new=la.new_chat)
         if chat_id is not None:
             try:
                 self.set_session(open_session(self.ws, chat_id, **self._session_kwargs()))

@@ -200,23 +200,30 @@ def test_the_line_chat_and_the_commands_work_beside_the_app(cattery_home: Path, 
     try:
         app.wait_for(MODEL_LINE)
         app.type("Hello from the app.\r")
-        # Meanwhile, a line chat on the same data folder: it answers and keeps no chat of its own…
+        wait_rows(db, lambda r: len(r) >= 1)  # the app's chat exists: it is the last chat now
+        # Meanwhile, a line chat on the same data folder: it answers, and would continue the last
+        # chat with no character, which the app has open: it starts a chat of its own instead…
         line = run_cattery(
             "chat", "--plain", "--card", "none", "--temp", "0", "-n", "12", input="Hello from the line chat.\n"
         )
         assert line.returncode == 0 and line.stdout.strip(), line.stderr
-        assert "already running" not in line.stderr
+        assert "already running" not in line.stderr and "open in the running app: this is a new chat" in line.stderr
         # …so the app's chat holds its own turns only, in order, whatever ran beside it.
-        done = wait_rows(db, lambda r: len(r) == 2)
-        assert done[0] == ("user", "done", "Hello from the app.") and done[1][:2] == ("assistant", "done")
+        wait_rows(db, lambda r: len(r) == 4)
         listed = json.loads(run_cattery("chats", "list", "--json").stdout)
-        assert len(listed) == 1
-        chat_id = listed[0]["id"]
+        assert len(listed) == 2
+        chat_id = min(c["id"] for c in listed)  # the app's
+        done = rows(db, chat_id)
+        assert done[0] == ("user", "done", "Hello from the app.") and done[1][:2] == ("assistant", "done")
+        assert len(done) == 2
+        # Continuing the app's open chat from the command line is refused in one line.
+        refused = run_cattery("chat", "--plain", "--chat", str(chat_id), input="Hi.\n")
+        assert refused.returncode == 2 and f"chat {chat_id} is open in the running app" in refused.stderr
         # A command does not delete the chat the app has open (the app would write into a chat that is gone).
         rm = run_cattery("chats", "rm", str(chat_id))
         [refusal] = error_lines(rm.stderr)
         assert rm.returncode == 2 and f"chat {chat_id} is open in the running app (pid {app.proc.pid}" in refusal
-        assert rows(db) == done
+        assert rows(db, chat_id) == done
         # A rename shows in the app's header; a chat imported beside it shows on its Chats screen.
         renamed = run_cattery("chats", "rename", str(chat_id), "Renamed-beside-the-app")
         assert renamed.returncode == 0, renamed.stderr
@@ -237,5 +244,5 @@ def test_the_line_chat_and_the_commands_work_beside_the_app(cattery_home: Path, 
     finally:
         app.kill()
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT COUNT(*) FROM chats").fetchone()[0] == 2
+    assert conn.execute("SELECT COUNT(*) FROM chats").fetchone()[0] == 3  # the app's, the line chat's, the imported one
     conn.close()

@@ -149,3 +149,40 @@ def test_chat_with_a_chosen_format_stops_at_the_users_name(cattery_home: Path) -
     reply = r.stdout.split("model SmolLM2")[0]
     assert "\nAnon:" not in reply
     assert "next turn: your message plus" in r.stdout
+
+
+def test_the_line_chat_saves_its_turns_and_continues_the_last_chat(cattery_home: Path) -> None:
+    """Like the app: each turn saved; the next run continues the last chat (--new starts one,
+    --chat ID continues that one); /reset starts a new chat and keeps the old."""
+    import json
+
+    def chats() -> dict[int, int]:
+        listed = json.loads(run_cattery("chats", "list", "--json", home=cattery_home).stdout)
+        return {c["id"]: c["messages"] for c in listed}
+
+    first = run_cattery("chat", "--plain", "-n", "8", *GREEDY, input="My cat is called Biscuit.\n", home=cattery_home)
+    assert first.returncode == 0, first.stderr
+    assert chats() == {1: 2}
+    again = run_cattery("chat", "--plain", "-n", "8", *GREEDY, input="/stats\n", home=cattery_home)
+    assert again.returncode == 0, again.stderr
+    assert "(continuing chat 1 " in again.stderr and "messages: 2 (2 in the window)" in again.stdout
+    new = run_cattery("chat", "--plain", "--new", "-n", "8", *GREEDY, input="Hello.\n", home=cattery_home)
+    assert new.returncode == 0, new.stderr
+    assert chats() == {1: 2, 2: 2}
+    # --chat 1 continues the first; /reset leaves it as it was and writes into a new chat.
+    reset = run_cattery(
+        "chat", "--plain", "--chat", "1", "-n", "8", "--temp", "0", input="/reset\nHi again.\n", home=cattery_home
+    )
+    assert reset.returncode == 0, reset.stderr
+    assert "(chat 1 is kept: `cattery chat --chat 1` continues it)" in reset.stderr
+    assert chats() == {1: 2, 2: 2, 3: 2}
+    # The new chat is the last one now: a plain start continues it.
+    last = run_cattery("chat", "--plain", "-n", "8", *GREEDY, input="", home=cattery_home)
+    assert "(continuing chat 3 " in last.stderr
+    for bad, line in (
+        (["--chat", "99"], "99: no chat with that id"),
+        (["--chat", "1", "--new"], "--chat continues a saved chat"),
+        (["--chat", "1", "--card", "mochi"], "--chat continues a saved chat"),
+    ):
+        r = run_cattery("chat", "--plain", *bad, input="", home=cattery_home)
+        assert r.returncode == 2 and line in r.stderr and "Traceback" not in r.stderr, r.stderr

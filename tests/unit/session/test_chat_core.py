@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from app.chats.store import ChatStore
 from app.engine.options import SamplerSettings
-from app.plain_chat import PlainChat, memory_store
+from app.plain_chat import PlainChat
 from app.prompt.builder import FormatChoice
-from app.session.chat import ChatSession, new_chat_seed, reply_reserve
+from app.session.chat import ChatSession, new_chat_seed, reply_reserve, restart_session
 from app.session.workspace import ModelLoad, Workspace
 
 GREEDY = SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
@@ -19,10 +20,17 @@ def line_chat(ws: Workspace, engine, card: str, script: str) -> tuple[PlainChat,
     ref, character = ws.resolve_character(card)
     seed = new_chat_seed()
     recipe = ws.recipe(character, chat_seed=seed, card_ref=ref)
-    session = ChatSession.create(memory_store(), recipe, GREEDY, card_ref=ref, chat_seed=seed)
+    session = ChatSession.create(ChatStore(Path(":memory:")), recipe, GREEDY, card_ref=ref, chat_seed=seed)
     session.attach(engine, FormatChoice("gguf", "GGUF chat template"))
     out, err = io.StringIO(), io.StringIO()
-    chat = PlainChat(session, stdin=io.StringIO(script), stdout=out, stderr=err, format_note="gguf")
+    chat = PlainChat(
+        session,
+        lambda: restart_session(ws, chat.session),
+        stdin=io.StringIO(script),
+        stdout=out,
+        stderr=err,
+        format_note="gguf",
+    )
     return chat, out, err
 
 
