@@ -255,12 +255,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return _run_tui(args, ws, sampler)
     from app.plain_chat import PlainChat
     from app.session.chat import open_session, restart_session, start_session
+    from app.session.kv_keeper import KVKeeper, Restored
 
     chat_id = _chat_to_continue(args, ws)
     overrides = _session_overrides(args)
     if chat_id is None:  # a character given, or the default one: checked before the model loads
         card_ref, _ = ws.resolve_character(args.card if args.card is not None else ws.default_character())
     engine, choice = _load_engine(args, ws)
+    keeper = None
     try:
         report = engine.report
         assert report is not None and engine.info is not None
@@ -274,6 +276,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         for warning in session.recipe.lore.warnings if session.recipe.lore is not None else []:
             print(f"warning: {warning}", file=sys.stderr)  # an attached book that is gone
         session.attach(engine, choice)
+        keeper = KVKeeper.for_workspace(ws, engine)
+        restored = keeper.restore(session) if keeper is not None and chat_id is not None else Restored()
+        if restored.note:
+            print(f"warning: {restored.note}", file=sys.stderr)
         builder = session.builder
         assert builder is not None
         cp = session.recipe.card
@@ -295,10 +301,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
             _remember_chat(ws, new.chat_id)
             return new
 
-        chat = PlainChat(session, restart, interactive=interactive, format_note=format_note)
+        chat = PlainChat(
+            session, restart, interactive=interactive, format_note=format_note, keeper=keeper, restored=restored
+        )
         chat.greet(continued=chat_id is not None)
         return chat.run()
     finally:
+        if keeper is not None:
+            keeper.close()  # what is queued is written before the model goes
         engine.close()
         ws.close()
 
@@ -790,9 +800,12 @@ def _chat_id(ws: Any, ref: str) -> int:
 def cmd_chats_list(args: argparse.Namespace) -> int:
     import time
 
+    from app.units import fmt_size
+
     ws = open_workspace()
     card_ref = ws.resolve_character(args.card)[0] if args.card else None
     rows = ws.store.list_chats(card_ref)
+    kept = ws.snapshots.sizes()  # chat id → bytes of its KV snapshot on disk
     if args.json:
         out = [
             {
@@ -803,6 +816,7 @@ def cmd_chats_list(args: argparse.Namespace) -> int:
                 "messages": r.messages,
                 "updated": r.updated_at,
                 "last_message": r.last_message,
+                "snapshot_bytes": kept.get(r.id, 0),
             }
             for r in rows
         ]
@@ -814,6 +828,8 @@ def cmd_chats_list(args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated_at))
         last = " ".join(r.last_message.split())[:60]
         count = f"{r.messages} message" + ("" if r.messages == 1 else "s")
+        if r.id in kept:
+            count += f", snapshot {fmt_size(kept[r.id])}"
         print(f"{r.id}  {when}  {r.card_name or '-'}  {r.title}  ({count})  {last}")
     return 0
 
@@ -862,7 +878,7 @@ def cmd_chats_rm(args: argparse.Namespace) -> int:
     chat_id = _chat_id(ws, args.chat)
     refuse_if_in_use(ws.paths.data_dir, ws.store, chat_id, "delete")  # the app would write into a chat that is gone
     title = ws.store.chat(chat_id)["title"]
-    ws.store.delete_chat(chat_id)
+    ws.delete_chat(chat_id)
     print(f"deleted chat {chat_id} ({title})")
     return 0
 

@@ -42,6 +42,11 @@ class Paths:
         return self.data_dir / "lorebooks"
 
     @property
+    def snapshots_dir(self) -> Path:
+        """Chats' KV-cache snapshots: a cache (each can be evaluated again), kept under a size limit."""
+        return self.cache_dir / "snapshots"
+
+    @property
     def llama_log(self) -> Path:
         return self.log_dir / "llama.log"
 
@@ -55,6 +60,7 @@ class Paths:
             "cards": self.cards_dir,
             "lorebooks": self.lorebooks_dir,
             "cache": self.cache_dir,
+            "snapshots": self.snapshots_dir,
             "logs": self.log_dir,
         }
 

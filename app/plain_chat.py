@@ -22,6 +22,7 @@ from typing import TextIO
 
 from app.errors import CatteryError
 from app.session.chat import ChatSession
+from app.session.kv_keeper import KVKeeper, Restored
 
 HELP = """\
 /help          this list
@@ -49,6 +50,8 @@ class PlainChat:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     interactive: bool = False
     format_note: str = ""
+    keeper: KVKeeper | None = None  # keeps the chat's KV cache after each reply and at the end
+    restored: Restored = field(default_factory=lambda: Restored())  # what opening the chat put back
 
     def greet(self, *, continued: bool = False) -> None:
         """The character speaks first: the greeting that opens the chat is shown (none: nothing).
@@ -58,6 +61,8 @@ class PlainChat:
         where = self.stdout if self.interactive else self.stderr
         if continued:
             count = f"{len(msgs)} message" + ("" if len(msgs) == 1 else "s")
+            if self.restored.tokens:
+                count += f", {self.restored.tokens} tokens restored from its KV snapshot"
             self.note(f"(continuing chat {session.chat_id} “{session.title}”, {count}; --new starts a new one)")
             if msgs:
                 print(msgs[-1].text, file=where, flush=True)
@@ -104,16 +109,24 @@ class PlainChat:
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
-        for text in self.messages():
-            if text.startswith("/"):
-                if self.command(text) == "quit":
-                    break
-                continue
-            if not text.strip():
-                self.reply(None)  # the character speaks again, as Enter in the app's empty box does
-                continue
-            self.reply(text)
+        try:
+            for text in self.messages():
+                if text.startswith("/"):
+                    if self.command(text) == "quit":
+                        break
+                    continue
+                if not text.strip():
+                    self.reply(None)  # the character speaks again, as Enter in the app's empty box does
+                    continue
+                self.reply(text)
+        finally:
+            self.keep()
         return 0
+
+    def keep(self) -> None:
+        """The chat's KV cache kept (the file is written on the keeper's own thread)."""
+        if self.keeper is not None:
+            self.keeper.keep(self.session)
 
     def command(self, text: str) -> str | None:
         name, _, arg = text.partition(" ")
@@ -139,6 +152,7 @@ class PlainChat:
     def reset(self) -> None:
         """Forget the conversation: a new chat with the same character and greeting; the old one is kept."""
         old = self.session
+        self.keep()
         try:
             self.session = self.restart()
         except CatteryError as exc:
@@ -222,6 +236,9 @@ class PlainChat:
             )
         stats = session.last_stats
         lines.append(f"last reply: {stats.summary()}" if stats else "last reply: none yet")
+        if self.restored.tokens:
+            r = self.restored
+            lines.append(f"opened from its KV snapshot ({r.source}): {r.tokens} tokens not evaluated again")
         upcoming = session.preview() if session.messages else None
         if upcoming is not None:
             lines.append(

@@ -26,7 +26,16 @@ from app.assets import asset_path
 from app.atomic import write_text_atomic
 from app.errors import CatteryError, DiskError, SettingsError
 from app.settings_schema import check_settings
-from app.settings_view import ChatPrefs, ChatsPrefs, LorePrefs, ModelPrefs, PersonaPrefs, UiPrefs, typed
+from app.settings_view import (
+    ChatPrefs,
+    ChatsPrefs,
+    LorePrefs,
+    ModelPrefs,
+    PersonaPrefs,
+    SnapshotPrefs,
+    UiPrefs,
+    typed,
+)
 from app.untrusted import parse_toml, read_bounded
 
 # An honest settings file is a few KB (a long system prompt, a few dozen remapped
@@ -156,6 +165,10 @@ class Settings:
     @property
     def chats(self) -> ChatsPrefs:
         return typed(ChatsPrefs, self.section("chats"))
+
+    @property
+    def snapshots(self) -> SnapshotPrefs:
+        return typed(SnapshotPrefs, self.section("snapshots"))
 
     @property
     def persona(self) -> PersonaPrefs:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from app.session.authors_note import AuthorsNote
     from app.session.characters import CharacterEntry
     from app.session.lore import ChatLore
+    from app.session.snapshots import SnapshotStore
 
 SAMPLER_KEYS = (
     "temperature",
@@ -96,6 +97,18 @@ class Workspace:
         from app.chats.store import ChatStore
 
         return ChatStore(self.paths.chats_db, busy_timeout=self.settings.chats.busy_timeout)
+
+    @cached_property
+    def snapshots(self) -> SnapshotStore:
+        """The chats' KV-cache snapshots on disk (app/session/snapshots.py), under the settings' limit."""
+        from app.session.snapshots import SnapshotStore
+
+        return SnapshotStore(self.paths.snapshots_dir, self.settings.snapshots.disk_limit_mb << 20)
+
+    def delete_chat(self, chat_id: int) -> None:
+        """A chat and what is kept for it beside the database (its KV snapshot)."""
+        self.store.delete_chat(chat_id)
+        self.snapshots.remove(chat_id)
 
     @cached_property
     def cards(self) -> CardLibrary:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,3 +187,30 @@ def test_the_line_chat_saves_its_turns_and_continues_the_last_chat(cattery_home:
     ):
         r = run_cattery("chat", "--plain", *bad, input="", home=cattery_home)
         assert r.returncode == 2 and line in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_reopened_line_chat_starts_from_its_kv_snapshot(cattery_home: Path) -> None:
+    """Issue 18: the line chat keeps its KV cache when it ends; the next run of that chat puts it
+    back and evaluates only the new message. Deleting the chat deletes its snapshot."""
+    import json
+
+    first = run_cattery("chat", "--plain", "-n", "8", *GREEDY, input="Tell me about cats.\n", home=cattery_home)
+    assert first.returncode == 0, first.stderr
+    snapshots = cattery_home / "cache" / "snapshots"
+    assert [p.name for p in snapshots.iterdir()] == ["1.kv"]
+    listed = json.loads(run_cattery("chats", "list", "--json", home=cattery_home).stdout)
+    assert listed[0]["snapshot_bytes"] == (snapshots / "1.kv").stat().st_size > 0
+    again = run_cattery("chat", "--plain", "-n", "8", *GREEDY, input="And dogs?\n/stats\n", home=cattery_home)
+    assert again.returncode == 0, again.stderr
+    assert "tokens restored from its KV snapshot" in again.stderr
+    [reply] = [line for line in again.stdout.splitlines() if line.startswith("last reply:")]
+    evaluated, reused = (int(x) for x in re.search(r"\((\d+) evaluated, (\d+) reused\)", reply).groups())
+    assert reused > 0 and evaluated < 20, reply  # the new message and its turn markers only
+    assert "opened from its KV snapshot (disk)" in again.stdout
+    # A snapshot for other settings (another context size) is not used, and says so once.
+    other = run_cattery("chat", "--plain", "--ctx", "1024", "-n", "4", *GREEDY, input="Hi.\n", home=cattery_home)
+    assert other.returncode == 0, other.stderr
+    assert "was not used" in other.stderr and "another context size" in other.stderr
+    rm = run_cattery("chats", "rm", "1", home=cattery_home)
+    assert rm.returncode == 0, rm.stderr
+    assert not (snapshots / "1.kv").exists()

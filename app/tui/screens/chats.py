@@ -194,7 +194,7 @@ class ChatsScreen(SharedState, FittedScreen):
             s = self.shared.session
             was_open = s is not None and s.chat_id == chat.id
             with reported(self, outcome="not deleted") as deleted:
-                self.shared.ws.store.delete_chat(chat.id)
+                self.shared.ws.delete_chat(chat.id)
             if not deleted.ok:
                 return
             self.notify(f"deleted {chat.title}")
