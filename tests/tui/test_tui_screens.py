@@ -90,6 +90,30 @@ def test_characters_search_import_and_a_chat_with_the_chosen_greeting(cattery_ho
     asyncio.run(run())
 
 
+def test_a_late_highlight_from_the_last_search_does_not_choose_a_character(cattery_home: Path, engine) -> None:
+    """Refilling the list after a search is mounted later; a highlight handled in between saw the
+    previous search's item and made it the current character, so Ctrl+N started a chat with a
+    character no longer shown (seen under load as a chat with The Narrator after searching
+    "seraph"). Here the highlight is handled in the same tick as the search, before the refill."""
+    app = make_app(engine)
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await goto(pilot, app, "f3", "characters")
+            await wait_until(pilot, lambda: len(screen.characters) == 2, what="the list")
+            screen.filter("narrator")
+            await wait_until(
+                pilot,
+                lambda: [i.character.entry.name for i in screen.query("CharacterItem")] == ["The Narrator"],
+                what="the search",
+            )
+            screen.filter("mochi")  # the list still holds The Narrator's item until the refill is mounted
+            screen.highlighted(None)
+            assert screen.current is not None and screen.current.entry.name == "Mochi"
+
+    asyncio.run(run())
+
+
 def test_models_screen_lists_loads_and_shows_a_failure(cattery_home: Path, model_path: Path) -> None:
     models = cattery_home / "data" / "models"
     models.mkdir(parents=True)

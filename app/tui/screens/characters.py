@@ -153,6 +153,7 @@ class CharactersScreen(SharedState, FittedScreen):
     def __init__(self) -> None:
         super().__init__()
         self.characters: list[Character] = []
+        self.shown: list[Character] = []  # what the last search left in the list
         self.current: Character | None = None
         self.want_ref: str | None = None
         self.chat_counts: Counter[str] | None = None  # chats by card reference; None: not counted (yet)
@@ -294,6 +295,7 @@ class CharactersScreen(SharedState, FittedScreen):
     def filter(self, text: str, select: str | None = None) -> None:
         words = text.lower().split()
         shown = [c for c in self.characters if all(w in c.haystack for w in words)]
+        self.shown = shown
         lv = self.query_one("#char-list", ListView)
         lv.clear()
         lv.extend(CharacterItem(c, self.shared.image_mode, self._count(c)) for c in shown)
@@ -321,8 +323,11 @@ class CharactersScreen(SharedState, FittedScreen):
     @on(ListView.Highlighted, "#char-list")
     def highlighted(self, event: ListView.Highlighted) -> None:
         # The list's current item, not the event's: events from refilling the list arrive late.
+        # And only one of the characters the last search shows: while a refill is still being
+        # mounted (a slow machine, a search typed fast), the list can hold the previous search's
+        # items, and taking one would make Ctrl+N start a chat with a character no longer shown.
         item = self.query_one("#char-list", ListView).highlighted_child
-        if isinstance(item, CharacterItem):
+        if isinstance(item, CharacterItem) and any(item.character is c for c in self.shown):
             self.show_character(item.character)
 
     @on(ListView.Selected, "#char-list")
