@@ -29,11 +29,12 @@ from app.assets import asset_path
 from app.engine.engine import Engine
 from app.errors import CatteryError
 from app.session.chat import ChatSession, chat_to_open, hash_model, open_session, start_session
+from app.session.kv_keeper import KVKeeper, Restored
 from app.session.launch import Launch
 from app.session.workspace import ModelLoad, RememberedModelGone, Workspace
 from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings, key_table
-from app.tui.messages import ModelLoaded, ModelLoadFailed, ModelLoading
+from app.tui.messages import ChatRestored, ModelLoaded, ModelLoadFailed, ModelLoading
 from app.tui.safe_text import strip_controls_everywhere
 from app.tui.screens.characters import CharactersScreen
 from app.tui.screens.chat import ChatScreen
@@ -90,6 +91,8 @@ class CatteryApp(App[None]):
         # The line printed on leaving (an error, a crash) stays one line whatever the terminal's width.
         self.error_console.soft_wrap = True
         self.shared = TuiState(workspace, launch or Launch(), engine or Engine(log_file=workspace.paths.llama_log))
+        self.shared.keeper = KVKeeper.for_workspace(workspace, self.shared.engine)
+        self.restored = Restored()  # what opening the chat shown put back in the KV cache
         self._load_cancel = threading.Event()
         key_warnings = self.shared.read_settings()
         self.settings_warnings = [*workspace.settings.warnings, *key_warnings]
@@ -192,6 +195,11 @@ class CatteryApp(App[None]):
     def on_unmount(self) -> None:
         # The chat screen keeps its own draft as it unmounts: by now the screens are gone.
         self.engine.cancel()
+        keeper = self.shared.keeper
+        if keeper is not None:
+            if self.session is not None and self.session.ready:
+                keeper.keep(self.session)  # quitting keeps the chat's cache for the next start
+            keeper.close()
 
     def get_screen_stack(self, mode: str) -> list[Screen[Any]]:
         return list(self._screen_stacks.get(mode, []))
@@ -262,6 +270,9 @@ class CatteryApp(App[None]):
 
     def set_session(self, session: ChatSession, *, switch: bool = True) -> None:
         """Open `session`; the chat screen, told by `session_serial`, stops the last one's reply and keeps its draft."""
+        left = self.session
+        if left is not None and left is not session and left.chat_id != session.chat_id:
+            self._keep(left)  # the chat left keeps its KV cache (after its reply is stopped)
         self.session = session
         session.on_title = self._title_changed
         self.launch.note = None  # saved with the first chat; the next ones keep their own
@@ -308,6 +319,29 @@ class CatteryApp(App[None]):
             session.attach(self.engine, self.model_status.choice)
         except CatteryError as exc:
             self.notify(error_line(exc), severity="error")
+            return
+        if self.shared.keeper is not None:
+            self._restore(session)
+
+    @work(thread=True, group="kv", exit_on_error=False)
+    def _restore(self, session: ChatSession) -> None:
+        """The chat's kept KV cache put back (a file read off the UI thread; the import is a job on
+        the engine thread), so its next turn evaluates only what is new."""
+        keeper = self.shared.keeper
+        assert keeper is not None
+        restored = keeper.restore(session)
+        self.post_message(ChatRestored(session.chat_id, restored))
+
+    def on_chat_restored(self, event: ChatRestored) -> None:
+        self.restored = event.restored
+        if event.restored.note:
+            self.notify(event.restored.note, severity="warning", timeout=8)
+
+    @work(thread=True, group="kv", exit_on_error=False)
+    def _keep(self, session: ChatSession) -> None:
+        keeper = self.shared.keeper
+        if keeper is not None and session.ready:
+            keeper.keep(session)
 
     def avatar_for(self, role: str) -> bytes | None:
         """The character's picture for its messages; the persona's for the user's (none yet)."""
@@ -352,6 +386,9 @@ class CatteryApp(App[None]):
                 self.post_message(ModelLoading(path, value))
             return not self._load_cancel.is_set()
 
+        keeper, leaving = self.shared.keeper, self.session
+        if keeper is not None and leaving is not None and leaving.ready:
+            keeper.keep(leaving)  # the cache of the model being replaced, for when it comes back
         try:
             report = self.engine.load(path, plan.options, default_ctx=plan.default_ctx, progress=progress)
             choice = self.ws.chat_format(path, self.engine.info, plan.format)
@@ -387,6 +424,8 @@ class CatteryApp(App[None]):
         path, report, choice = event.path, event.report, event.choice
         if event.attached is not self.session:
             self._attach(self.session)
+        elif self.session is not None and self.shared.keeper is not None:
+            self._restore(self.session)
         from app.tui.wording import in_app
 
         for warning in report.warnings + ([choice.warning] if choice.warning else []):

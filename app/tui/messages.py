@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from app.engine.stats import LoadReport
     from app.prompt.builder import FormatChoice
     from app.session.chat import ChatSession, MessageFit, Outcome, Preview, Turn
+    from app.session.kv_keeper import Restored
 
 
 class TurnStarted(Message):
@@ -106,3 +107,12 @@ class ModelLoaded(Message):
         self.report = report
         self.choice = choice
         self.attached = attached
+
+
+class ChatRestored(Message):
+    """A chat's kept KV cache was put back (or not: `restored.note` says why) when it opened."""
+
+    def __init__(self, chat_id: int, restored: Restored) -> None:
+        super().__init__()
+        self.chat_id = chat_id
+        self.restored = restored

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from app.engine.engine import Engine
     from app.session.chat import ChatSession
+    from app.session.kv_keeper import KVKeeper
     from app.session.launch import Launch
     from app.session.workspace import Workspace
     from app.tui.widgets.status_bar import ModelStatus
@@ -39,6 +40,7 @@ class TuiState:
     image_mode: str = "auto"
     cursor_blink: bool = True
     shown_messages: int = 60
+    keeper: KVKeeper | None = None  # chats' KV caches kept and put back (None: [snapshots] off)
 
     def read_settings(self) -> list[str]:
         """Keys and look from the settings as they are now; the [keys] entries that were left out, and why."""

@@ -281,3 +281,33 @@ def test_messages_out_of_the_window_are_dimmed(cattery_home: Path, engine) -> No
             assert chat.preview.used <= engine.n_ctx
 
     asyncio.run(run())
+
+
+def test_a_reopened_chat_starts_from_its_kv_snapshot(cattery_home: Path, engine) -> None:
+    """Issue 18: quitting keeps the chat's KV cache on disk; the next start puts it back, so the
+    next turn evaluates only the new message, and the snapshot goes when the chat is deleted."""
+    snapshots = cattery_home / "cache" / "snapshots"
+
+    async def first() -> None:
+        app = make_app(engine, card_ref="mochi", card_explicit=True, new_chat=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_idle(pilot, app)
+            await send(pilot, app, "Tell me about your favourite toy.")
+
+    asyncio.run(first())
+    [kept] = list(snapshots.iterdir())
+    assert kept.name.endswith(".kv") and kept.stat().st_size > 0
+    engine.reset()  # the shared test engine forgets it: only the snapshot can bring it back
+    app = make_app(engine, sampler=greedy(8))
+
+    async def second() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: app.restored.tokens > 0, what="the snapshot restored")
+            assert app.restored.source == "disk"
+            await wait_idle(pilot, app)
+            before = app.restored.tokens
+            await send(pilot, app, "And your second favourite?")
+            stats = app.session.last_stats
+            assert stats is not None and stats.prompt_reused >= before - 2 and stats.prompt_evaluated < 30
+
+    asyncio.run(second())

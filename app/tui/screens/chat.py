@@ -657,6 +657,9 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
             note = f"the reply could not be saved ({why}); it stays on screen until you leave this chat"
             self.post_message(TurnDone(serial, None, note, unsaved=text if turn.kind != "impersonate" else ""))
             return
+        keeper = self.shared.keeper
+        if keeper is not None:  # a copy on the engine thread; the file is written on the keeper's
+            keeper.keep(session)
         self.post_message(TurnDone(serial, outcome, error))
 
     def on_turn_started(self, event: TurnStarted) -> None:
