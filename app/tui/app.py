@@ -334,6 +334,8 @@ class CatteryApp(App[None]):
 
     def on_chat_restored(self, event: ChatRestored) -> None:
         self.restored = event.restored
+        if event.restored.tokens:
+            self.prompt_changed()  # the meter's "next turn" counts what is cached now
         if event.restored.note:
             self.notify(event.restored.note, severity="warning", timeout=8)
 
