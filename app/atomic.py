@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -22,12 +23,25 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
     The file gets the permissions a plain `open()` would give it (mkstemp's are 0600).
     """
+    write_parts_atomic(path, [data])
+
+
+def write_parts_atomic(path: Path, parts: Iterable[bytes | bytearray], *, private: bool = False) -> int:
+    """`write_bytes_atomic` for data in pieces (a header and a body of hundreds of MB, never
+    joined in memory); the bytes written. `private`: only this user may read the file (a chat's
+    KV cache holds what was said). The temporary file is `.NAME.*.tmp` beside `path`: a save
+    that was killed leaves only that, and readers skip it. The folder is synced after the
+    rename, so the rename itself survives a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    written = 0
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        if not private:
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
+                written += len(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +49,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return written
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -32,13 +32,13 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import threading
 from array import array
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from app.atomic import write_parts_atomic
 from app.errors import CatteryError
 
 MAGIC = b"CATKVSN\x00"
@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 MAX_HEADER = 64 * 1024  # a key and three numbers: anything bigger is not ours
 MAX_TOKENS = 1 << 24  # no context is this big; bounds the token array before n_ctx is known
 _PREFIX = struct.Struct("<8sII")
-TEMP_SUFFIX = ".tmp"  # a save in progress (or killed): never read as a snapshot
+TEMP_SUFFIX = ".tmp"  # a save in progress (or killed, app/atomic.py names it): never read as a snapshot
 
 
 class SnapshotMismatch(CatteryError):
@@ -217,11 +217,6 @@ def _digest(token_bytes: bytes, data: bytes | bytearray | memoryview) -> str:
     return h.hexdigest()
 
 
-def temp_name(path: Path) -> str:
-    """The prefix of a save-in-progress's name beside `path` (the store cleans killed ones)."""
-    return f".{path.name}."
-
-
 def write_snapshot(path: Path, state: KVState) -> int:
     """Write `state` to `path` atomically; returns the bytes written.
 
@@ -242,27 +237,7 @@ def write_snapshot(path: Path, state: KVState) -> int:
         separators=(",", ":"),
     ).encode("utf-8")
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header))
-    fd, tmp = tempfile.mkstemp(prefix=temp_name(path), suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(prefix)
-            f.write(header)
-            f.write(tokens)
-            f.write(state.data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return len(prefix) + len(header) + len(tokens) + len(state.data)
+    return write_parts_atomic(path, [prefix, header, tokens, state.data], private=True)
 
 
 def _read_exact(f: Any, n: int, what: str) -> bytes:
