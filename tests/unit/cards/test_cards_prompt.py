@@ -121,8 +121,8 @@ def test_chat_with_a_card_opens_with_its_greeting(cattery_home: Path, tmp_path: 
     assert r.returncode == 0, r.stderr
     assert "character Mimi" in r.stderr and "Hello, Anon." in r.stderr  # not a script's stdout
     assert "messages: 3 (3 in the window)" in r.stdout
-    # The default character is the bundled cat.
-    default = run_cattery("chat", "--plain", "-n", "5", input="/quit\n", home=cattery_home)
+    # A new chat's default character is the bundled cat (without --new, the last chat goes on).
+    default = run_cattery("chat", "--plain", "--new", "-n", "5", input="/quit\n", home=cattery_home)
     assert "character Mochi" in default.stderr
 
 
