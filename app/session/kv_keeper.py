@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from app.engine.snapshot import KVState
     from app.session.chat import ChatSession
     from app.session.snapshots import SnapshotStore, StateCache
+    from app.session.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,10 @@ class KVKeeper:
         self.last_error: str | None = None
 
     @classmethod
-    def for_workspace(cls, ws: object, engine: Engine) -> KVKeeper | None:
+    def for_workspace(cls, ws: Workspace, engine: Engine) -> KVKeeper | None:
         """As the settings ask (`[snapshots]`); None when snapshots are switched off."""
         from app.session.snapshots import StateCache
-        from app.session.workspace import Workspace
 
-        assert isinstance(ws, Workspace)
         prefs = ws.settings.snapshots
         if not prefs.enabled:
             return None
