@@ -257,10 +257,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from app.session.chat import open_session, restart_session, start_session
     from app.session.kv_keeper import KVKeeper, Restored
 
-    chat_id = _chat_to_continue(args, ws)
+    chat_id, card_ref = _chat_to_continue(args, ws)  # the character checked before the model loads
     overrides = _session_overrides(args)
-    if chat_id is None:  # a character given, or the default one: checked before the model loads
-        card_ref, _ = ws.resolve_character(args.card if args.card is not None else ws.default_character())
     engine, choice = _load_engine(args, ws)
     keeper = None
     try:
@@ -322,23 +320,25 @@ def _chat_asked(args: argparse.Namespace, ws: Any) -> int | None:
     return _chat_id(ws, args.chat)
 
 
-def _chat_to_continue(args: argparse.Namespace, ws: Any) -> int | None:
-    """The saved chat the line chat continues (None: a new one), as the app chooses it; never the
-    chat a running app has open (two writers would mix its messages): then a new one."""
+def _chat_to_continue(args: argparse.Namespace, ws: Any) -> tuple[int | None, str | None]:
+    """(the saved chat the line chat continues, None for a new one; the character a new one
+    gets), chosen as the app chooses; never the chat a running app has open (two writers would
+    mix its messages): then a new one."""
     from app.instance import chat_in_use, refuse_if_in_use
     from app.session.chat import chat_to_open
 
-    if args.chat is not None:
-        chat_id = _chat_asked(args, ws)
-        assert chat_id is not None
-        refuse_if_in_use(ws.paths.data_dir, ws.store, chat_id, "continue")
-        return chat_id
+    asked = _chat_asked(args, ws)
+    if asked is not None:
+        refuse_if_in_use(ws.paths.data_dir, ws.store, asked, "continue")
+        return asked, None
     card_ref = ws.resolve_character(args.card)[0] if args.card is not None else None
     chat_id = chat_to_open(ws, by_card=args.card is not None, card_ref=card_ref, new=args.new)
     if chat_id is not None and chat_in_use(ws.paths.data_dir, ws.store, chat_id) is not None:
         print(f"(chat {chat_id} is open in the running app: this is a new chat)", file=sys.stderr)
-        return None
-    return chat_id
+        chat_id = None
+    if chat_id is None and args.card is None:  # a new chat with the default character (only then read)
+        card_ref = ws.resolve_character(ws.default_character())[0]
+    return chat_id, card_ref
 
 
 def _remember_chat(ws: Any, chat_id: int) -> None:
