@@ -124,9 +124,12 @@ class PlainChat:
         return 0
 
     def keep(self) -> None:
-        """The chat's KV cache kept (the file is written on the keeper's own thread)."""
+        """The chat's KV cache kept (the file is written on the keeper's own thread); a big save's
+        size, or a state too big for the disk, said on stderr."""
         if self.keeper is not None:
-            self.keeper.keep(self.session)
+            kept = self.keeper.keep(self.session)
+            if kept is not None and kept.notice:
+                self.note(kept.notice)
 
     def command(self, text: str) -> str | None:
         name, _, arg = text.partition(" ")

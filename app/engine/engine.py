@@ -64,10 +64,12 @@ class Generation:
         stop: Sequence[str],
         stream_interval: float,
         allow_shift: bool = True,
+        owner: object = None,
     ) -> None:
         self._engine = engine
         self.stream_interval = stream_interval
         self.allow_shift = allow_shift
+        self.owner = owner
         self.prompt = prompt
         self.sampler = sampler
         self.stop = list(stop)
@@ -308,23 +310,44 @@ class Engine:
         if cached is None or cached[0] is not m:
             raise CatteryError("the model changed while its KV state was being saved or restored")
 
-    def export_state(self, keep: int | None = None) -> KVState:
+    def kv_serial(self) -> int:
+        """A number that changes whenever a generation, an import or a clear changes the cache
+        (read from any thread): a `fit` computed from the chat is only right for the cache it saw."""
+        m = self._model
+        return m.kv_serial if m is not None else -1
+
+    def export_state(
+        self, fit: Sequence[int] | None = None, owner: object = None, serial: int | None = None
+    ) -> KVState:
         """Sequence 0's KV cache and the tokens it holds, as a job between generations.
 
         Only a copy into memory happens on the engine thread (writing a file is the caller's,
         on its own thread), so a turn asked for meanwhile waits for a memcpy, not a disk.
-        `keep` limits the state to the first `keep` tokens: the cache itself is trimmed to
-        them first (what is dropped would have been evaluated again anyway by a prompt that
-        differs there), so pass it only for a tail that is worth less than its bytes.
+
+        `fit`: the prompt the chat's next turn starts with (the pinned block and the window).
+        The cache is first edited as a generation of that prompt would edit it (the common
+        prefix kept, a window that slid shifted, the rest dropped), so the state holds only
+        what the next turn reuses: no bytes are kept for a tail it would evaluate again (a
+        stop string's text, a reply cut and trimmed, the turns that left the window).
+
+        `owner`: the chat asking. If the cache holds another's prompt by now (a chat opened
+        meanwhile, its state imported or a turn run), the state is empty and the cache untouched;
+        likewise if `serial` (`kv_serial()` when `fit` was computed) is no longer the cache's.
         """
         key = self.snapshot_key()
         if key is None:
             raise CatteryError("no model is loaded")
+        wanted = list(fit) if fit is not None else None
 
         def job(m: NativeModel) -> KVState:
             self._check_key_of(m)
-            if keep is not None and keep < len(m.kv_tokens):
-                m.truncate_kv(max(0, keep))
+            if (owner is not None and m.kv_owner != owner) or (serial is not None and m.kv_serial != serial):
+                return KVState(key=key, tokens=[], data=b"")
+            if wanted is not None:
+                plan = plan_reuse(m.kv_tokens, wanted, m.can_shift)
+                if plan.shifted:
+                    m.shift_kv(plan.keep, plan.shift_from)
+                m.truncate_kv(plan.reused)
             data = m.export_state()
             return KVState(key=key, tokens=list(m.kv_tokens), data=data)
 
@@ -335,7 +358,7 @@ class Engine:
         saying the size before a big save."""
         return self._run(lambda m: m.state_size())
 
-    def import_state(self, state: KVState) -> int:
+    def import_state(self, state: KVState, owner: object = None) -> int:
         """Put `state` in the KV cache in place of what is there; returns the tokens restored.
 
         Refused (SnapshotMismatch) if it was made for another model, context, KV type, RoPE,
@@ -361,6 +384,8 @@ class Engine:
                 raise SnapshotDamaged("the snapshot holds a token the model does not have")
             if not m.import_state(state.data, tokens):
                 raise SnapshotDamaged("llama.cpp did not take the snapshot's state (the cache was cleared)")
+            m.kv_owner = owner
+            m.kv_serial += 1
             return len(tokens)
 
         return self._run(job)
@@ -375,6 +400,7 @@ class Engine:
         *,
         stream_interval: float = STREAM_INTERVAL,
         allow_shift: bool = True,
+        owner: object = None,
     ) -> Generation:
         """Start a reply; generations run one after another in the order asked for.
 
@@ -383,12 +409,13 @@ class Engine:
         every token steals CPU from llama.cpp's threads when they use every core.
         A model slower than the interval still streams token by token; 0 means
         one piece per token. `allow_shift=False` re-evaluates everything after the
-        common prefix, as llama-cpp-python does (for comparisons).
+        common prefix, as llama-cpp-python does (for comparisons). `owner`: whose prompt
+        this is (a chat id): the cache is then that chat's, for `export_state`.
         """
         sampler = sampler or SamplerSettings()
         sampler.validate()
         self._require()
-        gen = Generation(self, prompt, sampler, stop, stream_interval, allow_shift)
+        gen = Generation(self, prompt, sampler, stop, stream_interval, allow_shift, owner)
         self._pool.submit(self._generate, gen)
         return gen
 
@@ -453,6 +480,8 @@ class Engine:
         if plan.shifted:
             m.shift_kv(plan.keep, plan.shift_from)
         m.truncate_kv(plan.reused)
+        m.kv_owner = gen.owner
+        m.kv_serial += 1
         stats.prompt_reused = plan.reused
         stats.prompt_shifted = plan.shifted
         stats.shift_removed = plan.removed

@@ -343,6 +343,10 @@ class NativeModel(Vocab):
         self.n_ctx = int(L.llama_n_ctx(ctx))
         self.n_batch = options.batch
         self.kv_tokens: list[int] = []
+        # Whose prompt the cache holds (a chat id, set by a generation or an import that names
+        # one): a state kept for a chat is only ever taken from that chat's own cache.
+        self.kv_owner: object = None
+        self.kv_serial = 0  # counts the changes a generation, an import or a clear make to the cache
         self.load_log = LOG.lines_since(mark)
         self.gpu_layers_offloaded = offloaded_layers(self.load_log, gpu_layers, self.n_layer)
         self._one = (L.llama_token * 1)()
@@ -373,6 +377,8 @@ class NativeModel(Vocab):
     def clear_kv(self) -> None:
         L.llama_memory_clear(self.memory, True)
         self.kv_tokens.clear()
+        self.kv_owner = None
+        self.kv_serial += 1
 
     def decode(self, tokens: Sequence[int]) -> int:
         """Evaluate tokens after those in the cache, in batches. Returns llama_decode's status.

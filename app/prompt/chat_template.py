@@ -190,4 +190,3 @@ def render_chat_template(
         raise TemplateUnsafeError(f"{where}the chat template was stopped: {_describe(exc)}") from None
     except Exception as exc:
         raise TemplateRenderError(f"{where}the chat template failed: {_describe(exc)}") from None
-

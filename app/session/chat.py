@@ -52,9 +52,19 @@ class Turn:
     prefix: str = ""  # text the reply already had (continue), or the user's line begun (impersonate)
     started: float = field(default_factory=time.time)
     context: Preview | None = None  # the context this turn uses: what the status bar shows while it runs
+    restored: SnapshotUse | None = None  # the chat's KV snapshot this turn started from
 
     def cancel(self) -> None:
         self.generation.cancel()
+
+
+@dataclass(frozen=True)
+class SnapshotUse:
+    """A chat's kept KV cache put back when it opened: where from ("memory" or "disk") and
+    how many tokens it holds. The first turn after it says so (status bar, reply details)."""
+
+    source: str
+    tokens: int
 
 
 @dataclass
@@ -88,6 +98,9 @@ class Preview:
     first_kept: int  # messages before this index have left the window
     to_evaluate: int  # tokens the next reply evaluates besides the user's new message
     reused: int
+    # Of `reused`, tokens put back from the chat's KV snapshot when it opened (0: none, or
+    # they were used by a turn already).
+    restored: int = 0
     # Why the chat as it is cannot be sent (a stored message longer than the context); the
     # numbers then are the pinned block and a full window, so the meter still shows.
     problem: str = ""
@@ -177,6 +190,7 @@ class ChatSession:
         self.format_choice: FormatChoice | None = None
         self.last_built: BuiltPrompt | None = None
         self.last_stats: GenerationStats | None = None
+        self.restored: SnapshotUse | None = None  # a KV snapshot put back, until a turn starts from it
 
     # -- opening -----------------------------------------------------------------------
 
@@ -489,9 +503,10 @@ class ChatSession:
             self._save_window()
             tokens = built.tokens or []
             context = self._context(built, self.engine.plan(tokens), len(history))  # before the engine is busy
-            gen = self.engine.generate(built.tokens or built.text, self.sampler, stop=built.stop)
+            gen = self.engine.generate(built.tokens or built.text, self.sampler, stop=built.stop, owner=self.chat_id)
             self.last_built = built
-            return Turn(kind, target, built, gen, prefix, context=context)
+            restored, self.restored = self.restored, None
+            return Turn(kind, target, built, gen, prefix, context=context, restored=restored)
 
     def finish(self, turn: Turn) -> Outcome:
         """Commit what the turn produced: a stopped reply keeps its partial text, marked as stopped."""
@@ -569,6 +584,10 @@ class ChatSession:
                 generated_tokens=stats.generated_tokens,
                 finish_reason=stats.finish_reason,
             )
+            if turn.restored is not None:
+                # What the snapshot spared this turn: the tokens it reused that the snapshot held.
+                saved = min(stats.prompt_reused, turn.restored.tokens)
+                out["kv_snapshot"] = {"source": turn.restored.source, "tokens": saved}
         return out
 
     # -- the context, as the status bar shows it ---------------------------------------
@@ -586,9 +605,8 @@ class ChatSession:
                 return None
             assert self.engine is not None and self.builder is not None
             history = self.history()
-            state = WindowState(self.window.start, self.window.examples_dropped)
             try:
-                built = self.builder.build(history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state)
+                built = self._next_built(history)
             except ContextOverflowError:
                 pinned = self.builder.build([]).pinned_tokens or 0
                 n_ctx = self.engine.n_ctx
@@ -596,10 +614,31 @@ class ChatSession:
                 return Preview(n_ctx, pinned, n_ctx - pinned, self.reserve, max(0, len(history) - 1), 0, 0, problem)
         return self._context(built, self.engine.plan(built.tokens or []), len(history))
 
+    def _next_built(self, history: list[Message]) -> BuiltPrompt:
+        """The prompt of the next reply as the chat is now, the window left as it is saved."""
+        assert self.engine is not None and self.builder is not None
+        state = WindowState(self.window.start, self.window.examples_dropped)
+        return self.builder.build(history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state)
+
+    def next_prompt(self) -> list[int] | None:
+        """The tokens the next turn's prompt starts with: the pinned block and the window as they
+        are now. What a kept KV state is worth holding (`KVKeeper`); None without a model, or when
+        the chat as it is cannot be sent (its last message is longer than the context)."""
+        from app.errors import ContextOverflowError
+
+        with self.lock:
+            if not self.ready:
+                return None
+            try:
+                return list(self._next_built(self.history()).tokens or [])
+            except ContextOverflowError:
+                return None
+
     def _context(self, built: BuiltPrompt, plan: Any, n_messages: int) -> Preview:
         assert self.engine is not None
         tokens = built.tokens or []
         pinned = built.pinned_tokens or 0
+        restored = self.restored
         return Preview(
             n_ctx=self.engine.n_ctx,
             pinned=pinned,
@@ -608,6 +647,7 @@ class ChatSession:
             first_kept=built.kept[0] if built.kept else n_messages,
             to_evaluate=plan.to_evaluate,
             reused=plan.reused,
+            restored=min(plan.reused, restored.tokens) if restored is not None else 0,
         )
 
     def measure(self, text: str) -> MessageFit | None:

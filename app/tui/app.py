@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,12 +30,12 @@ from app.assets import asset_path
 from app.engine.engine import Engine
 from app.errors import CatteryError
 from app.session.chat import ChatSession, chat_to_open, hash_model, open_session, start_session
-from app.session.kv_keeper import KVKeeper, Restored
+from app.session.kv_keeper import Kept, KVKeeper, Restored
 from app.session.launch import Launch
 from app.session.workspace import ModelLoad, RememberedModelGone, Workspace
 from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings, key_table
-from app.tui.messages import ChatRestored, ModelLoaded, ModelLoadFailed, ModelLoading
+from app.tui.messages import ChatRestored, ModelLoaded, ModelLoadFailed, ModelLoading, Notice
 from app.tui.safe_text import strip_controls_everywhere
 from app.tui.screens.characters import CharactersScreen
 from app.tui.screens.chat import ChatScreen
@@ -198,7 +199,7 @@ class CatteryApp(App[None]):
         keeper = self.shared.keeper
         if keeper is not None:
             if self.session is not None and self.session.ready:
-                keeper.keep(self.session)  # quitting keeps the chat's cache for the next start
+                keeper.keep_soon(self.session)  # quitting keeps the chat's cache for the next start
             keeper.close()
 
     def get_screen_stack(self, mode: str) -> list[Screen[Any]]:
@@ -272,7 +273,7 @@ class CatteryApp(App[None]):
         """Open `session`; the chat screen, told by `session_serial`, stops the last one's reply and keeps its draft."""
         left = self.session
         if left is not None and left is not session and left.chat_id != session.chat_id:
-            self._keep(left)  # the chat left keeps its KV cache (after its reply is stopped)
+            self.keep_chat(left)  # the chat left keeps its KV cache (after its reply is stopped)
         self.session = session
         session.on_title = self._title_changed
         self.launch.note = None  # saved with the first chat; the next ones keep their own
@@ -323,14 +324,22 @@ class CatteryApp(App[None]):
         if self.shared.keeper is not None:
             self._restore(session)
 
-    @work(thread=True, group="kv", exit_on_error=False)
     def _restore(self, session: ChatSession) -> None:
-        """The chat's kept KV cache put back (a file read off the UI thread; the import is a job on
-        the engine thread), so its next turn evaluates only what is new."""
+        """The chat's kept KV cache put back on the keeper's thread (a file read there, the import
+        a job on the engine thread), after the keep of the chat left: its next turn evaluates only
+        what is new."""
         keeper = self.shared.keeper
         assert keeper is not None
-        restored = keeper.restore(session)
-        self.post_message(ChatRestored(session.chat_id, restored))
+
+        def done(future: Future[Restored]) -> None:
+            try:
+                restored = future.result()
+            except Exception:
+                log.exception("restoring a chat's KV cache")
+                return
+            self.post_message(ChatRestored(session.chat_id, restored))
+
+        keeper.restore_soon(session).add_done_callback(done)
 
     def on_chat_restored(self, event: ChatRestored) -> None:
         self.restored = event.restored
@@ -339,11 +348,28 @@ class CatteryApp(App[None]):
         if event.restored.note:
             self.notify(event.restored.note, severity="warning", timeout=8)
 
-    @work(thread=True, group="kv", exit_on_error=False)
-    def _keep(self, session: ChatSession) -> None:
+    def keep_chat(self, session: ChatSession) -> Future[Kept | None] | None:
+        """Keep the chat's KV cache (any thread): in order with the restores, on the keeper's own
+        thread; a big save's size, or a state too big for the disk, is said in a notice."""
         keeper = self.shared.keeper
-        if keeper is not None and session.ready:
-            keeper.keep(session)
+        if keeper is None or not session.ready:
+            return None
+
+        def done(future: Future[Kept | None]) -> None:
+            try:
+                kept = future.result()
+            except Exception:
+                log.exception("keeping a chat's KV cache")
+                return
+            if kept is not None and kept.notice:
+                self.post_message(Notice(kept.notice))
+
+        future = keeper.keep_soon(session)
+        future.add_done_callback(done)
+        return future
+
+    def on_notice(self, event: Notice) -> None:
+        self.notify(event.text, severity=event.severity, timeout=8)
 
     def avatar_for(self, role: str) -> bytes | None:
         """The character's picture for its messages; the persona's for the user's (none yet)."""
@@ -388,9 +414,11 @@ class CatteryApp(App[None]):
                 self.post_message(ModelLoading(path, value))
             return not self._load_cancel.is_set()
 
-        keeper, leaving = self.shared.keeper, self.session
-        if keeper is not None and leaving is not None and leaving.ready:
-            keeper.keep(leaving)  # the cache of the model being replaced, for when it comes back
+        leaving = self.session
+        if leaving is not None:
+            kept = self.keep_chat(leaving)  # the cache of the model being replaced, for when it comes back
+            if kept is not None:
+                kept.result()
         try:
             report = self.engine.load(path, plan.options, default_ctx=plan.default_ctx, progress=progress)
             choice = self.ws.chat_format(path, self.engine.info, plan.format)

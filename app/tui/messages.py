@@ -116,3 +116,12 @@ class ChatRestored(Message):
         super().__init__()
         self.chat_id = chat_id
         self.restored = restored
+
+
+class Notice(Message):
+    """One line for the person from a thread that is not the UI's (a big KV save's size)."""
+
+    def __init__(self, text: str, severity: str = "information") -> None:
+        super().__init__()
+        self.text = text
+        self.severity = severity

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
     from pathlib import Path
 
     from textual.app import App
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
     from app.engine.engine import Engine
     from app.session.chat import ChatSession
-    from app.session.kv_keeper import KVKeeper
+    from app.session.kv_keeper import Kept, KVKeeper
     from app.session.launch import Launch
     from app.session.workspace import Workspace
     from app.tui.widgets.status_bar import ModelStatus
@@ -88,6 +89,7 @@ class Host(Protocol):
     def apply_settings(self) -> None: ...
     def avatar_for(self, role: str) -> bytes | None: ...
     def prompt_changed(self) -> None: ...
+    def keep_chat(self, session: ChatSession) -> Future[Kept | None] | None: ...
     def switch_mode(self, mode: str) -> AwaitComplete: ...
 
 

@@ -60,6 +60,16 @@ ASKED = {
 MEASURE_AFTER_S = 0.3  # a pause in typing before the draft is counted for the status bar
 
 
+def _snapshot_line(use: Any) -> list[str]:
+    """The reply's turn started from the chat's KV snapshot: said, with what it spared."""
+    if not isinstance(use, dict):
+        return []
+    return [
+        f"snapshot     started from the chat's KV snapshot ({use.get('source', '?')}):"
+        f" {use.get('tokens', '?')} tokens not evaluated again"
+    ]
+
+
 def describe_provenance(prov: dict[str, Any], state: str) -> str:
     """A reply's provenance as a person reads it."""
     if not prov:
@@ -74,6 +84,7 @@ def describe_provenance(prov: dict[str, Any], state: str) -> str:
         f"prompt       {prov.get('prompt_tokens', '?')} tokens, {prov.get('prompt_evaluated', '?')} evaluated,"
         f" {prov.get('prompt_reused', '?')} from the cache",
         f"first token  {prov.get('time_to_first_token', 0) * 1000:.0f} ms",
+        *_snapshot_line(prov.get("kv_snapshot")),
         f"reply        {prov.get('generated_tokens', '?')} tokens at {prov.get('tokens_per_second', 0):.1f} tok/s,"
         f" ended by {prov.get('finish_reason', '?')}" + (" (stopped)" if state == "stopped" else ""),
     ]
@@ -657,10 +668,10 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
             note = f"the reply could not be saved ({why}); it stays on screen until you leave this chat"
             self.post_message(TurnDone(serial, None, note, unsaved=text if turn.kind != "impersonate" else ""))
             return
-        keeper = self.shared.keeper
-        if keeper is not None:  # a copy on the engine thread; the file is written on the keeper's
-            keeper.keep(session)
         self.post_message(TurnDone(serial, outcome, error))
+        # Kept after the reply is shown done: a copy on the engine thread, queued on the keeper's;
+        # the file is written on its writer. A turn sent meanwhile waits for the copy at most.
+        self.cattery.keep_chat(session)
 
     def on_turn_started(self, event: TurnStarted) -> None:
         if event.serial != self.serial:

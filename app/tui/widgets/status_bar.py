@@ -97,6 +97,7 @@ def status_content(
                     f"this turn: +{preview.to_evaluate}"
                     if compact
                     else f"this turn: {preview.to_evaluate} to evaluate, {preview.reused} cached"
+                    + (f" ({preview.restored} from its KV snapshot)" if preview.restored else "")
                 )
             )
     else:
@@ -116,7 +117,12 @@ def status_content(
         elif preview is not None:
             mine = f"your message ({draft.tokens})" if draft is not None else "your message"
             parts.append(
-                Content(f"next: +{preview.to_evaluate}" if compact else f"next turn: {mine} + {preview.to_evaluate}")
+                Content(
+                    f"next: +{preview.to_evaluate}"
+                    if compact
+                    else f"next turn: {mine} + {preview.to_evaluate}"
+                    + (f" ({preview.restored} restored from its KV snapshot)" if preview.restored else "")
+                )
             )
     if note:
         parts.append(Content(note))

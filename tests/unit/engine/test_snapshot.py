@@ -123,18 +123,52 @@ def test_a_state_exported_again_is_the_same_bytes(saved: Saved, fresh: Engine) -
     assert again.tokens == saved.prompt and bytes(again.data) == bytes(saved.state.data)
 
 
-def test_export_keep_holds_only_the_first_tokens(saved: Saved, fresh: Engine) -> None:
+def test_export_fitted_to_the_next_prompt_holds_only_what_it_reuses(saved: Saved, fresh: Engine) -> None:
+    """keep = "window": a tail the next prompt does not have is dropped, not saved."""
     fresh.import_state(saved.state)
-    part = fresh.export_state(keep=300)
+    part = fresh.export_state(fit=saved.prompt[:300] + saved.new)
     assert part.tokens == saved.prompt[:300] and len(part.data) < len(saved.state.data)
     assert fresh.cached_tokens() == saved.prompt[:300]
     fresh.reset()
     assert fresh.import_state(part) == 300
     assert fresh.plan(saved.prompt).reused == 300
     assert fresh.state_size() == len(part.data)
-    empty = fresh.export_state(keep=0)
+    empty = fresh.export_state(fit=saved.new)
     assert empty.tokens == [] and fresh.cached_tokens() == []
     assert fresh.import_state(empty) == 0 and fresh.cached_tokens() == []
+
+
+def test_export_fitted_to_a_window_that_slid_is_shifted_first(saved: Saved, fresh: Engine) -> None:
+    """The window slid past old turns: the state holds the pinned block and the turns still in
+    the window, moved left as the next turn would move them, and that turn evaluates only the new."""
+    fresh.import_state(saved.state)
+    window = saved.prompt[:100] + saved.prompt[600:]
+    state = fresh.export_state(fit=window + saved.new)
+    assert state.tokens == window and len(state.data) < len(saved.state.data)
+    fresh.reset()
+    fresh.import_state(state)
+    gen = fresh.generate(window + saved.new, greedy(4))
+    gen.result()
+    assert gen.stats is not None and gen.stats.prompt_evaluated == len(saved.new)
+    assert gen.stats.prompt_shifted == 0
+
+
+def test_export_for_another_owner_or_after_the_cache_changed_keeps_nothing(saved: Saved, fresh: Engine) -> None:
+    """A chat kept after another chat's state was put back (or a turn ran) must not take, nor
+    trim, a cache that is no longer its own."""
+    fresh.import_state(saved.state, owner=1)
+    mine = fresh.export_state(owner=1)
+    assert mine.tokens == saved.prompt
+    assert fresh.export_state(fit=saved.new, owner=2).tokens == []
+    assert fresh.cached_tokens() == saved.prompt  # untouched
+    serial = fresh.kv_serial()
+    fresh.import_state(saved.state, owner=1)  # the cache changed since `serial` was read
+    assert fresh.export_state(fit=saved.new, owner=1, serial=serial).tokens == []
+    assert fresh.cached_tokens() == saved.prompt
+    gen = fresh.generate(saved.prompt + saved.new, greedy(2), owner=3)
+    gen.result()
+    assert fresh.export_state(owner=1).tokens == []
+    assert fresh.export_state(owner=3).tokens[: len(saved.prompt)] == saved.prompt
 
 
 @pytest.mark.parametrize(
