@@ -311,3 +311,43 @@ def test_a_reopened_chat_starts_from_its_kv_snapshot(cattery_home: Path, engine)
             assert stats is not None and stats.prompt_reused >= before - 2 and stats.prompt_evaluated < 30
 
     asyncio.run(second())
+
+
+def test_switching_chats_in_the_app_restores_each_from_memory_and_says_so(cattery_home: Path, engine) -> None:
+    """Issue 18: leaving a chat keeps its cache in memory; coming back puts it back, the status bar
+    says how much was restored, the next turn evaluates only what is new, and `i` says the reply
+    started from the snapshot."""
+    app = make_app(engine, card_ref="mochi", card_explicit=True, new_chat=True, sampler=greedy(8))
+
+    def status() -> str:
+        return str(chat_screen(app).query_one("#status").render())
+
+    async def run() -> None:
+        async with app.run_test(size=(140, 34)) as pilot:
+            await wait_idle(pilot, app)
+            await send(pilot, app, "Tell me about your favourite toy.")
+            first = app.session.chat_id
+            app.new_chat("mochi")
+            await wait_until(pilot, lambda: app.session.chat_id != first, what="the second chat")
+            await wait_idle(pilot, app)
+            await send(pilot, app, "What is your favourite food?")
+            second = app.session.chat_id
+            assert app.open_chat(first)
+            await wait_until(pilot, lambda: app.restored.tokens > 0, what="the first chat restored")
+            assert app.restored.source == "memory"
+            await wait_until(pilot, lambda: "restored from its KV snapshot" in status(), what="the status bar")
+            restored = app.restored.tokens
+            await send(pilot, app, "And your second favourite toy?")
+            stats = app.session.last_stats
+            assert stats is not None and stats.prompt_reused >= restored - 2 and stats.prompt_evaluated < 40
+            views(app)[-1].focus()
+            await pilot.press("i")
+            await wait_until(pilot, lambda: isinstance(app.screen, TextScreen), what="the reply details")
+            text = str(app.screen.query_one("#details-text Static").render())
+            assert "started from the chat's KV snapshot (memory)" in text
+            await pilot.press("escape")
+            assert app.open_chat(second)
+            await wait_until(pilot, lambda: app.session.chat_id == second and app.restored.tokens > 0)
+            assert app.restored.source == "memory"
+
+    asyncio.run(run())
