@@ -19,12 +19,16 @@ restoring, on the bundled model at a 4096-token context.
 4. Key latency during saves: the real app, headless, on that chat; a save is started every
    0.5 s (the copy on the engine thread, the file on the keeper's writer) while a key is pressed
    in the message box every 20 ms, timed as bench/tui.py times keys: until the box holds it.
+5. Mismatches: the chat's snapshot met by an engine with another context size, another K cache
+   type, another model file (the bundled file copied with one byte of its last MiB changed), and
+   the file truncated; each through `KVKeeper.restore` as a reopen meets it, 3 times: detected
+   (a notice, nothing restored, the file removed) every time, never used.
 
     python bench/reopen.py
 
 Writes bench/out/reopen.json and a row in bench/RESULTS.md. Targets: time to first token >= 20x
 better than re-evaluating; tokens evaluated on reopen = the new message only; switching evaluates
-<= 1.1x the new messages' tokens; keys < 50 ms during a save.
+<= 1.1x the new messages' tokens; every mismatch detected; keys < 50 ms during a save.
 """
 
 from __future__ import annotations
@@ -97,6 +101,52 @@ class Turns:
         return stats, grown
 
 
+def mismatches(ws: Any, plan: Any, chat: Any, choice: Any, state: Any, rounds: int = 3) -> dict[str, Any]:
+    """Each wrong snapshot, `rounds` times: (detected, used) counts and the notice seen."""
+    import dataclasses
+    import shutil
+
+    from app.engine.engine import Engine
+    from app.session.kv_keeper import KVKeeper
+
+    other_model = Path(tempfile.mkdtemp(prefix="cattery-other-")) / plan.path.name
+    shutil.copyfile(plan.path, other_model)
+    with open(other_model, "r+b") as f:  # one byte of the last tensor's data: another model to its identity
+        f.seek(-4096, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-4096, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x01]))
+    cases = {
+        "other ctx": (plan.path, {"ctx": CTX // 2}),
+        "other KV type": (plan.path, {"cache_type_k": "q8_0"}),
+        "other model": (other_model, {}),
+        "truncated": (plan.path, {}),
+    }
+    out: dict[str, Any] = {}
+    for name, (model, changes) in cases.items():
+        engine = Engine()
+        engine.load(model, dataclasses.replace(plan.options, **changes))
+        chat.attach(engine, choice)
+        keeper = KVKeeper(engine, ws.snapshots, None)
+        detected = used = 0
+        notice = ""
+        for _ in range(rounds):
+            ws.snapshots.save(chat.chat_id, state)  # the chat's good snapshot, as its last save left it
+            if name == "truncated":
+                path = ws.snapshots.path(chat.chat_id)
+                with open(path, "r+b") as f:
+                    f.truncate(path.stat().st_size // 2)
+            r = keeper.restore(chat)
+            used += r.tokens > 0
+            detected += bool(r.note) and r.tokens == 0 and not ws.snapshots.path(chat.chat_id).exists()
+            notice = r.note or notice
+        keeper.close()
+        engine.close()
+        out[name] = {"rounds": rounds, "detected": detected, "used": used, "notice": notice}
+    shutil.rmtree(other_model.parent, ignore_errors=True)
+    return out
+
+
 async def keys_during_saves(ws: Any, engine: Any, session: Any, saves: int) -> tuple[list[float], int]:
     """Key latencies (s) in the real app's message box while `saves` saves of `session` run."""
     from textual import events
@@ -167,6 +217,8 @@ def main() -> int:
     size = kept.written.result()
     write_s = time.perf_counter() - t0
     keeper.close()
+    good, _ = ws.snapshots.load(chat.chat_id, engine.snapshot_key())  # for the mismatch cases
+    assert good is not None
     engine.close()
 
     engine = Engine()
@@ -202,6 +254,9 @@ def main() -> int:
     # 4. Keys during saves of the ~3.9k-token chat, in the app.
     keys, key_written = asyncio.run(keys_during_saves(ws, engine, chat, saves=5))
     engine.close()
+
+    # 5. Snapshots that do not match, or are damaged.
+    wrong = mismatches(ws, plan, chat, choice, good)
     ws.close()
 
     result = {
@@ -235,6 +290,7 @@ def main() -> int:
             "saves": 5,
             "bytes_written": key_written,
         },
+        "mismatches": wrong,
         "targets": {"speedup": 20, "switching_ratio": 1.1, "key_ms": 50},
     }
     write_json("reopen", result)
@@ -253,6 +309,11 @@ def main() -> int:
         f"keys during {k['saves']} saves: {k['pressed']} pressed, median {k['median_ms']:.1f} ms, "
         f"max {k['max_ms']:.1f} ms"
     )
+    for name, m in wrong.items():
+        print(f"mismatch {name}: detected {m['detected']}/{m['rounds']}, used {m['used']}: {m['notice']}")
+    detected = sum(m["detected"] for m in wrong.values())
+    rounds = sum(m["rounds"] for m in wrong.values())
+    used = sum(m["used"] for m in wrong.values())
     append_result_row(
         "Instant reopen: KV snapshots against re-evaluation (`python bench/reopen.py`)",
         [
@@ -265,6 +326,7 @@ def main() -> int:
             "switching evaluated / new",
             "save: engine thread / file / size",
             "keys during saves: median / max",
+            "mismatches detected / used",
         ],
         [
             result["date"],
@@ -276,6 +338,7 @@ def main() -> int:
             f"{sw['evaluated']} / {sw['new_message_tokens']} ({sw['ratio']:.3f}x)",
             f"{sv['engine_thread_s'] * 1000:.0f} ms / {sv['write_s'] * 1000:.0f} ms / {sv['bytes'] / 1e6:.1f} MB",
             f"{k['median_ms']:.1f} / {k['max_ms']:.1f} ms",
+            f"{detected}/{rounds} / {used}",
         ],
     )
     return 0
