@@ -261,6 +261,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     overrides = _session_overrides(args)
     engine, choice = _load_engine(args, ws)
     keeper = None
+    held = None
     try:
         report = engine.report
         assert report is not None and engine.info is not None
@@ -270,6 +271,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             session = open_session(ws, chat_id, sampler=sampler, **overrides)
         else:
             session = start_session(ws, card_ref, sampler=sampler, **overrides)
+        held = _hold_chat(ws, session.chat_id)
         _remember_chat(ws, session.chat_id)  # as the app does: the next start continues it
         for warning in session.recipe.lore.warnings if session.recipe.lore is not None else []:
             print(f"warning: {warning}", file=sys.stderr)  # an attached book that is gone
@@ -295,7 +297,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         )
 
         def restart() -> Any:
+            nonlocal held
             new = restart_session(ws, chat.session, **overrides)
+            held.release()  # the old chat is left: the app may open it now
+            held = _hold_chat(ws, new.chat_id)
             _remember_chat(ws, new.chat_id)
             return new
 
@@ -308,6 +313,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if keeper is not None:
             keeper.close()  # what is queued is written before the model goes
         engine.close()
+        if held is not None:
+            held.release()
         ws.close()
 
 
@@ -333,12 +340,25 @@ def _chat_to_continue(args: argparse.Namespace, ws: Any) -> tuple[int | None, st
         return asked, None
     card_ref = ws.resolve_character(args.card)[0] if args.card is not None else None
     chat_id = chat_to_open(ws, by_card=args.card is not None, card_ref=card_ref, new=args.new)
-    if chat_id is not None and chat_in_use(ws.paths.data_dir, ws.store, chat_id) is not None:
-        print(f"(chat {chat_id} is open in the running app: this is a new chat)", file=sys.stderr)
+    holder = chat_in_use(ws.paths.data_dir, ws.store, chat_id) if chat_id is not None else None
+    if holder is not None:
+        print(f"(chat {chat_id} is open in {holder.where()}: this is a new chat)", file=sys.stderr)
         chat_id = None
     if chat_id is None and args.card is None:  # a new chat with the default character (only then read)
         card_ref = ws.resolve_character(ws.default_character())[0]
     return chat_id, card_ref
+
+
+def _hold_chat(ws: Any, chat_id: int) -> Any:
+    """The line chat holds the chat it writes into (`instance.claim_chat`), so the app does not
+    open it meanwhile. Another line chat that took it in the moment since it was chosen: refused."""
+    from app.instance import claim_chat, refuse_if_in_use
+
+    lock = claim_chat(ws.paths.data_dir, chat_id)
+    if lock is None:
+        refuse_if_in_use(ws.paths.data_dir, ws.store, chat_id, "continue")
+        raise CatteryError(f"chat {chat_id} is open in another line chat")
+    return lock
 
 
 def _remember_chat(ws: Any, chat_id: int) -> None:

@@ -8,13 +8,16 @@ where the first one is and exits. The kernel drops the lock when the process end
 any way (quit, crash, SIGKILL), so a dead app never blocks the next start and there is
 no stale lock file to clean up.
 
-The line chat and the other commands never take the lock: they work beside the app.
-The line chat keeps no chat in the database; a command that changes a stored chat
-asks `chat_in_use` first and leaves alone the one the running app has open.
+The line chat and the other commands never take the app's lock: they work beside the app.
+The line chat writes its turns into the chat it continues, so it holds that one chat the
+same way (`claim_chat`, a lock file per chat under `open-chats/`): the app will not open
+it, nor a second line chat continue it, while it runs. A command that changes a stored
+chat asks `chat_in_use` first and leaves alone a chat the app or a line chat has open.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -34,6 +37,7 @@ except ImportError:  # Windows: no flock; the app runs without the guard there
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = "app.lock"
+CHAT_LOCKS = "open-chats"  # one lock file per chat a line chat has held
 MAX_INFO_BYTES = 4096  # what the lock file says about its holder; anything longer is not ours
 
 
@@ -48,6 +52,12 @@ class Holder:
     pid: int | None
     terminal: str | None
     since: float | None
+    kind: str = "app"  # "app": the full-screen app; "line": a line chat (`cattery chat --plain`)
+
+    def where(self) -> str:
+        """Who has a chat open, as a sentence says it: "the running app (pid 12 on /dev/pts/3)"."""
+        who = "the running app" if self.kind == "app" else "a line chat"
+        return f"{who} ({self.describe()})"
 
     def describe(self) -> str:
         parts = [f"pid {self.pid}" if self.pid else "pid unknown"]
@@ -115,10 +125,28 @@ def claim_app(data_dir: Path) -> AppLock:
     store says what it can't do there.
     """
     path = lock_path(data_dir)
+    lock = _claim(path)
+    if lock is None:
+        raise AlreadyRunningError(already_running(data_dir, read_holder(path))) from None
+    return lock
+
+
+def chat_lock_path(data_dir: Path, chat_id: int) -> Path:
+    return data_dir / CHAT_LOCKS / f"{int(chat_id)}.lock"
+
+
+def claim_chat(data_dir: Path, chat_id: int) -> AppLock | None:
+    """Hold a stored chat for this line chat while it writes into it; None if another line chat
+    holds it. Where no lock can be made the chat is not held (as for the app)."""
+    return _claim(chat_lock_path(data_dir, chat_id))
+
+
+def _claim(path: Path) -> AppLock | None:
+    """An exclusive flock on `path` with who holds it written in; None if another process holds it."""
     if fcntl is None:
         return AppLock(None, path)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         return AppLock(None, path)
     fd = _open(path, create=True)
@@ -128,7 +156,7 @@ def claim_app(data_dir: Path) -> AppLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AlreadyRunningError(already_running(data_dir, read_holder(path))) from None
+        return None
     except OSError:  # ENOLCK and the like: this filesystem keeps no locks
         os.close(fd)
         return AppLock(None, path)
@@ -168,7 +196,16 @@ def read_holder(path: Path) -> Holder:
 
 def running_app(data_dir: Path) -> Holder | None:
     """The app running on this data folder, or None. Never takes the lock for longer than a look."""
-    path = lock_path(data_dir)
+    return _holder(lock_path(data_dir))
+
+
+def line_chat_holding(data_dir: Path, chat_id: int) -> Holder | None:
+    """The line chat writing into this chat, or None."""
+    holder = _holder(chat_lock_path(data_dir, chat_id))
+    return dataclasses.replace(holder, kind="line") if holder is not None else None
+
+
+def _holder(path: Path) -> Holder | None:
     if fcntl is None:
         return None
     fd = _open(path, create=False)
@@ -196,18 +233,17 @@ def already_running(data_dir: Path, holder: Holder) -> str:
 
 
 def chat_in_use(data_dir: Path, store: ChatStore, chat_id: int) -> Holder | None:
-    """The running app, if it has this chat open (it records the open chat as `last_chat`)."""
+    """Who has this chat open: the running app (it records its open chat as `last_chat`), or a
+    line chat writing into it; None if nobody."""
     holder = running_app(data_dir)
-    if holder is None or store.get_state("last_chat") != str(chat_id):
-        return None
-    return holder
+    if holder is not None and store.get_state("last_chat") == str(chat_id):
+        return holder
+    return line_chat_holding(data_dir, chat_id)
 
 
 def refuse_if_in_use(data_dir: Path, store: ChatStore, chat_id: int, doing: str) -> None:
-    """A one-line error when the running app has this chat open: two writers would mix its messages."""
+    """A one-line error when the app or a line chat has this chat open: two writers would mix its messages."""
     holder = chat_in_use(data_dir, store, chat_id)
     if holder is not None:
-        raise CatteryError(
-            f"chat {chat_id} is open in the running app ({holder.describe()}): "
-            f"open another chat there first, then {doing} it"
-        )
+        there = "open another chat there first" if holder.kind == "app" else "leave that chat first"
+        raise CatteryError(f"chat {chat_id} is open in {holder.where()}: {there}, then {doing} it")

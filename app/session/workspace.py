@@ -106,7 +106,13 @@ class Workspace:
         return SnapshotStore(self.paths.snapshots_dir, self.settings.snapshots.disk_limit_mb << 20)
 
     def delete_chat(self, chat_id: int) -> None:
-        """A chat and what is kept for it beside the database (its KV snapshot)."""
+        """A chat and what is kept for it beside the database (its KV snapshot). Refused (one line)
+        while a line chat writes into it."""
+        from app.instance import line_chat_holding
+
+        holder = line_chat_holding(self.paths.data_dir, chat_id)
+        if holder is not None:
+            raise CatteryError(f"chat {chat_id} is open in {holder.where()}: leave that chat first, then delete it")
         self.store.delete_chat(chat_id)
         self.snapshots.remove(chat_id)
 

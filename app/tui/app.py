@@ -29,6 +29,7 @@ from textual.screen import Screen
 from app.assets import asset_path
 from app.engine.engine import Engine
 from app.errors import CatteryError
+from app.instance import line_chat_holding
 from app.session.chat import ChatSession, chat_to_open, hash_model, open_session, start_session
 from app.session.kv_keeper import Kept, KVKeeper, Restored
 from app.session.launch import Launch
@@ -236,7 +237,10 @@ class CatteryApp(App[None]):
         chat_id: int | None = None
         with reported(self, severity="warning"):
             chat_id = chat_to_open(self.ws, chat=la.chat_id, by_card=la.card_explicit, card_ref=card, new=la.new_chat)
-        if chat_id is not None:
+        holder = line_chat_holding(self.ws.paths.data_dir, chat_id) if chat_id is not None else None
+        if holder is not None:
+            self.notify(f"chat {chat_id} is open in {holder.where()}; starting a new chat", severity="warning")
+        elif chat_id is not None:
             try:
                 self.set_session(open_session(self.ws, chat_id, **self._session_kwargs()))
                 return
@@ -261,6 +265,10 @@ class CatteryApp(App[None]):
         self.set_session(session)
 
     def open_chat(self, chat_id: int, *, switch: bool = True) -> bool:
+        holder = line_chat_holding(self.ws.paths.data_dir, chat_id)
+        if holder is not None:  # two writers would mix its messages
+            self.notify(f"chat {chat_id} is open in {holder.where()}: leave it there first", severity="error")
+            return False
         try:
             session = open_session(self.ws, chat_id, **self._session_kwargs())
         except ENVIRONMENT as exc:

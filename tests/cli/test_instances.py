@@ -3,9 +3,10 @@
 Two apps on one data folder used to open the same chat and interleave what each sent
 (user, user, assistant, assistant) with the wrong speaker shown. Now the second `cattery`
 says in one line where the first one runs and exits; the lock is an flock that dies with
-its process, so a killed app never blocks the next start. The line chat keeps no chat in
-the database and the commands never touch the chat the app has open, and the app sees
-what they change (a rename, an import) without a restart. Real processes on real ptys.
+its process, so a killed app never blocks the next start. The line chat holds the chat it
+writes into the same way, so neither the app nor a second line chat writes into it; the
+commands never touch a chat the app or a line chat has open, and the app sees what they
+change (a rename, an import) without a restart. Real processes on real ptys.
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ def test_the_line_chat_and_the_commands_work_beside_the_app(cattery_home: Path, 
             "chat", "--plain", "--card", "none", "--temp", "0", "-n", "12", input="Hello from the line chat.\n"
         )
         assert line.returncode == 0 and line.stdout.strip(), line.stderr
-        assert "already running" not in line.stderr and "open in the running app: this is a new chat" in line.stderr
+        assert "already running" not in line.stderr and "open in the running app (pid" in line.stderr
+        assert "this is a new chat" in line.stderr
         # …so the app's chat holds its own turns only, in order, whatever ran beside it.
         wait_rows(db, lambda r: len(r) == 4)
         listed = json.loads(run_cattery("chats", "list", "--json").stdout)
@@ -246,3 +248,68 @@ def test_the_line_chat_and_the_commands_work_beside_the_app(cattery_home: Path, 
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM chats").fetchone()[0] == 3  # the app's, the line chat's, the imported one
     conn.close()
+
+
+def test_a_line_chat_holds_the_chat_it_writes_into(cattery_home: Path, engine) -> None:
+    """Issue 18: the line chat saves its turns into the chat it continues, so while it runs the app
+    does not open that chat, another line chat starts a new one, and it is not deleted under it."""
+    db = cattery_home / "data" / "chats.sqlite3"
+    env = {**os.environ, "CATTERY_HOME": str(cattery_home)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "app", "chat", "--plain", "--card", "none", "--temp", "0", "-n", "8"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert first.stdin is not None
+        first.stdin.write("Hello from the first line chat.\n")
+        first.stdin.flush()
+        wait_rows(db, lambda r: len(r) >= 2)
+        [held] = [c["id"] for c in json.loads(run_cattery("chats", "list", "--json").stdout)]
+        second = run_cattery("chat", "--plain", "--card", "none", "--temp", "0", "-n", "8", input="Hi.\n")
+        assert second.returncode == 0, second.stderr
+        assert f"chat {held} is open in a line chat (pid {first.pid}" in second.stderr
+        assert "this is a new chat" in second.stderr
+        refused = run_cattery("chat", "--plain", "--chat", str(held), input="Hi.\n")
+        [line] = error_lines(refused.stderr)
+        assert refused.returncode == 2 and f"chat {held} is open in a line chat (pid {first.pid}" in line
+        rm = run_cattery("chats", "rm", str(held))
+        [line] = error_lines(rm.stderr)
+        assert rm.returncode == 2 and f"chat {held} is open in a line chat" in line
+        assert len(rows(db, held)) == 2
+
+        from app.session.workspace import Workspace
+
+        ws = Workspace()
+        ws.store.set_state("last_chat", str(held))  # as if the line chat had been the last one used
+        ws.close()
+        app = make_app(engine)
+
+        async def run() -> None:
+            async with app.run_test(size=SIZE) as pilot:
+                await wait_until(pilot, lambda: app.session is not None)
+                assert app.session is not None and app.session.chat_id != held  # a new chat instead
+                await wait_until(
+                    pilot,
+                    lambda: any("starting a new chat" in n.message for n in app._notifications),
+                    what="the notice at start",
+                )
+                assert app.open_chat(held) is False
+                await wait_until(
+                    pilot,
+                    lambda: any(f"chat {held} is open in a line chat" in n.message for n in app._notifications),
+                    what="the notice",
+                )
+                assert app.session.chat_id != held
+
+        asyncio.run(run())
+    finally:
+        if first.stdin is not None:
+            first.stdin.close()
+        first.wait(timeout=DEADLINE)
+    assert first.returncode == 0, first.stderr.read() if first.stderr else ""
+    gone = run_cattery("chats", "rm", str(held))  # the line chat has ended: the chat is free
+    assert gone.returncode == 0, gone.stderr
