@@ -310,6 +310,11 @@ class Engine:
         if cached is None or cached[0] is not m:
             raise CatteryError("the model changed while its KV state was being saved or restored")
 
+    def kv_owner(self) -> object:
+        """Whose prompt the cache holds (the `owner` of the last generation or import; None: nobody's)."""
+        m = self._model
+        return m.kv_owner if m is not None else None
+
     def kv_serial(self) -> int:
         """A number that changes whenever a generation, an import or a clear changes the cache
         (read from any thread): a `fit` computed from the chat is only right for the cache it saw."""

@@ -99,9 +99,9 @@ class KVKeeper:
         """Put the chat's kept state in the engine's cache, from memory or else from disk. The
         usual prefix reuse and context shift then evaluate only what differs."""
         key = self.engine.snapshot_key()
-        if key is None:
-            return Restored()
         chat_id = session.chat_id
+        if key is None or self.engine.kv_owner() == chat_id:
+            return Restored()  # no model; or the cache is this chat's already (it was opened again)
         with self._lock:
             pending = self._latest.get(chat_id)
         state = pending if pending is not None and pending.key == key else None

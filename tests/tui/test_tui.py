@@ -335,7 +335,7 @@ def test_switching_chats_in_the_app_restores_each_from_memory_and_says_so(catter
             assert app.open_chat(first)
             await wait_until(pilot, lambda: app.restored.tokens > 0, what="the first chat restored")
             assert app.restored.source == "memory"
-            await wait_until(pilot, lambda: "restored from its KV snapshot" in status(), what="the status bar")
+            await wait_until(pilot, lambda: "restored from snapshot" in status(), what="the status bar")
             restored = app.restored.tokens
             await send(pilot, app, "And your second favourite toy?")
             stats = app.session.last_stats

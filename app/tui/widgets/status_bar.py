@@ -97,7 +97,7 @@ def status_content(
                     f"this turn: +{preview.to_evaluate}"
                     if compact
                     else f"this turn: {preview.to_evaluate} to evaluate, {preview.reused} cached"
-                    + (f" ({preview.restored} from its KV snapshot)" if preview.restored else "")
+                    + (f" ({preview.restored} from snapshot)" if preview.restored else "")
                 )
             )
     else:
@@ -121,7 +121,7 @@ def status_content(
                     f"next: +{preview.to_evaluate}"
                     if compact
                     else f"next turn: {mine} + {preview.to_evaluate}"
-                    + (f" ({preview.restored} restored from its KV snapshot)" if preview.restored else "")
+                    + (f" ({preview.restored} restored from snapshot)" if preview.restored else "")
                 )
             )
     if note:

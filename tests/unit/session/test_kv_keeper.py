@@ -188,3 +188,14 @@ def test_close_writes_what_is_queued(ws: Workspace, engine: Engine, tmp_path: Pa
     k.keep_soon(chat)
     k.close()
     assert k.disk.sizes().get(chat.chat_id, 0) > 0
+
+
+def test_a_chat_opened_again_keeps_its_live_cache(ws: Workspace, engine: Engine, keeper) -> None:
+    """Opening the chat that is open already: its cache is its own and newer than any kept copy."""
+    chat = long_chat(ws, engine, "K")
+    turn(chat, "Hello")
+    keeper.keep(chat)
+    turn(chat, "Again")
+    live = engine.cached_tokens()
+    assert keeper.restore(chat).tokens == 0
+    assert engine.cached_tokens() == live
