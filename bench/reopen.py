@@ -15,7 +15,10 @@ restoring, on the bundled model at a 4096-token context.
    past the previous prompt and the reply the model wrote: the reply's end marker, the user's
    message in its format, the reply's opening. (One more token is evaluated per turn: the last
    one a generation samples is never evaluated into the cache, by llama.cpp's design.)
-3. Saving the ~3.9k-token state: how long the engine thread is held (the copy), the file, the size.
+3. Saving the ~3.9k-token state: how long the engine thread is held (the copy), the file, the size;
+   and a turn sent the moment a save starts (as Enter right after a reply): its first token against
+   a turn sent with no save running, and whether the file was still being written by then (the
+   turn waits for the copy, never for the file).
 4. Key latency during saves: the real app, headless, on that chat; a save is started every
    0.5 s (the copy on the engine thread, the file on the keeper's writer) while a key is pressed
    in the message box every 20 ms, timed as bench/tui.py times keys: until the box holds it.
@@ -147,6 +150,23 @@ def mismatches(ws: Any, plan: Any, chat: Any, choice: Any, state: Any, rounds: i
     return out
 
 
+def first_token_after_send(session: Any, text: str, saving: Any = None) -> tuple[float, bool]:
+    """(seconds from sending `text`, as the app's Enter does, to the reply's first piece; whether
+    the file of `saving`, a keep just started, was still being written at that moment)."""
+    t0 = time.perf_counter()
+    session.add_user(text)
+    t = session.begin("reply")
+    first, still_writing = None, False
+    for _piece in t.generation:
+        if first is None:
+            first = time.perf_counter() - t0
+            if saving is not None and saving.done():
+                kept = saving.result()
+                still_writing = bool(kept and kept.written and not kept.written.done())
+    session.finish(t)
+    return (first if first is not None else time.perf_counter() - t0), still_writing
+
+
 async def keys_during_saves(ws: Any, engine: Any, session: Any, saves: int) -> tuple[list[float], int]:
     """Key latencies (s) in the real app's message box while `saves` saves of `session` run."""
     from textual import events
@@ -234,6 +254,17 @@ def main() -> int:
     cold, _ = turns.run(chat, None, "regenerate")  # the same prompt, nothing cached
     window_tokens = warm.prompt_tokens
 
+    # 3b. A turn sent the moment a save of the chat starts, against one sent with no save running.
+    idle, during, writing = [], [], 0
+    for i in range(3):
+        done = keeper.keep(chat)
+        if done is not None and done.written is not None:
+            done.written.result()
+        idle.append(first_token_after_send(chat, f"Once more, {i}?")[0])
+        seconds, still_writing = first_token_after_send(chat, f"And again, {i}?", keeper.keep_soon(chat))
+        during.append(seconds)
+        writing += still_writing
+
     # 2. Switching between two long chats through the keeper's memory cache.
     chats = [fill(ws, engine, choice, sampler, 1600, salt) for salt in "BC"]
     for c in chats:
@@ -283,6 +314,12 @@ def main() -> int:
             "per_turn_evaluated_new": per_turn,
         },
         "save": {"engine_thread_s": keep_s, "write_s": write_s, "bytes": size, "tokens": kept.tokens},
+        "turn_during_save": {
+            "first_token_idle_s": idle,
+            "first_token_during_save_s": during,
+            "file_still_being_written_at_first_token": writing,
+            "extra_wait_s": median(during) - median(idle),
+        },
         "keys_during_save": {
             "pressed": len(keys),
             "median_ms": median(keys) * 1000 if keys else None,
@@ -305,6 +342,12 @@ def main() -> int:
         f"save of {sv['tokens']} tokens: engine thread {sv['engine_thread_s'] * 1000:.0f} ms, "
         f"file {sv['write_s'] * 1000:.0f} ms, {sv['bytes'] / 1e6:.1f} MB"
     )
+    td = result["turn_during_save"]
+    print(
+        f"a turn sent as a save starts: first token {median(during) * 1000:.0f} ms vs {median(idle) * 1000:.0f} ms "
+        f"with no save (+{td['extra_wait_s'] * 1000:.0f} ms); the file still being written at the first token "
+        f"{writing} of {len(during)} times"
+    )
     print(
         f"keys during {k['saves']} saves: {k['pressed']} pressed, median {k['median_ms']:.1f} ms, "
         f"max {k['max_ms']:.1f} ms"
@@ -325,6 +368,7 @@ def main() -> int:
             "evaluated (new)",
             "switching evaluated / new",
             "save: engine thread / file / size",
+            "first token of a turn sent as a save starts / with none",
             "keys during saves: median / max",
             "mismatches detected / used",
         ],
@@ -337,6 +381,7 @@ def main() -> int:
             f"{r['reopen_evaluated']} ({r['new_tokens']})",
             f"{sw['evaluated']} / {sw['new_message_tokens']} ({sw['ratio']:.3f}x)",
             f"{sv['engine_thread_s'] * 1000:.0f} ms / {sv['write_s'] * 1000:.0f} ms / {sv['bytes'] / 1e6:.1f} MB",
+            f"{median(during) * 1000:.0f} / {median(idle) * 1000:.0f} ms",
             f"{k['median_ms']:.1f} / {k['max_ms']:.1f} ms",
             f"{detected}/{rounds} / {used}",
         ],

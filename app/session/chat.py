@@ -100,10 +100,10 @@ class Preview:
     reused: int
     # Of `reused`, tokens put back from the chat's KV snapshot when it opened (0: none, or
     # they were used by a turn already).
-    restored: int = 0
+    restored: int = field(default=0, kw_only=True)
     # Why the chat as it is cannot be sent (a stored message longer than the context); the
     # numbers then are the pinned block and a full window, so the meter still shows.
-    problem: str = ""
+    problem: str = field(default="", kw_only=True)
 
     @property
     def used(self) -> int:
@@ -611,7 +611,9 @@ class ChatSession:
                 pinned = self.builder.build([]).pinned_tokens or 0
                 n_ctx = self.engine.n_ctx
                 problem = "the last message is longer than the context"
-                return Preview(n_ctx, pinned, n_ctx - pinned, self.reserve, max(0, len(history) - 1), 0, 0, problem)
+                return Preview(
+                    n_ctx, pinned, n_ctx - pinned, self.reserve, max(0, len(history) - 1), 0, 0, problem=problem
+                )
         return self._context(built, self.engine.plan(built.tokens or []), len(history))
 
     def _next_built(self, history: list[Message]) -> BuiltPrompt:

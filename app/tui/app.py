@@ -95,6 +95,7 @@ class CatteryApp(App[None]):
         self.shared = TuiState(workspace, launch or Launch(), engine or Engine(log_file=workspace.paths.llama_log))
         self.shared.keeper = KVKeeper.for_workspace(workspace, self.shared.engine)
         self.restored = Restored()  # what opening the chat shown put back in the KV cache
+        self.restored_chat: int | None = None  # the chat `restored` is about
         self._load_cancel = threading.Event()
         key_warnings = self.shared.read_settings()
         self.settings_warnings = [*workspace.settings.warnings, *key_warnings]
@@ -162,11 +163,9 @@ class CatteryApp(App[None]):
             self.exit(return_code=exc.exit_code, message=Text(line, no_wrap=True, overflow="ignore"))
             return
         self._outside_changes()  # what the database is now; changes from here on are looked for
-        self.open_initial_chat()
+        self.open_initial_chat()  # attached at once when the model is ready (set_session)
         self.set_interval(OUTSIDE_CHANGES_EVERY, self._outside_changes)
-        if self.model_status.state == "ready":
-            self._attach(self.session)
-        elif self.launch.load_model:
+        if self.model_status.state != "ready" and self.launch.load_model:
             self.load_model(self.launch.model, self.launch.load_overrides, self.launch.format)
 
     def _theme_warning(self) -> list[str]:
@@ -350,7 +349,10 @@ class CatteryApp(App[None]):
         keeper.restore_soon(session).add_done_callback(done)
 
     def on_chat_restored(self, event: ChatRestored) -> None:
-        self.restored = event.restored
+        r = event.restored
+        if event.chat_id == self.restored_chat and not r.tokens and not r.note:
+            return  # asked again for the chat restored already: its cache is in place, say what was put back
+        self.restored, self.restored_chat = r, event.chat_id
         if event.restored.tokens:
             self.prompt_changed()  # the meter's "next turn" counts what is cached now
         if event.restored.note:
