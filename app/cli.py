@@ -182,6 +182,25 @@ def model_argument(ws: Any, ref: str | None) -> Path:
     return paths[0]
 
 
+def _connect_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
+    """(a remote engine, connected, and its prompt format) for `--engine URL`: the format is the one
+    asked for, else the settings' (the server's own template is not used yet), else ChatML."""
+    import os
+
+    from app.engine.remote import RemoteEngine
+
+    key = None
+    if args.engine_key_env:
+        key = os.environ.get(args.engine_key_env)
+        if not key:
+            raise CatteryError(f"the environment variable {args.engine_key_env} holding the API key is not set")
+    engine = RemoteEngine(args.engine, model=args.engine_model, api_key=key, n_ctx=args.ctx)
+    report = engine.connect()
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return engine, ws.chat_format(None, None, args.format)
+
+
 def _load_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
     """(the loaded engine, its prompt format) as the app loads a model: through `Workspace.model_load`,
     with what the Models screen (or a build) chose for this file under what the command line says."""
@@ -259,12 +278,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     chat_id, card_ref = _chat_to_continue(args, ws)  # the character checked before the model loads
     overrides = _session_overrides(args)
-    engine, choice = _load_engine(args, ws)
+    engine, choice = _connect_engine(args, ws) if args.engine else _load_engine(args, ws)
     keeper = None
     held = None
     try:
         report = engine.report
-        assert report is not None and engine.info is not None
+        assert report is not None
         if choice.warning:
             print(f"warning: {choice.warning}", file=sys.stderr)
         if chat_id is not None:
@@ -287,8 +306,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         interactive = sys.stdin.isatty()
         format_note = f"{choice.name} ({choice.why})"
+        name = report.model if getattr(report, "remote", False) else report.path.name
         print(
-            f"{report.path.name} · {report.placement} · ctx {report.n_ctx} · format {format_note}"
+            f"{name} · {report.placement} · ctx {report.n_ctx} · format {format_note}"
             + (f" · character {cp.char}" if cp is not None else "")
             + ". "
             "/help for commands" + (", Ctrl-D to leave." if interactive else "."),
@@ -955,6 +975,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--tui", action="store_true", help="the full-screen app (the default in a terminal)")
     chat.add_argument("--new", action="store_true", help="start a new chat instead of continuing the last one")
     chat.add_argument("--chat", metavar="ID", help="continue this saved chat (`cattery chats list`)")
+    chat.add_argument(
+        "--engine",
+        metavar="URL",
+        help="chat through an inference server (llama-server, vLLM, llama-cpp-python's server) instead of "
+        "loading a model: Cattery renders the prompt, the server completes it",
+    )
+    chat.add_argument("--engine-model", metavar="ID", help="the server's model to use (default: the one it serves)")
+    chat.add_argument(
+        "--engine-key-env",
+        metavar="VAR",
+        help="the environment variable holding the server's API key (sent as a bearer token, never saved)",
+    )
     chat.set_defaults(func=cmd_chat)
 
     formats = sub.add_parser("formats", help="list, import and check prompt formats")

@@ -225,10 +225,16 @@ class PlainChat:
         report = engine.report
         lines = []
         if report is not None:
-            lines.append(
-                f"model {report.path.name}: {report.placement}, ctx {report.n_ctx} "
-                f"(trained {report.n_ctx_train}), {report.threads} threads, format: {self.format_note}"
-            )
+            if getattr(report, "remote", False):
+                lines.append(
+                    f"model {report.model}: {report.placement}, ctx {report.n_ctx}, "
+                    f"tokens counted by {report.tokenizer}, format: {self.format_note}"
+                )
+            else:
+                lines.append(
+                    f"model {report.path.name}: {report.placement}, ctx {report.n_ctx} "
+                    f"(trained {report.n_ctx_train}), {report.threads} threads, format: {self.format_note}"
+                )
         count = len(session.messages)
         lines.append(f"messages: {count} ({count - session.window.start} in the window)")
         built = session.last_built

@@ -406,6 +406,7 @@ class Engine:
         stream_interval: float = STREAM_INTERVAL,
         allow_shift: bool = True,
         owner: object = None,
+        text: str | None = None,
     ) -> Generation:
         """Start a reply; generations run one after another in the order asked for.
 
@@ -415,7 +416,8 @@ class Engine:
         A model slower than the interval still streams token by token; 0 means
         one piece per token. `allow_shift=False` re-evaluates everything after the
         common prefix, as llama-cpp-python does (for comparisons). `owner`: whose prompt
-        this is (a chat id): the cache is then that chat's, for `export_state`.
+        this is (a chat id): the cache is then that chat's, for `export_state`. `text`: the
+        prompt as text, for a remote engine that takes no token ids (unused here).
         """
         sampler = sampler or SamplerSettings()
         sampler.validate()

@@ -503,7 +503,9 @@ class ChatSession:
             self._save_window()
             tokens = built.tokens or []
             context = self._context(built, self.engine.plan(tokens), len(history))  # before the engine is busy
-            gen = self.engine.generate(built.tokens or built.text, self.sampler, stop=built.stop, owner=self.chat_id)
+            gen = self.engine.generate(
+                built.tokens or built.text, self.sampler, stop=built.stop, owner=self.chat_id, text=built.text
+            )
             self.last_built = built
             restored, self.restored = self.restored, None
             return Turn(kind, target, built, gen, prefix, context=context, restored=restored)
@@ -555,7 +557,9 @@ class ChatSession:
         report = engine.report if engine is not None else None
         info = engine.info if engine is not None else None
         model: dict[str, Any] = {}
-        if report is not None:
+        if report is not None and getattr(report, "remote", False):
+            model = report.as_provenance()  # the engine URL, the server's model id and build
+        elif report is not None:
             model = {
                 "path": str(report.path),
                 "file": report.path.name,

@@ -1,0 +1,345 @@
+"""Issue 19: a remote inference server as the engine.
+
+The server is real: llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`)
+on the bundled model, on 127.0.0.1. The faults a real server cannot be made to show on demand (a
+401, a 503 with Retry-After, a stream cut mid-reply, a server that stops answering, one that sends
+garbage) come from a small loopback HTTP server in this file that answers as those servers do.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from app.engine.engine import Engine
+from app.engine.options import SamplerSettings
+from app.engine.remote import RemoteEngine
+from app.engine.remote_http import RemoteError, RemoteHTTP, check_url
+from app.errors import CatteryError
+
+CHATML = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-cpp-python's server on the bundled model: the URL once it answers. Its log goes to a
+    file (llama.cpp's load log would fill a pipe nobody reads and stall the server)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model_path),
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    http = RemoteHTTP(url, connect_timeout=1, read_timeout=5)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                http.get_json("/v1/models")
+                break
+            except RemoteError:
+                assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+                assert time.monotonic() < deadline, "llama_cpp.server did not start: " + log.read_text()[-2000:]
+                time.sleep(0.3)
+        yield url
+    finally:
+        http.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def remote(server: str) -> Iterator[RemoteEngine]:
+    eng = RemoteEngine(server, n_ctx=2048)
+    eng.connect()
+    yield eng
+    eng.close()
+
+
+def greedy(n: int = 24, **kw: object) -> SamplerSettings:
+    return SamplerSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=n, seed=1, **kw)  # type: ignore[arg-type]
+
+
+def test_it_finds_what_answers_and_counts_with_the_models_own_vocabulary(remote: RemoteEngine, engine: Engine) -> None:
+    report = remote.report
+    assert report is not None and report.kind == "llama-cpp-python" and report.n_ctx == 2048
+    assert report.model.endswith(".gguf") and "remote llama-cpp-python at http://127.0.0.1:" in report.placement
+    for text in ("Hello there", "<|im_start|>user\nHi<|im_end|>", " leading space", "naïve café 🐈"):
+        assert remote.segment_tokenize(text) == engine.segment_tokenize(text), text
+    assert remote.add_bos == engine.add_bos
+
+
+def test_a_greedy_reply_is_the_local_engines(remote: RemoteEngine, engine: Engine) -> None:
+    """Same model, same prompt, greedy: the server writes what llama.cpp here writes."""
+    tokens = engine.tokenize(CHATML, add_bos=engine.add_bos)
+    local = engine.generate(tokens, greedy(), stop=["<|im_end|>"]).result()
+    gen = remote.generate(tokens, greedy(), stop=["<|im_end|>"], text=CHATML)
+    assert gen.result() == local
+    assert gen.stats is not None and gen.stats.generated_tokens > 0 and gen.stats.time_to_first_token > 0
+    assert gen.stats.finish_reason in ("stop", "length") and gen.stats.prompt_tokens == len(tokens)
+
+
+def test_stop_strings_seed_and_max_tokens(remote: RemoteEngine) -> None:
+    tokens = remote.tokenize(CHATML)
+    one = remote.generate(tokens, greedy(40), stop=[","], text=CHATML).result()
+    assert "," not in one
+    warm = SamplerSettings(temperature=1.0, max_tokens=16, seed=1234)
+    a = remote.generate(tokens, warm, text=CHATML).result()
+    b = remote.generate(tokens, SamplerSettings(temperature=1.0, max_tokens=16, seed=1234), text=CHATML).result()
+    assert a == b  # a seed gives the same reply again
+    gen = remote.generate(tokens, greedy(3), text=CHATML)
+    gen.result()
+    assert gen.stats is not None and gen.stats.finish_reason == "length" and gen.stats.generated_tokens <= 3
+
+
+def test_a_stop_closes_the_stream_and_the_engine_answers_at_once(remote: RemoteEngine) -> None:
+    tokens = remote.tokenize(CHATML)
+    gen = remote.generate(tokens, SamplerSettings(temperature=1.0, max_tokens=400, ban_eos=True), text=CHATML)
+    pieces = []
+    for piece in gen:
+        pieces.append(piece)
+        gen.cancel()
+    assert gen.stats is not None and gen.stats.finish_reason == "cancelled"
+    assert gen.text == "".join(pieces) and gen.stats.generated_tokens < 400
+    started = time.perf_counter()
+    again = remote.generate(tokens, greedy(4), text=CHATML)
+    assert again.result() and time.perf_counter() - started < 20
+
+
+def test_the_line_chat_through_the_server(server: str, cattery_home: Path) -> None:
+    from tests.conftest import run_cattery
+
+    done = run_cattery(
+        "chat",
+        "--plain",
+        "--new",
+        "--card",
+        "none",
+        "--temp",
+        "0",
+        "-n",
+        "16",
+        "--format",
+        "chatml",
+        "--engine",
+        server,
+        "--ctx",
+        "2048",
+        input="What is the capital of France?\n/stats\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "remote llama-cpp-python at " + server in done.stderr
+    assert "Paris" in done.stdout and "tokens counted by the server's" in done.stdout
+    listed = json.loads(run_cattery("chats", "list", "--json").stdout)
+    assert listed and listed[0]["messages"] == 2
+
+
+# -- faults, from a loopback server that misbehaves on purpose -------------------------------------
+
+
+class Fake:
+    """A loopback server answering each path with the function given for it."""
+
+    def __init__(self, routes: dict[str, Callable[[BaseHTTPRequestHandler], None]]) -> None:
+        routes = {"/v1/models": lambda h: send_json(h, {"data": [{"id": "m"}]}), **routes}
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._route()
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.body = json.loads(self.rfile.read(length) or b"{}")
+                self._route()
+
+            def _route(self) -> None:
+                fn = routes.get(self.path)
+                if fn is None:
+                    self.send_error(404)
+                    return
+                fn(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send_json(
+    h: BaseHTTPRequestHandler, body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    h.send_response(status)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.end_headers()
+    h.wfile.write(data)
+
+
+def tokenize_ok(h: BaseHTTPRequestHandler) -> None:
+    text = h.body.get("input", "")  # type: ignore[attr-defined]
+    send_json(h, {"tokens": [ord(c) for c in text]})
+
+
+def stream_events(events: list[bytes], *, then: str = "end") -> Callable[[BaseHTTPRequestHandler], None]:
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.end_headers()
+        for e in events:
+            h.wfile.write(e)
+            h.wfile.flush()
+        if then == "hang":
+            time.sleep(3)
+        h.close_connection = True
+
+    return handle
+
+
+def piece(text: str, finish: str | None = None) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"text": text, "finish_reason": finish}]}).encode() + b"\n\n"
+
+
+def fake_engine(routes: dict[str, Callable[[BaseHTTPRequestHandler], None]], **kw: object) -> tuple[Fake, RemoteEngine]:
+    fake = Fake({"/extras/tokenize": tokenize_ok, **routes})
+    eng = RemoteEngine(fake.url, n_ctx=512, **kw)  # type: ignore[arg-type]
+    eng.connect()
+    return fake, eng
+
+
+def run_reply(eng: RemoteEngine) -> tuple[str, Exception | None]:
+    gen = eng.generate([1, 2, 3], greedy(8), text="abc")
+    try:
+        gen.result()
+    except CatteryError as exc:
+        return gen.text, exc
+    return gen.text, None
+
+
+def test_a_stream_cut_mid_reply_keeps_what_came_and_says_so_in_one_line() -> None:
+    fake, eng = fake_engine({"/v1/completions": stream_events([piece("Hello"), piece(" there")])})
+    try:
+        text, err = run_reply(eng)
+        assert text == "Hello there" and isinstance(err, RemoteError)
+        assert "cut mid-reply" in str(err) and "\n" not in str(err)
+    finally:
+        eng.close()
+        fake.close()
+
+
+def test_a_server_that_stops_answering_times_out_between_tokens() -> None:
+    fake, eng = fake_engine({"/v1/completions": stream_events([piece("Hi")], then="hang")}, read_timeout=0.5)
+    try:
+        started = time.perf_counter()
+        text, err = run_reply(eng)
+        assert text == "Hi" and isinstance(err, RemoteError) and "stopped answering" in str(err)
+        assert time.perf_counter() - started < 2.5
+    finally:
+        eng.close()
+        fake.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "words"),
+    [
+        (401, {}, "check the API key"),
+        (403, {}, "check the API key"),
+        (429, {"Retry-After": "7"}, "wait 7 s"),
+        (503, {}, "busy (503"),
+        (500, {}, "failed (500: boom"),
+        (404, {}, "has no /v1/completions"),
+    ],
+)
+def test_http_errors_are_one_line_each(status: int, headers: dict[str, str], words: str) -> None:
+    fake, eng = fake_engine(
+        {"/v1/completions": lambda h: send_json(h, {"error": {"message": "boom"}}, status, headers)}
+    )
+    try:
+        text, err = run_reply(eng)
+        assert text == "" and isinstance(err, RemoteError) and words in str(err), str(err)
+        assert "\n" not in str(err) and (err.status == status)
+    finally:
+        eng.close()
+        fake.close()
+
+
+def test_garbage_events_and_error_events_are_refused_in_one_line() -> None:
+    for events, words in (
+        ([piece("ok"), b"data: {not json\n\n"], "not JSON"),
+        ([piece("ok"), b'data: {"error": {"message": "out of memory"}}\n\n'], "failed mid-reply: out of memory"),
+        ([b"data: " + b"x" * (2 << 20) + b"\n\n"], "over 1 MiB"),
+    ):
+        fake, eng = fake_engine({"/v1/completions": stream_events(events)})
+        try:
+            _, err = run_reply(eng)
+            assert isinstance(err, RemoteError) and words in str(err), str(err)
+        finally:
+            eng.close()
+            fake.close()
+
+
+def test_nothing_answering_and_bad_urls_are_one_line() -> None:
+    port = free_port()  # closed again: nothing listens there
+    with pytest.raises(RemoteError, match="connection refused"):
+        RemoteEngine(f"http://127.0.0.1:{port}", connect_timeout=1).connect()
+    with pytest.raises(RemoteError, match="does not resolve"):
+        RemoteEngine("http://no-such-host.invalid:8080", connect_timeout=2).connect()
+    for bad in ("ftp://x", "localhost:8080", "http://", "http://user:secret@host"):
+        with pytest.raises(CatteryError):
+            check_url(bad)
+
+
+def test_the_api_key_is_sent_as_a_bearer_token() -> None:
+    seen: list[str | None] = []
+
+    def models(h: BaseHTTPRequestHandler) -> None:
+        seen.append(h.headers.get("Authorization"))
+        send_json(h, {"data": [{"id": "m"}]})
+
+    fake = Fake({"/v1/models": models, "/extras/tokenize": tokenize_ok})
+    try:
+        eng = RemoteEngine(fake.url, api_key="sk-test", n_ctx=512)
+        eng.connect()
+        eng.close()
+        assert seen == ["Bearer sk-test"]
+    finally:
+        fake.close()
