@@ -458,13 +458,18 @@ def _start_tui(args: argparse.Namespace, ws: Any, sampler: Any) -> int:
     from app.terminal import raw_stream
     from app.tui.run import run_app
 
+    engine = None
+    if args.engine:  # connected before the app starts: a server that is not there is one line here
+        engine, _ = _connect_engine(args, ws)
     # The app draws on the terminal itself and strips what it shows; it gets the real streams.
     wrapped = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = raw_stream(sys.stdout), raw_stream(sys.stderr)
     try:
-        return run_app(ws, launch)
+        return run_app(ws, launch, engine)
     finally:
         sys.stdout, sys.stderr = wrapped
+        if engine is not None:
+            engine.close()
 
 
 def cmd_formats(args: argparse.Namespace) -> int:

@@ -279,6 +279,14 @@ class PlainChat:
                 self.stdout.write(piece)
                 self.stdout.flush()
         except CatteryError as exc:
+            if gen.text.strip():  # a server that failed mid-reply: what came is kept, marked stopped
+                self.stdout.write("\n")
+                try:
+                    session.finish(turn)
+                except CatteryError as saving:
+                    self.note(f"error: {saving}")
+                self.note(f"error: {exc} (the reply so far is kept, marked stopped)")
+                return
             self._take_back(added)
             self.note(f"\nerror: {exc}")
             return

@@ -353,7 +353,7 @@ class RemoteEngine:
         self._streams[id(gen)] = stream
         if gen.cancelled:
             stream.close()
-        pending = ""
+        pending = produced = ""
         last_flush = time.perf_counter()
         finish = ""
         try:
@@ -365,6 +365,7 @@ class RemoteEngine:
                         stats.prompt_seconds = stats.time_to_first_token
                     stats.generated_tokens += extra.get("n", 1)
                     pending += piece
+                    produced += piece
                     now = time.perf_counter()
                     if now - last_flush >= gen.stream_interval:
                         gen._queue.put(pending)
@@ -390,11 +391,21 @@ class RemoteEngine:
         else:
             stats.finish_reason = finish
         if tokens is not None:
-            self._sent = tokens  # what the server now holds (a caching one: the prompt at least)
+            self._sent = tokens + self._reply_tokens(produced)  # what a prefix-caching server now holds
             if plan is not None and not stats.prompt_evaluated and not stats.prompt_reused:
                 stats.prompt_reused = plan.reused  # the server did not say: what a prefix cache would keep
                 stats.prompt_evaluated = plan.to_evaluate
         return stats
+
+    def _reply_tokens(self, text: str) -> list[int]:
+        """The reply as the server's tokens (it keeps them cached after the prompt); none if it
+        cannot say (the next turn's count is then an estimate that errs high)."""
+        if not text:
+            return []
+        try:
+            return self.segment_tokenize(text)
+        except RemoteError:
+            return []
 
     def _native_body(self, gen: Generation, tokens: list[int] | None, text: str | None, seed: int) -> dict[str, Any]:
         s = gen.sampler

@@ -101,7 +101,8 @@ class CatteryApp(App[None]):
         self.settings_warnings = [*workspace.settings.warnings, *key_warnings]
         self._data_version: int | None = None  # the chat database as last seen (see _outside_changes)
         if self.engine.loaded and self.engine.report is not None:
-            # A model loaded before the app started (tests, benchmarks): use it as it is.
+            # A model loaded before the app started (tests, benchmarks), or a remote engine
+            # connected (`--engine`): use it as it is.
             choice = workspace.chat_format(self.engine.report.path, self.engine.info, self.launch.format)
             self.set_reactive(
                 CatteryApp.model_status,
@@ -394,6 +395,14 @@ class CatteryApp(App[None]):
         self, ref: Path | str | None, overrides: dict[str, Any] | None = None, fmt: str | None = None
     ) -> None:
         """Load a model in the background; the chat stays usable (a reply waits for it)."""
+        report = self.engine.report
+        if getattr(report, "remote", False):
+            self.notify(
+                f"this app chats through the remote engine at {report.url}; start it without --engine "  # type: ignore[union-attr]
+                "to load a local model",
+                severity="warning",
+            )
+            return
         try:
             plan = self.ws.model_load(ref, overrides, fmt)  # with what the Models screen chose for this file
             plan.options.validate()

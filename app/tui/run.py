@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from app.errors import disk_error
 from app.session.launch import Launch
@@ -40,7 +40,8 @@ def _open_logs(folder: Path) -> tuple[IO[str], str | None]:
     return stderr_log, None
 
 
-def run_app(ws: Workspace, launch: Launch) -> int:
+def run_app(ws: Workspace, launch: Launch, engine: Any = None) -> int:
+    """The app; `engine`: a remote engine connected already (`--engine`), else the local one."""
     # textual-image asks the terminal what it can draw; that must happen before Textual
     # takes over the terminal's input.
     from app.tui.widgets.avatar import prepare_pictures
@@ -52,7 +53,11 @@ def run_app(ws: Workspace, launch: Launch) -> int:
     saved = os.dup(2)
     terminal = open(saved, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     old_streams = sys.stderr, sys.__stderr__
-    if problem:  # llama.cpp's own log cannot be written either: the engine runs without one
+    if engine is not None:
+        app = CatteryApp(ws, launch, engine=engine)
+        if problem:
+            app.start_notes.append(problem)
+    elif problem:  # llama.cpp's own log cannot be written either: the engine runs without one
         from app.engine.engine import Engine
 
         app = CatteryApp(ws, launch, engine=Engine(log_file=None))

@@ -32,10 +32,14 @@ class ModelStatus:
 
     @property
     def name(self) -> str:
+        if self.path is None and getattr(self.report, "remote", False):
+            return Path(self.report.model).name.removesuffix(".gguf")  # type: ignore[union-attr]
         return self.path.name.removesuffix(".gguf") if self.path is not None else "no model"
 
 
 def placement(report: LoadReport) -> str:
+    if getattr(report, "remote", False):
+        return f"remote: {report.url}"  # type: ignore[attr-defined]
     if report.gpu_layers <= 0:
         return "CPU"
     return f"GPU {min(report.gpu_layers, report.n_layers + 1)}/{report.n_layers + 1}"

@@ -343,3 +343,46 @@ def test_the_api_key_is_sent_as_a_bearer_token() -> None:
         assert seen == ["Bearer sk-test"]
     finally:
         fake.close()
+
+
+def detokenize_ok(h: BaseHTTPRequestHandler) -> None:
+    send_json(h, {"text": "".join(chr(t) for t in h.body.get("tokens", []))})  # type: ignore[attr-defined]
+
+
+def test_the_line_chat_keeps_a_reply_cut_mid_stream_as_stopped(cattery_home: Path) -> None:
+    """The server dies mid-reply: one line says so, what came is saved as a stopped reply, the
+    user's message stays, and the chat goes on (the next line gets its own answer)."""
+    from app.chats.store import ChatStore
+    from tests.conftest import run_cattery
+
+    answers = iter([[piece("Hello"), piece(" there")], [piece("Fine.", "stop")]])
+    fake = Fake(
+        {
+            "/extras/tokenize": tokenize_ok,
+            "/extras/detokenize": detokenize_ok,
+            "/v1/completions": lambda h: stream_events(next(answers))(h),
+        }
+    )
+    try:
+        done = run_cattery(
+            "chat", "--plain", "--new", "--card", "none", "--format", "chatml", "--ctx", "512",
+            "--engine", fake.url, input="Hi\nAnd now?\n",
+        )  # fmt: skip
+    finally:
+        fake.close()
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "cut mid-reply" in line and "kept, marked stopped" in line
+    assert "Hello there" in done.stdout and "Fine." in done.stdout
+    store = ChatStore(cattery_home / "data" / "chats.sqlite3")
+    try:
+        chat_id = int(store.get_state("last_chat") or 0)
+        msgs = [(m.role, m.state, m.text) for m in store.messages(chat_id)]
+    finally:
+        store.close()
+    assert msgs == [
+        ("user", "done", "Hi"),
+        ("assistant", "stopped", "Hello there"),
+        ("user", "done", "And now?"),
+        ("assistant", "done", "Fine."),
+    ]
