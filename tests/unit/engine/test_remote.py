@@ -386,3 +386,77 @@ def test_the_line_chat_keeps_a_reply_cut_mid_stream_as_stopped(cattery_home: Pat
         ("user", "done", "And now?"),
         ("assistant", "done", "Fine."),
     ]
+
+
+def test_llama_servers_native_protocol(engine: Engine) -> None:
+    """llama-server cannot be installed from the package index, so this loopback server speaks its
+    protocol as llama.cpp's server README documents it (/props, /tokenize, /detokenize, /completion
+    with token ids, cache_prompt, and `timings` on the last event), tokenizing with the bundled
+    model's real vocabulary. The client sends token ids, asks for the prompt cache, and reports the
+    evaluated count the server gives."""
+    seen: list[dict[str, object]] = []
+
+    def props(h: BaseHTTPRequestHandler) -> None:
+        send_json(
+            h,
+            {
+                "default_generation_settings": {"n_ctx": 4096},
+                "chat_template": "{{ messages }}",
+                "build_info": "b6000-abc",
+                "model_path": "/models/Cat-llama3-70B.Q4_K_M.gguf",
+            },
+        )
+
+    def tokenize(h: BaseHTTPRequestHandler) -> None:
+        body = h.body  # type: ignore[attr-defined]
+        assert body["add_special"] is False and body["parse_special"] is True
+        send_json(h, {"tokens": engine.segment_tokenize(body["content"])})
+
+    def detokenize(h: BaseHTTPRequestHandler) -> None:
+        send_json(h, {"content": engine.detokenize(h.body["tokens"])})  # type: ignore[attr-defined]
+
+    def completion(h: BaseHTTPRequestHandler) -> None:
+        body = h.body  # type: ignore[attr-defined]
+        seen.append(body)
+        events = [
+            {"content": "Red", "stop": False},
+            {"content": ", blue", "stop": False},
+            {
+                "content": "",
+                "stop": True,
+                "stop_type": "word",
+                "stopping_word": "\n",
+                "timings": {"prompt_n": 7, "prompt_ms": 12.5, "predicted_n": 2, "predicted_per_second": 40.0},
+            },
+        ]
+        stream_events([b"data: " + json.dumps(e).encode() + b"\n\n" for e in events])(h)
+
+    fake = Fake(
+        {
+            "/props": props,
+            "/v1/models": lambda h: send_json(h, {"data": [{"id": "Cat-llama3-70B.Q4_K_M.gguf"}]}),
+            "/tokenize": tokenize,
+            "/detokenize": detokenize,
+            "/completion": completion,
+        }
+    )
+    try:
+        eng = RemoteEngine(fake.url)
+        report = eng.connect()
+        assert report.kind == "llama-server" and report.n_ctx == 4096 and report.n_ctx_known
+        assert report.build == "b6000-abc" and eng.chat_template == "{{ messages }}"
+        tokens = eng.tokenize(CHATML)
+        assert tokens == engine.tokenize(CHATML, add_bos=False)
+        gen = eng.generate(tokens, greedy(16, top_k=5, min_p=0.1), stop=["\n"], text=CHATML)
+        assert gen.result() == "Red, blue"
+        stats = gen.stats
+        assert stats is not None and stats.finish_reason == "stop_string" and stats.stop_string == "\n"
+        assert stats.prompt_evaluated == 7 and stats.prompt_reused == len(tokens) - 7
+        assert stats.generated_tokens == 2
+        [body] = seen
+        assert body["prompt"] == tokens and body["cache_prompt"] is True and body["stream"] is True
+        assert body["n_predict"] == 16 and body["top_k"] == 5 and body["min_p"] == 0.1 and body["stop"] == ["\n"]
+        assert eng.detokenize(tokens) == engine.detokenize(tokens)
+        eng.close()
+    finally:
+        fake.close()
