@@ -189,12 +189,24 @@ def _connect_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
 
     from app.engine.remote import RemoteEngine
 
+    url, named = args.engine, {}
+    if "://" not in url:  # a name from the settings' [engines.NAME]
+        named = ws.settings.section("engines").get(url)
+        if not isinstance(named, dict):
+            known = ", ".join(sorted(ws.settings.section("engines"))) or "none yet"
+            raise CatteryError(
+                f"no engine named {url!r} in {ws.settings.path} (named: {known}); give a URL, or add [engines.{url}]"
+            )
+        url = named["url"]
+    key_env = args.engine_key_env or named.get("api_key_env")
     key = None
-    if args.engine_key_env:
-        key = os.environ.get(args.engine_key_env)
+    if key_env:
+        key = os.environ.get(key_env)
         if not key:
-            raise CatteryError(f"the environment variable {args.engine_key_env} holding the API key is not set")
-    engine = RemoteEngine(args.engine, model=args.engine_model, api_key=key, n_ctx=args.ctx)
+            raise CatteryError(f"the environment variable {key_env} holding the engine's API key is not set")
+    engine = RemoteEngine(
+        url, model=args.engine_model or named.get("model"), api_key=key, n_ctx=args.ctx or named.get("ctx")
+    )
     report = engine.connect()
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -982,9 +994,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chat", metavar="ID", help="continue this saved chat (`cattery chats list`)")
     chat.add_argument(
         "--engine",
-        metavar="URL",
+        metavar="URL|NAME",
         help="chat through an inference server (llama-server, vLLM, llama-cpp-python's server) instead of "
-        "loading a model: Cattery renders the prompt, the server completes it",
+        "loading a model: a URL, or a name from the settings' [engines.NAME]; Cattery renders the prompt, "
+        "the server completes it",
     )
     chat.add_argument("--engine-model", metavar="ID", help="the server's model to use (default: the one it serves)")
     chat.add_argument(

@@ -270,6 +270,40 @@ MODEL_FILE: dict[str, Rule] = {
     "mlock": boolean(),
 }
 
+
+def engine_url() -> Rule:
+    def check(value: Any) -> str:
+        from app.engine.remote_http import check_url
+
+        if not isinstance(value, str) or len(value) > MAX_PATH:
+            raise Refused("")
+        try:
+            return check_url(value)
+        except ValueError:
+            raise Refused("") from None
+        except Exception:  # CatteryError: a URL that is not http(s) or carries a password
+            raise Refused("") from None
+
+    return Rule("an http:// or https:// URL with a host and no password in it", check)
+
+
+def env_name() -> Rule:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", value):
+            raise Refused("")
+        return value
+
+    return Rule("an environment variable's name (letters, digits, _)", check)
+
+
+# [engines.NAME]: a remote inference server the chat can run on (`cattery chat --engine NAME`).
+ENGINE: dict[str, Rule] = {
+    "url": engine_url(),
+    "model": text(max_len=MAX_PATH, one_line=True),
+    "api_key_env": env_name(),
+    "ctx": integer(1, MAX_CTX),
+}
+
 # Tables whose keys are the user's own names, each checked by one rule.
 FREE_TABLES: dict[str, Rule] = {"keys": key_binding()}
 
@@ -364,6 +398,8 @@ def _check_section(c: _Checker, section: str, defaults: dict[str, Any], table: d
             ok, checked = c.value(where, FREE_TABLES[section], value, "the default keys are used")
         elif section == "model_settings":
             ok, checked = _check_model_file(c, key, value)
+        elif section == "engines":
+            ok, checked = _check_engine(c, key, value)
         elif key in defaults:
             default = defaults[key]
             rule = rule_from_default(section, key, default)
@@ -374,6 +410,29 @@ def _check_section(c: _Checker, section: str, defaults: dict[str, Any], table: d
         if ok:
             out[key] = checked
     return out
+
+
+def _check_engine(c: _Checker, name: str, value: Any) -> tuple[bool, Any]:
+    where = f"[engines.{_key(name)}]"
+    if not isinstance(value, dict):
+        c.warn(where, f"should be a table (url, model, api_key_env, ctx), not {_show(value)}; ignored")
+        return False, None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        c.warn(where, "an engine's name is letters, digits, '.', '_' and '-'; ignored")
+        return False, None
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        rule = ENGINE.get(key)
+        if rule is None:
+            c.warn(f"{where} {_key(key)}", "unknown key (kept, but this Cattery does not use it)")
+            continue
+        ok, checked = c.value(f"{where} {_key(key)}", rule, item, "not used")
+        if ok:
+            out[key] = checked
+    if "url" not in out:
+        c.warn(where, "has no usable url; ignored")
+        return False, None
+    return True, out
 
 
 def _check_model_file(c: _Checker, name: str, value: Any) -> tuple[bool, Any]:

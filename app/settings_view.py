@@ -8,7 +8,7 @@ table that `settings_schema.check_settings` built (the defaults file, then the u
 checked keys), so the file stays the one place a default lives, and the types here are
 those the schema promises. A test checks that the fields and the file's keys agree.
 
-Free-form tables (`[sampler]`, `[model_settings]`, `[keys]`) stay dictionaries:
+Free-form tables (`[sampler]`, `[model_settings]`, `[keys]`, `[engines]`) stay dictionaries:
 their keys are the user's own names.
 """
 

@@ -460,3 +460,49 @@ def test_llama_servers_native_protocol(engine: Engine) -> None:
         eng.close()
     finally:
         fake.close()
+
+
+def test_engines_named_in_the_settings(cattery_home: Path) -> None:
+    """`[engines.NAME]` in settings.toml: checked like every setting (a bad value is one warning and
+    not used), and `--engine NAME` connects with its url, model, key variable and ctx."""
+    from app.settings import Settings
+    from tests.conftest import run_cattery
+
+    seen: list[str | None] = []
+
+    def models(h: BaseHTTPRequestHandler) -> None:
+        seen.append(h.headers.get("Authorization"))
+        send_json(h, {"data": [{"id": "m"}]})
+
+    fake = Fake(
+        {
+            "/v1/models": models,
+            "/extras/tokenize": tokenize_ok,
+            "/extras/detokenize": detokenize_ok,
+            "/v1/completions": stream_events([piece("Hi!", "stop")]),
+        }
+    )
+    settings_file = cattery_home / "config" / "settings.toml"
+    settings_file.parent.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(
+        f'[engines.box]\nurl = "{fake.url}"\napi_key_env = "BOX_KEY"\nctx = 1024\n'
+        '[engines.bad]\nurl = "ftp://nowhere"\n'
+        '[engines.leaky]\nurl = "http://me:secret@host:8080"\n'
+    )
+    try:
+        s = Settings.load(settings_file)
+        engines = s.section("engines")
+        assert set(engines) == {"box"} and engines["box"]["ctx"] == 1024
+        assert sum("[engines.bad]" in w or "[engines.leaky]" in w for w in s.warnings) >= 2
+        done = run_cattery(
+            "chat", "--plain", "--new", "--card", "none", "--format", "chatml", "--engine", "box",
+            input="Hello\n/stats\n", env={"BOX_KEY": "sk-box"},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Hi!" in done.stdout and "ctx 1024" in done.stdout and seen[-1] == "Bearer sk-box"
+        missing = run_cattery("chat", "--plain", "--engine", "nope", input="Hello\n")
+        assert missing.returncode == 2 and "no engine named 'nope'" in missing.stderr and "box" in missing.stderr
+        unset = run_cattery("chat", "--plain", "--engine", "box", input="Hello\n", env={"BOX_KEY": ""})
+        assert unset.returncode == 2 and "BOX_KEY" in unset.stderr
+    finally:
+        fake.close()

@@ -60,7 +60,7 @@ def test_typed_sections_cover_the_defaults_file_exactly() -> None:
     defaults = _defaults()
     for name, cls in SECTIONS.items():
         assert {f.name for f in fields(cls)} == set(defaults[name]), name
-    free = {"sampler", "model_settings", "keys"}
+    free = {"sampler", "model_settings", "keys", "engines"}
     assert set(defaults) == set(SECTIONS) | free
 
 
