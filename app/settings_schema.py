@@ -420,15 +420,7 @@ def _check_engine(c: _Checker, name: str, value: Any) -> tuple[bool, Any]:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         c.warn(where, "an engine's name is letters, digits, '.', '_' and '-'; ignored")
         return False, None
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        rule = ENGINE.get(key)
-        if rule is None:
-            c.warn(f"{where} {_key(key)}", "unknown key (kept, but this Cattery does not use it)")
-            continue
-        ok, checked = c.value(f"{where} {_key(key)}", rule, item, "not used")
-        if ok:
-            out[key] = checked
+    out = _check_keys(c, where, ENGINE, value, keep_unknown=False)
     if "url" not in out:
         c.warn(where, "has no usable url; ignored")
         return False, None
@@ -440,14 +432,24 @@ def _check_model_file(c: _Checker, name: str, value: Any) -> tuple[bool, Any]:
     if not isinstance(value, dict):
         c.warn(where, f"should be a table of load settings, not {_show(value)}; ignored")
         return False, None
+    return True, _check_keys(c, where, MODEL_FILE, value, keep_unknown=True)
+
+
+def _check_keys(
+    c: _Checker, where: str, rules: dict[str, Rule], value: dict[str, Any], *, keep_unknown: bool
+) -> dict[str, Any]:
+    """A named table's keys, each by its rule (a refused value is left out, with a warning); an
+    unknown key is warned about and kept (`keep_unknown`: a newer Cattery may know it) or dropped."""
     out: dict[str, Any] = {}
     for key, item in value.items():
-        rule = MODEL_FILE.get(key)
+        rule = rules.get(key)
         if rule is None:
-            c.warn(f"{where} {_key(key)}", "unknown key (kept, but this Cattery does not use it)")
-            out[key] = copy.deepcopy(item)
+            said = "unknown key (kept, but this Cattery does not use it)" if keep_unknown else "unknown key (not used)"
+            c.warn(f"{where} {_key(key)}", said)
+            if keep_unknown:
+                out[key] = copy.deepcopy(item)
             continue
         ok, checked = c.value(f"{where} {_key(key)}", rule, item, "not used")
         if ok:
             out[key] = checked
-    return True, out
+    return out

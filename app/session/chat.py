@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.cards.lorebook import Activation
-    from app.engine.engine import Engine, Generation
+    from app.engine.engine import Generation
+    from app.engine.interface import ChatEngine
     from app.engine.stats import GenerationStats
     from app.prompt.builder import PromptBuilder
     from app.session.authors_note import AuthorsNote
@@ -185,7 +186,7 @@ class ChatSession:
         self.lock = threading.RLock()
         self.messages: list[StoredMessage] = store.messages(chat_id)
         self.window = WindowState()
-        self.engine: Engine | None = None
+        self.engine: ChatEngine | None = None
         self.builder: PromptBuilder | None = None
         self.format_choice: FormatChoice | None = None
         self.last_built: BuiltPrompt | None = None
@@ -241,7 +242,7 @@ class ChatSession:
             return m.name
         return {"user": self.user_name, "assistant": self.char_name}.get(m.role, "System")
 
-    def attach(self, engine: Engine, choice: FormatChoice) -> None:
+    def attach(self, engine: ChatEngine, choice: FormatChoice) -> None:
         """Use a loaded model: the prompt is built for its tokenizer and format from now on."""
         from app.prompt.tokens import tokenizer_from
 

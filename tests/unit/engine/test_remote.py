@@ -506,3 +506,24 @@ def test_engines_named_in_the_settings(cattery_home: Path) -> None:
         assert unset.returncode == 2 and "BOX_KEY" in unset.stderr
     finally:
         fake.close()
+
+
+def test_both_engines_provide_what_a_chat_needs() -> None:
+    """One interface, two implementations: the chat core uses nothing the remote engine lacks, and
+    `generate` takes the same arguments on both."""
+    import inspect
+
+    from app.engine.interface import ChatEngine
+
+    names = {n for n in vars(ChatEngine) if not n.startswith("_")} | set(ChatEngine.__annotations__)
+    local, remote = Engine(), RemoteEngine("http://127.0.0.1:9")
+    try:
+        for cls, instance in ((Engine, local), (RemoteEngine, remote)):
+            missing = [n for n in names if not hasattr(cls, n) and n not in vars(instance)]
+            assert not missing, (cls.__name__, missing)
+        wanted = list(inspect.signature(ChatEngine.generate).parameters)
+        assert list(inspect.signature(Engine.generate).parameters) == wanted
+        assert list(inspect.signature(RemoteEngine.generate).parameters) == wanted
+    finally:
+        local.close()
+        remote.close()
