@@ -183,30 +183,11 @@ def model_argument(ws: Any, ref: str | None) -> Path:
 
 
 def _connect_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
-    """(a remote engine, connected, and its prompt format) for `--engine URL`: the format is the one
-    asked for, else the settings' (the server's own template is not used yet), else ChatML."""
-    import os
+    """(a remote engine, connected, and its prompt format) for `--engine URL|NAME`: the format is the
+    one asked for, else the settings' (the server's own template is not used yet), else ChatML."""
+    from app.cli_engines import remote_engine
 
-    from app.engine.remote import RemoteEngine
-
-    url, named = args.engine, {}
-    if "://" not in url:  # a name from the settings' [engines.NAME]
-        named = ws.settings.section("engines").get(url)
-        if not isinstance(named, dict):
-            known = ", ".join(sorted(ws.settings.section("engines"))) or "none yet"
-            raise CatteryError(
-                f"no engine named {url!r} in {ws.settings.path} (named: {known}); give a URL, or add [engines.{url}]"
-            )
-        url = named["url"]
-    key_env = args.engine_key_env or named.get("api_key_env")
-    key = None
-    if key_env:
-        key = os.environ.get(key_env)
-        if not key:
-            raise CatteryError(f"the environment variable {key_env} holding the engine's API key is not set")
-    engine = RemoteEngine(
-        url, model=args.engine_model or named.get("model"), api_key=key, n_ctx=args.ctx or named.get("ctx")
-    )
+    engine = remote_engine(ws, args.engine, model=args.engine_model, key_env=args.engine_key_env, ctx=args.ctx)
     report = engine.connect()
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -1094,9 +1075,10 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--json", action="store_true")
     paths.set_defaults(func=cmd_paths)
 
-    from app import cli_build, cli_convert, cli_eval, cli_lore, cli_merge, cli_models, cli_quantize
+    from app import cli_build, cli_convert, cli_engines, cli_eval, cli_lore, cli_merge, cli_models, cli_quantize
 
     cli_lore.add_parser(sub)
+    cli_engines.add_parser(sub)
     cli_models.add_parser(sub)
     cli_convert.add_parser(sub)
     cli_quantize.add_parser(sub)

@@ -527,3 +527,21 @@ def test_both_engines_provide_what_a_chat_needs() -> None:
     finally:
         local.close()
         remote.close()
+
+
+def test_cattery_engines_lists_and_tests_a_connection(server: str, cattery_home: Path) -> None:
+    from tests.conftest import run_cattery
+
+    settings_file = cattery_home / "config" / "settings.toml"
+    settings_file.parent.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(f'[engines.local]\nurl = "{server}"\nctx = 2048\n')
+    listed = run_cattery("engines")
+    assert listed.returncode == 0 and f"local  {server}  (ctx 2048)" in listed.stdout
+    tested = run_cattery("engines", "test", "local", "--json")
+    assert tested.returncode == 0, tested.stderr
+    out = json.loads(tested.stdout)
+    assert out["server"] == "llama-cpp-python" and out["ctx"] == 2048 and out["first_token_seconds"] > 0
+    said = run_cattery("engines", "test", server)
+    assert said.returncode == 0 and "llama-cpp-python serving" in said.stdout and "one-token reply" in said.stdout
+    down = run_cattery("engines", "test", "http://127.0.0.1:9")
+    assert down.returncode == 2 and "nothing answers at http://127.0.0.1:9" in down.stderr
