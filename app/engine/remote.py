@@ -377,7 +377,8 @@ class RemoteEngine:
                 if done:
                     finish = reason
                     stats.stop_string = extra.get("stop_string")
-                    break
+                    if report.kind != "vllm":
+                        break  # vLLM sends its usage (tokens taken from its prefix cache) in one more event
         finally:
             if pending:  # what came before a fault is the reply so far: kept
                 gen._queue.put(pending)

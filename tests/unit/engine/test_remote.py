@@ -545,3 +545,51 @@ def test_cattery_engines_lists_and_tests_a_connection(server: str, cattery_home:
     assert said.returncode == 0 and "llama-cpp-python serving" in said.stdout and "one-token reply" in said.stdout
     down = run_cattery("engines", "test", "http://127.0.0.1:9")
     assert down.returncode == 2 and "nothing answers at http://127.0.0.1:9" in down.stderr
+
+
+def test_vllms_protocol(engine: Engine) -> None:
+    """vLLM needs a GPU and is not installed here: this loopback server answers as vLLM's OpenAI
+    server documents (/v1/models with max_model_len, /tokenize and /detokenize, /v1/completions that
+    takes token ids, a stop_reason, and a last event with usage when include_usage is asked)."""
+    seen: list[dict[str, object]] = []
+
+    def tokenize(h: BaseHTTPRequestHandler) -> None:
+        body = h.body  # type: ignore[attr-defined]
+        assert body["model"] == "org/cat-70b" and body["add_special_tokens"] is False
+        tokens = engine.segment_tokenize(body["prompt"])
+        send_json(h, {"tokens": tokens, "count": len(tokens), "max_model_len": 8192})
+
+    def completions(h: BaseHTTPRequestHandler) -> None:
+        seen.append(h.body)  # type: ignore[attr-defined]
+        events = [
+            {"choices": [{"index": 0, "text": "Red", "finish_reason": None}]},
+            {"choices": [{"index": 0, "text": " and blue", "finish_reason": "stop", "stop_reason": "\n"}]},
+            {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 3,
+                                      "prompt_tokens_details": {"cached_tokens": 24}}},
+        ]  # fmt: skip
+        stream_events([b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"])(h)
+
+    fake = Fake(
+        {
+            "/v1/models": lambda h: send_json(h, {"data": [{"id": "org/cat-70b", "max_model_len": 8192}]}),
+            "/tokenize": tokenize,
+            "/detokenize": lambda h: send_json(h, {"prompt": engine.detokenize(h.body["tokens"])}),  # type: ignore[attr-defined]
+            "/v1/completions": completions,
+        }
+    )
+    try:
+        eng = RemoteEngine(fake.url)
+        report = eng.connect()
+        assert report.kind == "vllm" and report.n_ctx == 8192 and report.model == "org/cat-70b"
+        tokens = eng.tokenize(CHATML)
+        gen = eng.generate(tokens, greedy(16, top_k=0, min_p=0.1), stop=["\n"], text=CHATML)
+        assert gen.result() == "Red and blue"
+        stats = gen.stats
+        assert stats is not None and stats.finish_reason == "stop_string" and stats.stop_string == "\n"
+        assert stats.prompt_reused == 24 and stats.prompt_evaluated == 6 and stats.generated_tokens == 3
+        [body] = seen
+        assert body["prompt"] == tokens and body["model"] == "org/cat-70b" and body["top_k"] == -1
+        assert body["repetition_penalty"] == 1.0 and body["stream_options"] == {"include_usage": True}
+        eng.close()
+    finally:
+        fake.close()
