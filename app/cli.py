@@ -184,14 +184,18 @@ def model_argument(ws: Any, ref: str | None) -> Path:
 
 def _connect_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
     """(a remote engine, connected, and its prompt format) for `--engine URL|NAME`: the format is the
-    one asked for, else the settings' (the server's own template is not used yet), else ChatML."""
+    one asked for, else the settings', else the local tokenizer GGUF's template, else ChatML (the
+    server's own template is not used yet)."""
     from app.cli_engines import remote_engine
 
-    engine = remote_engine(ws, args.engine, model=args.engine_model, key_env=args.engine_key_env, ctx=args.ctx)
+    engine = remote_engine(
+        ws, args.engine, model=args.engine_model, key_env=args.engine_key_env, ctx=args.ctx,
+        tokenizer=args.engine_tokenizer,
+    )  # fmt: skip
     report = engine.connect()
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return engine, ws.chat_format(None, None, args.format)
+    return engine, ws.chat_format(None, engine.info, args.format)
 
 
 def _load_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
@@ -981,6 +985,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the server completes it",
     )
     chat.add_argument("--engine-model", metavar="ID", help="the server's model to use (default: the one it serves)")
+    chat.add_argument(
+        "--engine-tokenizer",
+        metavar="GGUF",
+        help="count the window's tokens with this GGUF's vocabulary (a path or library name; the served "
+        "model's): for servers without a tokenizer endpoint; its chat template serves --format gguf",
+    )
     chat.add_argument(
         "--engine-key-env",
         metavar="VAR",

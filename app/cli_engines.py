@@ -16,7 +16,13 @@ from app.errors import CatteryError
 
 
 def remote_engine(
-    ws: Any, target: str, *, model: str | None = None, key_env: str | None = None, ctx: int | None = None
+    ws: Any,
+    target: str,
+    *,
+    model: str | None = None,
+    key_env: str | None = None,
+    ctx: int | None = None,
+    tokenizer: str | None = None,
 ) -> Any:
     """A RemoteEngine (not yet connected) for a URL, or a name from the settings' [engines.NAME]; the
     arguments given win over the named engine's settings. The API key is read from the environment
@@ -40,7 +46,15 @@ def remote_engine(
         key = os.environ.get(key_env)
         if not key:
             raise CatteryError(f"the environment variable {key_env} holding the engine's API key is not set")
-    return RemoteEngine(url, model=model or named.get("model"), api_key=key, n_ctx=ctx or named.get("ctx"))
+    vocab = tokenizer or named.get("tokenizer")
+    vocab_path = None
+    if vocab:
+        from app.cli import model_argument
+
+        vocab_path = model_argument(ws, vocab)  # a .gguf path or a library name; one line if neither
+    return RemoteEngine(
+        url, model=model or named.get("model"), api_key=key, n_ctx=ctx or named.get("ctx"), tokenizer=vocab_path
+    )
 
 
 def _workspace() -> Any:
@@ -71,7 +85,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     from app.engine.options import SamplerSettings
 
     ws = _workspace()
-    engine = remote_engine(ws, args.engine, model=args.engine_model, key_env=args.engine_key_env, ctx=args.ctx)
+    engine = remote_engine(
+        ws, args.engine, model=args.engine_model, key_env=args.engine_key_env, ctx=args.ctx,
+        tokenizer=args.engine_tokenizer,
+    )  # fmt: skip
     try:
         started = time.perf_counter()
         report = engine.connect()
@@ -118,5 +135,6 @@ def add_parser(sub: Any) -> None:
     test.add_argument("--engine-model", metavar="ID")
     test.add_argument("--engine-key-env", metavar="VAR")
     test.add_argument("--ctx", type=int, metavar="N")
+    test.add_argument("--engine-tokenizer", metavar="GGUF", help="count tokens with this GGUF's vocabulary")
     test.add_argument("--json", action="store_true")
     test.set_defaults(func=cmd_test)

@@ -302,6 +302,7 @@ ENGINE: dict[str, Rule] = {
     "model": text(max_len=MAX_PATH, one_line=True),
     "api_key_env": env_name(),
     "ctx": integer(1, MAX_CTX),
+    "tokenizer": text(max_len=MAX_PATH, one_line=True),  # the served model's GGUF, for its vocabulary
 }
 
 # Tables whose keys are the user's own names, each checked by one rule.
@@ -415,7 +416,7 @@ def _check_section(c: _Checker, section: str, defaults: dict[str, Any], table: d
 def _check_engine(c: _Checker, name: str, value: Any) -> tuple[bool, Any]:
     where = f"[engines.{_key(name)}]"
     if not isinstance(value, dict):
-        c.warn(where, f"should be a table (url, model, api_key_env, ctx), not {_show(value)}; ignored")
+        c.warn(where, f"should be a table (url, model, api_key_env, ctx, tokenizer), not {_show(value)}; ignored")
         return False, None
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         c.warn(where, "an engine's name is letters, digits, '.', '_' and '-'; ignored")

@@ -11,8 +11,9 @@ answers is detected once, at `connect`:
 - vLLM: `/tokenize` answers with `max_model_len`; `/v1/completions` takes token ids.
 - llama-cpp-python's server: `/extras/tokenize` answers; `/v1/completions` takes text (it adds
   the BOS token itself, as Cattery's text leaves it out).
-- Anything else OpenAI-compatible: `/v1/completions` with text; token counts then need a local
-  tokenizer (not yet: the connection is refused with a line saying so).
+- Anything else OpenAI-compatible: `/v1/completions` with text; the window's token counts then
+  come from a local GGUF of the served model (`tokenizer`, its vocabulary only), without which the
+  connection is refused with a line saying so. A local tokenizer may be named for any server.
 
 A server-side fault ends the reply with what was streamed so far and one line (`RemoteError`).
 """
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.engine.engine import STREAM_INTERVAL, Generation, _End
@@ -83,6 +85,7 @@ class RemoteEngine:
         n_ctx: int | None = None,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        tokenizer: Path | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if connect_timeout is not None:
@@ -92,7 +95,9 @@ class RemoteEngine:
         self.http = RemoteHTTP(url, api_key=api_key, **kwargs)
         self._model_asked = model
         self._ctx_asked = n_ctx
-        self.info = None  # no GGUF metadata: the format comes from the settings or the server's template
+        self._tokenizer_path = Path(tokenizer) if tokenizer is not None else None
+        self._vocab: Any = None  # a local GGUF's vocabulary, when one counts the tokens
+        self.info: Any = None  # a local tokenizer's GGUF metadata (its template, for `gguf`); else None
         self.report: RemoteReport | None = None
         self.chat_template: str | None = None
         self._bos_prefix: list[int] = []
@@ -140,10 +145,16 @@ class RemoteEngine:
                 raise RemoteError(f"nothing at {self.http.where} speaks the OpenAI or llama.cpp completion API")
         if kind == "vllm" and n_ctx is None:
             n_ctx = _max_model_len(models, model)
-        if kind == "openai":
+        if kind == "openai" and self._tokenizer_path is None:
             raise RemoteError(
-                f"the engine at {self.http.where} has no tokenizer endpoint; a local tokenizer for it is not "
-                "supported yet (use llama-server, vLLM or llama-cpp-python's server)"
+                f"the engine at {self.http.where} has no tokenizer endpoint: name the served model's GGUF "
+                "as its tokenizer (--engine-tokenizer, or tokenizer = in [engines.NAME])"
+            )
+        if self._tokenizer_path is not None:
+            self._load_vocab(self._tokenizer_path)
+            warnings.append(
+                f"token counts come from {self._tokenizer_path.name}: if it is not the served model's "
+                "vocabulary, the window's counts are estimates"
             )
         known = n_ctx is not None
         if self._ctx_asked:
@@ -164,11 +175,26 @@ class RemoteEngine:
             n_ctx=n_ctx,
             n_ctx_known=known,
             build=build,
-            tokenizer=f"the server's ({'/extras/tokenize' if kind == 'llama-cpp-python' else '/tokenize'})",
+            tokenizer=(
+                f"the local {self._tokenizer_path.name}"
+                if self._vocab is not None
+                else f"the server's ({'/extras/tokenize' if kind == 'llama-cpp-python' else '/tokenize'})"
+            ),
             warnings=warnings,
         )
-        self._learn_bos()
+        if self._vocab is None:
+            self._learn_bos()
         return self.report
+
+    def _load_vocab(self, path: Path) -> None:
+        """The served model's vocabulary from a local GGUF (no weights are read): tokens are counted
+        here, and its metadata (the chat template) is the engine's `info`."""
+        from app.engine.metadata import read_model_info
+        from app.engine.native import VocabModel
+
+        self.info = read_model_info(path)
+        self._vocab = VocabModel(path)
+        self._bos, self._add_bos = self._vocab.bos_token, self._vocab.add_bos
 
     def _try_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """A probe: the answer, or None when the server has no such endpoint (any 4xx) or it is not JSON."""
@@ -217,6 +243,8 @@ class RemoteEngine:
         return self._add_bos
 
     def _raw_tokenize(self, text: str) -> list[int]:
+        if self._vocab is not None:
+            return self._vocab.tokenize(text, add_special=False, parse_special=True)
         kind = self.report.kind if self.report is not None else ""
         if kind == "llama-server":
             out = self.http.post_json("/tokenize", {"content": text, "add_special": False, "parse_special": True})
@@ -242,6 +270,8 @@ class RemoteEngine:
         return [self._bos, *tokens] if want and self._bos >= 0 else tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
+        if self._vocab is not None:
+            return str(self._vocab.detokenize(tokens))
         kind = self._require().kind
         if kind == "llama-server":
             out = self.http.post_json("/detokenize", {"tokens": list(tokens)})
@@ -283,6 +313,9 @@ class RemoteEngine:
         self.cancel()
         self.http.close()
         self.report = None
+        if self._vocab is not None:
+            self._vocab.close()
+            self._vocab = None
 
     # -- generating ------------------------------------------------------------------
 
@@ -398,6 +431,10 @@ class RemoteEngine:
                 stats.prompt_evaluated = plan.to_evaluate
         return stats
 
+    def _text(self, tokens: list[int] | None, text: str | None) -> str:
+        """The prompt as text: as the chat rendered it, else spelled back from its tokens."""
+        return text if text is not None else self.detokenize(tokens or [])
+
     def _reply_tokens(self, text: str) -> list[int]:
         """The reply as the server's tokens (it keeps them cached after the prompt); none if it
         cannot say (the next turn's count is then an estimate that errs high)."""
@@ -411,7 +448,7 @@ class RemoteEngine:
     def _native_body(self, gen: Generation, tokens: list[int] | None, text: str | None, seed: int) -> dict[str, Any]:
         s = gen.sampler
         body: dict[str, Any] = {
-            "prompt": tokens if tokens is not None else (text or ""),
+            "prompt": tokens if tokens is not None and self._vocab is None else self._text(tokens, text),
             "n_predict": s.max_tokens,
             "temperature": s.temperature,
             "top_k": s.top_k,
@@ -438,10 +475,10 @@ class RemoteEngine:
     def _openai_body(self, gen: Generation, tokens: list[int] | None, text: str | None, seed: int) -> dict[str, Any]:
         report = self._require()
         s = gen.sampler
-        if report.kind == "vllm" and tokens is not None:
+        if report.kind == "vllm" and tokens is not None and self._vocab is None:
             prompt: Any = tokens
         else:
-            prompt = text if text is not None else self.detokenize(tokens or [])
+            prompt = self._text(tokens, text)
         body: dict[str, Any] = {
             "model": report.model,
             "prompt": prompt,

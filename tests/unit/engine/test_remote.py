@@ -593,3 +593,39 @@ def test_vllms_protocol(engine: Engine) -> None:
         eng.close()
     finally:
         fake.close()
+
+
+def test_a_server_without_a_tokenizer_counts_with_a_local_gguf(
+    engine: Engine, model_path: Path, cattery_home: Path
+) -> None:
+    """A plain OpenAI-compatible server (no tokenize endpoint): refused without a tokenizer, saying
+    how to give one; with the served model's GGUF named, the window counts with its vocabulary,
+    the prompt goes as text, and `--format gguf` is that GGUF's own template."""
+    from tests.conftest import run_cattery
+
+    seen: list[dict[str, object]] = []
+
+    def completions(h: BaseHTTPRequestHandler) -> None:
+        seen.append(h.body)  # type: ignore[attr-defined]
+        stream_events([piece("Paris.", "stop"), b"data: [DONE]\n\n"])(h)
+
+    fake = Fake({"/v1/completions": completions})
+    try:
+        with pytest.raises(RemoteError, match="no tokenizer endpoint: name the served model's GGUF"):
+            RemoteEngine(fake.url, n_ctx=2048).connect()
+        eng = RemoteEngine(fake.url, n_ctx=2048, tokenizer=model_path)
+        report = eng.connect()
+        assert report.kind == "openai" and report.tokenizer == f"the local {model_path.name}"
+        assert eng.tokenize(CHATML) == engine.tokenize(CHATML) and eng.info is not None
+        assert eng.generate(eng.tokenize(CHATML), greedy(8), text=CHATML).result() == "Paris."
+        assert seen[-1]["prompt"] == CHATML and seen[-1]["model"] == "m"
+        eng.close()
+        done = run_cattery(
+            "chat", "--plain", "--new", "--card", "none", "--engine", fake.url, "--ctx", "2048",
+            "--engine-tokenizer", str(model_path), "--format", "gguf", input="Capital of France?\n",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Paris." in done.stdout and "format gguf" in done.stderr
+        assert "<|im_start|>user\nCapital of France?<|im_end|>" in str(seen[-1]["prompt"])  # the GGUF's template
+    finally:
+        fake.close()
