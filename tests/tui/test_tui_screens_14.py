@@ -71,6 +71,7 @@ NEVER_IN_THE_APP = {
     "--note-depth": "as --author-note",
     "--note-every": "as --author-note",
     "--note-role": "as --author-note",
+    "--engine-tokenizer": "RemoteEngine.connect: the engine connects before the app starts (`cattery --engine`)",
 }
 
 
