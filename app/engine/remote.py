@@ -20,6 +20,7 @@ A server-side fault ends the reply with what was streamed so far and one line (`
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -365,7 +366,7 @@ class RemoteEngine:
         report = self._require()
         s = gen.sampler
         tokens = list(gen.prompt) if not isinstance(gen.prompt, str) else None
-        seed = s.seed if s.seed is not None else int.from_bytes(__import__("os").urandom(4), "little") & 0x7FFFFFFF
+        seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         stats = GenerationStats(prompt_tokens=len(tokens) if tokens is not None else 0, seed=seed)
         if gen.cancelled:
             stats.finish_reason = "cancelled"
@@ -396,7 +397,7 @@ class RemoteEngine:
                     if not stats.generated_tokens:
                         stats.time_to_first_token = time.perf_counter() - start
                         stats.prompt_seconds = stats.time_to_first_token
-                    stats.generated_tokens += extra.get("n", 1)
+                    stats.generated_tokens += 1  # an event per token; the server's own count replaces it
                     pending += piece
                     produced += piece
                     now = time.perf_counter()
