@@ -30,7 +30,7 @@ from typing import Any
 
 from app.engine.engine import STREAM_INTERVAL, Generation, _End
 from app.engine.options import SamplerSettings
-from app.engine.remote_http import RemoteError, RemoteHTTP
+from app.engine.remote_http import NotJSON, RemoteError, RemoteHTTP
 from app.engine.reuse import ReusePlan, common_prefix
 from app.engine.stats import GenerationStats
 from app.errors import CatteryError
@@ -61,7 +61,8 @@ class RemoteReport:
 
     @property
     def name(self) -> str:
-        return self.model
+        """The served model as the top bar shows it: a path's file name, without `.gguf`."""
+        return Path(self.model).name.removesuffix(".gguf")
 
     def as_provenance(self) -> dict[str, Any]:
         return {
@@ -203,10 +204,10 @@ class RemoteEngine:
             if method == "GET":
                 return self.http.get_json(path, timeout=self.http.connect_timeout)
             return self.http.post_json(path, body or {}, timeout=self.http.connect_timeout)
+        except NotJSON:
+            return None
         except RemoteError as exc:
             if 400 <= exc.status < 500 and exc.status not in (401, 403, 429):
-                return None
-            if exc.status == 0 and "not JSON" in str(exc):
                 return None
             raise
 

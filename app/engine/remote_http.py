@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +38,10 @@ class RemoteError(CatteryError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class NotJSON(RemoteError):
+    """An answer that is not JSON: for a probe, a server that does not speak this endpoint."""
 
 
 def check_url(url: str) -> str:
@@ -133,7 +136,7 @@ class RemoteHTTP:
         try:
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
-            raise RemoteError(f"the engine at {self.base_url} answered {path} with something not JSON") from None
+            raise NotJSON(f"the engine at {self.base_url} answered {path} with something not JSON") from None
 
     def _read_bounded(self, resp: requests.Response, limit: int) -> bytes:
         chunks: list[bytes] = []
@@ -233,7 +236,6 @@ class EventStream:
         self._http = http
         self._resp = resp
         self.closed = False
-        self.started = time.perf_counter()
 
     def close(self) -> None:
         self.closed = True

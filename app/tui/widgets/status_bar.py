@@ -33,7 +33,7 @@ class ModelStatus:
     @property
     def name(self) -> str:
         if self.path is None and getattr(self.report, "remote", False):
-            return Path(self.report.model).name.removesuffix(".gguf")  # type: ignore[union-attr]
+            return str(self.report.name)  # type: ignore[union-attr]
         return self.path.name.removesuffix(".gguf") if self.path is not None else "no model"
 
 
