@@ -19,6 +19,30 @@ from app.errors import CatteryError
 # -- shared option groups ----------------------------------------------------------
 
 
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """--engine and what goes with it: the same words wherever a command can run on a server."""
+    parser.add_argument(
+        "--engine",
+        metavar="URL|NAME",
+        help="chat through an inference server (llama-server, vLLM, llama-cpp-python's server) instead of "
+        "loading a model: a URL, or a name from the settings' [engines.NAME]; Cattery renders the prompt, "
+        "the server completes it",
+    )
+    parser.add_argument("--engine-model", metavar="ID", help="the server's model to use (default: the one it serves)")
+    parser.add_argument(
+        "--engine-tokenizer",
+        metavar="GGUF|JSON|REPO",
+        help="count the window's tokens with the served model's tokenizer: a GGUF (a path or library name; "
+        "its vocabulary only), a tokenizer.json, or a hub repo whose tokenizer.json is fetched; for servers "
+        "without a tokenizer endpoint; its chat template serves --format gguf",
+    )
+    parser.add_argument(
+        "--engine-key-env",
+        metavar="VAR",
+        help="the environment variable holding the server's API key (sent as a bearer token, never saved)",
+    )
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and loading")
     g.add_argument(
@@ -184,12 +208,12 @@ def model_argument(ws: Any, ref: str | None) -> Path:
 
 def _connect_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
     """(a remote engine, connected, and its prompt format) for `--engine URL|NAME`: the format is the
-    one asked for, else the settings', else the local tokenizer GGUF's template, else ChatML (the
-    server's own template is not used yet)."""
+    one asked for, else the settings', else the served model's template (the local tokenizer's, or
+    llama-server's /props), else a guess from the served model's name, else ChatML."""
     from app.cli_engines import remote_engine
 
     engine = remote_engine(
-        ws, args.engine, model=args.engine_model, key_env=args.engine_key_env, ctx=args.ctx,
+        ws, args.engine, model=args.engine_model, key_env=args.engine_key_env, ctx=getattr(args, "ctx", None),
         tokenizer=args.engine_tokenizer,
     )  # fmt: skip
     report = engine.connect()
@@ -502,6 +526,8 @@ def cmd_formats_lint(args: argparse.Namespace) -> int:
     from app.prompt.lint import lint
 
     ws = open_workspace()
+    if args.engine:  # the served model's tokenizer and template, as a chat through it would use them
+        return _lint_on_engine(args, ws)
     path = model_argument(ws, args.model) if args.model else _chat_model(ws)
     info = vocab = tokenizer = None
     if path is not None:
@@ -518,13 +544,34 @@ def cmd_formats_lint(args: argparse.Namespace) -> int:
     finally:
         if vocab is not None:
             vocab.close()
+    what = f"format {choice.name} ({choice.why})" + (f" with {path.name}" if path is not None else "")
+    return _say_lint(what, warnings, info is not None)
+
+
+def _lint_on_engine(args: argparse.Namespace, ws: Any) -> int:
+    from app.prompt.builder import PromptBuilder
+    from app.prompt.lint import lint
+    from app.prompt.tokens import tokenizer_from
+
+    engine, default = _connect_engine(args, ws)
+    try:
+        choice = ws.chat_format(None, engine.info, args.format_name) if args.format_name else default
+        tokenizer = tokenizer_from(engine)
+        builder = PromptBuilder(choice.name, info=engine.info, tokenizer=tokenizer, system="S")
+        warnings = lint(builder, tokenizer)
+        where = engine.report.placement
+    finally:
+        engine.close()
+    return _say_lint(f"format {choice.name} ({choice.why}) with {where}", warnings, True)
+
+
+def _say_lint(what: str, warnings: list[str], with_tokens: bool) -> int:
     for warning in warnings:
         print(f"warning: {warning}")
-    what = f"format {choice.name} ({choice.why})" + (f" with {path.name}" if path is not None else "")
     if warnings:
         print(f"{what}: {len(warnings)} problem" + ("" if len(warnings) == 1 else "s"))
     else:
-        print(f"{what}: no problems found" + ("" if info else " (give --model to check tokens)"))
+        print(f"{what}: no problems found" + ("" if with_tokens else " (give --model to check tokens)"))
     return 1 if warnings else 0
 
 
@@ -977,25 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--tui", action="store_true", help="the full-screen app (the default in a terminal)")
     chat.add_argument("--new", action="store_true", help="start a new chat instead of continuing the last one")
     chat.add_argument("--chat", metavar="ID", help="continue this saved chat (`cattery chats list`)")
-    chat.add_argument(
-        "--engine",
-        metavar="URL|NAME",
-        help="chat through an inference server (llama-server, vLLM, llama-cpp-python's server) instead of "
-        "loading a model: a URL, or a name from the settings' [engines.NAME]; Cattery renders the prompt, "
-        "the server completes it",
-    )
-    chat.add_argument("--engine-model", metavar="ID", help="the server's model to use (default: the one it serves)")
-    chat.add_argument(
-        "--engine-tokenizer",
-        metavar="GGUF",
-        help="count the window's tokens with this GGUF's vocabulary (a path or library name; the served "
-        "model's): for servers without a tokenizer endpoint; its chat template serves --format gguf",
-    )
-    chat.add_argument(
-        "--engine-key-env",
-        metavar="VAR",
-        help="the environment variable holding the server's API key (sent as a bearer token, never saved)",
-    )
+    _add_engine_options(chat)
     chat.set_defaults(func=cmd_chat)
 
     formats = sub.add_parser("formats", help="list, import and check prompt formats")
@@ -1011,6 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
     flint.add_argument(
         "-m", "--model", metavar="M", help="a .gguf path or library name (default: the one a chat would use)"
     )
+    _add_engine_options(flint)
     flint.set_defaults(func=cmd_formats_lint)
 
     prompt = sub.add_parser(

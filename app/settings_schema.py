@@ -297,12 +297,13 @@ def env_name() -> Rule:
 
 
 # [engines.NAME]: a remote inference server the chat can run on (`cattery chat --engine NAME`).
+ENGINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a TOML bare key, so the settings file stays plain
 ENGINE: dict[str, Rule] = {
     "url": engine_url(),
     "model": text(max_len=MAX_PATH, one_line=True),
     "api_key_env": env_name(),
     "ctx": integer(1, MAX_CTX),
-    "tokenizer": text(max_len=MAX_PATH, one_line=True),  # the served model's GGUF, for its vocabulary
+    "tokenizer": text(max_len=MAX_PATH, one_line=True),  # a GGUF, a tokenizer.json or a hub repo: the vocabulary
 }
 
 # Tables whose keys are the user's own names, each checked by one rule.
@@ -418,7 +419,7 @@ def _check_engine(c: _Checker, name: str, value: Any) -> tuple[bool, Any]:
     if not isinstance(value, dict):
         c.warn(where, f"should be a table (url, model, api_key_env, ctx, tokenizer), not {_show(value)}; ignored")
         return False, None
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+    if not ENGINE_NAME.fullmatch(name):
         c.warn(where, "an engine's name is letters, digits, '.', '_' and '-'; ignored")
         return False, None
     out = _check_keys(c, where, ENGINE, value, keep_unknown=False)

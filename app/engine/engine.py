@@ -257,6 +257,15 @@ class Engine:
         time cold evaluation with it and the tests start from a known cache."""
         self._run(lambda m: m.clear_kv())
 
+    def unload(self) -> None:
+        """Free the model and its KV cache but keep the engine for a later load: the app lets that
+        memory go while it chats through a server, and loads here again when asked."""
+        current = self._current
+        if current is not None:
+            current.cancel()
+        self._pool.submit(self._close_model).result()
+        self.report = None
+
     def close(self) -> None:
         current = self._current
         if current is not None:

@@ -100,6 +100,46 @@ class ModelInfo:
         return out
 
 
+def template_info(
+    name: str, chat_template: str | None, bos_token: str | None = None, eos_token: str | None = None
+) -> ModelInfo:
+    """What a chat needs of a model it has no GGUF of (one served by a remote engine): its name, for
+    guessing a format, and the chat template with its BOS/EOS texts, as the server or the model's
+    tokenizer_config.json says them. Everything a file would measure is unknown."""
+    return ModelInfo(
+        path=Path(Path(name).name or "remote"),
+        file_size=0,
+        architecture="?",
+        name=Path(name).name.removesuffix(".gguf") or None,
+        size_label=None,
+        file_type=None,
+        parameter_count=0,
+        tensor_bytes=0,
+        context_length=None,
+        block_count=None,
+        embedding_length=None,
+        feed_forward_length=None,
+        head_count=None,
+        head_count_kv=None,
+        key_length=None,
+        value_length=None,
+        rope_freq_base=None,
+        rope_dimension_count=None,
+        rope_scaling_type=None,
+        rope_scaling_factor=None,
+        rope_original_context=None,
+        vocab_size=None,
+        chat_template=chat_template,
+        bos_token_id=None,
+        eos_token_id=None,
+        eot_token_id=None,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        add_bos_token=None,
+        add_eos_token=None,
+    )
+
+
 def check_gguf_magic(path: Path) -> None:
     """One clear line for the commonest mistakes: no file, a folder, a file that is not GGUF."""
     if not path.exists():

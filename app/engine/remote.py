@@ -12,8 +12,12 @@ answers is detected once, at `connect`:
 - llama-cpp-python's server: `/extras/tokenize` answers; `/v1/completions` takes text (it adds
   the BOS token itself, as Cattery's text leaves it out).
 - Anything else OpenAI-compatible: `/v1/completions` with text; the window's token counts then
-  come from a local GGUF of the served model (`tokenizer`, its vocabulary only), without which the
-  connection is refused with a line saying so. A local tokenizer may be named for any server.
+  come from a local tokenizer of the served model (`tokenizer`: a GGUF, its vocabulary only, or a
+  tokenizer.json, e.g. from the model's hub repo), without which the connection is refused with a
+  line saying so. A local tokenizer may be named for any server.
+
+The prompt format is Cattery's as ever; `gguf` here is the served model's own template, from the
+local tokenizer (a GGUF's, or tokenizer_config.json's) or from llama-server's `/props`.
 
 A server-side fault ends the reply with what was streamed so far and one line (`RemoteError`).
 """
@@ -88,6 +92,7 @@ class RemoteEngine:
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
         tokenizer: Path | None = None,
+        tokenizer_from: str | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if connect_timeout is not None:
@@ -98,6 +103,9 @@ class RemoteEngine:
         self._model_asked = model
         self._ctx_asked = n_ctx
         self._tokenizer_path = Path(tokenizer) if tokenizer is not None else None
+        self._tokenizer_from = tokenizer_from  # where a downloaded tokenizer.json came from (a hub repo)
+        self._served_tokens: tuple[str | None, str | None] = (None, None)  # BOS/EOS texts the server says
+        self._eos: list[int] = []  # the end-of-text ids, where a local tokenizer says them (ban_eos as a bias)
         self._vocab: Any = None  # a local GGUF's vocabulary, when one counts the tokens
         self.info: Any = None  # a local tokenizer's GGUF metadata (its template, for `gguf`); else None
         self.report: RemoteReport | None = None
@@ -134,6 +142,7 @@ class RemoteEngine:
             template = props.get("chat_template")
             self.chat_template = template if isinstance(template, str) and len(template) < 1 << 20 else None
             model = model or str(props.get("model_alias") or props.get("model_path") or "")
+            self._served_tokens = (_short_text(props.get("bos_token")), _short_text(props.get("eos_token")))
         else:
             vllm = self._try_json("POST", "/tokenize", {"model": model, "prompt": "x", "add_special_tokens": False})
             if isinstance(vllm, dict) and isinstance(vllm.get("tokens"), list):
@@ -149,15 +158,23 @@ class RemoteEngine:
             n_ctx = _max_model_len(models, model)
         if kind == "openai" and self._tokenizer_path is None:
             raise RemoteError(
-                f"the engine at {self.http.where} has no tokenizer endpoint: name the served model's GGUF "
-                "as its tokenizer (--engine-tokenizer, or tokenizer = in [engines.NAME])"
+                f"the engine at {self.http.where} has no tokenizer endpoint: name the served model's GGUF, "
+                "its tokenizer.json or its hub repo as its tokenizer (--engine-tokenizer, or tokenizer = in "
+                "[engines.NAME])"
             )
         if self._tokenizer_path is not None:
-            self._load_vocab(self._tokenizer_path)
+            self._load_vocab(self._tokenizer_path, model)
             warnings.append(
-                f"token counts come from {self._tokenizer_path.name}: if it is not the served model's "
+                f"token counts come from {self._tokenizer_label()}: if it is not the served model's "
                 "vocabulary, the window's counts are estimates"
             )
+        if self.info is None or not self.info.chat_template:
+            # The server's own template (llama-server's /props) is the `gguf` format: Cattery renders
+            # it, the server only completes. Else the served model's name, for guessing a format.
+            from app.engine.metadata import template_info
+
+            bos, eos = self._served_tokens
+            self.info = template_info(model or "remote", self.chat_template, bos, eos)
         known = n_ctx is not None
         if self._ctx_asked:
             if n_ctx is not None and self._ctx_asked > n_ctx:
@@ -178,7 +195,7 @@ class RemoteEngine:
             n_ctx_known=known,
             build=build,
             tokenizer=(
-                f"the local {self._tokenizer_path.name}"
+                f"the local {self._tokenizer_label()}"
                 if self._vocab is not None
                 else f"the server's ({'/extras/tokenize' if kind == 'llama-cpp-python' else '/tokenize'})"
             ),
@@ -188,15 +205,37 @@ class RemoteEngine:
             self._learn_bos()
         return self.report
 
-    def _load_vocab(self, path: Path) -> None:
-        """The served model's vocabulary from a local GGUF (no weights are read): tokens are counted
-        here, and its metadata (the chat template) is the engine's `info`."""
-        from app.engine.metadata import read_model_info
-        from app.engine.native import VocabModel
+    def _load_vocab(self, path: Path, model: str) -> None:
+        """The served model's vocabulary, counted here: a local GGUF's (no weights are read; its
+        metadata, the chat template, is the engine's `info`), or a tokenizer.json (with the template
+        of the tokenizer_config.json beside it)."""
+        if path.suffix == ".gguf":
+            from app.engine.metadata import read_model_info
+            from app.engine.native import VocabModel
 
-        self.info = read_model_info(path)
-        self._vocab = VocabModel(path)
+            self.info = read_model_info(path)
+            self._vocab = VocabModel(path)
+            self._eos = list(self._vocab.eog_tokens())[:16]
+        else:
+            from app.engine.hf_vocab import JsonVocab
+            from app.engine.metadata import template_info
+
+            vocab = JsonVocab(path)
+            self._vocab = vocab
+            config = vocab.config
+            if config.chat_template:
+                self.info = template_info(model or "remote", config.chat_template, config.bos_token, config.eos_token)
+            self._eos = [vocab.eos_token] if vocab.eos_token >= 0 else []
         self._bos, self._add_bos = self._vocab.bos_token, self._vocab.add_bos
+
+    def _tokenizer_label(self) -> str:
+        """The local tokenizer as a person knows it: a GGUF's file name, a hub repo's tokenizer.json."""
+        path = self._tokenizer_path
+        if path is None:
+            return ""
+        if path.suffix == ".gguf":
+            return path.name
+        return f"tokenizer.json of {self._tokenizer_from or path.parent.name}"
 
     def _try_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """A probe: the answer, or None when the server has no such endpoint (any 4xx) or it is not JSON."""
@@ -505,6 +544,8 @@ class RemoteEngine:
             )
             if s.grammar:
                 body["grammar"] = s.grammar
+            if s.ban_eos and self._eos:  # its server has no ignore_eos; a bias does the same
+                body["logit_bias"] = {str(t): -100.0 for t in self._eos}
         elif report.kind == "vllm":
             body.update(
                 top_k=s.top_k if s.top_k > 0 else -1,
@@ -513,6 +554,8 @@ class RemoteEngine:
                 ignore_eos=s.ban_eos,
             )
             body["stream_options"] = {"include_usage": True}
+        elif s.ban_eos and self._eos:  # OpenAI's API: a bias of -100 bans a token
+            body["logit_bias"] = {str(t): -100 for t in self._eos}
         return body
 
 
@@ -568,6 +611,10 @@ def _apply_usage(stats: GenerationStats, usage: dict[str, Any]) -> None:
     prompt = _int(usage.get("prompt_tokens"))
     if cached is not None and prompt is not None:  # vLLM with prefix caching reports it
         stats.prompt_reused, stats.prompt_evaluated = cached, max(0, prompt - cached)
+
+
+def _short_text(value: Any) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 256 else None
 
 
 def _int(value: Any) -> int | None:

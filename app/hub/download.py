@@ -75,7 +75,7 @@ class Plan:
     repo: str
     commit: str
     label: str  # owner/repo:Q4_K_M, for people
-    kind: str  # "gguf", "checkpoint" or "adapter"
+    kind: str  # "gguf", "checkpoint", "adapter" or "tokenizer"
     files: list[RemoteFile] = field(default_factory=list)
     revision: str = "main"
 
@@ -151,6 +151,28 @@ def plan_download(ref: HubRef, revision: str | None = None) -> Plan:
         raise CatteryError(f"{ref.repo}: the checkpoint has no config.json; the converters cannot use it")
     files_sorted = sorted(wanted, key=lambda f: f.path)
     return Plan(ref.repo, commit, f"{ref.repo} (safetensors)", "checkpoint", files_sorted, revision or "main")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+MAX_TOKENIZER_DOWNLOAD = 64 << 20
+
+
+def plan_tokenizer(repo: str, revision: str | None = None) -> Plan:
+    """A model's tokenizer.json (and its tokenizer_config.json) from its hub repo, without its
+    weights: what counts a remote engine's tokens when the server cannot."""
+    check_revision(repo, revision)
+    commit, _models, files = repo_models(repo, revision)
+    wanted = [f for f in files if f.path in TOKENIZER_FILES]
+    if not any(f.path == "tokenizer.json" for f in wanted):
+        raise CatteryError(
+            f"{repo} has no tokenizer.json (GGUF repos often have none): name the original model's repo, "
+            "or a local GGUF of the served model"
+        )
+    too_big = [f for f in wanted if f.size > MAX_TOKENIZER_DOWNLOAD]
+    if too_big:
+        raise CatteryError(f"{repo}/{too_big[0].path}: {too_big[0].size >> 20} MB is not a tokenizer")
+    files_sorted = sorted(wanted, key=lambda f: f.path)
+    return Plan(repo, commit, f"{repo} (tokenizer)", "tokenizer", files_sorted, revision or "main")
 
 
 # -- the cache -------------------------------------------------------------------------

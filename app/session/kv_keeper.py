@@ -85,6 +85,16 @@ class KVKeeper:
         self._lock = threading.Lock()
         self.last_error: str | None = None
 
+    def use_engine(self, engine: Engine) -> None:
+        """Keep and restore for another engine from now on (the app switched between its local model
+        and a server): in order, so the keeps and restores asked before still use the engine they
+        were asked for."""
+
+        def switch() -> None:
+            self.engine = engine
+
+        self._jobs.submit(switch)
+
     @classmethod
     def for_workspace(cls, ws: Workspace, engine: Engine) -> KVKeeper | None:
         """As the settings ask (`[snapshots]`); None when snapshots are switched off."""

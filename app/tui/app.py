@@ -36,7 +36,15 @@ from app.session.launch import Launch
 from app.session.workspace import ModelLoad, RememberedModelGone, Workspace
 from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import bindings, key_table
-from app.tui.messages import ChatRestored, ModelLoaded, ModelLoadFailed, ModelLoading, Notice
+from app.tui.messages import (
+    ChatRestored,
+    EngineConnected,
+    EngineFailed,
+    ModelLoaded,
+    ModelLoadFailed,
+    ModelLoading,
+    Notice,
+)
 from app.tui.safe_text import strip_controls_everywhere
 from app.tui.screens.characters import CharactersScreen
 from app.tui.screens.chat import ChatScreen
@@ -94,6 +102,10 @@ class CatteryApp(App[None]):
         self.error_console.soft_wrap = True
         self.shared = TuiState(workspace, launch or Launch(), engine or Engine(log_file=workspace.paths.llama_log))
         self.shared.keeper = KVKeeper.for_workspace(workspace, self.shared.engine)
+        # The local engine while the app chats through a server (its model unloaded), for when the
+        # user loads a model again; None while it is the engine in use.
+        self._local: Engine | None = None
+        self._before_engine = ModelStatus()  # what was in use while an engine connects: back to it on failure
         self.restored = Restored()  # what opening the chat shown put back in the KV cache
         self.restored_chat: int | None = None  # the chat `restored` is about
         self._load_cancel = threading.Event()
@@ -394,14 +406,10 @@ class CatteryApp(App[None]):
     def load_model(
         self, ref: Path | str | None, overrides: dict[str, Any] | None = None, fmt: str | None = None
     ) -> None:
-        """Load a model in the background; the chat stays usable (a reply waits for it)."""
-        report = self.engine.report
-        if getattr(report, "remote", False):
-            self.notify(
-                f"this app chats through the remote engine at {report.url}; start it without --engine "  # type: ignore[union-attr]
-                "to load a local model",
-                severity="warning",
-            )
+        """Load a model in the background; the chat stays usable (a reply waits for it). While the app
+        chats through a server, this goes back to the local engine."""
+        if self.model_status.state == "loading" and self.model_status.engine:
+            self.notify(f"connecting to engine {self.model_status.engine}: wait, or cancel it", severity="warning")
             return
         try:
             plan = self.ws.model_load(ref, overrides, fmt)  # with what the Models screen chose for this file
@@ -414,12 +422,100 @@ class CatteryApp(App[None]):
             return
         if self.session is not None:
             self.session.detach()
+        if self.is_remote:
+            self._switch_engine(self._local or Engine(log_file=self.ws.paths.llama_log))
+            self._local = None
         self._load_cancel.clear()
         self.model_status = ModelStatus("loading", plan.path, 0.0)  # the chat screen stops a reply being written
         self._load_worker(plan)
 
+    @property
+    def is_remote(self) -> bool:
+        return bool(getattr(self.engine.report, "remote", False))
+
+    # -- engines: inference servers named in the settings ----------------------------------
+
+    def use_engine(self, name: str) -> None:
+        """Chat through the engine named `name` in the settings, connected in the background: the
+        model or engine in use stays until it answers, and stays if it cannot be used."""
+        if self.model_status.state == "loading":
+            self.notify("a model or engine is being loaded: wait, or cancel it first", severity="warning")
+            return
+        self._before_engine = self.model_status
+        self._load_cancel.clear()
+        self.model_status = ModelStatus("loading", None, 0.0, engine=name)  # the chat screen stops a reply
+        self._engine_worker(name)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def _engine_worker(self, name: str) -> None:
+        from app.session.engines import remote_engine
+
+        engine = None
+        try:
+            engine = remote_engine(self.ws, name)
+            engine.connect()
+            choice = self.ws.chat_format(None, engine.info)
+        except ENVIRONMENT as exc:
+            if engine is not None:
+                engine.close()
+            self.post_message(EngineFailed(name, error_line(exc, "connect to the engine")))
+            return
+        if self._load_cancel.is_set():
+            engine.close()
+            self.post_message(EngineFailed(name, "connecting was cancelled"))
+            return
+        self.post_message(EngineConnected(name, engine, choice))
+
+    def on_engine_failed(self, event: EngineFailed) -> None:
+        self.model_status = self._before_engine  # what was in use goes on
+        self.notify(f"engine {event.name}: {event.error}", severity="error", timeout=12)
+
+    def on_engine_connected(self, event: EngineConnected) -> None:
+        from app.tui.wording import in_app
+
+        status = self.model_status
+        if status.state != "loading" or status.engine != event.name:  # cancelled meanwhile
+            self._unload_worker(event.engine, close=True)
+            return
+        if self.session is not None:
+            self.session.detach()
+        if self.is_remote:
+            self._switch_engine(event.engine)
+        else:
+            local = self.engine
+            self._switch_engine(event.engine, close_old=False)
+            self._local = local
+            self._unload_worker(local)  # its memory goes while the server chats
+        report, choice = event.engine.report, event.choice
+        for warning in report.warnings + ([choice.warning] if choice.warning else []):
+            self.notify(in_app(warning), severity="warning", timeout=10)
+        self.model_status = ModelStatus("ready", None, 1.0, report=report, choice=choice)
+        self._attach(self.session)
+
+    def _switch_engine(self, engine: Any, *, close_old: bool = True) -> None:
+        old = self.engine
+        self.shared.engine = engine
+        if self.shared.keeper is not None:
+            self.shared.keeper.use_engine(engine)
+        if close_old and old is not engine:
+            self._unload_worker(old, close=True)
+
+    @work(thread=True, group="unload", exit_on_error=False)
+    def _unload_worker(self, engine: Any, close: bool = False) -> None:
+        """A replaced engine let go off the UI thread: a local model's memory freed, a stream closed."""
+        try:
+            engine.close() if close else engine.unload()
+        except Exception:
+            log.exception("letting an engine go")
+
+    def engines(self) -> list[Any]:
+        """The engines to close at the end: the one in use, and the local one while a server is."""
+        return [self.engine, *([self._local] if self._local is not None else [])]
+
     def cancel_load(self) -> None:
         self._load_cancel.set()
+        if self.model_status.state == "loading" and self.model_status.engine:
+            self.model_status = self._before_engine  # the connection's answer is dropped when it comes
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def _load_worker(self, plan: ModelLoad) -> None:

@@ -9,6 +9,7 @@ from textual.message import Message
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from app.engine.interface import ChatEngine
     from app.engine.stats import LoadReport
     from app.prompt.builder import FormatChoice
     from app.session.chat import ChatSession, MessageFit, Outcome, Preview, Turn
@@ -107,6 +108,25 @@ class ModelLoaded(Message):
         self.report = report
         self.choice = choice
         self.attached = attached
+
+
+class EngineConnected(Message):
+    """A named engine answered (app.session.engines): the app chats through it from now on."""
+
+    def __init__(self, name: str, engine: ChatEngine, choice: FormatChoice) -> None:
+        super().__init__()
+        self.name = name
+        self.engine = engine
+        self.choice = choice
+
+
+class EngineFailed(Message):
+    """A named engine could not be used: the model or engine in use stays."""
+
+    def __init__(self, name: str, error: str) -> None:
+        super().__init__()
+        self.name = name
+        self.error = error
 
 
 class ChatRestored(Message):

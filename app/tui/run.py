@@ -74,6 +74,7 @@ def run_app(ws: Workspace, launch: Launch, engine: Any = None) -> int:
             sys.stderr, sys.__stderr__ = old_streams
             os.dup2(saved, 2)
             os.close(saved)
-            app.engine.close()
+            for engine in app.engines():
+                engine.close()
             ws.close()
     return int(app.return_code or 0)

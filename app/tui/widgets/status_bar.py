@@ -29,11 +29,14 @@ class ModelStatus:
     error: str | None = None
     report: LoadReport | None = None
     choice: FormatChoice | None = None
+    engine: str | None = None  # the named engine being connected to (the Models screen's), while loading
 
     @property
     def name(self) -> str:
         if self.path is None and getattr(self.report, "remote", False):
             return str(self.report.name)  # type: ignore[union-attr]
+        if self.path is None and self.engine:
+            return f"engine {self.engine}"
         return self.path.name.removesuffix(".gguf") if self.path is not None else "no model"
 
 

@@ -3,19 +3,17 @@
 The server is real: llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`)
 on the bundled model, on 127.0.0.1. The faults a real server cannot be made to show on demand (a
 401, a 503 with Retry-After, a stream cut mid-reply, a server that stops answering, one that sends
-garbage) come from a small loopback HTTP server in this file that answers as those servers do.
+garbage) come from small loopback HTTP servers (tests/remote_fakes.py) that answer as those servers do.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,14 +23,9 @@ from app.engine.options import SamplerSettings
 from app.engine.remote import RemoteEngine
 from app.engine.remote_http import RemoteError, RemoteHTTP, check_url
 from app.errors import CatteryError
+from tests.remote_fakes import Fake, free_port, piece, send_json, stream_events, tokenize_ok
 
 CHATML = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +119,8 @@ def test_a_stop_closes_the_stream_and_the_engine_answers_at_once(remote: RemoteE
     tokens = remote.tokenize(CHATML)
     gen = remote.generate(tokens, SamplerSettings(temperature=1.0, max_tokens=400, ban_eos=True), text=CHATML)
     pieces = []
-    for piece in gen:
-        pieces.append(piece)
+    for text in gen:
+        pieces.append(text)
         gen.cancel()
     assert gen.stats is not None and gen.stats.finish_reason == "cancelled"
     assert gen.text == "".join(pieces) and gen.stats.generated_tokens < 400
@@ -165,78 +158,6 @@ def test_the_line_chat_through_the_server(server: str, cattery_home: Path) -> No
 
 
 # -- faults, from a loopback server that misbehaves on purpose -------------------------------------
-
-
-class Fake:
-    """A loopback server answering each path with the function given for it."""
-
-    def __init__(self, routes: dict[str, Callable[[BaseHTTPRequestHandler], None]]) -> None:
-        routes = {"/v1/models": lambda h: send_json(h, {"data": [{"id": "m"}]}), **routes}
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._route()
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.body = json.loads(self.rfile.read(length) or b"{}")
-                self._route()
-
-            def _route(self) -> None:
-                fn = routes.get(self.path)
-                if fn is None:
-                    self.send_error(404)
-                    return
-                fn(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def send_json(
-    h: BaseHTTPRequestHandler, body: object, status: int = 200, headers: dict[str, str] | None = None
-) -> None:
-    data = json.dumps(body).encode()
-    h.send_response(status)
-    h.send_header("Content-Type", "application/json")
-    h.send_header("Content-Length", str(len(data)))
-    for k, v in (headers or {}).items():
-        h.send_header(k, v)
-    h.end_headers()
-    h.wfile.write(data)
-
-
-def tokenize_ok(h: BaseHTTPRequestHandler) -> None:
-    text = h.body.get("input", "")  # type: ignore[attr-defined]
-    send_json(h, {"tokens": [ord(c) for c in text]})
-
-
-def stream_events(events: list[bytes], *, then: str = "end") -> Callable[[BaseHTTPRequestHandler], None]:
-    def handle(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.end_headers()
-        for e in events:
-            h.wfile.write(e)
-            h.wfile.flush()
-        if then == "hang":
-            time.sleep(3)
-        h.close_connection = True
-
-    return handle
-
-
-def piece(text: str, finish: str | None = None) -> bytes:
-    return b"data: " + json.dumps({"choices": [{"text": text, "finish_reason": finish}]}).encode() + b"\n\n"
 
 
 def fake_engine(routes: dict[str, Callable[[BaseHTTPRequestHandler], None]], **kw: object) -> tuple[Fake, RemoteEngine]:
