@@ -219,7 +219,7 @@ def _connect_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:
     report = engine.connect()
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return engine, ws.chat_format(None, engine.info, args.format)
+    return engine, ws.chat_format(None, engine.info, getattr(args, "format", None))
 
 
 def _load_engine(args: argparse.Namespace, ws: Any) -> tuple[Any, Any]:

@@ -142,6 +142,22 @@ def unpack(src_gguf: Path, out_dir: Path, *, progress: Progress | None = None, d
     return out_dir
 
 
+def unpack_tokenizer(src_gguf: Path, out_dir: Path) -> Path:
+    """Only the tokenizer of `src_gguf` (tokenizer.json or tokenizer.model, with tokenizer_config.json
+    and its chat template) into `out_dir`: what a model's hub repo offers as its tokenizer, without
+    writing gigabytes of weights. Returns `out_dir`."""
+    src_gguf, out_dir = Path(src_gguf), Path(out_dir)
+    g = GGUFFile.open(src_gguf)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_tokenizer(g, src_gguf, out_dir, _config(g, src_gguf))
+    except OSError as exc:
+        raise CatteryError(f"{out_dir}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        g.close()
+    return out_dir
+
+
 def _check_output(out_dir: Path) -> None:
     """The output folder is new, or an empty folder: an unpack never mixes its files with others'."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):

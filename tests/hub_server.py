@@ -430,6 +430,7 @@ GATED = "cattery-test/gated-GGUF"
 QUANTS = "other/Nothing-GGUF"
 PICKLED = "other/pickled-only"
 ADAPTER = "cattery-test/tiny-lora"
+TOKENIZER = "cattery-test/tokenizer-only"  # the bundled model's tokenizer.json and config, no weights
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -482,6 +483,11 @@ def build_test_hub(model_path: Path, work: Path) -> HubServer:
     quants = server.repo(QUANTS, downloads=1)
     quants.add("Nothing.Q4_K_M.gguf", tiny_gguf(work / "n4.gguf"))
     quants.add("Nothing.Q8_0.gguf", tiny_gguf(work / "n8.gguf"))
+    from converters.unpack import unpack_tokenizer
+
+    tok = server.repo(TOKENIZER, downloads=2)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        tok.add(name, unpack_tokenizer(model_path, work / "tokenizer") / name)
     pickled = server.repo(PICKLED)
     pickled.add("config.json", b"{}")
     pickled.add("pytorch_model.bin", b"\x80\x04")

@@ -159,8 +159,8 @@ class ModelsScreen(SharedState, FittedScreen):
             table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
             yield table
             yield Static(
-                "Ctrl+O adds a folder of .gguf files · Ctrl+E adds an inference server · Ctrl+R looks again · "
-                "F7 finds models on the hub",
+                "Ctrl+O adds a folder of .gguf files · Ctrl+E an inference server · Ctrl+R looks again · "
+                "F7: the hub",
                 classes="muted",
                 id="model-hint",
             )
@@ -226,6 +226,7 @@ class ModelsScreen(SharedState, FittedScreen):
         table.add_column("trained ctx", key="ctx")
         table.add_column("template", key="template")
         table.add_column("from", key="source")
+        self._engine_form(False)
         self.watch(self.app, "model_status", self.model_changed)
         self.action_refresh()
         table.focus()
