@@ -13,8 +13,9 @@ from pathlib import Path
 
 from app.chats.store import ChatStore
 from app.engine.engine import Engine
+from app.tui.screens.chat import describe_provenance
 from app.tui.screens.models import ENGINE_KEY, EngineRow, ModelsScreen
-from app.tui.widgets.status_bar import ModelLine
+from app.tui.widgets.status_bar import ModelLine, StatusBar
 from tests.remote_fakes import free_port, llama_server
 from tests.tui_helpers import SIZE, chat_screen, make_app, send, wait_until
 
@@ -86,6 +87,8 @@ def test_the_models_screen_tests_an_engine_and_the_chat_goes_through_it_and_back
             tail = engine.segment_tokenize("<|im_end|>\n<|im_start|>assistant\n")
             assert body["prompt"][-len(tail) :] == tail  # the bundled model's own template, rendered by Cattery
             assert engine.detokenize(body["prompt"]).endswith("user\nWhere are you?\nassistant\n")
+            bar = str(chat_screen(app).query_one(StatusBar).render())  # the server's own count, per turn
+            assert f"server evaluated {len(body['prompt'])}" in bar, bar
 
             # Back to the local model from the Models screen.
             await app.switch_mode("models")
@@ -115,6 +118,9 @@ def test_the_models_screen_tests_an_engine_and_the_chat_goes_through_it_and_back
     assert replies[0].swipes[0].provenance["model"]["quant"] == "Q4_1"
     remote = replies[1].swipes[0].provenance["model"]
     assert remote["engine"] == fake.url and remote["server_model"] == MODEL and remote["build"] == "b6000-test"
+    details = describe_provenance(replies[1].swipes[0].provenance, "done")
+    assert f"model        {MODEL}, served by llama-server" in details
+    assert f"engine       {fake.url}, build b6000-test" in details and "evaluated by the server" in details
     assert replies[2].swipes[0].provenance["model"]["quant"] == "Q4_1"
 
 
@@ -124,3 +130,31 @@ def local_path(app) -> Path:
     path = find_bundled_model()
     assert path is not None
     return path
+
+
+def test_an_engine_is_added_from_the_models_screen_by_its_url(cattery_home: Path, engine: Engine) -> None:
+    """Ctrl+E: the server's URL, then a name (one is offered); it lands in settings.toml as
+    [engines.NAME] and in the table. A URL that is not http(s) is one line and nothing is written."""
+    import tomllib
+
+    from app.tui.screens.dialogs import AskScreen
+    from tests.tui_helpers import answer
+
+    app = make_app(engine, card_ref="none", card_explicit=True)
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await app.switch_mode("models")
+            models = app.screen
+            await pilot.press("ctrl+e")
+            await answer(pilot, app, "file:///etc/passwd")
+            await wait_until(pilot, lambda: said(app, "file:///etc/passwd"), what="the refusal")
+            await pilot.press("ctrl+e")
+            await answer(pilot, app, "http://192.168.1.20:8080")
+            await wait_until(pilot, lambda: isinstance(app.screen, AskScreen) and app.screen.value, what="the name")
+            await pilot.press("enter")  # the name offered, as it is
+            await wait_until(pilot, lambda: ENGINE_KEY + "192.168.1.20-8080" in models.engines, what="the new row")
+
+    asyncio.run(run())
+    settings = tomllib.loads((cattery_home / "config" / "settings.toml").read_text())
+    assert settings["engines"] == {"192.168.1.20-8080": {"url": "http://192.168.1.20:8080"}}

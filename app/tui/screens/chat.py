@@ -75,13 +75,25 @@ def describe_provenance(prov: dict[str, Any], state: str) -> str:
     if not prov:
         return "Written by hand, imported, or a card's greeting: no generation details."
     model = prov.get("model") or {}
+    if model.get("engine"):  # written by a remote engine: the server says what it evaluated
+        where = [
+            f"model        {model.get('server_model', '?')}, served by {model.get('server', '?')}",
+            f"engine       {model['engine']}" + (f", build {model['build']}" if model.get("build") else ""),
+            f"context      {model.get('n_ctx', '?')} tokens",
+        ]
+        evaluated = "evaluated by the server"
+    else:
+        where = [
+            f"model        {model.get('file', '?')}" + (f"  ({model.get('quant')})" if model.get("quant") else ""),
+            f"sha256       {model.get('sha256') or 'not computed yet'}",
+            f"context      {model.get('n_ctx', '?')} tokens, {model.get('gpu_layers', 0)} layers on the GPU",
+        ]
+        evaluated = "evaluated"
     lines = [
-        f"model        {model.get('file', '?')}" + (f"  ({model.get('quant')})" if model.get("quant") else ""),
-        f"sha256       {model.get('sha256') or 'not computed yet'}",
-        f"context      {model.get('n_ctx', '?')} tokens, {model.get('gpu_layers', 0)} layers on the GPU",
+        *where,
         f"format       {prov.get('format', '?')}",
         f"seed         {prov.get('seed', '?')}",
-        f"prompt       {prov.get('prompt_tokens', '?')} tokens, {prov.get('prompt_evaluated', '?')} evaluated,"
+        f"prompt       {prov.get('prompt_tokens', '?')} tokens, {prov.get('prompt_evaluated', '?')} {evaluated},"
         f" {prov.get('prompt_reused', '?')} from the cache",
         f"first token  {prov.get('time_to_first_token', 0) * 1000:.0f} ms",
         *_snapshot_line(prov.get("kv_snapshot")),
@@ -133,6 +145,7 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
         self._box_chat: int | None = None  # the chat whose draft the box holds
         self._box: ChatInput | None = None
         self.tokens_per_second: float | None = None
+        self.server_count: int | None = None  # the last turn's prompt tokens a remote engine evaluated
         self.note = ""
         self._left_for_dialog = True  # see on_screen_suspend
         self._draft_timer: Timer | None = None
@@ -249,7 +262,7 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
         self.waiting_text = None
         self.turn_context = None
         self.draft_fit = None
-        self.tokens_per_second = None
+        self.tokens_per_second = self.server_count = None
         box = self.query_one("#messages", VerticalScroll)
         box.remove_children()
         self.views = []
@@ -416,7 +429,14 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
         if self.turn_context is not None:  # a turn is being written: its own numbers, not the last one's
             bar.show(self.turn_context, None, self.note, writing=True)
         else:
-            bar.show(self.preview, self.tokens_per_second, self.note, draft=self.draft_fit, keys=self._context_keys())
+            bar.show(
+                self.preview,
+                self.tokens_per_second,
+                self.note,
+                draft=self.draft_fit,
+                keys=self._context_keys(),
+                server_count=self.server_count,
+            )
 
     def _context_keys(self) -> str:
         """Where the context is changed in the app (never a command-line flag)."""
@@ -708,6 +728,9 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
         outcome = event.outcome
         if outcome is not None and outcome.stats is not None:
             self.tokens_per_second = outcome.stats.decode_tokens_per_second or self.tokens_per_second
+            # What the server says it evaluated, beside the speed, until the next turn.
+            remote = getattr(self.shared.engine.report, "remote", False)
+            self.server_count = outcome.stats.prompt_evaluated if remote else None
         if kind == "impersonate":
             area = self.query_one(ChatInput)
             if outcome is not None:

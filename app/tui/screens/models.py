@@ -159,8 +159,7 @@ class ModelsScreen(SharedState, FittedScreen):
             table: DataTable[str] = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
             yield table
             yield Static(
-                "Ctrl+O adds a folder of .gguf files · Ctrl+E an inference server · Ctrl+R looks again · "
-                "F7: the hub",
+                "Ctrl+O adds a folder of .gguf files · Ctrl+E an inference server · Ctrl+R looks again · F7: the hub",
                 classes="muted",
                 id="model-hint",
             )

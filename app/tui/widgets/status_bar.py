@@ -81,6 +81,7 @@ def status_content(
     writing: bool = False,
     keys: str = "",
     compact: bool = False,
+    server_count: int | None = None,
 ) -> Content:
     """The context meter (pinned / history / free), the last reply's speed, the next turn's cost.
 
@@ -88,6 +89,7 @@ def status_content(
     (the last reply's speed would be a stale number beside them). `draft`: the text in the box
     counted; one that can never fit says so here, before it is sent. `keys`: where the context
     is changed in the app. `compact`: a narrow terminal, the numbers without the words.
+    `server_count`: the prompt tokens a remote engine said it evaluated for the last reply.
     """
     parts: list[Content] = []
     too_long = not writing and draft is not None and not draft.fits
@@ -109,7 +111,14 @@ def status_content(
             )
     else:
         if tokens_per_second and not too_long:
-            parts.append(Content(f"{tokens_per_second:.1f} tok/s"))
+            said = (
+                ""
+                if server_count is None
+                else f" (+{server_count})"
+                if compact
+                else f", server evaluated {server_count}"
+            )
+            parts.append(Content(f"{tokens_per_second:.1f} tok/s{said}"))
         if preview is not None and preview.problem:
             parts.append(Content.from_markup("[$error]$problem[/]", problem=preview.problem))
         elif too_long:
