@@ -42,6 +42,14 @@ def resolve_tokenizer(ref: str, find_gguf: Callable[[str], Path]) -> tuple[Path,
 
     if not is_repo_id(ref):
         return find_gguf(ref), None  # a library name, or one line saying what is missing
+    from app.hub.library import resolve_hub_name
+
+    try:
+        cached = resolve_hub_name(ref)  # a GGUF of that repo downloaded already: its vocabulary
+    except CatteryError:
+        cached = None
+    if cached is not None:
+        return cached, None
     return _hub_tokenizer(ref), ref
 
 
