@@ -168,7 +168,7 @@ class ModelsScreen(SharedState, FittedScreen):
                     yield Static("", id="model-title", classes="pane-title")
                     yield Static("", id="model-facts")
                 with Vertical(id="model-load"):
-                    yield Static("Load settings", classes="pane-title")
+                    yield Static("Load settings", classes="pane-title", id="load-title")
                     with Grid(id="load-form"):
                         yield Label("Context (tokens)")
                         yield Input(placeholder="settings' default", id="ctx", type="integer", compact=True)
@@ -333,6 +333,7 @@ class ModelsScreen(SharedState, FittedScreen):
         self.query_one("#load-form", Grid).display = not engine
         self.query_one("#test-engine", Button).display = engine
         self.query_one("#load", Button).label = "Use engine" if engine else "Load"
+        self.query_one("#load-title", Static).update("Chat through this server" if engine else "Load settings")
 
     def action_test_engine(self) -> None:
         row = self.current
