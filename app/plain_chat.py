@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from app.errors import CatteryError
+from app.prompt.reasoning import ReasoningSplitter
 from app.session.chat import ChatSession
 from app.session.kv_keeper import KVKeeper, Restored
 
@@ -31,6 +32,8 @@ HELP = """\
 /stats         model, placement and the last reply's speed
 /lore          the lorebook entries active in the last prompt, and the Author's Note
 /greeting [N]  list the card's greetings, or open with greeting N instead
+/thinking [on|off|keep|drop|budget N]  a thinking model: let it think or not, keep its reasoning in
+               later prompts or not (the default), a token budget for it (0: none); saved with the chat
 /quit          leave (Ctrl-D does too)
 An empty line lets the character speak again. Ctrl-C stops a reply.
 A line ending in \\ continues on the next line."""
@@ -52,6 +55,8 @@ class PlainChat:
     format_note: str = ""
     keeper: KVKeeper | None = None  # keeps the chat's KV cache after each reply and at the end
     restored: Restored = field(default_factory=lambda: Restored())  # what opening the chat put back
+    show_thinking: bool = True  # a thinking model's reasoning on stderr as it streams (off: only its length)
+    _thinking_shown: bool = False  # reasoning was written to stderr and its line is not ended yet
 
     def greet(self, *, continued: bool = False) -> None:
         """The character speaks first: the greeting that opens the chat is shown (none: nothing).
@@ -148,9 +153,44 @@ class PlainChat:
             self.out(self.lore_text())
         elif name == "/stats":
             self.out(self.stats_text())
+        elif name == "/thinking":
+            self.thinking(arg.split())
         else:
             self.note(f"unknown command {name}; /help lists them")
         return None
+
+    def thinking(self, words: list[str]) -> None:
+        """Show or change this chat's thinking choices (stored with the chat, as the app's switches)."""
+        changes: dict[str, object] = {}
+        match words:
+            case []:
+                pass
+            case ["on"] | ["off"]:
+                changes["enabled"] = words[0] == "on"
+            case ["keep"] | ["drop"]:
+                changes["keep"] = words[0] == "keep"
+            case ["budget", n] if n.isascii() and n.isdigit():
+                changes["budget"] = int(n)
+            case _:
+                self.note("usage: /thinking [on|off|keep|drop|budget N]")
+                return
+        try:
+            prefs = self.session.set_thinking(**changes) if changes else self.session.thinking
+        except CatteryError as exc:
+            self.note(f"error: {exc}")
+            return
+        builder = self.session.builder
+        markers = builder.reasoning if builder is not None else None
+        model = (
+            f"this format's reasoning block is {markers.start}…{markers.end}"
+            if markers is not None
+            else "this format has no reasoning block (a format file's reasoning_start/_end, or a template with <think>)"
+        )
+        budget = f"a budget of {prefs.budget} tokens" if prefs.budget else "no budget"
+        self.out(
+            f"thinking {'on' if prefs.enabled else 'off'}, reasoning {'kept in' if prefs.keep else 'left out of'} "
+            f"later prompts, {budget}; {model}"
+        )
 
     def reset(self) -> None:
         """Forget the conversation: a new chat with the same character and greeting; the old one is kept."""
@@ -274,10 +314,12 @@ class PlainChat:
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
             signal.signal(signal.SIGINT, lambda *_: gen.cancel())
+        splitter = ReasoningSplitter(turn.markers, inside=turn.inside) if turn.markers is not None else None
         try:
             for piece in gen:
-                self.stdout.write(piece)
-                self.stdout.flush()
+                self._write(splitter.feed(piece) if splitter is not None else [("answer", piece)])
+            if splitter is not None:
+                self._write(splitter.end())
         except CatteryError as exc:
             if gen.text.strip():  # a server that failed mid-reply: what came is kept, marked stopped
                 self.stdout.write("\n")
@@ -302,6 +344,40 @@ class PlainChat:
             return
         if gen.stats and gen.stats.finish_reason == "cancelled":
             self.note("(stopped)")
+        self._thought(session)
+
+    def _write(self, parts: list[tuple[str, str]]) -> None:
+        """The answer to stdout; the reasoning to stderr, dimmed on a terminal, or not at all."""
+        for kind, text in parts:
+            if kind == "answer":
+                if self._thinking_shown:
+                    self.stderr.write("\n")
+                    self.stderr.flush()
+                    self._thinking_shown = False
+                self.stdout.write(text)
+                self.stdout.flush()
+            elif self.show_thinking:
+                self._thinking_shown = True
+                self.stderr.write(f"\x1b[2m{text}\x1b[0m" if self._dim else text)
+                self.stderr.flush()
+
+    @property
+    def _dim(self) -> bool:
+        return self.interactive and self.stderr.isatty()
+
+    def _thought(self, session: ChatSession) -> None:
+        """After a reply that thought: how long, in one line on stderr."""
+        if self._thinking_shown:
+            self.stderr.write("\n")
+            self._thinking_shown = False
+        last = session.messages[-1] if session.messages else None
+        facts = last.swipes[last.active].provenance.get("reasoning") if last is not None and last.swipes else None
+        if not isinstance(facts, dict) or not last or not last.reasoning:
+            return
+        took = f", {facts['seconds']} s" if facts.get("seconds") is not None else ""
+        how = " (closed at the thinking budget)" if facts.get("budget_closed") else ""
+        how = " (cut while thinking: /continue goes on)" if facts.get("open") else how
+        self.note(f"(thought for {facts.get('tokens', '?')} tokens{took}{how})")
 
     def _take_back(self, index: int | None) -> None:
         """A message that got no reply (the prompt could not be built, the model failed) is not kept."""

@@ -117,6 +117,9 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         PRIMARY KEY (card_ref, book)
     );
     """,
+    # 5: a thinking model's reasoning block, kept apart from the alternative's text (the answer):
+    # shown folded, left out of later prompts unless the chat keeps it (app/prompt/reasoning.py)
+    "ALTER TABLE swipes ADD COLUMN reasoning TEXT NOT NULL DEFAULT '';",
 ]
 
 

@@ -32,6 +32,7 @@ class Swipe:
     text: str
     state: str
     provenance: dict[str, Any]
+    reasoning: str = ""  # a thinking model's reasoning block, apart from the answer (`text`)
 
 
 @dataclass
@@ -51,6 +52,10 @@ class StoredMessage:
     @property
     def state(self) -> str:
         return self.swipes[self.active].state if self.swipes else "done"
+
+    @property
+    def reasoning(self) -> str:
+        return self.swipes[self.active].reasoning if self.swipes else ""
 
 
 @dataclass
@@ -78,6 +83,7 @@ class NewMessage:
     active: int = 0
     provenance: str = "{}"  # of the first alternative
     swipe_provenance: str = "{}"  # of the others
+    reasoning: list[str] = field(default_factory=list)  # per alternative, where the file kept it
 
 
 # Seconds to wait for another process's write transaction before saying the database is busy.
@@ -237,11 +243,11 @@ class ChatStore:
             ):
                 out[r[0]] = StoredMessage(r[0], r[1], r[2], r[3], r[4], created_at=r[5])
             for r in self.conn.execute(
-                "SELECT s.id, s.message_id, s.idx, s.text, s.state, s.provenance FROM swipes s "
+                "SELECT s.id, s.message_id, s.idx, s.text, s.state, s.provenance, s.reasoning FROM swipes s "
                 "JOIN messages m ON m.id = s.message_id WHERE m.chat_id = ? ORDER BY s.message_id, s.idx",
                 (chat_id,),
             ):
-                out[r[1]].swipes.append(Swipe(r[0], r[2], r[3], r[4], _json_dict(r[5])))
+                out[r[1]].swipes.append(Swipe(r[0], r[2], r[3], r[4], _json_dict(r[5]), r[6] or ""))
         for m in out.values():  # a row edited by hand or by another tool: never an index out of range
             if not 0 <= m.active < len(m.swipes):
                 m.active = max(0, len(m.swipes) - 1)
@@ -257,6 +263,7 @@ class ChatStore:
         state: str = "done",
         provenance: dict[str, Any] | None = None,
         alternatives: list[str] | None = None,
+        reasoning: str = "",
     ) -> int:
         """Append a message; `alternatives` are more swipes after `text` (a card's other greetings)."""
         now = time.time()
@@ -272,8 +279,9 @@ class ChatStore:
             )
             message_id = int(cur.lastrowid or 0)
             c.execute(
-                "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance) VALUES (?,0,?,?,?,?)",
-                (message_id, text, state, now, json.dumps(provenance or {})),
+                "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance, reasoning) "
+                "VALUES (?,0,?,?,?,?,?)",
+                (message_id, text, state, now, json.dumps(provenance or {}), reasoning),
             )
             for idx, alt in enumerate(alternatives or [], start=1):
                 c.execute(
@@ -284,7 +292,13 @@ class ChatStore:
             return message_id
 
     def add_swipe(
-        self, message_id: int, text: str, *, state: str = "done", provenance: dict[str, Any] | None = None
+        self,
+        message_id: int,
+        text: str,
+        *,
+        state: str = "done",
+        provenance: dict[str, Any] | None = None,
+        reasoning: str = "",
     ) -> int:
         """A new alternative for a message (a regenerated reply), made the active one."""
         now = time.time()
@@ -295,8 +309,9 @@ class ChatStore:
                 "SELECT COALESCE(MAX(idx), -1) + 1 FROM swipes WHERE message_id = ?", (message_id,)
             ).fetchone()[0]
             c.execute(
-                "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance) VALUES (?,?,?,?,?,?)",
-                (message_id, idx, text, state, now, json.dumps(provenance or {})),
+                "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance, reasoning) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (message_id, idx, text, state, now, json.dumps(provenance or {}), reasoning),
             )
             c.execute("UPDATE messages SET active_swipe = ? WHERE id = ?", (idx, message_id))
             self._touch(c, message_id, now)
@@ -339,10 +354,14 @@ class ChatStore:
         *,
         state: str | None = None,
         provenance: dict[str, Any] | None = None,
+        reasoning: str | None = None,
     ) -> None:
-        """Replace the active alternative's text (and state, provenance): a continued reply."""
+        """Replace the active alternative's text (and state, provenance, reasoning): a continued reply."""
         with self._tx() as c:
             sets, params = ["text = ?"], [text]
+            if reasoning is not None:
+                sets.append("reasoning = ?")
+                params.append(reasoning)
             if state is not None:
                 sets.append("state = ?")
                 params.append(state)
@@ -413,9 +432,9 @@ class ChatStore:
                 ).lastrowid
                 for s in m.swipes:
                     c.execute(
-                        "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance) "
-                        "VALUES (?,?,?,?,?,?)",
-                        (mid, s.idx, s.text, s.state, now, json.dumps(s.provenance)),
+                        "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance, reasoning) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (mid, s.idx, s.text, s.state, now, json.dumps(s.provenance), s.reasoning),
                     )
             c.execute(  # a branch keeps the chat's lorebooks, as it keeps its Author's Note
                 "INSERT INTO chat_lore (chat_id, book, added_at) SELECT ?, book, added_at FROM chat_lore "
@@ -450,10 +469,17 @@ class ChatStore:
                     (chat_id, position, m.role, m.name, m.active, now),
                 ).lastrowid
                 c.executemany(
-                    "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance) "
-                    "VALUES (?,?,?,'done',?,?)",
+                    "INSERT INTO swipes (message_id, idx, text, state, created_at, provenance, reasoning) "
+                    "VALUES (?,?,?,'done',?,?,?)",
                     (
-                        (mid, idx, text, now, m.provenance if idx == 0 else m.swipe_provenance)
+                        (
+                            mid,
+                            idx,
+                            text,
+                            now,
+                            m.provenance if idx == 0 else m.swipe_provenance,
+                            m.reasoning[idx] if idx < len(m.reasoning) else "",
+                        )
                         for idx, text in enumerate(m.swipes)
                     ),
                 )

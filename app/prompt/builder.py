@@ -15,6 +15,7 @@ from app.errors import CatteryError
 from app.prompt.chat_template import Budget
 from app.prompt.formats import FALLBACK, GGUF, PromptFormat, get_format, guess_format
 from app.prompt.inject import Dynamic, Placed, Slot, fold, place, splice
+from app.prompt.reasoning import ReasoningMarkers
 from app.prompt.segments import Message, Rendered, Speakers, render_format, render_template
 from app.prompt.tokens import SegmentTokenizer
 from app.prompt.window import SLACK, WindowState, fit_window
@@ -50,6 +51,8 @@ def choose_format(explicit: str | None, info: ModelInfo | None) -> FormatChoice:
         "(choose one with --format; `cattery formats` lists them)",
     )
 
+
+_UNKNOWN = object()  # not looked for yet
 
 # Marks where a message's text would go, so the text before it is the turn's opening.
 # A private-use character: no card, chat or template contains it.
@@ -206,6 +209,32 @@ class PromptBuilder:
         self.post_history = post_history  # a card's post-history instructions: after the turns, before the reply
         # How lorebook entries and notes reach the prompt without the prompt package knowing cards.
         self.dynamic = dynamic
+        self._reasoning: object = _UNKNOWN
+
+    @property
+    def reasoning(self) -> ReasoningMarkers | None:
+        """A thinking model's reasoning markers: the format's, or those a GGUF chat template writes (and
+        whether its generation prompt opens the block itself, as DeepSeek-R1's does)."""
+        if self._reasoning is _UNKNOWN:
+            self._reasoning = self._find_reasoning()
+        return self._reasoning  # type: ignore[return-value]
+
+    def _find_reasoning(self) -> ReasoningMarkers | None:
+        from dataclasses import replace
+
+        from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError
+        from app.prompt.reasoning import template_markers
+
+        if self.fmt is not None:
+            return self.fmt.reasoning
+        markers = template_markers(self.info.chat_template if self.info is not None else None)
+        if markers is None:
+            return None
+        try:
+            opening = self._render([Message("user", "x")], _Call(None)).generation
+        except (TemplateRenderError, TemplateUnsafeError, CatteryError):
+            return markers
+        return replace(markers, opened=True) if opening.rstrip().endswith(markers.start) else markers
 
     @property
     def stop(self) -> list[str]:

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.errors import CatteryError
+
+if TYPE_CHECKING:
+    from app.prompt.reasoning import ReasoningMarkers
 
 GGUF = "gguf"  # the model's own chat template: not a file, rendered by Jinja
 FALLBACK = "chatml"
@@ -38,7 +42,22 @@ class PromptFormat:
     generation_prefix: str | None = None  # what the prompt ends with; default: assistant_prefix
     stop: tuple[str, ...] = ()
     names: bool = False  # write "Name: " before each message's text
+    # A thinking model's reasoning block (app/prompt/reasoning.py): its markers; `reasoning_opened`
+    # when the generation prefix opens the block itself; `no_reasoning`: what a reply opens with to
+    # skip thinking ("" when the model has no such switch).
+    reasoning_start: str = ""
+    reasoning_end: str = ""
+    reasoning_opened: bool = False
+    no_reasoning: str = ""
     source: Path | None = field(default=None, compare=False)
+
+    @property
+    def reasoning(self) -> ReasoningMarkers | None:
+        if not (self.reasoning_start and self.reasoning_end):
+            return None
+        from app.prompt.reasoning import ReasoningMarkers
+
+        return ReasoningMarkers(self.reasoning_start, self.reasoning_end, self.reasoning_opened, self.no_reasoning)
 
     @property
     def generation(self) -> str:
@@ -89,6 +108,8 @@ def load_format_file(path: Path) -> PromptFormat:
             raise CatteryError(f"{path}: {key} must be a string")
     if data.get("bos", "model") not in ("model", "never"):
         raise CatteryError(f'{path}: bos must be "model" or "never"')
+    if bool(data.get("reasoning_start")) != bool(data.get("reasoning_end")):
+        raise CatteryError(f"{path}: reasoning_start and reasoning_end go together")
     return PromptFormat(name=path.stem, source=path, **data)
 
 

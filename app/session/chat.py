@@ -24,8 +24,10 @@ from app.chats.store import ChatStore, StoredMessage
 from app.engine.options import SamplerSettings
 from app.errors import CatteryError
 from app.prompt.builder import BuiltPrompt, FormatChoice, Opening
+from app.prompt.reasoning import ReasoningMarkers, split_reply, with_reasoning
 from app.prompt.segments import Message
 from app.prompt.window import WindowState
+from app.session.thinking import BudgetedGeneration, ThinkingPrefs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -54,6 +56,11 @@ class Turn:
     started: float = field(default_factory=time.time)
     context: Preview | None = None  # the context this turn uses: what the status bar shows while it runs
     restored: SnapshotUse | None = None  # the chat's KV snapshot this turn started from
+    # A thinking model's turn: the markers its text is split at (None: all of it is the answer),
+    # whether it starts inside the block, and the reasoning a continued reply had already.
+    markers: ReasoningMarkers | None = None
+    inside: bool = False
+    reasoning_before: str = ""
 
     def cancel(self) -> None:
         self.generation.cancel()
@@ -77,6 +84,7 @@ class Outcome:
     stopped: bool
     stats: GenerationStats | None
     index: int | None  # the message written (None: nothing saved, e.g. impersonation)
+    reasoning: str = ""  # a thinking model's reasoning, apart from the text
 
 
 @dataclass
@@ -192,6 +200,7 @@ class ChatSession:
         self.last_built: BuiltPrompt | None = None
         self.last_stats: GenerationStats | None = None
         self.restored: SnapshotUse | None = None  # a KV snapshot put back, until a turn starts from it
+        self.thinking_default = ThinkingPrefs()  # the settings' (open_session), under the chat's own choices
 
     # -- opening -----------------------------------------------------------------------
 
@@ -345,8 +354,32 @@ class ChatSession:
         self.title, self.title_auto = info["title"], info["title_auto"]
         return changed
 
-    def history(self, upto: int | None = None) -> list[Message]:
-        return [Message(m.role, m.text, m.name) for m in self.messages[:upto]]
+    def history(self, upto: int | None = None, *, builder: PromptBuilder | None = None) -> list[Message]:
+        """The messages as later prompts carry them: a reply's reasoning only if the chat keeps it
+        (written with the markers of `builder`'s format, the session's own by default)."""
+        builder = builder or self.builder
+        markers = builder.reasoning if builder is not None and self.thinking.keep else None
+        if markers is None:
+            return [Message(m.role, m.text, m.name) for m in self.messages[:upto]]
+        return [
+            Message(m.role, with_reasoning(markers, m.reasoning, m.text) if m.role == "assistant" else m.text, m.name)
+            for m in self.messages[:upto]
+        ]
+
+    @property
+    def thinking(self) -> ThinkingPrefs:
+        """What this chat does with a thinking model: its own choices over the settings'."""
+        return ThinkingPrefs.from_mapping(self.extra.get("thinking"), self.thinking_default)
+
+    def set_thinking(self, **changes: Any) -> ThinkingPrefs:
+        """Change this chat's thinking choices (keep, enabled, budget); stored with the chat."""
+        mine = dict(self.extra.get("thinking") or {}) if isinstance(self.extra.get("thinking"), dict) else {}
+        mine.update(changes)
+        checked = ThinkingPrefs.from_mapping(mine)
+        stored = {k: getattr(checked, k) for k in mine if k in ("keep", "enabled", "budget")}
+        self.store.update_chat_extra(self.chat_id, thinking=stored)
+        self.extra["thinking"] = stored
+        return self.thinking
 
     @property
     def reserve(self) -> int:
@@ -488,14 +521,27 @@ class ChatSession:
             kind, target = self.plan_turn(kind, index)
             history = self.history(target)
             opening = None
+            prefs = self.thinking
+            markers = self.builder.reasoning if kind != "impersonate" else None
+            inside, before = bool(markers and markers.opened), ""
             if kind == "continue":
                 assert target is not None
-                prefix = self.messages[target].text
-                opening = Opening("assistant", prefix)
+                m = self.messages[target]
+                if markers is not None and _cut_while_thinking(m):
+                    # Stopped while thinking: the reply goes on thinking from where it stopped.
+                    before, prefix, inside = m.reasoning, "", True
+                    opening = Opening("assistant", f"{markers.start}\n{m.reasoning}")
+                else:
+                    markers = None  # what follows an answer is more answer
+                    prefix = m.text
+                    opening = Opening("assistant", prefix)
             elif kind == "impersonate":
                 opening = Opening("user", prefix)
             else:
                 prefix = ""
+                if markers is not None and not prefs.enabled and markers.skip:
+                    opening = Opening("assistant", markers.skip)  # an empty block: the answer at once
+                    markers = None
             if kind == "speak":
                 history = speak_again_history(self.builder, history)
             built = self.builder.build(
@@ -504,12 +550,22 @@ class ChatSession:
             self._save_window()
             tokens = built.tokens or []
             context = self._context(built, self.engine.plan(tokens), len(history))  # before the engine is busy
-            gen = self.engine.generate(
-                built.tokens or built.text, self.sampler, stop=built.stop, owner=self.chat_id, text=built.text
-            )
+            gen: Any
+            if markers is not None and prefs.budget > 0:
+                gen = BudgetedGeneration(
+                    self.engine, built.tokens, built.text, self.sampler, built.stop, markers, prefs.budget,
+                    inside=inside, owner=self.chat_id,
+                )  # fmt: skip
+            else:
+                gen = self.engine.generate(
+                    built.tokens or built.text, self.sampler, stop=built.stop, owner=self.chat_id, text=built.text
+                )
             self.last_built = built
             restored, self.restored = self.restored, None
-            return Turn(kind, target, built, gen, prefix, context=context, restored=restored)
+            return Turn(
+                kind, target, built, gen, prefix, context=context, restored=restored,
+                markers=markers, inside=inside, reasoning_before=before,
+            )  # fmt: skip
 
     def finish(self, turn: Turn) -> Outcome:
         """Commit what the turn produced: a stopped reply keeps its partial text, marked as stopped."""
@@ -520,31 +576,63 @@ class ChatSession:
         state = "stopped" if stopped else "done"
         if turn.kind == "impersonate":
             return Outcome(turn.kind, (turn.prefix + text).strip(), stopped, stats, None)
+        split = split_reply(text, turn.markers, inside=turn.inside)
+        text = split.answer
+        reasoning = (turn.reasoning_before + split.raw_reasoning).strip() if turn.markers else ""
         provenance = self.provenance(turn, stats)
+        if reasoning:
+            provenance["reasoning"] = self._reasoning_facts(reasoning, split.closed, stats, turn.generation)
         with self.lock:
             if turn.kind == "continue":
                 assert turn.target is not None
                 m = self.messages[turn.target]
-                if not text.strip():
-                    return Outcome(turn.kind, m.text, stopped, stats, turn.target)
+                if not text.strip() and reasoning == m.reasoning:
+                    return Outcome(turn.kind, m.text, stopped, stats, turn.target, m.reasoning)
                 old = m.swipes[m.active].provenance if m.swipes else {}
                 merged = {**old, "continued": [*old.get("continued", []), provenance]}
+                if turn.markers is not None:
+                    merged["reasoning"] = provenance.get("reasoning")
                 full = (turn.prefix + text).rstrip()
-                self.store.update_swipe(m.id, full, state=state, provenance=merged)
+                self.store.update_swipe(
+                    m.id, full, state=state, provenance=merged, reasoning=reasoning if turn.markers else None
+                )
                 self.reload()
-                return Outcome(turn.kind, full, stopped, stats, turn.target)
+                return Outcome(turn.kind, full, stopped, stats, turn.target, self.messages[turn.target].reasoning)
             reply = text.strip()
-            if stopped and not reply:
+            if stopped and not reply and not reasoning:
                 return Outcome(turn.kind, "", True, stats, None)  # stopped before a word: nothing to keep
             if turn.kind == "regenerate":
                 assert turn.target is not None
-                self.store.add_swipe(self.messages[turn.target].id, reply, state=state, provenance=provenance)
+                self.store.add_swipe(
+                    self.messages[turn.target].id, reply, state=state, provenance=provenance, reasoning=reasoning
+                )
                 index = turn.target
             else:
-                self.store.add_message(self.chat_id, "assistant", reply, state=state, provenance=provenance)
+                self.store.add_message(
+                    self.chat_id, "assistant", reply, state=state, provenance=provenance, reasoning=reasoning
+                )
                 index = len(self.messages)
             self.reload()
-            return Outcome(turn.kind, reply, stopped, stats, index)
+            return Outcome(turn.kind, reply, stopped, stats, index, reasoning)
+
+    def _reasoning_facts(self, reasoning: str, closed: bool, stats: GenerationStats | None, gen: Any) -> dict[str, Any]:
+        """What the reply details say of its thinking: how long, and whether it was cut or closed for it."""
+        tokens = 0
+        if self.engine is not None and self.engine.loaded:
+            try:
+                tokens = len(self.engine.segment_tokenize(reasoning))
+            except CatteryError:  # a server that no longer answers: the count is left out
+                tokens = 0
+        seconds = None
+        if stats is not None and stats.generated_tokens:
+            share = min(1.0, tokens / stats.generated_tokens)
+            seconds = round(stats.time_to_first_token + stats.decode_seconds * share, 2)
+        return {
+            "tokens": tokens,
+            "seconds": seconds,
+            "open": not closed,
+            "budget_closed": bool(getattr(gen, "closed_for_model", False)),
+        }
 
     def run(self, kind: str = "reply", index: int | None = None) -> Outcome:
         """A whole turn on this thread, without streaming (tests, scripts)."""
@@ -683,6 +771,14 @@ class ChatSession:
             tokens = size([Message("user", text)]) - base
             n_ctx = self.engine.n_ctx
         return MessageFit(tokens, n_ctx - self.reserve - base, n_ctx)
+
+
+def _cut_while_thinking(m: StoredMessage) -> bool:
+    """A reply that stopped inside its reasoning block (no answer yet): a continue resumes thinking."""
+    if not m.reasoning or m.text.strip() or not m.swipes:
+        return False
+    facts = m.swipes[m.active].provenance.get("reasoning")
+    return isinstance(facts, dict) and facts.get("open") is True
 
 
 def _written_by_model(m: StoredMessage) -> bool:

@@ -26,10 +26,11 @@ class TurnStarted(Message):
 class Piece(Message):
     """Text of the reply being written (the engine already joins tokens at screen rate)."""
 
-    def __init__(self, serial: int, text: str) -> None:
+    def __init__(self, serial: int, text: str, kind: str = "answer") -> None:
         super().__init__()
         self.serial = serial
         self.text = text
+        self.kind = kind  # "answer", or "reasoning": a thinking model's block, shown apart
 
 
 class TurnDone(Message):

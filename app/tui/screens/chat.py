@@ -21,6 +21,7 @@ from textual.timer import Timer
 from textual.widgets import Button, Footer, ProgressBar, Static
 
 from app.errors import CatteryError, ContextOverflowError
+from app.prompt.reasoning import ReasoningSplitter
 from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import ScreenKeysFirst, bindings, display, keys_of
 from app.tui.messages import DraftMeasured, Piece, PreviewReady, TurnDone, TurnStarted
@@ -70,6 +71,20 @@ def _snapshot_line(use: Any) -> list[str]:
     ]
 
 
+def _thinking_line(facts: Any) -> list[str]:
+    """A thinking model's reply: how long it thought, and whether the block was cut or closed for it."""
+    if not isinstance(facts, dict):
+        return []
+    line = f"thinking     {facts.get('tokens', '?')} tokens"
+    if facts.get("seconds") is not None:
+        line += f", {facts['seconds']} s"
+    if facts.get("budget_closed"):
+        line += ", closed at the thinking budget"
+    elif facts.get("open"):
+        line += ", cut while thinking"
+    return [line + " (kept apart from the text; Ctrl+B or t unfolds it)"]
+
+
 def describe_provenance(prov: dict[str, Any], state: str) -> str:
     """A reply's provenance as a person reads it."""
     if not prov:
@@ -97,6 +112,7 @@ def describe_provenance(prov: dict[str, Any], state: str) -> str:
         f" {prov.get('prompt_reused', '?')} from the cache",
         f"first token  {prov.get('time_to_first_token', 0) * 1000:.0f} ms",
         *_snapshot_line(prov.get("kv_snapshot")),
+        *_thinking_line(prov.get("reasoning")),
         f"reply        {prov.get('generated_tokens', '?')} tokens at {prov.get('tokens_per_second', 0):.1f} tok/s,"
         f" ended by {prov.get('finish_reason', '?')}" + (" (stopped)" if state == "stopped" else ""),
     ]
@@ -667,9 +683,17 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
             return
         self.post_message(TurnStarted(serial, turn))
         error = None
+        # A thinking model's block is told apart here, off the UI thread, as the pieces come.
+        splitter = ReasoningSplitter(turn.markers, inside=turn.inside) if turn.markers is not None else None
         try:
             for piece in turn.generation:
-                self.post_message(Piece(serial, piece))
+                if splitter is None:
+                    self.post_message(Piece(serial, piece))
+                    continue
+                for kind, text in splitter.feed(piece):
+                    self.post_message(Piece(serial, text, kind))
+            for kind, text in splitter.end() if splitter is not None else []:
+                self.post_message(Piece(serial, text, kind))
         except CatteryError as exc:
             error = str(exc)
         except Exception as exc:
@@ -683,7 +707,7 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
             else:
                 log.exception("saving a reply")
                 why = f"{type(exc).__name__}: {exc}"
-            text = turn.generation.text
+            text = splitter.answer if splitter is not None else turn.generation.text
             text = (turn.prefix + text).rstrip() if turn.kind == "continue" else text.strip()
             note = f"the reply could not be saved ({why}); it stays on screen until you leave this chat"
             self.post_message(TurnDone(serial, None, note, unsaved=text if turn.kind != "impersonate" else ""))
@@ -700,6 +724,8 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
         self.turn = event.turn
         if self.cancel_asked:
             event.turn.cancel()
+        if event.turn.markers is not None and self.target is not None:
+            self.target.begin_thinking(event.turn.reasoning_before)
         self.turn_context = event.turn.context
         self._show_status()
 
@@ -710,8 +736,21 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
             area = self.query_one(ChatInput)
             area.insert(event.text, area.document.end)
             return
+        if event.kind == "reasoning":
+            if self.target is not None:
+                self.target.add_thinking(event.text)
+            return
         if self.stream is not None:
             await self.stream.write(event.text)
+
+    def action_thoughts(self) -> None:
+        """Unfold or fold the reasoning of the reply being written, else of the last one that has some."""
+        views = [self.target] if self.target is not None else []
+        views += [v for v in reversed(self.views) if v.role == "assistant"]
+        for view in views:
+            if view.toggle_thought():
+                return
+        self.notify("no reply here has a reasoning block", severity="information")
 
     async def on_turn_done(self, event: TurnDone) -> None:
         if event.serial != self.serial:

@@ -85,6 +85,26 @@ class ReplyStream:
 NOT_SAVED = "(not saved)"
 
 
+def thought_line(reasoning: str, facts: object, *, expanded: bool, live: bool) -> str:
+    """A reply's reasoning, folded to one line (how long it thought) or unfolded under that line."""
+    if live:
+        head = f"thinking… {len(reasoning.split())} words"
+    else:
+        head = "thought"
+        if isinstance(facts, dict):
+            if facts.get("tokens"):
+                head += f" for {facts['tokens']} tokens"
+            if facts.get("seconds") is not None:
+                head += f", {facts['seconds']} s"
+            if facts.get("budget_closed"):
+                head += " (closed at the thinking budget)"
+            elif facts.get("open"):
+                head += " (cut while thinking: continue goes on)"
+    if not expanded:
+        return f"▸ {head} · t unfolds"
+    return f"▾ {head}\n{reasoning.strip()}"
+
+
 def header_text(
     speaker: str, m: StoredMessage | None, writing: str = "", unsaved: bool = False, another: bool = False
 ) -> str:
@@ -141,6 +161,9 @@ class MessageView(Widget, can_focus=True):
         self.unsaved = False
         self.unsaved_text = ""
         self.after = 0
+        # A thinking model's reasoning: unfolded or not, and the part streamed so far while it writes.
+        self.expanded = False
+        self.live_reasoning: str | None = None
 
     @property
     def message_id(self) -> int | None:
@@ -154,7 +177,13 @@ class MessageView(Widget, can_focus=True):
         yield Avatar(self.speaker, self.avatar, mode=self.image_mode)
         with Vertical(classes="body-column"):
             yield Static(plain(self._header()), classes="speaker")
+            thought = Static("", classes="thought")
+            thought.display = False
+            yield thought
             yield MessageBody(self.text)
+
+    def on_mount(self) -> None:
+        self._update_thought()
 
     def _header(self) -> str:
         return header_text(self.speaker, self.message, self.writing, self.unsaved, self.another)
@@ -207,9 +236,11 @@ class MessageView(Widget, can_focus=True):
         self.another = False
         self.remove_class("-writing")
         self.set_class(message.state == "stopped", "-stopped")
+        self.live_reasoning = None
         self._update_header()
         if not self.children:
             return
+        self._update_thought()
         streamed = any(isinstance(w, Markdown) for w in self.column.children)
         if streamed:  # a reply streamed in pieces: the whole text in the one body widget again
             self._drop_stream_widgets()
@@ -221,6 +252,45 @@ class MessageView(Widget, can_focus=True):
         self.another = another and bool(note)
         self.set_class(bool(note), "-writing")
         self._update_header()
+
+    # -- reasoning ----------------------------------------------------------------------
+
+    def begin_thinking(self, before: str = "") -> None:
+        """A reply that may think is being written (`before`: the reasoning a continued reply had)."""
+        self.live_reasoning = before
+        self._update_thought()
+
+    def add_thinking(self, text: str) -> None:
+        self.live_reasoning = (self.live_reasoning or "") + text
+        self._update_thought()
+
+    def toggle_thought(self) -> bool:
+        """Unfold or fold the reasoning; False when this message has none."""
+        if not self.reasoning:
+            return False
+        self.expanded = not self.expanded
+        self._update_thought()
+        return True
+
+    @property
+    def reasoning(self) -> str:
+        if self.live_reasoning is not None:
+            return self.live_reasoning
+        return self.message.reasoning if self.message is not None else ""
+
+    def _update_thought(self) -> None:
+        for thought in self.query(".thought").results(Static):
+            reasoning = self.reasoning
+            thought.display = bool(reasoning.strip())
+            if not reasoning.strip():
+                continue
+            m = self.message
+            facts = m.swipes[m.active].provenance.get("reasoning") if m is not None and m.swipes else None
+            live = self.live_reasoning is not None
+            thought.update(plain(thought_line(reasoning, facts, expanded=self.expanded, live=live)))
+
+    def action_thoughts(self) -> None:
+        self.toggle_thought()
 
     def _update_header(self) -> None:
         for header in self.query(".speaker").results(Static):  # none yet before the view is composed

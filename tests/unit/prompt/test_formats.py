@@ -51,6 +51,9 @@ EXPECTED = {
     "alpaca": "S\n\n### Instruction:\nu1\n\n### Response:\na1\n\n### Instruction:\nu2\n\n### Response:\n",
     "limarp": "<<SYSTEM>>\nS\n\n<<USER>>\nu1\n\n<<AIBOT>>\na1\n\n<<USER>>\nu2\n\n<<AIBOT>>\n",
     "raw": "S\n\nAnon: u1\n\nCat: a1\n\nAnon: u2\n\nCat:",
+    # DeepSeek-R1's own template (tokenizer_config.json of deepseek-ai/DeepSeek-R1-Distill-Llama-8B):
+    # the system text right after the BOS, and the prompt ending inside the opened reasoning block.
+    "deepseek-r1": "S<｜User｜>u1<｜Assistant｜>a1<｜end▁of▁sentence｜><｜User｜>u2<｜Assistant｜><think>\n",
 }
 
 

@@ -1,0 +1,145 @@
+"""Issue 20: thinking models through the real chat path (ChatSession on the bundled model).
+
+The bundled model does not think by itself, so its replies are scripted with a llama.cpp grammar:
+the tokens are still sampled by llama.cpp through the engine, the prompt is still Cattery's, only
+their shape is fixed (a reasoning block, then an answer). Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.engine.engine import Engine
+from app.engine.options import SamplerSettings
+from app.session.chat import ChatSession, start_session
+from app.session.workspace import Workspace
+
+THINK_THEN_ANSWER = 'root ::= "<think>" [a-z ]{12,80} "</think>" "\\n\\n" [A-Z] [a-z ,]{8,60} "."'
+# For a format whose prompt opens the block (DeepSeek-R1): the reply is inside it from its first token.
+NEVER_CLOSES = "root ::= [a-z ]{20,400}"
+
+
+def sampler(grammar: str, max_tokens: int = 80, temperature: float = 0.0, **kw: object) -> SamplerSettings:
+    return SamplerSettings(temperature=temperature, max_tokens=max_tokens, seed=7, grammar=grammar, **kw)  # type: ignore[arg-type]
+
+
+def session_on(ws: Workspace, engine: Engine, fmt: str, grammar: str, **kw: object) -> ChatSession:
+    s = start_session(ws, None, sampler=sampler(grammar, **kw))  # type: ignore[arg-type]
+    s.attach(engine, ws.chat_format(None, None, fmt))
+    return s
+
+
+def test_the_reasoning_is_stored_apart_and_left_out_of_the_next_prompt(ws: Workspace, engine: Engine) -> None:
+    s = session_on(ws, engine, "chatml", THINK_THEN_ANSWER)
+    s.add_user("What is two plus two?")
+    out = s.run("reply")
+    m = s.messages[-1]
+    assert out.reasoning and m.reasoning == out.reasoning and "<think>" not in m.text and m.text == out.text
+    assert m.text[0].isupper() and "</think>" not in m.text
+    facts = m.swipes[0].provenance["reasoning"]
+    assert facts["tokens"] == len(engine.segment_tokenize(m.reasoning)) and facts["open"] is False
+
+    s.add_user("And three plus three?")
+    sent = s._next_built(s.history()).text
+    assert m.text in sent and m.reasoning not in sent and "<think>" not in sent
+
+    # Kept (the chat's own switch, saved with it): the block goes back in, as the model wrote it.
+    s.set_thinking(keep=True)
+    kept = s._next_built(s.history()).text
+    assert f"<think>\n{m.reasoning}\n</think>\n\n{m.text}" in kept
+    assert ChatSession(s.store, s.chat_id, s.recipe, s.sampler).thinking.keep  # reopened: still on
+    # The window counts only what is sent: the reasoning's tokens only while it is kept.
+    with_reasoning = len(s._next_built(s.history()).tokens or [])
+    s.set_thinking(keep=False)
+    without = len(s._next_built(s.history()).tokens or [])
+    assert with_reasoning - without >= len(engine.segment_tokenize(m.reasoning))
+
+
+def test_a_swipe_has_its_own_reasoning(ws: Workspace, engine: Engine) -> None:
+    s = session_on(ws, engine, "chatml", THINK_THEN_ANSWER, temperature=1.5)
+    s.add_user("Tell me a colour.")
+    s.run("reply")
+    s.sampler = s.sampler.updated(seed=11)
+    s.run("regenerate")
+    first, second = s.messages[-1].swipes
+    assert first.reasoning and second.reasoning and (first.reasoning, first.text) != (second.reasoning, second.text)
+    assert s.messages[-1].reasoning == second.reasoning  # the one shown is the new one
+    s.select_swipe(len(s.messages) - 1, -1)
+    assert s.messages[-1].reasoning == first.reasoning
+
+
+def test_a_reply_cut_while_thinking_is_continued_inside_its_block(ws: Workspace, engine: Engine) -> None:
+    s = session_on(ws, engine, "chatml", 'root ::= "<think>" [a-z ]{60,300} "</think>" [a-z ]{3,9}', max_tokens=12)
+    s.add_user("Think hard.")
+    s.run("reply")
+    m = s.messages[-1]
+    assert m.reasoning and m.text == "" and m.swipes[0].provenance["reasoning"]["open"] is True
+    before = m.reasoning
+    # The continue goes on thinking (the prompt ends inside the block), then answers.
+    s.sampler = sampler('root ::= [a-z ]{3,20} "</think>" "\\n\\n" [A-Z] [a-z ]{3,30} "."', max_tokens=60)
+    s.run("continue")
+    assert s.last_built is not None and s.last_built.text.endswith(f"<|im_start|>assistant\n<think>\n{before}")
+    m = s.messages[-1]
+    assert m.reasoning.startswith(before) and len(m.reasoning) > len(before)
+    assert m.text and m.text[0].isupper() and m.swipes[0].provenance["reasoning"]["open"] is False
+
+
+def test_the_budget_closes_the_block_and_the_answer_follows(ws: Workspace, engine: Engine) -> None:
+    """DeepSeek-R1's format opens the block in the prompt; the grammar never closes it, so only the
+    budget can: after 8 tokens of thinking the marker is written for the model and it answers."""
+    s = session_on(ws, engine, "deepseek-r1", NEVER_CLOSES, max_tokens=40)
+    s.set_thinking(budget=8)
+    s.add_user("Be quick.")
+    out = s.run("reply")
+    m = s.messages[-1]
+    facts = m.swipes[0].provenance["reasoning"]
+    assert facts["budget_closed"] is True and facts["open"] is False
+    assert 1 <= len(engine.segment_tokenize(m.reasoning)) <= 9 and m.text.strip()
+    assert out.stats is not None and out.stats.generated_tokens <= 40
+    assert "</think>" in engine.detokenize(engine.cached_tokens())  # the second part went on after the marker
+    # Without a budget the same reply thinks to the end of its tokens and is cut while thinking.
+    s.set_thinking(budget=0)
+    s.run("regenerate")
+    m = s.messages[-1]
+    assert m.text == "" and m.reasoning and m.swipes[m.active].provenance["reasoning"]["open"] is True
+
+
+def test_thinking_off_opens_the_reply_with_an_empty_block(ws: Workspace, engine: Engine) -> None:
+    s = session_on(ws, engine, "chatml", "root ::= [A-Z] [a-z ]{5,30} [.]")
+    s.set_thinking(enabled=False)
+    s.add_user("Hi.")
+    out = s.run("reply")
+    assert s.last_built is not None and s.last_built.text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert out.reasoning == "" and s.messages[-1].reasoning == "" and out.text
+    # A format without a reasoning block has nothing to switch off: the prompt is as ever.
+    plain = session_on(ws, engine, "llama3", "root ::= [A-Z] [a-z ]{5,30} [.]")
+    plain.set_thinking(enabled=False)
+    plain.add_user("Hi.")
+    plain.run("reply")
+    assert plain.last_built is not None and "<think>" not in plain.last_built.text
+
+
+def test_a_gguf_template_with_think_markers_is_a_thinking_models(model_path: Path, tmp_path: Path) -> None:
+    """The markers and whether the prompt opens the block come from the template itself."""
+    from app.engine.metadata import read_model_info
+    from app.prompt.builder import PromptBuilder
+    from tests.gguf_files import copy_gguf
+
+    qwen3 = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+    )
+    r1 = qwen3.replace("<|im_start|>assistant\n{% if", "<|im_start|>assistant\n<think>\n{% if")
+    found = {}
+    for name, template in (("qwen3", qwen3), ("r1", r1)):
+        path = copy_gguf(model_path, tmp_path / f"{name}.gguf", overrides={"tokenizer.chat_template": template})
+        markers = PromptBuilder("gguf", info=read_model_info(path)).reasoning
+        assert markers is not None and (markers.start, markers.end, markers.origin) == (
+            "<think>",
+            "</think>",
+            "template",
+        )
+        found[name] = markers.opened
+    assert found == {"qwen3": False, "r1": True}
+    assert PromptBuilder("gguf", info=read_model_info(model_path)).reasoning is None  # SmolLM2's own: no block
