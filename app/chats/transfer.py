@@ -149,7 +149,34 @@ def _message(obj: Any, where: str) -> NewMessage:
     swipes[active] = mes  # `mes` wins over a stale swipe list
     role = "system" if is_system else ("user" if is_user else "assistant")
     rest = {k: v for k, v in obj.items() if k not in ("mes", "swipes", "swipe_id")}  # kept as it came
-    return NewMessage(role, swipes, name, active, _dumps({"sillytavern": rest}), _dumps({"sillytavern_extra": extra}))
+    reasoning = _reasoning(obj, extra, len(swipes), active, where)
+    return NewMessage(
+        role,
+        swipes,
+        name,
+        active,
+        _dumps({"sillytavern": rest}),
+        _dumps({"sillytavern_extra": extra}),
+        reasoning=reasoning,
+    )
+
+
+def _reasoning(obj: dict[str, Any], extra: dict[str, Any], n: int, active: int, where: str) -> list[str]:
+    """A thinking model's reasoning per swipe, where SillyTavern keeps it: `extra.reasoning` for the
+    message shown, `swipe_info[i].extra.reasoning` for each swipe."""
+    out = [""] * n
+    info = obj.get("swipe_info")
+    if isinstance(info, list):
+        for i, item in enumerate(info[:n]):
+            text = item.get("extra", {}).get("reasoning") if isinstance(item, dict) else None
+            if isinstance(item, dict) and isinstance(item.get("extra"), dict) and isinstance(text, str):
+                out[i] = text
+    shown = extra.get("reasoning")
+    if shown is not None and not isinstance(shown, str):
+        raise InputError(f"{where}: extra.reasoning should be text, not {_describe(shown)}")
+    if shown:
+        out[active] = shown
+    return out if any(out) else []
 
 
 def _dumps(value: Any) -> str:
@@ -268,8 +295,19 @@ def export_st_chat(store: ChatStore, chat_id: int, path: Path) -> None:
                 "extra": st.get("extra") or {},
             }
         )
+        if any(s.reasoning for s in m.swipes):  # where SillyTavern keeps a thinking model's reasoning
+            st["extra"] = {**st["extra"], "reasoning": m.reasoning}
+            st["swipe_info"] = [_swipe_info(s, m.created_at) for s in m.swipes]
         lines.append(json.dumps(st, ensure_ascii=False))
     write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _swipe_info(s: Any, created: float) -> dict[str, Any]:
+    extra: dict[str, Any] = {"reasoning": s.reasoning} if s.reasoning else {}
+    facts = s.provenance.get("reasoning")
+    if s.reasoning and isinstance(facts, dict) and isinstance(facts.get("seconds"), (int, float)):
+        extra["reasoning_duration"] = int(facts["seconds"] * 1000)
+    return {"send_date": _st_date(created), "extra": extra}
 
 
 def export_markdown(store: ChatStore, chat_id: int, path: Path) -> None:
@@ -280,5 +318,12 @@ def export_markdown(store: ChatStore, chat_id: int, path: Path) -> None:
     for m in store.messages(chat_id):
         speaker = m.name or {"user": user, "assistant": char}.get(m.role, "System")
         note = " *(stopped)*" if m.state == "stopped" else ""
-        out += [f"**{speaker}:**{note}", "", m.text, ""]
+        out += [f"**{speaker}:**{note}", ""]
+        if m.reasoning:  # folded, as the app shows it: GitHub and most viewers unfold <details> on a click
+            facts = m.swipes[m.active].provenance.get("reasoning") if m.swipes else None
+            tokens = facts.get("tokens") if isinstance(facts, dict) else None
+            summary = f"Thought for {tokens} tokens" if tokens else "Thinking"
+            shown = m.reasoning.replace("<", "&lt;")  # its own text never closes the fold
+            out += ["<details>", f"<summary>{summary}</summary>", "", shown, "", "</details>", ""]
+        out += [m.text, ""]
     write_text_atomic(path, "\n".join(out))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.engine.engine import Engine
 from app.engine.options import SamplerSettings
+from app.errors import CatteryError
 from app.session.chat import ChatSession, start_session
 from app.session.workspace import Workspace
 
@@ -143,3 +146,40 @@ def test_a_gguf_template_with_think_markers_is_a_thinking_models(model_path: Pat
         found[name] = markers.opened
     assert found == {"qwen3": False, "r1": True}
     assert PromptBuilder("gguf", info=read_model_info(model_path)).reasoning is None  # SmolLM2's own: no block
+
+
+def test_reasoning_goes_through_sillytavern_jsonl_and_markdown(ws: Workspace, engine: Engine, tmp_path: Path) -> None:
+    """Each swipe's reasoning leaves in SillyTavern's places (`extra.reasoning` for the one shown,
+    `swipe_info[i].extra.reasoning` for each) and comes back from them; Markdown shows it folded."""
+    import json
+
+    from app.chats.transfer import export_markdown, export_st_chat, import_st_chat
+
+    s = session_on(ws, engine, "chatml", THINK_THEN_ANSWER, temperature=1.5)
+    s.add_user("A colour?")
+    s.run("reply")
+    s.sampler = s.sampler.updated(seed=12)
+    s.run("regenerate")
+    original = s.messages[-1]
+    out = tmp_path / "chat.jsonl"
+    export_st_chat(ws.store, s.chat_id, out)
+    line = json.loads(out.read_text().splitlines()[-1])
+    assert line["extra"]["reasoning"] == original.reasoning
+    assert [i["extra"]["reasoning"] for i in line["swipe_info"]] == [sw.reasoning for sw in original.swipes]
+    back = ws.store.messages(import_st_chat(ws.store, out))[-1]
+    assert [sw.reasoning for sw in back.swipes] == [sw.reasoning for sw in original.swipes]
+    assert [sw.text for sw in back.swipes] == [sw.text for sw in original.swipes] and back.active == original.active
+
+    md = tmp_path / "chat.md"
+    export_markdown(ws.store, s.chat_id, md)
+    text = md.read_text()
+    assert "<details>\n<summary>Thought for" in text and original.reasoning in text
+    assert text.index(original.reasoning) < text.index(original.text)
+
+    # A file whose reasoning is not text is refused in one line, nothing stored.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(out.read_text().splitlines()[0] + "\n" + json.dumps({"mes": "x", "extra": {"reasoning": 5}}) + "\n")
+    before = len(ws.store.list_chats())
+    with pytest.raises(CatteryError, match=r"extra\.reasoning should be text"):
+        import_st_chat(ws.store, bad)
+    assert len(ws.store.list_chats()) == before
