@@ -644,6 +644,32 @@ class CatteryApp(App[None]):
 
         self.push_screen(AuthorsNoteScreen(f"Author's Note · {who} · {s.title}", s.note, s.history()), done)
 
+    def action_thinking(self) -> None:
+        from app.tui.screens.thinking import ThinkingScreen, format_line
+
+        s = self.session
+        if s is None or not self._dialog_allowed():
+            return
+        builder = s.builder
+        choice = self.model_status.choice
+        about = format_line(builder.reasoning if builder is not None else None, choice.name if choice else "?")
+
+        def done(result: Any) -> None:
+            if result is None or s is not self.session:
+                return
+            with reported(self, outcome="the thinking choices were not saved") as saved:
+                s.set_thinking(keep=result.keep, enabled=result.enabled, budget=result.budget)
+            if not saved.ok:
+                return
+            budget = f", budget {result.budget} tokens" if result.budget else ""
+            self.notify(
+                f"thinking {'on' if result.enabled else 'off'}, reasoning "
+                f"{'kept in' if result.keep else 'left out of'} later prompts{budget} (saved with this chat)"
+            )
+            self.prompt_changed()  # the next prompt's size changes with the reasoning kept or not
+
+        self.push_screen(ThinkingScreen(f"Thinking · {s.title}", s.thinking, about), done)
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for a in key_table()["app"]:

@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 
 import pytest
+from textual.widgets import Checkbox
 
 from app.engine.engine import Engine
 from app.engine.options import LoadOptions
+from app.tui.screens.thinking import ThinkingScreen
 from app.tui.widgets.message_view import MessageView
 from tests.conftest import run_cattery
 from tests.gguf_files import copy_gguf
@@ -77,6 +79,21 @@ def test_a_thinking_reply_streams_folded_unfolds_and_stays_out_of_the_next_promp
             assert unfolded.startswith("▾ thought for ") and message.reasoning in unfolded
             await pilot.press("ctrl+b")
             await wait_until(pilot, lambda: str(view.query_one(".thought").render()).startswith("▸"), what="fold")
+
+            # F12: the chat's thinking choices. Keeping the reasoning puts it back into the next prompt.
+            for keep in (True, False):
+                await pilot.press("f12")
+                await wait_until(pilot, lambda: isinstance(app.screen, ThinkingScreen), what="the dialog")
+                dialog = app.screen
+                assert "between <think> and </think> (its GGUF chat template)" in str(
+                    dialog.query_one(".hint").render()
+                )
+                dialog.query_one("#thinking-keep", Checkbox).value = keep
+                await pilot.press("ctrl+s")
+                await wait_until(pilot, lambda: not isinstance(app.screen, ThinkingScreen), what="saved")
+                assert app.session.thinking.keep is keep
+                history = app.session.history()
+                assert (f"<think>\n{message.reasoning}\n</think>" in history[-1].content) is keep
 
     try:
         asyncio.run(run())
