@@ -316,6 +316,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         for warning in session.recipe.lore.warnings if session.recipe.lore is not None else []:
             print(f"warning: {warning}", file=sys.stderr)  # an attached book that is gone
         session.attach(engine, choice)
+        session.thinking_default = _thinking_default(args, session.thinking_default)
         keeper = KVKeeper.for_workspace(ws, engine)
         restored = keeper.restore(session) if keeper is not None and chat_id is not None else Restored()
         if restored.note:
@@ -346,7 +347,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return new
 
         chat = PlainChat(
-            session, restart, interactive=interactive, format_note=format_note, keeper=keeper, restored=restored
+            session,
+            restart,
+            interactive=interactive,
+            format_note=format_note,
+            keeper=keeper,
+            restored=restored,
+            show_thinking=not args.hide_thinking,
         )
         chat.greet(continued=chat_id is not None)
         return chat.run()
@@ -357,6 +364,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if held is not None:
             held.release()
         ws.close()
+
+
+def _thinking_default(args: argparse.Namespace, base: Any) -> Any:
+    """This run's thinking choices from the command line, over the settings'; a chat's own (its
+    `/thinking` switches) still win."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if args.no_thinking:
+        changes["enabled"] = False
+    if args.keep_reasoning:
+        changes["keep"] = True
+    if args.thinking_budget is not None:
+        if args.thinking_budget < 0:
+            raise CatteryError("--thinking-budget is a number of tokens, 0 or more")
+        changes["budget"] = args.thinking_budget
+    return dataclasses.replace(base, **changes)
 
 
 def _chat_asked(args: argparse.Namespace, ws: Any) -> int | None:
@@ -796,9 +820,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         history, names = _read_history(args.history)
     # A leading system message is the system prompt (unless --system overrides it).
     leading = history.pop(0).content if session is None and history and history[0].role == "system" else None
-    system = args.system if args.system is not None else leading
-    if system is None:
-        system = settings.chat.system or None
+    system = args.system if args.system is not None else leading  # None: the chat's preset, else the settings'
     path = _prompt_model(ws, args)
     info = read_model_info(path) if path is not None else None
     choice = ws.chat_format(path, info, args.format)
@@ -827,6 +849,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             _, recipe = _recipe(args, ws, system, 0, AuthorsNote.from_dict(names.get("author_note")))
             state = WindowState()
         builder = recipe.builder(choice.name, info, tokenizer)
+        if session is not None:  # as a turn sends it: reasoning too where the chat keeps it
+            history = session.history(builder=builder)
         built = builder.build(history, n_ctx=n_ctx, reserve=reserve, state=state)
         lore_active = list(getattr(builder.dynamic, "active", None) or [])  # before lint builds a sample prompt
         note_due = bool(getattr(builder.dynamic, "note_due", False))
@@ -1022,6 +1046,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--plain", action="store_true", help="line-based chat on stdin/stdout (the default without a terminal)"
     )
     chat.add_argument("--tui", action="store_true", help="the full-screen app (the default in a terminal)")
+    chat.add_argument(
+        "--hide-thinking",
+        action="store_true",
+        help="a thinking model's reasoning is not shown (by default the line chat writes it to stderr)",
+    )
+    chat.add_argument(
+        "--no-thinking",
+        action="store_true",
+        help="open each reply with an empty reasoning block (where the format has one)",
+    )
+    chat.add_argument("--keep-reasoning", action="store_true", help="later prompts carry each reply's reasoning too")
+    chat.add_argument(
+        "--thinking-budget", type=int, metavar="N", help="tokens of thinking before the block is closed for the model"
+    )
     chat.add_argument("--new", action="store_true", help="start a new chat instead of continuing the last one")
     chat.add_argument("--chat", metavar="ID", help="continue this saved chat (`cattery chats list`)")
     _add_engine_options(chat)
@@ -1115,10 +1153,21 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--json", action="store_true")
     paths.set_defaults(func=cmd_paths)
 
-    from app import cli_build, cli_convert, cli_engines, cli_eval, cli_lore, cli_merge, cli_models, cli_quantize
+    from app import (
+        cli_build,
+        cli_convert,
+        cli_engines,
+        cli_eval,
+        cli_lore,
+        cli_merge,
+        cli_models,
+        cli_presets,
+        cli_quantize,
+    )
 
     cli_lore.add_parser(sub)
     cli_engines.add_parser(sub)
+    cli_presets.add_parser(sub)
     cli_models.add_parser(sub)
     cli_convert.add_parser(sub)
     cli_quantize.add_parser(sub)

@@ -183,6 +183,23 @@ def preset_name() -> Rule:
     return Rule(lambda: "one of " + ", ".join(f'"{n}"' for n in preset_names()), check)
 
 
+def system_preset_name() -> Rule:
+    def check(value: Any) -> str:
+        # "" or the name of a preset file that exists: never a path, so never a file elsewhere.
+        from app.prompt.presets import preset_names as system_presets
+
+        if isinstance(value, str) and (value == "" or value in system_presets()):
+            return value
+        raise Refused
+
+    def expected() -> str:
+        from app.prompt.presets import preset_names as system_presets
+
+        return '"" or one of ' + ", ".join(f'"{n}"' for n in system_presets())
+
+    return Rule(expected, check)
+
+
 def key_binding() -> Rule:
     """What app/tui/keys.py takes: a non-empty key name (or several), nothing it would refuse at start."""
 
@@ -218,7 +235,9 @@ EXPLICIT: dict[tuple[str, str], Rule] = {
     ("chat", "card"): text(max_len=MAX_PATH),
     ("chat", "lorebooks"): path_list(),
     ("chat", "preset"): preset_name(),
+    ("chat", "system_preset"): system_preset_name(),
     ("chat", "max_tokens"): integer(1, MAX_TOKENS),
+    ("chat", "thinking_budget"): integer(0, MAX_TOKENS),
     ("lore", "placement"): choice("card", "end"),
     ("chats", "busy_timeout"): number(0.0, 600.0),
     ("snapshots", "enabled"): boolean(),

@@ -40,6 +40,8 @@ class ModelPrefs:
 @dataclass(frozen=True)
 class ChatPrefs:
     system: str
+    system_preset: str  # a system-prompt preset's name; "" is `system`
+    prefer_card_prompt: bool
     char_name: str
     format: str
     card: str
@@ -47,6 +49,9 @@ class ChatPrefs:
     lorebooks: list[str]
     preset: str
     max_tokens: int
+    thinking: bool  # a thinking model may think (off: each reply opens with an empty block)
+    keep_reasoning: bool
+    thinking_budget: int  # tokens; 0: no budget
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ MAX_DICE, MAX_SIDES = 100, 10**6
 class MacroContext:
     char: str
     user: str
-    original: str = ""  # the global system prompt, for {{original}} in a card's own
+    original: str = ""  # the global system prompt, for {{original}} in a card's own (once per text)
     chat_seed: int = 0
     now: datetime | None = None
     rng: random.Random = field(default_factory=random.Random)
@@ -63,10 +63,11 @@ def expand(text: str, ctx: MacroContext) -> str:
         return text
     now = ctx.now or datetime.now()
     counter = 0
+    original_used = False
 
     def replace(body: str, start: int) -> str | None:
         """What the macro `{{body}}` at `start` becomes; None leaves it as written."""
-        nonlocal counter
+        nonlocal counter, original_used
         if body.lstrip().startswith("//"):
             return ""
         name, _, arg = body.partition(":")
@@ -75,8 +76,10 @@ def expand(text: str, ctx: MacroContext) -> str:
             return ctx.char
         if key == "user":
             return ctx.user
-        if key == "original":
-            return ctx.original
+        if key == "original":  # once per text, as SillyTavern does: a second one is empty
+            value = "" if original_used else ctx.original
+            original_used = True
+            return value
         if key == "newline":
             return "\n"
         if key == "time":

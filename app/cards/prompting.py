@@ -49,12 +49,29 @@ class CardPrompt:
 
 
 def card_prompt(
-    card: Card, *, global_system: str = "", persona: Persona | None = None, chat_seed: int = 0
+    card: Card,
+    *,
+    global_system: str = "",
+    global_post_history: str = "",
+    prefer_card: bool = True,
+    persona: Persona | None = None,
+    chat_seed: int = 0,
 ) -> CardPrompt:
+    """The card's part of the prompt. Its own system prompt and post-history instructions replace the
+    global ones (`prefer_card`, SillyTavern's "Prefer Char. Prompt"/"Prefer Char. Instructions"), with
+    `{{original}}` in them standing for the global one, macros expanded; without `prefer_card` the card's
+    own are not used at all, as in SillyTavern."""
     persona = persona or Persona()
     d = card.data
-    ctx = MacroContext(char=card.display_name, user=persona.name, original=global_system, chat_seed=chat_seed)
-    system = expand(d["system_prompt"], ctx) if d["system_prompt"].strip() else expand(global_system, ctx)
+    ctx = MacroContext(char=card.display_name, user=persona.name, chat_seed=chat_seed)
+    main, main_post = expand(global_system, ctx), expand(global_post_history, ctx)
+    ctx.original = main  # lore entries and notes expanded later see the global prompt too
+
+    def own(key: str, fallback: str) -> str:
+        text = d[key] if prefer_card else ""
+        return expand(text, ctx) if text.strip() else fallback
+
+    system = own("system_prompt", main)
     character = "\n".join(
         p
         for p in [
@@ -64,7 +81,9 @@ def card_prompt(
         ]
         if p
     )
-    post = expand(d["post_history_instructions"].replace("{{original}}", ""), ctx).strip()
+    ctx.original = main_post
+    post = own("post_history_instructions", main_post).strip()
+    ctx.original = main
     out = CardPrompt(
         char=ctx.char,
         user=persona.name,

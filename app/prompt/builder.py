@@ -67,10 +67,14 @@ class Opening:
     gives its text as `prefix`; impersonation is the user's turn. The opening is the
     turn exactly as the format renders that message, cut where the new text begins,
     so a continued reply tokenizes as the whole message would.
+
+    `after`: text written after a normal reply's generation prompt, before the model's first token
+    (a thinking model's empty reasoning block, to answer at once).
     """
 
     role: str = "assistant"
     prefix: str = ""
+    after: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,27 @@ class PromptBuilder:
             opening = self._render([Message("user", "x")], _Call(None)).generation
         except (TemplateRenderError, TemplateUnsafeError, CatteryError):
             return markers
-        return replace(markers, opened=True) if opening.rstrip().endswith(markers.start) else markers
+        if opening.rstrip().endswith(markers.start):  # the prompt opens the block: skipping closes it
+            markers = replace(markers, opened=True, skip="\n" + markers.end + "\n\n")
+        return replace(markers, skip=self._template_skip(markers.skip))
+
+    def _template_skip(self, default: str) -> str:
+        """What the template itself writes after the generation prompt with `enable_thinking=False`
+        (Qwen3, SmolLM3), where it has that switch: the exact text the model was trained to skip with."""
+        from app.prompt.chat_template import TemplateRenderError, TemplateUnsafeError, render_chat_template
+
+        assert self.info is not None and self.info.chat_template
+        template = self.info.chat_template
+        if "enable_thinking" not in template:
+            return default
+        messages = [{"role": "user", "content": "x"}]
+        special = {"bos_token": self.info.bos_token or "", "eos_token": self.info.eos_token or ""}
+        try:
+            on = render_chat_template(template, messages, **special)
+            off = render_chat_template(template, messages, enable_thinking=False, **special)
+        except (TemplateRenderError, TemplateUnsafeError):
+            return default
+        return off[len(on) :] if off.startswith(on) and len(off) > len(on) else default
 
     @property
     def stop(self) -> list[str]:
@@ -379,19 +403,20 @@ class PromptBuilder:
 
         opened = self._opening_message(opening)
         messages, slots = splice(history, start, call.placed)
+        after = opening.after if opening is not None else ""
         if not any(s.placed is not None for s in slots):
             rendered = self._render(messages, call, examples=examples, opening=opened)
-            return self._cut_opening(rendered, opened), slots
+            return self._cut_opening(rendered, opened, after), slots
         try:
             rendered = self._render(messages, call, examples=examples, opening=opened)
-            return self._cut_opening(rendered, opened), slots
+            return self._cut_opening(rendered, opened, after), slots
         except TemplateUnsafeError:
             raise
         except TemplateRenderError:
             if self.fmt is not None:
                 raise
         messages, slots, left = fold(messages, slots)
-        rendered = self._cut_opening(self._render(messages, call, examples=examples, opening=opened), opened)
+        rendered = self._cut_opening(self._render(messages, call, examples=examples, opening=opened), opened, after)
         rendered.notes.append(
             "the chat template refuses a message of its own there: the Author's Note (or lore) joins a user message"
         )
@@ -407,9 +432,10 @@ class PromptBuilder:
         name = self.speakers.user if opening.role == "user" else self.speakers.char
         return Message(opening.role, opening.prefix + _OPEN, name)
 
-    def _cut_opening(self, rendered: Rendered, opened: Message | None) -> Rendered:
+    def _cut_opening(self, rendered: Rendered, opened: Message | None, after: str = "") -> Rendered:
         """The opening message's turn as the format renders it, cut where the new text begins."""
         if opened is None:
+            rendered.generation += after
             return rendered
         cut = rendered.generation.find(_OPEN)
         if cut >= 0:

@@ -43,8 +43,8 @@ class PromptFormat:
     stop: tuple[str, ...] = ()
     names: bool = False  # write "Name: " before each message's text
     # A thinking model's reasoning block (app/prompt/reasoning.py): its markers; `reasoning_opened`
-    # when the generation prefix opens the block itself; `no_reasoning`: what a reply opens with to
-    # skip thinking ("" when the model has no such switch).
+    # when the generation prefix opens the block itself; `no_reasoning`: what is written after the
+    # generation prefix to skip thinking ("" when the model has no such switch).
     reasoning_start: str = ""
     reasoning_end: str = ""
     reasoning_opened: bool = False

@@ -27,7 +27,7 @@ class ReasoningMarkers:
     start: str
     end: str
     opened: bool = False  # the prompt's generation opening already holds `start`: the reply begins inside
-    skip: str = ""  # what a reply opens with to skip thinking ("" when this model has no such switch)
+    skip: str = ""  # written after the generation prompt to skip thinking ("" when this model has no such switch)
     origin: str = "format"  # "format" (a format file) or "template" (found in a GGUF chat template)
 
 

@@ -540,7 +540,7 @@ class ChatSession:
             else:
                 prefix = ""
                 if markers is not None and not prefs.enabled and markers.skip:
-                    opening = Opening("assistant", markers.skip)  # an empty block: the answer at once
+                    opening = Opening("assistant", after=markers.skip)  # an empty block: the answer at once
                     markers = None
             if kind == "speak":
                 history = speak_again_history(self.builder, history)
@@ -855,6 +855,12 @@ def chat_to_open(
     return int(last) if last and last.isascii() and last.isdigit() and store.has_chat(int(last)) else None
 
 
+def thinking_settings(ws: Workspace) -> ThinkingPrefs:
+    """The settings' thinking choices (`[chat] thinking`, `keep_reasoning`, `thinking_budget`)."""
+    c = ws.settings.chat
+    return ThinkingPrefs(keep=c.keep_reasoning, enabled=c.thinking, budget=c.thinking_budget)
+
+
 def open_session(
     ws: Workspace, chat_id: int, *, sampler: SamplerSettings | None = None, **overrides: Any
 ) -> ChatSession:
@@ -871,6 +877,7 @@ def open_session(
     seed = int(info["extra"].get("chat_seed", 0))
     recipe = _recipe(ws, card, seed, overrides, card_ref=info["card_ref"], chat_id=chat_id, note=note)
     session = ChatSession(ws.store, chat_id, recipe, sampler or ws.sampler())
+    session.thinking_default = thinking_settings(ws)
     if changed:
         session.set_note(note)
     return session
@@ -893,6 +900,7 @@ def start_session(
     session = ChatSession.create(
         store or ws.store, recipe, sampler or ws.sampler(), card_ref=ref, chat_seed=seed, greeting=greeting
     )
+    session.thinking_default = thinking_settings(ws)
     if note is not None:
         session.set_note(note)
     return session
@@ -913,4 +921,5 @@ def restart_session(ws: Workspace, session: ChatSession, **overrides: Any) -> Ch
         if session.builder is not None and new.builder is not None:
             new.builder.system = session.builder.system
     new.last_built, new.last_stats = session.last_built, session.last_stats
+    new.thinking_default = session.thinking_default  # this run's --no-thinking and the like go on
     return new

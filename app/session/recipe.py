@@ -38,6 +38,9 @@ class PromptRecipe:
     source: Card | None = None  # the card itself: its avatar, its other fields for the screens
     lore: ChatLore | None = None  # the books with where each was attached, and the ones skipped
     note: AuthorsNote | None = None  # the chat's Author's Note
+    post_history: str | None = None  # a system-prompt preset's post-history instructions (no card)
+    system_preset: str | None = None  # the preset the system prompt came from, if one
+    system_scope: str = "settings"  # where it was chosen: "command line", "chat", "character", "settings"
 
     @property
     def greetings(self) -> list[str]:
@@ -68,6 +71,7 @@ class PromptRecipe:
                 tokenizer=tokenizer,
                 system=self.system,
                 speakers=Speakers(self.user, self.char),
+                post_history=self.post_history,
                 dynamic=extras,
             )
         cp = self.card

@@ -308,24 +308,42 @@ class Workspace:
         """The prompt recipe for a chat; `None` arguments come from the settings.
 
         `card_ref` and `chat_id` bring in the lorebooks attached to the character and to
-        the chat; `note` is the chat's Author's Note.
+        the chat, and the system-prompt preset chosen for either (`session/system_prompt.py`);
+        `system` (the command line's) overrides every choice. `note` is the chat's Author's Note.
         """
+        from app.cards.macros import MacroContext, expand
         from app.cards.prompting import Persona, card_prompt
+        from app.session.system_prompt import resolve_system
 
         s = self.settings
-        if system is None:
-            system = s.chat.system or None
+        choice = resolve_system(self, system=system, card_ref=card_ref, chat_id=chat_id)
         user = user or s.persona.name
         char = char or s.chat.char_name
         placement = lore_placement or s.lore.placement
         pin = s.chat.pin_examples
         lore = self.chat_lore(card, card_ref=card_ref, chat_id=chat_id, command_line=lorebooks or [])
+        lore.warnings[:0] = choice.warnings
+        where = {"system_preset": choice.preset, "system_scope": choice.scope}
         if card is None:
-            return PromptRecipe(system, user, char, None, lore.lorebooks, placement, pin, None, lore=lore, note=note)
+            # Macros in the system prompt mean what they mean with a card ({{char}}: the model's name).
+            ctx = MacroContext(char=char, user=user, chat_seed=chat_seed)
+            system_text = expand(choice.text or "", ctx) or None
+            post = expand(choice.post_history or "", ctx).strip() or None
+            return PromptRecipe(
+                system_text, user, char, None, lore.lorebooks, placement, pin, None,
+                lore=lore, note=note, post_history=post, **where,
+            )  # fmt: skip
         persona = Persona(user, s.persona.description)
-        cp = card_prompt(card, global_system=system or "", persona=persona, chat_seed=chat_seed)
+        cp = card_prompt(
+            card,
+            global_system=choice.text or "",
+            global_post_history=choice.post_history or "",
+            prefer_card=s.chat.prefer_card_prompt,
+            persona=persona,
+            chat_seed=chat_seed,
+        )
         return PromptRecipe(
-            cp.system or None, cp.user, cp.char, cp, lore.lorebooks, placement, pin, card, lore=lore, note=note
+            cp.system or None, cp.user, cp.char, cp, lore.lorebooks, placement, pin, card, lore=lore, note=note, **where
         )
 
     # -- World Info ------------------------------------------------------------------

@@ -670,6 +670,67 @@ class CatteryApp(App[None]):
 
         self.push_screen(ThinkingScreen(f"Thinking · {s.title}", s.thinking, about), done)
 
+    def action_system_preset(self) -> None:
+        from app.prompt.presets import available_presets
+        from app.session.system_prompt import character_preset, chat_preset
+        from app.tui.screens.system_preset import SystemPresetScreen
+
+        s = self.session
+        if s is None or not self._dialog_allowed():
+            return
+        ws = self.ws
+        with reported(self, "read the system-prompt presets") as read:
+            presets = list(available_presets().values())
+            chosen = [
+                ("chat", chat_preset(ws, s.chat_id)),
+                ("character", character_preset(ws, s.card_ref)),
+                ("settings", ws.settings.chat.system_preset),
+            ]
+        if not read.ok:
+            return
+        scope, current = next(((sc, name) for sc, name in chosen if name), ("chat", ""))
+        card = s.recipe.source
+        own = card is not None and bool(str(card.data.get("system_prompt", "")).strip())
+        note = "The chat's prompt is rebuilt from it at once."
+        if own and ws.settings.chat.prefer_card_prompt:
+            note = (
+                f"{s.char_name}'s card has its own system prompt, which wins ([chat] prefer_card_prompt); the "
+                "preset is what {{original}} in it stands for. " + note
+            )
+
+        def done(result: Any) -> None:
+            if result is None or s is not self.session:
+                return
+            self._store_preset(s, result.scope, result.name)
+
+        title = f"System prompt · {s.title}"
+        self.push_screen(SystemPresetScreen(title, presets, current, scope, s.card_ref is not None, note), done)
+
+    @work(thread=True, group="recipe", exit_on_error=False)
+    def _store_preset(self, s: ChatSession, scope: str, name: str) -> None:
+        """Stores the choice, then rebuilds the chat's recipe (which waits for the model's tokenizer)."""
+        from app.session.chat import fresh_recipe
+        from app.session.system_prompt import set_character_preset, set_chat_preset, set_default_preset
+
+        try:
+            if scope == "chat":
+                set_chat_preset(self.ws, s.chat_id, name)
+            elif scope == "character" and s.card_ref:
+                set_character_preset(self.ws, s.card_ref, name)
+            else:
+                problem = set_default_preset(self.ws, name)
+                if problem:
+                    raise CatteryError(problem)
+            recipe = fresh_recipe(self.ws, s, **self.session_overrides())
+            s.use_recipe(recipe)
+        except ENVIRONMENT as exc:
+            self.post_message(Notice(f"the system prompt was not changed: {error_line(exc)}", "error"))
+            return
+        where = {"chat": "this chat", "character": "this character"}.get(scope, "every chat")
+        chosen = f"system prompt {name}" if name else "the settings' system prompt"
+        self.post_message(Notice(f"{chosen} for {where}", "information"))
+        self.call_from_thread(self.prompt_changed)
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for a in key_table()["app"]:

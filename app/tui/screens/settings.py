@@ -1,12 +1,13 @@
-"""Settings: the fixed system prompt, the persona, the sampler preset and its values, the reply
-length, the look and the keys. Saved to the settings file (only what differs from the defaults
-and the preset), and applied to the open chat at once."""
+"""Settings: the fixed system prompt (typed, or a system-prompt preset to start from), the persona,
+the sampler preset and its values, the reply length, the look and the keys. Saved to the settings
+file (only what differs from the defaults and the preset), and applied to the open chat at once."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,8 +16,9 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Sta
 
 from app.engine.options import SamplerSettings, load_preset, preset_names
 from app.errors import CatteryError
+from app.prompt.presets import SystemPreset, load_presets
 from app.tui.keys import check_keys, display, key_table, keys_of
-from app.tui.plain import plain
+from app.tui.plain import cell, plain
 from app.tui.screens.dialogs import AskScreen
 from app.tui.screens.fitted import FittedScreen
 from app.tui.state import SharedState
@@ -37,6 +39,8 @@ SAMPLER_FIELDS: list[tuple[str, str, type]] = [
     ("seed", "Seed (empty = random)", int),
 ]
 IMAGE_MODES = [("auto: pictures where the terminal draws them", "auto"), ("on: always", "on"), ("off: initials", "off")]
+OWN_TEXT = "(your own text below)"
+CARD_PROMPT = [("wins; {{original}} in it is this one", True), ("is not used", False)]
 
 
 class SettingsScreen(SharedState, FittedScreen):
@@ -48,6 +52,7 @@ class SettingsScreen(SharedState, FittedScreen):
     def __init__(self) -> None:
         super().__init__()
         self.keys: dict[str, str] = {}
+        self.presets: dict[str, SystemPreset] = {}  # the system-prompt presets offered, by name
         self._asking = False
 
     def compose(self) -> ComposeResult:
@@ -56,10 +61,14 @@ class SettingsScreen(SharedState, FittedScreen):
             yield Static("", id="settings-warnings", classes="warning-line")
             yield Static("Prompt", classes="pane-title")
             yield Static(
-                "System prompt: kept at the start of every chat"
-                " (a card's own replaces it; {{original}} in a card stands for this one)",
+                "System prompt: kept at the start of every chat (per chat or character: `cattery presets use`)",
                 markup=False,
             )
+            with Grid(classes="form"):
+                yield Label("Start from a preset")
+                yield Select([(OWN_TEXT, "")], id="system-preset", allow_blank=False, compact=True)
+                yield Label("A card's own prompt")
+                yield Select(CARD_PROMPT, id="prefer-card", allow_blank=False, compact=True)
             yield TextArea(id="system", soft_wrap=True)
             with Grid(classes="form"):
                 yield Label("Your name")
@@ -123,7 +132,8 @@ class SettingsScreen(SharedState, FittedScreen):
         state = self.query_one("#settings-state", Static)
         state.set_class(False, "error-line")
         state.update(plain(f"file: {s.path}"))
-        self.query_one("#system", TextArea).text = s.chat.system
+        self._fill_system()
+        self.query_one("#prefer-card", Select).value = s.chat.prefer_card_prompt
         self.query_one("#persona-name", Input).value = s.persona.name
         self.query_one("#persona-description", TextArea).text = s.persona.description
         preset = s.chat.preset
@@ -144,6 +154,40 @@ class SettingsScreen(SharedState, FittedScreen):
         self.query_one("#shown_messages", Input).value = str(s.ui.shown_messages)
         self.keys = dict(self.shared.keymap)
         self._fill_keys()
+
+    def _fill_system(self) -> None:
+        """The presets there are now (a file imported meanwhile shows), and the text in use: the chosen
+        preset's, else the settings' own."""
+        s = self.shared.ws.settings
+        presets, problems = load_presets()
+        self.presets = presets
+        select = self.query_one("#system-preset", Select)
+        chosen = s.chat.system_preset if s.chat.system_preset in presets else ""
+        with select.prevent(Select.Changed):
+            select.set_options([(OWN_TEXT, ""), *((self._preset_label(p), n) for n, p in sorted(presets.items()))])
+            select.value = chosen
+        self.query_one("#system", TextArea).text = presets[chosen].text if chosen else s.chat.system
+        for problem in problems:  # a broken file of the user's: the others are still offered
+            self.notify(f"skipped {problem}", severity="warning", timeout=10)
+
+    @staticmethod
+    def _preset_label(preset: SystemPreset) -> Text:
+        about = " ".join((preset.description or preset.text).split())
+        return cell(f"{preset.name}: {about}" if about else preset.name)  # a user's file: never markup
+
+    @on(Select.Changed, "#system-preset")
+    def system_preset_changed(self, event: Select.Changed) -> None:
+        """A preset's text goes into the box, to use as it is or to edit (then it is the user's own)."""
+        preset = self.presets.get(str(event.value)) if event.value else None
+        if preset is not None:
+            self.query_one("#system", TextArea).text = preset.text
+
+    def _system_from_form(self) -> tuple[str, str]:
+        """(preset, text) to save: the preset only while the box still holds its text unchanged."""
+        text = self.query_one("#system", TextArea).text
+        value = self.query_one("#system-preset", Select).value
+        preset = self.presets.get(str(value)) if value else None
+        return (preset.name if preset is not None and preset.text == text else ""), text
 
     def _fill_sampler(self, sampler: SamplerSettings) -> None:
         for key, _, _ in SAMPLER_FIELDS:
@@ -238,7 +282,10 @@ class SettingsScreen(SharedState, FittedScreen):
             state.set_class(True, "error-line")
             return
         name = self.query_one("#persona-name", Input).value.strip() or "User"
-        s.set("chat", "system", self.query_one("#system", TextArea).text)
+        system_preset, system = self._system_from_form()
+        s.set("chat", "system", system)
+        s.set("chat", "system_preset", system_preset)
+        s.set("chat", "prefer_card_prompt", bool(self.query_one("#prefer-card", Select).value))
         s.set("persona", "name", name)
         s.set("persona", "description", self.query_one("#persona-description", TextArea).text)
         s.set("chat", "preset", preset)

@@ -114,6 +114,13 @@ def test_thinking_off_opens_the_reply_with_an_empty_block(ws: Workspace, engine:
     out = s.run("reply")
     assert s.last_built is not None and s.last_built.text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert out.reasoning == "" and s.messages[-1].reasoning == "" and out.text
+    # DeepSeek-R1's prompt opens the block: skipping closes it at once.
+    r1 = session_on(ws, engine, "deepseek-r1", "root ::= [A-Z] [a-z ]{5,30} [.]")
+    r1.set_thinking(enabled=False)
+    r1.add_user("Hi.")
+    out = r1.run("reply")
+    assert r1.last_built is not None and r1.last_built.text.endswith("<｜Assistant｜><think>\n\n</think>\n\n")
+    assert out.reasoning == "" and out.text
     # A format without a reasoning block has nothing to switch off: the prompt is as ever.
     plain = session_on(ws, engine, "llama3", "root ::= [A-Z] [a-z ]{5,30} [.]")
     plain.set_thinking(enabled=False)
@@ -133,7 +140,10 @@ def test_a_gguf_template_with_think_markers_is_a_thinking_models(model_path: Pat
         "{% if add_generation_prompt %}<|im_start|>assistant\n"
         "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
     )
-    r1 = qwen3.replace("<|im_start|>assistant\n{% if", "<|im_start|>assistant\n<think>\n{% if")
+    r1 = (  # as DeepSeek-R1's: an earlier reply's reasoning is cut off, and the prompt opens the block
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+    )
     found = {}
     for name, template in (("qwen3", qwen3), ("r1", r1)):
         path = copy_gguf(model_path, tmp_path / f"{name}.gguf", overrides={"tokenizer.chat_template": template})
@@ -143,8 +153,9 @@ def test_a_gguf_template_with_think_markers_is_a_thinking_models(model_path: Pat
             "</think>",
             "template",
         )
-        found[name] = markers.opened
-    assert found == {"qwen3": False, "r1": True}
+        found[name] = (markers.opened, markers.skip)
+    # Qwen3's skip is what its own template writes with enable_thinking=False; R1's closes the opened block.
+    assert found == {"qwen3": (False, "<think>\n\n</think>\n\n"), "r1": (True, "\n</think>\n\n")}
     assert PromptBuilder("gguf", info=read_model_info(model_path)).reasoning is None  # SmolLM2's own: no block
 
 
@@ -183,3 +194,25 @@ def test_reasoning_goes_through_sillytavern_jsonl_and_markdown(ws: Workspace, en
     with pytest.raises(CatteryError, match=r"extra\.reasoning should be text"):
         import_st_chat(ws.store, bad)
     assert len(ws.store.list_chats()) == before
+
+
+def test_the_line_chat_writes_the_reasoning_to_stderr_or_hides_it(cattery_home: Path) -> None:
+    """`cattery chat --plain` as a user runs it: the answer on stdout, the reasoning on stderr with
+    how long it thought; `--hide-thinking` leaves the reasoning out; `/thinking` changes the chat's
+    choices. The grammar (in the settings, as a user would set it) shapes the bundled model's reply."""
+    from tests.conftest import run_cattery
+
+    (cattery_home / "config").mkdir(parents=True, exist_ok=True)
+    grammar = 'root ::= "<think>" [a-z ]{20,60} "</think>" "\\n\\n" [A-Z] [a-z ,]{5,40} "."'
+    (cattery_home / "config" / "settings.toml").write_text(f"[sampler]\ngrammar = '''{grammar}'''\n")
+    args = ("chat", "--plain", "--new", "--card", "none", "--format", "chatml", "--temp", "0", "-n", "60")
+    r = run_cattery(*args, input="Hello there\n/thinking keep\n", home=cattery_home)
+    assert r.returncode == 0, r.stderr
+    answer = r.stdout.strip().splitlines()[0]
+    assert answer[0].isupper() and "<think>" not in answer and "</think>" not in answer
+    reasoning = next(line for line in r.stderr.splitlines() if line and line[0].islower() and " " in line)
+    assert "(thought for " in r.stderr and reasoning not in r.stdout
+    assert "reasoning kept in later prompts" in r.stdout
+    hidden = run_cattery(*args, "--hide-thinking", input="Hello there\n", home=cattery_home)
+    assert hidden.returncode == 0, hidden.stderr
+    assert "(thought for " in hidden.stderr and reasoning.strip() not in hidden.stderr
