@@ -44,6 +44,7 @@ from app.tui.messages import (
     ModelLoadFailed,
     ModelLoading,
     Notice,
+    PromptRebuilt,
 )
 from app.tui.safe_text import strip_controls_everywhere
 from app.tui.screens.characters import CharactersScreen
@@ -729,7 +730,10 @@ class CatteryApp(App[None]):
         where = {"chat": "this chat", "character": "this character"}.get(scope, "every chat")
         chosen = f"system prompt {name}" if name else "the settings' system prompt"
         self.post_message(Notice(f"{chosen} for {where}", "information"))
-        self.call_from_thread(self.prompt_changed)
+        self.post_message(PromptRebuilt())
+
+    def on_prompt_rebuilt(self, event: PromptRebuilt) -> None:
+        self.prompt_changed()
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

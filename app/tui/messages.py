@@ -146,3 +146,7 @@ class Notice(Message):
         super().__init__()
         self.text = text
         self.severity = severity
+
+
+class PromptRebuilt(Message):
+    """The open chat's recipe was rebuilt on a worker (a new system prompt): the next prompt is counted again."""
