@@ -57,50 +57,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def _start(command: list[str], port: int, log: Path, ready: str, what: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A server process, its output to `log`, and its URL once `ready` (a path) answers."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
-             "--n_ctx", str(CTX), "--n_threads", "2"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     import requests
 
     deadline = time.monotonic() + 120
     while True:
         try:
-            requests.get(url + "/v1/models", timeout=1).raise_for_status()
+            requests.get(url + ready, timeout=1).raise_for_status()
             return proc, url
         except requests.RequestException:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("llama_cpp.server did not start: " + log.read_text()[-2000:]) from None
+                raise SystemExit(f"{what} did not start: " + log.read_text()[-2000:]) from None
             time.sleep(0.3)
+
+
+def start_server(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+               "--n_ctx", str(CTX), "--n_threads", "2"]  # fmt: skip
+    return _start(command, port, log, "/v1/models", "llama_cpp.server")
 
 
 def start_llama_server(binary: Path, model: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(binary), "-m", str(model), "-c", str(CTX), "-t", "2", "-np", "1", "--host", "127.0.0.1",
-             "--port", str(port), *extra],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    import requests
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            requests.get(url + "/health", timeout=1).raise_for_status()
-            return proc, url
-        except requests.RequestException:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("llama-server did not start: " + log.read_text()[-2000:]) from None
-            time.sleep(0.3)
+    command = [str(binary), "-m", str(model), "-c", str(CTX), "-t", "2", "-np", "1", "--host", "127.0.0.1",
+               "--port", str(port), *extra]  # fmt: skip
+    return _start(command, port, log, "/health", "llama-server")
 
 
 def bare(url: str, native: bool = False) -> tuple[float, float, int]:

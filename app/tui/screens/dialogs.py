@@ -18,6 +18,22 @@ from app.tui.plain import plain
 from app.tui.screens.fitted import Fits
 
 
+class SaveOrCancel:
+    """A dialog's Save and Cancel buttons, and Esc: Save runs `action_save`, the rest dismiss with None."""
+
+    def action_save(self) -> None:
+        raise NotImplementedError
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)  # type: ignore[attr-defined]
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.action_cancel()
+
+
 class TitledText:
     """A dialog about one text, under a title."""
 

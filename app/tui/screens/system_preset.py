@@ -21,6 +21,7 @@ from textual.widgets import Button, Label, RadioButton, RadioSet, Select, Static
 from app.prompt.presets import SystemPreset
 from app.tui.keys import bindings
 from app.tui.plain import plain
+from app.tui.screens.dialogs import SaveOrCancel
 
 SCOPES = (("chat", "this chat"), ("character", "this character"), ("settings", "every chat"))
 NONE = "(none: the settings' system prompt)"
@@ -32,7 +33,7 @@ class PresetChoice:
     scope: str  # chat, character or settings
 
 
-class SystemPresetScreen(ModalScreen[PresetChoice | None]):
+class SystemPresetScreen(SaveOrCancel, ModalScreen[PresetChoice | None]):
     """Dismissed with the choice to store, or None when cancelled."""
 
     BINDINGS: ClassVar[list[Binding]] = bindings("editor")
@@ -84,12 +85,3 @@ class SystemPresetScreen(ModalScreen[PresetChoice | None]):
         pressed = self.query_one("#preset-scope", RadioSet).pressed_button
         scope = (pressed.id or "").removeprefix("preset-scope-") if pressed is not None else self.scope
         self.dismiss(PresetChoice(name if isinstance(name, str) else "", scope or "chat"))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "save":
-            self.action_save()
-        else:
-            self.action_cancel()

@@ -20,6 +20,7 @@ from app.prompt.reasoning import ReasoningMarkers
 from app.session.thinking import MAX_BUDGET, ThinkingPrefs
 from app.tui.keys import bindings
 from app.tui.plain import plain
+from app.tui.screens.dialogs import SaveOrCancel
 
 
 def format_line(markers: ReasoningMarkers | None, format_name: str) -> str:
@@ -34,7 +35,7 @@ def format_line(markers: ReasoningMarkers | None, format_name: str) -> str:
     return f"Reasoning is written between {markers.start} and {markers.end} ({where}).{opened}{switch}"
 
 
-class ThinkingScreen(ModalScreen[ThinkingPrefs | None]):
+class ThinkingScreen(SaveOrCancel, ModalScreen[ThinkingPrefs | None]):
     """Dismissed with the choices to save, or None when cancelled."""
 
     BINDINGS: ClassVar[list[Binding]] = bindings("editor")
@@ -85,12 +86,3 @@ class ThinkingScreen(ModalScreen[ThinkingPrefs | None]):
             self.query_one("#thinking-error", Static).update(plain(str(exc)))
             return
         self.dismiss(prefs)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "save":
-            self.action_save()
-        else:
-            self.action_cancel()
