@@ -214,6 +214,9 @@ class PromptBuilder:
         # How lorebook entries and notes reach the prompt without the prompt package knowing cards.
         self.dynamic = dynamic
         self._reasoning: object = _UNKNOWN
+        # Variables a chat template gets beside the messages, set by the chat that owns this builder
+        # (Qwen3's `enable_thinking`); a format file has none.
+        self.variables: dict[str, Any] = {}
 
     @property
     def reasoning(self) -> ReasoningMarkers | None:
@@ -240,6 +243,8 @@ class PromptBuilder:
             return markers
         if opening.rstrip().endswith(markers.start):  # the prompt opens the block: skipping closes it
             markers = replace(markers, opened=True, skip="\n" + markers.end + "\n\n")
+        if "enable_thinking" in self.info.chat_template:  # its own switch (Qwen3, SmolLM3): used as it is
+            markers = replace(markers, switch="enable_thinking")
         return replace(markers, skip=self._template_skip(markers.skip))
 
     def _template_skip(self, default: str) -> str:
@@ -298,6 +303,7 @@ class PromptBuilder:
             opening=opening,
             model=self.info.path.name,
             budget=call.budget,
+            variables=self.variables,
         )
 
     def _wants_bos(self, first_text: str) -> bool:

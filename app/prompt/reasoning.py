@@ -29,6 +29,9 @@ class ReasoningMarkers:
     opened: bool = False  # the prompt's generation opening already holds `start`: the reply begins inside
     skip: str = ""  # written after the generation prompt to skip thinking ("" when this model has no such switch)
     origin: str = "format"  # "format" (a format file) or "template" (found in a GGUF chat template)
+    # The template's own variable that turns thinking off when false (Qwen3's and SmolLM3's
+    # `enable_thinking`): set, thinking off renders the template with it instead of writing `skip`.
+    switch: str = ""
 
 
 def template_markers(template: str | None) -> ReasoningMarkers | None:

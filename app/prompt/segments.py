@@ -11,7 +11,7 @@ apart, so that cutting never changes the text.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -128,6 +128,7 @@ def render_template(
     opening: Message | None = None,
     model: str = "",
     budget: Budget | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> Rendered:
     """A GGUF chat template's text for the whole conversation, cut into segments.
 
@@ -146,8 +147,10 @@ def render_template(
     A template without a system role gets the system prompt at the start of the first
     user message. The renders share one time `budget` (see `Budget`), and a template the
     sandbox stopped (`TemplateUnsafeError`) is not tried again with other messages.
+    `variables` go to the template beside the messages (Qwen3's `enable_thinking`).
     """
     budget = budget if budget is not None else Budget()
+    variables = dict(variables or {})
     generate = opening is None
     # An empty text needs no stand-in (and a template may test it: `{% if bos_token %}`).
     stand_in = {_BOS: bos_token, _EOS: eos_token}
@@ -162,6 +165,7 @@ def render_template(
             add_generation_prompt=gen,
             model=model,
             budget=budget,
+            **variables,
         )
 
     def attempt(messages: Sequence[Message]) -> str | None:

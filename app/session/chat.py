@@ -521,7 +521,7 @@ class ChatSession:
             kind, target = self.plan_turn(kind, index)
             history = self.history(target)
             opening = None
-            prefs = self.thinking
+            prefs = self._sync_thinking()
             markers = self.builder.reasoning if kind != "impersonate" else None
             inside, before = bool(markers and markers.opened), ""
             if kind == "continue":
@@ -539,7 +539,9 @@ class ChatSession:
                 opening = Opening("user", prefix)
             else:
                 prefix = ""
-                if markers is not None and not prefs.enabled and markers.skip:
+                if markers is not None and not prefs.enabled and markers.switch:
+                    markers = None  # the template's own switch is off (`_sync_thinking`): it answers at once
+                elif markers is not None and not prefs.enabled and markers.skip:
                     opening = Opening("assistant", after=markers.skip)  # an empty block: the answer at once
                     markers = None
             if kind == "speak":
@@ -709,9 +711,30 @@ class ChatSession:
                 )
         return self._context(built, self.engine.plan(built.tokens or []), len(history))
 
+    def _sync_thinking(self) -> ThinkingPrefs:
+        """The chat's thinking choices, with a template's own switch (`enable_thinking`) set to match:
+        every prompt of this chat, a turn's or a count's, renders the template the same way."""
+        prefs = self.thinking
+        builder = self.builder
+        markers = builder.reasoning if builder is not None else None
+        if builder is not None and markers is not None and markers.switch:
+            if prefs.enabled:
+                builder.variables.pop(markers.switch, None)
+            else:
+                builder.variables[markers.switch] = False
+        return prefs
+
     def _next_built(self, history: list[Message]) -> BuiltPrompt:
         """The prompt of the next reply as the chat is now, the window left as it is saved."""
         assert self.engine is not None and self.builder is not None
+        prefs = self._sync_thinking()
+        markers = self.builder.reasoning
+        if markers is not None and not prefs.enabled and not markers.switch and markers.skip:
+            state = WindowState(self.window.start, self.window.examples_dropped)
+            opening = Opening("assistant", after=markers.skip)
+            return self.builder.build(
+                history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state, opening=opening
+            )
         state = WindowState(self.window.start, self.window.examples_dropped)
         return self.builder.build(history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state)
 

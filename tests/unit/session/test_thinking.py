@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.engine import Engine
-from app.engine.options import SamplerSettings
+from app.engine.options import LoadOptions, SamplerSettings
 from app.errors import CatteryError
 from app.session.chat import ChatSession, start_session
 from app.session.workspace import Workspace
@@ -216,3 +216,40 @@ def test_the_line_chat_writes_the_reasoning_to_stderr_or_hides_it(cattery_home: 
     hidden = run_cattery(*args, "--hide-thinking", input="Hello there\n", home=cattery_home)
     assert hidden.returncode == 0, hidden.stderr
     assert "(thought for " in hidden.stderr and reasoning.strip() not in hidden.stderr
+
+
+def test_thinking_off_uses_a_templates_own_switch(model_path: Path, tmp_path: Path, ws: Workspace) -> None:
+    """A template with `enable_thinking` (Qwen3, SmolLM3) is rendered with it false, so the whole
+    prompt is the template's own for "no thinking": SmolLM3's says so in its system block too."""
+    from tests.gguf_files import copy_gguf
+
+    smollm3_like = (
+        "{% set mode = '/no_think' if enable_thinking is defined and not enable_thinking else '/think' %}"
+        "<|im_start|>system\nReasoning Mode: {{ mode }}\n{% for m in messages %}{% if m.role == 'system' %}"
+        "{{ m.content }}{% endif %}{% endfor %}<|im_end|>\n"
+        "{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n"
+        "{{ m.content.split('</think>')[-1] }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if mode == '/no_think' %}<think>\n\n</think>\n{% endif %}{% endif %}"
+    )
+    path = copy_gguf(model_path, tmp_path / "smollm3-like.gguf", overrides={"tokenizer.chat_template": smollm3_like})
+    engine = Engine()
+    engine.load(path, LoadOptions(ctx=1024, threads=2))
+    try:
+        s = start_session(ws, None, sampler=sampler("root ::= [A-Z] [a-z ]{5,20} [.]"))
+        s.attach(engine, ws.chat_format(path, engine.info))
+        assert s.builder is not None and s.builder.reasoning is not None
+        assert s.builder.reasoning.switch == "enable_thinking"
+        s.add_user("Hi.")
+        s.run("reply")
+        assert s.last_built is not None and "Reasoning Mode: /think" in s.last_built.text
+        s.set_thinking(enabled=False)
+        s.add_user("Again.")
+        out = s.run("reply")
+        text = s.last_built.text
+        assert "Reasoning Mode: /no_think" in text and text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n")
+        assert out.reasoning == "" and out.text
+        # What the status bar counts is the same prompt.
+        assert "Reasoning Mode: /no_think" in s._next_built(s.history()).text
+    finally:
+        engine.close()
