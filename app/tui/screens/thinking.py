@@ -32,6 +32,8 @@ def format_line(markers: ReasoningMarkers | None, format_name: str) -> str:
     where = "its GGUF chat template" if markers.origin == "template" else f"the {format_name} format"
     opened = " The prompt opens the block: each reply starts thinking." if markers.opened else ""
     switch = "" if markers.skip else " It has no way to skip thinking."
+    if markers.switch:
+        switch = f" Thinking off renders the template with its own switch ({markers.switch} = false)."
     return f"Reasoning is written between {markers.start} and {markers.end} ({where}).{opened}{switch}"
 
 
