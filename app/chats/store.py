@@ -407,7 +407,8 @@ class ChatStore:
         info = self.chat(chat_id)
         keep = [m for m in self.messages(chat_id) if m.position <= self._position(upto_message_id)]
         now = time.time()
-        extra = {k: v for k, v in info["extra"].items() if k in ("chat_seed", "greeting", "author_note")}
+        kept = ("chat_seed", "greeting", "author_note", "system_preset", "thinking")  # how the chat is set up
+        extra = {k: v for k, v in info["extra"].items() if k in kept}
         extra["branched_from"] = chat_id
         with self._tx() as c:
             cur = c.execute(

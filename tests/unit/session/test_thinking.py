@@ -51,6 +51,8 @@ def test_the_reasoning_is_stored_apart_and_left_out_of_the_next_prompt(ws: Works
     kept = s._next_built(s.history()).text
     assert f"<think>\n{m.reasoning}\n</think>\n\n{m.text}" in kept
     assert ChatSession(s.store, s.chat_id, s.recipe, s.sampler).thinking.keep  # reopened: still on
+    branched = s.branch(len(s.messages) - 1)
+    assert ChatSession(s.store, branched, s.recipe, s.sampler).thinking.keep  # a branch keeps the choice
     # The window counts only what is sent: the reasoning's tokens only while it is kept.
     with_reasoning = len(s._next_built(s.history()).tokens or [])
     s.set_thinking(keep=False)
