@@ -187,6 +187,8 @@ class PlainChat:
             else "this format has no reasoning block (a format file's reasoning_start/_end, or a template with <think>)"
         )
         budget = f"a budget of {prefs.budget} tokens" if prefs.budget else "no budget"
+        if prefs.budget and self.session.sampler.grammar:
+            budget += " (not applied while a grammar shapes the replies)"
         self.out(
             f"thinking {'on' if prefs.enabled else 'off'}, reasoning {'kept in' if prefs.keep else 'left out of'} "
             f"later prompts, {budget}; {model}"

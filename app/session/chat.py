@@ -553,7 +553,8 @@ class ChatSession:
             tokens = built.tokens or []
             context = self._context(built, self.engine.plan(tokens), len(history))  # before the engine is busy
             gen: Any
-            if markers is not None and prefs.budget > 0:
+            # A grammar shapes the whole reply: a second part would start it again, so it keeps no budget.
+            if markers is not None and prefs.budget > 0 and not self.sampler.grammar:
                 gen = BudgetedGeneration(
                     self.engine, built.tokens, built.text, self.sampler, built.stop, markers, prefs.budget,
                     inside=inside, owner=self.chat_id,

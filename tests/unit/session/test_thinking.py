@@ -18,8 +18,6 @@ from app.session.chat import ChatSession, start_session
 from app.session.workspace import Workspace
 
 THINK_THEN_ANSWER = 'root ::= "<think>" [a-z ]{12,80} "</think>" "\\n\\n" [A-Z] [a-z ,]{8,60} "."'
-# For a format whose prompt opens the block (DeepSeek-R1): the reply is inside it from its first token.
-NEVER_CLOSES = "root ::= [a-z ]{20,400}"
 
 
 def sampler(grammar: str, max_tokens: int = 80, temperature: float = 0.0, **kw: object) -> SamplerSettings:
@@ -90,9 +88,11 @@ def test_a_reply_cut_while_thinking_is_continued_inside_its_block(ws: Workspace,
 
 
 def test_the_budget_closes_the_block_and_the_answer_follows(ws: Workspace, engine: Engine) -> None:
-    """DeepSeek-R1's format opens the block in the prompt; the grammar never closes it, so only the
-    budget can: after 8 tokens of thinking the marker is written for the model and it answers."""
-    s = session_on(ws, engine, "deepseek-r1", NEVER_CLOSES, max_tokens=40)
+    """DeepSeek-R1's format opens the block in the prompt, and the bundled model never writes the
+    closing marker (nor, with ban_eos, ends): only the budget can close it. After 8 tokens of thinking
+    the marker is written for the model and it goes on to the answer."""
+    s = start_session(ws, None, sampler=SamplerSettings(temperature=0.0, max_tokens=40, seed=7, ban_eos=True))
+    s.attach(engine, ws.chat_format(None, None, "deepseek-r1"))
     s.set_thinking(budget=8)
     s.add_user("Be quick.")
     out = s.run("reply")
@@ -255,3 +255,14 @@ def test_thinking_off_uses_a_templates_own_switch(model_path: Path, tmp_path: Pa
         assert "Reasoning Mode: /no_think" in s._next_built(s.history()).text
     finally:
         engine.close()
+
+
+def test_a_grammar_keeps_no_budget(ws: Workspace, engine: Engine) -> None:
+    """A grammar shapes the whole reply; a second part would start it over (a second block in the
+    answer), so with one the budget is not applied."""
+    s = session_on(ws, engine, "chatml", THINK_THEN_ANSWER, max_tokens=80)
+    s.set_thinking(budget=4)
+    s.add_user("Hi.")
+    out = s.run("reply")
+    assert "<think>" not in out.text and out.reasoning
+    assert s.messages[-1].swipes[0].provenance["reasoning"]["budget_closed"] is False
