@@ -115,7 +115,10 @@ def rows(db: Path, chat_id: int | None = None) -> list[tuple[str, str, str]]:
 def wait_rows(db: Path, condition, timeout: float = DEADLINE) -> list[tuple[str, str, str]]:
     start = time.monotonic()
     while True:
-        found = rows(db) if db.exists() else []
+        try:
+            found = rows(db) if db.exists() else []
+        except sqlite3.OperationalError:  # the file is there but its tables are not yet (a child creating it)
+            found = []
         if condition(found):
             return found
         assert time.monotonic() - start < timeout, f"the database never got there: {found}"
