@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from app.errors import CatteryError
-from app.prompt.reasoning import ReasoningSplitter
 from app.session.chat import ChatSession
 from app.session.kv_keeper import KVKeeper, Restored
+from app.session.thinking import thought_summary
 
 HELP = """\
 /help          this list
@@ -316,12 +316,9 @@ class PlainChat:
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
             signal.signal(signal.SIGINT, lambda *_: gen.cancel())
-        splitter = ReasoningSplitter(turn.markers, inside=turn.inside) if turn.markers is not None else None
         try:
-            for piece in gen:
-                self._write(splitter.feed(piece) if splitter is not None else [("answer", piece)])
-            if splitter is not None:
-                self._write(splitter.end())
+            for kind, text in turn.parts():
+                self._write(kind, text)
         except CatteryError as exc:
             if gen.text.strip():  # a server that failed mid-reply: what came is kept, marked stopped
                 self.stdout.write("\n")
@@ -348,20 +345,19 @@ class PlainChat:
             self.note("(stopped)")
         self._thought(session)
 
-    def _write(self, parts: list[tuple[str, str]]) -> None:
+    def _write(self, kind: str, text: str) -> None:
         """The answer to stdout; the reasoning to stderr, dimmed on a terminal, or not at all."""
-        for kind, text in parts:
-            if kind == "answer":
-                if self._thinking_shown:
-                    self.stderr.write("\n")
-                    self.stderr.flush()
-                    self._thinking_shown = False
-                self.stdout.write(text)
-                self.stdout.flush()
-            elif self.show_thinking:
-                self._thinking_shown = True
-                self.stderr.write(f"\x1b[2m{text}\x1b[0m" if self._dim else text)
+        if kind == "answer":
+            if self._thinking_shown:
+                self.stderr.write("\n")
                 self.stderr.flush()
+                self._thinking_shown = False
+            self.stdout.write(text)
+            self.stdout.flush()
+        elif self.show_thinking:
+            self._thinking_shown = True
+            self.stderr.write(f"\x1b[2m{text}\x1b[0m" if self._dim else text)
+            self.stderr.flush()
 
     @property
     def _dim(self) -> bool:
@@ -376,10 +372,7 @@ class PlainChat:
         facts = last.swipes[last.active].provenance.get("reasoning") if last is not None and last.swipes else None
         if not isinstance(facts, dict) or not last or not last.reasoning:
             return
-        took = f", {facts['seconds']} s" if facts.get("seconds") is not None else ""
-        how = " (closed at the thinking budget)" if facts.get("budget_closed") else ""
-        how = " (cut while thinking: /continue goes on)" if facts.get("open") else how
-        self.note(f"(thought for {facts.get('tokens', '?')} tokens{took}{how})")
+        self.note(f"({thought_summary(facts)})")
 
     def _take_back(self, index: int | None) -> None:
         """A message that got no reply (the prompt could not be built, the model failed) is not kept."""

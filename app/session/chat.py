@@ -24,13 +24,13 @@ from app.chats.store import ChatStore, StoredMessage
 from app.engine.options import SamplerSettings
 from app.errors import CatteryError
 from app.prompt.builder import BuiltPrompt, FormatChoice, Opening
-from app.prompt.reasoning import ReasoningMarkers, split_reply, with_reasoning
+from app.prompt.reasoning import ReasoningMarkers, ReasoningSplitter, split_reply, with_reasoning
 from app.prompt.segments import Message
 from app.prompt.window import WindowState
 from app.session.thinking import BudgetedGeneration, ThinkingPrefs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from app.cards.lorebook import Activation
     from app.engine.engine import Generation
@@ -64,6 +64,18 @@ class Turn:
 
     def cancel(self) -> None:
         self.generation.cancel()
+
+    def parts(self) -> Iterator[tuple[str, str]]:
+        """The reply as it streams, told apart: ("reasoning" | "answer", text), in order. What the app and
+        the line chat show; `finish` splits the whole text the same way when it stores it."""
+        if self.markers is None:
+            for piece in self.generation:
+                yield "answer", piece
+            return
+        splitter = ReasoningSplitter(self.markers, inside=self.inside)
+        for piece in self.generation:
+            yield from splitter.feed(piece)
+        yield from splitter.end()
 
 
 @dataclass(frozen=True)
@@ -539,11 +551,9 @@ class ChatSession:
                 opening = Opening("user", prefix)
             else:
                 prefix = ""
-                if markers is not None and not prefs.enabled and markers.switch:
-                    markers = None  # the template's own switch is off (`_sync_thinking`): it answers at once
-                elif markers is not None and not prefs.enabled and markers.skip:
-                    opening = Opening("assistant", after=markers.skip)  # an empty block: the answer at once
-                    markers = None
+                opening = _skip_opening(markers, prefs)
+                if markers is not None and not prefs.enabled and (markers.switch or markers.skip):
+                    markers = None  # it answers at once: all of the reply is the answer
             if kind == "speak":
                 history = speak_again_history(self.builder, history)
             built = self.builder.build(
@@ -728,16 +738,9 @@ class ChatSession:
     def _next_built(self, history: list[Message]) -> BuiltPrompt:
         """The prompt of the next reply as the chat is now, the window left as it is saved."""
         assert self.engine is not None and self.builder is not None
-        prefs = self._sync_thinking()
-        markers = self.builder.reasoning
-        if markers is not None and not prefs.enabled and not markers.switch and markers.skip:
-            state = WindowState(self.window.start, self.window.examples_dropped)
-            opening = Opening("assistant", after=markers.skip)
-            return self.builder.build(
-                history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state, opening=opening
-            )
+        opening = _skip_opening(self.builder.reasoning, self._sync_thinking())
         state = WindowState(self.window.start, self.window.examples_dropped)
-        return self.builder.build(history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state)
+        return self.builder.build(history, n_ctx=self.engine.n_ctx, reserve=self.reserve, state=state, opening=opening)
 
     def next_prompt(self) -> list[int] | None:
         """The tokens the next turn's prompt starts with: the pinned block and the window as they
@@ -795,6 +798,14 @@ class ChatSession:
             tokens = size([Message("user", text)]) - base
             n_ctx = self.engine.n_ctx
         return MessageFit(tokens, n_ctx - self.reserve - base, n_ctx)
+
+
+def _skip_opening(markers: ReasoningMarkers | None, prefs: ThinkingPrefs) -> Opening | None:
+    """A reply that skips thinking by the format's empty block after the generation prompt; None when
+    thinking is on, when the template's own switch does it (`_sync_thinking`), or there is no way."""
+    if markers is None or prefs.enabled or markers.switch or not markers.skip:
+        return None
+    return Opening("assistant", after=markers.skip)
 
 
 def _cut_while_thinking(m: StoredMessage) -> bool:

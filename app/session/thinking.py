@@ -50,6 +50,23 @@ class ThinkingPrefs:
         return dataclasses.replace(out, **changes)
 
 
+def thought_summary(facts: Any) -> str:
+    """How long a reply thought, as its provenance says ("thought for 35 tokens, 0.7 s"), and whether
+    its block was closed at the budget or cut: worded once for the app, its details and the line chat."""
+    head = "thought"
+    if not isinstance(facts, dict):
+        return head
+    if facts.get("tokens"):
+        head += f" for {facts['tokens']} tokens"
+    if facts.get("seconds") is not None:
+        head += f", {facts['seconds']} s"
+    if facts.get("budget_closed"):
+        head += " (closed at the thinking budget)"
+    elif facts.get("open"):
+        head += " (cut while thinking)"
+    return head
+
+
 class BudgetedGeneration:
     """A turn's generation with a thinking budget: the surface of `Generation` (iterate for pieces,
     `text`, `stats`, `cancel`, `result`), made of one or two generations."""
@@ -80,10 +97,7 @@ class BudgetedGeneration:
         self.text = ""
         self.stats: GenerationStats | None = None
         self.closed_for_model = False  # the budget ran out while thinking: the block was closed for it
-        self._current = self._start(self._budget_sampler(), [], "")
-
-    def _budget_sampler(self) -> SamplerSettings:
-        return self.sampler.updated(max_tokens=self._budget)
+        self._current = self._start(sampler.updated(max_tokens=self._budget), [], "")
 
     def _start(self, sampler: SamplerSettings, extra_tokens: list[int], extra_text: str) -> Any:
         prompt: Any = self._prompt_text + extra_text

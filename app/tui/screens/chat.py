@@ -21,7 +21,7 @@ from textual.timer import Timer
 from textual.widgets import Button, Footer, ProgressBar, Static
 
 from app.errors import CatteryError, ContextOverflowError
-from app.prompt.reasoning import ReasoningSplitter
+from app.prompt.reasoning import split_reply
 from app.tui.guard import ENVIRONMENT, error_line, reported
 from app.tui.keys import ScreenKeysFirst, bindings, display, keys_of
 from app.tui.messages import DraftMeasured, Piece, PreviewReady, TurnDone, TurnStarted
@@ -73,16 +73,11 @@ def _snapshot_line(use: Any) -> list[str]:
 
 def _thinking_line(facts: Any) -> list[str]:
     """A thinking model's reply: how long it thought, and whether the block was cut or closed for it."""
+    from app.session.thinking import thought_summary
+
     if not isinstance(facts, dict):
         return []
-    line = f"thinking     {facts.get('tokens', '?')} tokens"
-    if facts.get("seconds") is not None:
-        line += f", {facts['seconds']} s"
-    if facts.get("budget_closed"):
-        line += ", closed at the thinking budget"
-    elif facts.get("open"):
-        line += ", cut while thinking"
-    return [line + " (kept apart from the text; Ctrl+B or t unfolds it)"]
+    return [f"thinking     {thought_summary(facts)}; kept apart from the text (Ctrl+B or t unfolds it)"]
 
 
 def describe_provenance(prov: dict[str, Any], state: str) -> str:
@@ -683,16 +678,8 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
             return
         self.post_message(TurnStarted(serial, turn))
         error = None
-        # A thinking model's block is told apart here, off the UI thread, as the pieces come.
-        splitter = ReasoningSplitter(turn.markers, inside=turn.inside) if turn.markers is not None else None
         try:
-            for piece in turn.generation:
-                if splitter is None:
-                    self.post_message(Piece(serial, piece))
-                    continue
-                for kind, text in splitter.feed(piece):
-                    self.post_message(Piece(serial, text, kind))
-            for kind, text in splitter.end() if splitter is not None else []:
+            for kind, text in turn.parts():  # a thinking model's block told apart, off the UI thread
                 self.post_message(Piece(serial, text, kind))
         except CatteryError as exc:
             error = str(exc)
@@ -707,7 +694,7 @@ class ChatScreen(SharedState, ScreenKeysFirst, Screen[None]):
             else:
                 log.exception("saving a reply")
                 why = f"{type(exc).__name__}: {exc}"
-            text = splitter.answer if splitter is not None else turn.generation.text
+            text = split_reply(turn.generation.text, turn.markers, inside=turn.inside).answer
             text = (turn.prefix + text).rstrip() if turn.kind == "continue" else text.strip()
             note = f"the reply could not be saved ({why}); it stays on screen until you leave this chat"
             self.post_message(TurnDone(serial, None, note, unsaved=text if turn.kind != "impersonate" else ""))

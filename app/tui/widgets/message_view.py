@@ -90,16 +90,9 @@ def thought_line(reasoning: str, facts: object, *, expanded: bool, live: bool) -
     if live:
         head = f"thinking… {len(reasoning.split())} words"
     else:
-        head = "thought"
-        if isinstance(facts, dict):
-            if facts.get("tokens"):
-                head += f" for {facts['tokens']} tokens"
-            if facts.get("seconds") is not None:
-                head += f", {facts['seconds']} s"
-            if facts.get("budget_closed"):
-                head += " (closed at the thinking budget)"
-            elif facts.get("open"):
-                head += " (cut while thinking: continue goes on)"
+        from app.session.thinking import thought_summary
+
+        head = thought_summary(facts)
     if not expanded:
         return f"▸ {head} · t unfolds"
     return f"▾ {head}\n{reasoning.strip()}"
