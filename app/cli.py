@@ -1063,7 +1063,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--new", action="store_true", help="start a new chat instead of continuing the last one")
     chat.add_argument("--chat", metavar="ID", help="continue this saved chat (`cattery chats list`)")
     _add_engine_options(chat)
-    chat.set_defaults(func=cmd_chat)
+    chat.set_defaults(func=cmd_chat, loads_llama=True)
 
     formats = sub.add_parser("formats", help="list, import and check prompt formats")
     formats.add_argument("--json", action="store_true")
@@ -1079,7 +1079,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-m", "--model", metavar="M", help="a .gguf path or library name (default: the one a chat would use)"
     )
     _add_engine_options(flint)
-    flint.set_defaults(func=cmd_formats_lint)
+    flint.set_defaults(func=cmd_formats_lint, loads_llama=True)
 
     prompt = sub.add_parser(
         "prompt",
@@ -1103,7 +1103,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--reserve", type=int, metavar="N", help="tokens kept free for the reply (default max_tokens)")
     prompt.add_argument("--json", action="store_true", help="text, token counts, and which messages were kept")
     prompt.add_argument("--token-ids", action="store_true", help="with --json: include the token ids")
-    prompt.set_defaults(func=cmd_prompt)
+    prompt.set_defaults(func=cmd_prompt, loads_llama=True)
 
     cards = sub.add_parser("cards", help="the character library")
     csub = cards.add_subparsers(dest="cards_command", metavar="SUBCOMMAND", required=True)
@@ -1201,6 +1201,11 @@ def _run(args: argparse.Namespace) -> int:
     from app.crash import debugging, report_crash
     from app.errors import disk_error
 
+    if getattr(args, "loads_llama", False):
+        # Before the command imports anything with native libraries of its own (issue 16).
+        from app.engine.libraries import load_llama_first
+
+        load_llama_first()
     try:
         return int(args.func(args) or 0)
     except CatteryError as exc:

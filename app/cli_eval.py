@@ -57,4 +57,4 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--chunks", type=int, metavar="N", help="evaluate only the first N chunks")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, loads_llama=True)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.engine.libraries import load_llama_first
 from app.engine.metadata import ModelInfo, read_model_info
 from app.engine.options import LoadOptions, SamplerSettings
 from app.engine.placement import choose_gpu_layers
@@ -141,6 +142,7 @@ class Engine:
         """
         options = options or LoadOptions()
         options.validate()
+        load_llama_first()  # before read_model_info imports gguf-py and numpy (issue 16)
         info = read_model_info(Path(path))
         from app.engine import native
 

@@ -1,4 +1,4 @@
-"""One copy of each llama.cpp library in the process, whatever Cattery does before a load (issue 16).
+"""llama.cpp's libraries in a Cattery process: one copy of each, loaded before numpy's (issue 16).
 
 The wheel ships `libggml.so`, `libggml.so.0` and `libggml.so.0.x` as separate files. libllama
 loads `.so.0`; Cattery used to open `libggml.*` by file name to ask ggml for the GPUs' free
@@ -99,3 +99,102 @@ def names_are_links() -> bool:
 
     lib = Path(L.__file__).parent / "lib"
     return len({p.resolve() for p in lib.glob("libggml.so*")}) < 2
+
+
+# -- llama.cpp's libraries load first ----------------------------------------------------------
+# The processes that crashed on the CUDA build (issue 16) had loaded numpy, its OpenBLAS and
+# yaml (through gguf-py) before libllama; those that worked had loaded libllama first. Every
+# Cattery process that loads a model now does. The order is read from the dynamic linker's own
+# list (dl_iterate_phdr walks it in load order) after the real command ran in a fresh process.
+
+LINK_ORDER = r"""
+import ctypes, json, runpy, sys
+
+class Info(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_void_p), ("name", ctypes.c_char_p)]
+
+CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(Info), ctypes.c_size_t, ctypes.c_void_p)
+sys.argv = ["cattery", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("app", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+names = []
+def collect(info, _size, _data):
+    names.append((info.contents.name or b"").decode(errors="replace"))
+    return 0
+ctypes.CDLL(None).dl_iterate_phdr(CALLBACK(collect), None)
+print(json.dumps({"code": code, "libraries": names}), file=sys.__stderr__)
+"""
+
+
+def _libraries_in_load_order(*argv: str, home: Path, stdin: str = "") -> list[str]:
+    r = subprocess.run(
+        [sys.executable, "-c", LINK_ORDER, *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        cwd=ROOT,
+        env={**__import__("os").environ, "CATTERY_HOME": str(home)},
+    )
+    seen = json.loads(r.stderr.strip().splitlines()[-1])
+    assert seen["code"] in (0, None), r.stderr[-2000:]
+    return seen["libraries"]
+
+
+def _loaded_before_llama(libraries: list[str]) -> list[str]:
+    """Native libraries of installed packages (not Python's own lib-dynload) loaded before libllama."""
+    first = next(i for i, name in enumerate(libraries) if "/llama_cpp/lib/" in name)
+    return [Path(n).name for n in libraries[:first] if "-packages/" in n]
+
+
+@pytest.mark.parametrize(
+    "argv, stdin",
+    [
+        (("chat", "--plain", "--card", "none", "--max-tokens", "4"), "Hello!\n/quit\n"),
+        (("prompt", "--card", "none"), ""),
+    ],
+    ids=["chat --plain", "prompt (vocabulary only)"],
+)
+def test_a_command_that_loads_a_model_loads_llama_cpp_before_numpy_and_yaml(
+    argv: tuple[str, ...], stdin: str, tmp_path: Path
+) -> None:
+    libraries = _libraries_in_load_order(*argv, home=tmp_path / "home", stdin=stdin)
+    names = [Path(n).name for n in libraries]
+    assert any(n.startswith("_multiarray_umath") for n in names), "numpy was loaded too (gguf-py reads the model)"
+    assert any(n.startswith("_yaml") for n in names), names
+    assert _loaded_before_llama(libraries) == []
+
+
+def test_every_command_that_loads_a_model_asks_for_llama_cpp_first() -> None:
+    from app.cli import build_parser
+
+    parser = build_parser()
+    loads = {
+        "chat (the app)": ["chat"],
+        "chat --plain": ["chat", "--plain"],
+        "prompt": ["prompt"],
+        "eval": ["eval", "m.gguf", "t.txt"],
+        "formats lint": ["formats", "lint", "chatml"],
+    }
+    for label, argv in loads.items():
+        assert getattr(parser.parse_args(argv), "loads_llama", False), label
+    for argv in (["cards", "list"], ["paths"], ["chats", "list"]):
+        assert not getattr(parser.parse_args(argv), "loads_llama", False), argv
+
+
+def test_an_engine_loads_llama_cpp_before_reading_the_model_with_gguf_py(model_path: Path) -> None:
+    probe = (
+        "import sys\nfrom app.engine.engine import Engine\n"
+        "assert 'numpy' not in sys.modules and 'llama_cpp' not in sys.modules\n"
+        "e = Engine(); e.load(__import__('pathlib').Path(sys.argv[1])); e.close()\n"
+        "mods = list(sys.modules)  # in the order their imports finished\n"
+        "print(mods.index('llama_cpp.llama_cpp') < mods.index('numpy') < mods.index('gguf'))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe, str(model_path)], capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "True"
