@@ -318,3 +318,57 @@ def test_bench_gpu_skips_in_one_line_without_offload_and_rehearses_every_step(tm
     for step in result["steps"]:
         assert step["ok"] and step["chat"]["returncode"] == 0 and "CPU" in step["chat"]["banner"]
         assert step["shift"]["shifted_tokens"] > 0 and step["decode"]["settings"]["bare_gpu_layers"] == 0
+
+
+# -- bench/gpu_bisect.py -----------------------------------------------------------------------
+
+
+def test_bench_gpu_bisect_skips_without_offload_and_rehearses_its_variants(tmp_path: Path) -> None:
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():  # on that machine the script itself is the check
+        return
+    r = subprocess.run(
+        [sys.executable, "bench/gpu_bisect.py"], capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT
+    )
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        "bench/gpu_bisect.py: skipped (no GPU offload in this llama.cpp build)"
+    ]
+    out = tmp_path / "bisect.json"
+    only = "engine/llama-first,engine/gguf-first,bare/numpy-first,engine/two-models"
+    r = subprocess.run(
+        [sys.executable, "bench/gpu_bisect.py", "--rehearse", "--no-commands", "--only", only, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=4 * DEADLINE,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    variants = result["variants"]
+    assert list(variants) == only.split(",")
+    assert all(v["outcome"] == "ok" for v in variants.values()), variants
+    assert result["verdict"] == "no variant crashed"
+    notes = {name: " ".join(v["notes"]) for name, v in variants.items()}
+    # each child reports what was loaded before libllama: the order the variant is about
+    assert "before libllama: none" in notes["engine/llama-first"]
+    assert "_multiarray_umath" in notes["engine/gguf-first"] and "_yaml" in notes["engine/gguf-first"]
+    assert "_multiarray_umath" in notes["bare/numpy-first"] and "bare load ok" in notes["bare/numpy-first"]
+    assert "second, while the first is loaded" in notes["engine/two-models"]
+
+
+def test_bench_gpu_bisect_names_what_crashed() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.gpu_bisect import outcome, verdict
+
+    assert [outcome(c) for c in (0, 1, -11, -6, None)] == ["ok", "exit 1", "SIGSEGV", "SIGABRT", "timeout"]
+    ok, segv = {"outcome": "ok"}, {"outcome": "SIGSEGV"}
+    assert verdict({"engine/llama-first": ok, "engine/gguf-first": ok}) == "no variant crashed"
+    order = verdict(
+        {"engine/llama-first": ok, "bare/llama-first": ok, "engine/gguf-first": segv, "bare/numpy-first": ok}
+    )
+    assert order == "the import order matters: engine/gguf-first crashed, llama.cpp first worked"
+    alone = verdict({"engine/llama-first": ok, "bare/numpy-first": segv})
+    assert alone.endswith("llama-cpp-python alone crashes too (not Cattery's code)")
+    both = verdict({"engine/llama-first": segv, "engine/gguf-first": segv})
+    assert both == "crashed: engine/llama-first, engine/gguf-first (not explained by the import order alone)"
