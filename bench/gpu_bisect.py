@@ -72,6 +72,23 @@ def before_llama():
     early = [Path(n).name for n in libs[:first] if "-packages/" in n or "/site/" in n]
     say("native libraries before libllama: " + (", ".join(early) or "none"))
 
+FAMILIES = ("libstdc++", "libgcc_s", "libgomp", "libcudart", "libcublas", "libcublasLt", "libcuda", "libnvrtc",
+            "libnvJitLink", "libggml", "libggml-base", "libggml-cpu", "libggml-cuda", "libllama")
+
+def say_libraries():
+    # Where each library that C++, OpenMP, CUDA or BLAS code shares by name came from, and any
+    # loaded from two files (two copies, each with its own state). A wheel's bundled copy is
+    # renamed with a hash ("libgomp-6a29c32d.so.1.0.0"): the same family.
+    import re
+    found = {}
+    for path in loaded_libraries():
+        stem = re.sub(r"-[0-9a-f]{8}$", "", Path(path).name.split(".so")[0])
+        if stem in FAMILIES or stem.startswith(("libscipy_openblas", "libopenblas")):
+            found.setdefault(stem, []).append(path)
+    say("libraries: " + "; ".join(f"{k} {' + '.join(v)}" for k, v in found.items()))
+    twice = [k for k, v in found.items() if len(v) > 1]
+    say("loaded from two files: " + (", ".join(twice) or "none"))
+
 def tee_llama_log():
     # Cattery's log hook, with every line (debug included) also written to stderr at once.
     from app.engine.llama_log import LOG
@@ -95,6 +112,8 @@ tee_llama_log()
 from app.engine.engine import Engine
 from app.engine.options import LoadOptions, SamplerSettings
 before_llama()
+import llama_cpp  # what Engine.load would import next: here first, to list what it brought
+say_libraries()
 engine = Engine()
 t = time.perf_counter()
 report = engine.load(M, LoadOptions(ctx=2048, gpu_layers=None if GL < 0 else GL))
@@ -109,6 +128,7 @@ BARE_LOAD = r"""
 import llama_cpp as L
 bare_log()
 before_llama()
+say_libraries()
 L.llama_backend_init()
 p = L.llama_model_default_params()
 p.n_gpu_layers = GL

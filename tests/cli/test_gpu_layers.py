@@ -352,6 +352,7 @@ def test_bench_gpu_bisect_skips_without_offload_and_rehearses_its_variants(tmp_p
     notes = {name: " ".join(v["notes"]) for name, v in variants.items()}
     # each child reports what was loaded before libllama: the order the variant is about
     assert "before libllama: none" in notes["engine/llama-first"]
+    assert "loaded from two files: none" in notes["engine/llama-first"] and "libllama /" in notes["engine/llama-first"]
     assert "_multiarray_umath" in notes["engine/gguf-first"] and "_yaml" in notes["engine/gguf-first"]
     assert "_multiarray_umath" in notes["bare/numpy-first"] and "bare load ok" in notes["bare/numpy-first"]
     assert "second, while the first is loaded" in notes["engine/two-models"]
