@@ -69,3 +69,22 @@ def append_result_row(section: str, header: list[str], row: list[str]) -> None:
 
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def gpu_offload(script: str, rehearse: bool) -> bool | None:
+    """Whether this llama.cpp build offloads; None (after one skip line) when the GPU script
+    `script` has nothing to check here and was not asked to rehearse on the CPU."""
+    from app.engine import native
+
+    offload = native.offload_supported()
+    if not offload and not rehearse:
+        print(f"{script}: skipped (no GPU offload in this llama.cpp build)")
+        return None
+    return offload
+
+
+def devices() -> list[dict[str, Any]]:
+    """Every device ggml registered (the CPU too), with its free and total memory."""
+    from app.engine import native
+
+    return [{"name": n, "type": t, "free": f, "total": tot} for n, t, f, tot in native.ggml_devices()]

@@ -29,9 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, now, write_json  # noqa: E402
-
-SKIPPED = "bench/gpu.py: skipped (no GPU offload in this llama.cpp build)"
+from bench.common import devices, gpu_offload, machine, now, write_json  # noqa: E402
 
 
 def chat_turn(path: Path, gpu_layers: str, home: Path, timeout: float = 600) -> dict[str, Any]:
@@ -99,14 +97,12 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from app.engine import native
     from app.engine.metadata import read_model_info
     from app.hub.library import resolve_model
     from bench.decode import measure
 
-    offload = native.offload_supported()
-    if not offload and not args.rehearse:
-        print(SKIPPED)
+    offload = gpu_offload("bench/gpu.py", args.rehearse)
+    if offload is None:
         return 0
     path = resolve_model(args.model, [])
     n_layers = (read_model_info(path).block_count or 0) + 1
@@ -142,14 +138,13 @@ def main() -> int:
                 + (f"; ERROR {step['error']}" if "error" in step else ""),
                 flush=True,
             )
-    devices = [{"name": n, "type": t, "free": f, "total": tot} for n, t, f, tot in native.ggml_devices()]
     result = {
         "benchmark": "gpu",
         "when": now(),
         "machine": machine(),
         "model": path.name,
         "offload_supported": offload,
-        "devices": devices,
+        "devices": devices(),
         "steps": steps,
         "ok": all(s["ok"] for s in steps),
     }

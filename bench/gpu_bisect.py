@@ -37,9 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, now, write_json  # noqa: E402
-
-SKIPPED = "bench/gpu_bisect.py: skipped (no GPU offload in this llama.cpp build)"
+from bench.common import devices, gpu_offload, machine, now, write_json  # noqa: E402
 
 # What every child runs first: faulthandler, the project on the path, and a report of the
 # native libraries loaded so far (dl_iterate_phdr walks the linker's list in load order).
@@ -323,12 +321,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="the JSON file (default bench/out/gpu_bisect.json)")
     args = parser.parse_args()
 
-    from app.engine import native
     from app.hub.library import resolve_model
 
-    offload = native.offload_supported()
-    if not offload and not args.rehearse:
-        print(SKIPPED)
+    offload = gpu_offload("bench/gpu_bisect.py", args.rehearse)
+    if offload is None:
         return 0
     model = resolve_model(args.model, [])
     wanted = {n.strip() for n in args.only.split(",")} if args.only else None
@@ -355,7 +351,6 @@ def main() -> int:
                 for line in result["tail"][-12:]:
                     print(f"    {line}", flush=True)
     summary = verdict(results)
-    devices = [{"name": n, "type": t, "free": f, "total": tot} for n, t, f, tot in native.ggml_devices()]
     out = write_json(
         "gpu_bisect",
         {
@@ -364,7 +359,7 @@ def main() -> int:
             "machine": machine(),
             "model": model.name,
             "offload_supported": offload,
-            "devices": devices,
+            "devices": devices(),
             "gpu_layers": args.gpu_layers,
             "variants": results,
             "verdict": summary,
