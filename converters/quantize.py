@@ -114,7 +114,7 @@ def read_source(path: Path) -> SourceModel:
                 n_expert=fields.integer(f"{arch}.expert_count", 0, LLAMA_MAX_EXPERTS) or 0,
             )
         tensors = list(header.tensors)
-        infos = header.data_offset
+        infos = header.info_end  # the header's bytes without its padding: the output pads its own
         for other in files[1:]:
             if not other.exists():
                 raise ModelFileError(f"{other}: this part of the split model is missing")

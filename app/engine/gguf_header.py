@@ -131,6 +131,8 @@ class GGUFHeader:
     fields: dict[str, Any] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
     data_offset: int = 0
+    # where the tensor directory ends: the header's own bytes, before the padding to the data
+    info_end: int = 0
     # each key's GGUF type code, and for arrays the items' type code
     types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     source: str = "GGUF file"
@@ -433,7 +435,7 @@ def read_header(f: BinaryIO, source: str | None = None, size: int | None = None)
         names.add(name)
         header.tensors.append(_tensor_info(r, name, gguf))
     r.context = ""
-    pos = r.pos
+    pos = header.info_end = r.pos
     header.data_offset = pos + (-pos % alignment) if header.tensors else pos
     expected = 0
     for t in header.tensors:
