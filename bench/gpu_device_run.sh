@@ -11,6 +11,7 @@
 #
 #   cp -r ../shared/gpu-check .gpu && echo /.gpu/ >> .git/info/exclude      # once, here
 #   OUT=$OUT bash bench/gpu_device_run.sh                                   # on the GPU machine
+#   (.gpu/ is ignored by git: a device call must carry it, e.g. the run tool's carry [".gpu"])
 #   GPU_CHECK_CPU=1 PY=.venv/bin/python OUT=/tmp/o bash bench/gpu_device_run.sh   # rehearsal here
 #
 # Knobs: GPU_BUNDLE (default .gpu), GPU_RUN_BUDGET (seconds for the whole call, default 570),
