@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -60,3 +60,17 @@ def write_parts_atomic(path: Path, parts: Iterable[bytes | bytearray], *, privat
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_text_checked(path: Path, text: str, check: Callable[[Path], object]) -> None:
+    """Write `text` atomically, then read it back with `check`; a file `check` refuses (a
+    CatteryError) is removed and the error raised, so nothing unreadable is left where the next
+    listing would meet it."""
+    from app.errors import CatteryError
+
+    write_text_atomic(path, text)
+    try:
+        check(path)
+    except CatteryError:
+        path.unlink(missing_ok=True)
+        raise

@@ -138,32 +138,37 @@ if model:
     say("ok")
 """
 
-TWO_ENGINES = r"""
+# llama.cpp first, then the engine: for the variants about something other than the order
+ENGINE_SETUP = r"""
 tee_llama_log()
 import llama_cpp
 from app.engine.engine import Engine
 from app.engine.options import LoadOptions
 before_llama()
-a, b = Engine(), Engine()
 layers = None if GL < 0 else GL
+"""
+
+TWO_ENGINES = (
+    ENGINE_SETUP
+    + r"""
+a, b = Engine(), Engine()
 say("first: " + a.load(M, LoadOptions(ctx=1024, gpu_layers=layers)).placement)
 say("second, while the first is loaded: " + b.load(M, LoadOptions(ctx=512, gpu_layers=layers)).placement)
 say("the first again, replacing itself: " + a.load(M, LoadOptions(ctx=512, warmup=False)).placement)
 a.close(); b.close()
 say("ok")
 """
+)
 
-NO_MMAP = r"""
-tee_llama_log()
-import llama_cpp
-from app.engine.engine import Engine
-from app.engine.options import LoadOptions
-before_llama()
+NO_MMAP = (
+    ENGINE_SETUP
+    + r"""
 e = Engine()
-say("no mmap: " + e.load(M, LoadOptions(ctx=1024, mmap=False, gpu_layers=None if GL < 0 else GL)).placement)
+say("no mmap: " + e.load(M, LoadOptions(ctx=1024, mmap=False, gpu_layers=layers)).placement)
 e.close()
 say("ok")
 """
+)
 
 # name: (what it tells, the imports that come first, the load, extra environment)
 VARIANTS: dict[str, tuple[str, str, str, dict[str, str]]] = {

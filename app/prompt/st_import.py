@@ -94,7 +94,7 @@ def convert_st_instruct(data: dict[str, Any], source: str) -> tuple[str, dict[st
 
 
 def import_st_preset(path: Path, folder: Path, name: str | None = None) -> Path:
-    from app.atomic import write_text_atomic
+    from app.atomic import write_text_checked
     from app.prompt.formats import available_formats, load_format_file
     from app.untrusted import parse_json, parse_toml, read_bounded
 
@@ -108,10 +108,5 @@ def import_st_preset(path: Path, folder: Path, name: str | None = None) -> Path:
 
     text = tomli_w.dumps(table)
     parse_toml(text, str(path))  # what is written must read back
-    write_text_atomic(target, text)
-    try:
-        load_format_file(target)
-    except CatteryError:
-        target.unlink(missing_ok=True)
-        raise
+    write_text_checked(target, text, load_format_file)
     return target

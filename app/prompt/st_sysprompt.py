@@ -61,7 +61,7 @@ def import_st_sysprompt(path: Path, folder: Path, name: str | None = None) -> Pa
     `-st` added (nothing is replaced by accident); `--name` replaces on purpose."""
     import tomli_w
 
-    from app.atomic import write_text_atomic
+    from app.atomic import write_text_checked
     from app.prompt.presets import available_presets, load_preset_file
     from app.prompt.st_import import slug
     from app.untrusted import parse_json, parse_toml, read_bounded
@@ -80,10 +80,5 @@ def import_st_sysprompt(path: Path, folder: Path, name: str | None = None) -> Pa
             break
     else:
         raise CatteryError(f"{path}: the preset does not survive being written as TOML")
-    write_text_atomic(target, text)
-    try:
-        load_preset_file(target)
-    except CatteryError:
-        target.unlink(missing_ok=True)
-        raise
+    write_text_checked(target, text, load_preset_file)
     return target
